@@ -1,0 +1,81 @@
+// Files: read-only memory maps of inputs, and outputs that appear only when complete.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "coda/status.h"
+
+namespace coda {
+
+// A read-only, private memory map of a whole file. Move-only; unmaps on destruction.
+class MappedFile {
+ public:
+  static Result<MappedFile> Open(const std::string& path);
+
+  MappedFile() = default;
+  MappedFile(MappedFile&& o) noexcept;
+  MappedFile& operator=(MappedFile&& o) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  ~MappedFile();
+
+  const uint8_t* data() const { return data_; }
+  uint64_t size() const { return size_; }
+  std::span<const uint8_t> bytes() const { return {data_, static_cast<size_t>(size_)}; }
+  const std::string& path() const { return path_; }
+
+  // Tells the kernel a range will (not) be needed soon; advisory, never fails.
+  void WillNeed(uint64_t offset, uint64_t length) const;
+  void DontNeed(uint64_t offset, uint64_t length) const;
+
+ private:
+  const uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
+  std::string path_;
+};
+
+// Reads a whole (small) file into a string, refusing files larger than max_bytes.
+Result<std::string> ReadTextFile(const std::string& path, uint64_t max_bytes);
+
+bool FileExists(const std::string& path);
+bool IsDirectory(const std::string& path);
+
+// Writes `path` through a temporary file in the same directory; the file appears under its
+// name only after Commit(). Destroying an uncommitted writer removes the temporary file.
+class AtomicFileWriter {
+ public:
+  static Result<std::unique_ptr<AtomicFileWriter>> Create(const std::string& path);
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+
+  Status Write(std::span<const uint8_t> bytes);
+  Status WriteZeros(uint64_t count);
+  uint64_t offset() const { return offset_; }
+  // Flushes, fsyncs and renames into place.
+  Status Commit();
+  // Removes the temporary file now (also done by the destructor).
+  void Abort();
+
+  const std::string& path() const { return path_; }
+  const std::string& temp_path() const { return temp_path_; }
+
+ private:
+  AtomicFileWriter(std::string path, std::string temp_path, int fd)
+      : path_(std::move(path)), temp_path_(std::move(temp_path)), fd_(fd) {}
+  Status FlushBuffer();
+
+  std::string path_;
+  std::string temp_path_;
+  int fd_ = -1;
+  uint64_t offset_ = 0;
+  std::unique_ptr<uint8_t[]> buffer_;
+  size_t buffered_ = 0;
+};
+
+}  // namespace coda

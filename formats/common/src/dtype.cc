@@ -1,0 +1,136 @@
+#include "coda/dtype.h"
+
+#include <array>
+#include <cmath>
+
+namespace coda {
+
+uint32_t DTypeSize(DType t) {
+  switch (t) {
+    case DType::kF32: return 4;
+    case DType::kBF16: return 2;
+    case DType::kF16: return 2;
+    case DType::kFP8E4M3: return 1;
+    case DType::kI32: return 4;
+    case DType::kI64: return 8;
+    case DType::kU8: return 1;
+    case DType::kI8: return 1;
+  }
+  return 0;
+}
+
+std::string_view DTypeName(DType t) {
+  switch (t) {
+    case DType::kF32: return "f32";
+    case DType::kBF16: return "bf16";
+    case DType::kF16: return "f16";
+    case DType::kFP8E4M3: return "fp8_e4m3";
+    case DType::kI32: return "i32";
+    case DType::kI64: return "i64";
+    case DType::kU8: return "u8";
+    case DType::kI8: return "i8";
+  }
+  return "?";
+}
+
+namespace {
+struct StName {
+  std::string_view name;
+  DType type;
+};
+constexpr StName kSafetensorsNames[] = {
+    {"F32", DType::kF32},     {"BF16", DType::kBF16}, {"F16", DType::kF16},
+    {"F8_E4M3", DType::kFP8E4M3}, {"I32", DType::kI32}, {"I64", DType::kI64},
+    {"U8", DType::kU8},       {"I8", DType::kI8},
+};
+}  // namespace
+
+std::optional<DType> DTypeFromSafetensors(std::string_view s) {
+  for (const auto& n : kSafetensorsNames)
+    if (n.name == s) return n.type;
+  return std::nullopt;
+}
+
+std::string_view DTypeSafetensorsName(DType t) {
+  for (const auto& n : kSafetensorsNames)
+    if (n.type == t) return n.name;
+  return "?";
+}
+
+bool IsFloat(DType t) {
+  return t == DType::kF32 || t == DType::kBF16 || t == DType::kF16 || t == DType::kFP8E4M3;
+}
+
+float F16ToF32(uint16_t v) {
+  const uint32_t sign = (v >> 15) & 1, exp = (v >> 10) & 0x1f, man = v & 0x3ff;
+  float f;
+  if (exp == 0) {
+    f = std::ldexp(static_cast<float>(man), -24);
+  } else if (exp == 31) {
+    f = man ? NAN : INFINITY;
+  } else {
+    f = std::ldexp(static_cast<float>(man | 0x400), static_cast<int>(exp) - 25);
+  }
+  return sign ? -f : f;
+}
+
+uint16_t F32ToF16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t abs = u & 0x7fffffffu;
+  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);
+  if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
+  if (abs < 0x38800000u) {  // subnormal or zero in f16
+    float a;
+    std::memcpy(&a, &abs, 4);
+    // Scale to units of 2^-24 and round to nearest even.
+    const float scaled = a * 16777216.0f;
+    const auto m = static_cast<uint32_t>(std::nearbyint(scaled));
+    return static_cast<uint16_t>(sign | m);
+  }
+  uint32_t r = abs - 0x38000000u;  // rebias exponent 127 -> 15
+  r += 0xfffu + ((r >> 13) & 1u);
+  return static_cast<uint16_t>(sign | (r >> 13));
+}
+
+namespace {
+std::array<float, 256> MakeFp8Table() {
+  std::array<float, 256> t{};
+  for (int v = 0; v < 256; ++v) {
+    const int sign = v >> 7, exp = (v >> 3) & 0xf, man = v & 7;
+    float f;
+    if (exp == 15 && man == 7) {
+      f = NAN;
+    } else if (exp == 0) {
+      f = std::ldexp(static_cast<float>(man), -9);  // subnormal: man/8 * 2^-6
+    } else {
+      f = std::ldexp(static_cast<float>(8 + man), exp - 10);  // (1 + man/8) * 2^(exp-7)
+    }
+    t[v] = sign ? -f : f;
+  }
+  return t;
+}
+const std::array<float, 256> kFp8Table = MakeFp8Table();
+}  // namespace
+
+float Fp8E4M3ToF32(uint8_t v) { return kFp8Table[v]; }
+
+uint8_t F32ToFp8E4M3(float f) {
+  if (std::isnan(f)) return 0x7f;
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0;
+  const float a = std::fabs(f);
+  if (a >= 448.0f) return sign | 0x7e;
+  // Binary search over the 127 finite non-negative codes (monotonic), then round to nearest even.
+  int lo = 0, hi = 0x7e;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    if (kFp8Table[mid] <= a) lo = mid; else hi = mid;
+  }
+  const float dl = a - kFp8Table[lo], dh = kFp8Table[hi] - a;
+  int code = (dl < dh) ? lo : (dh < dl) ? hi : ((lo & 1) ? hi : lo);
+  if (a < kFp8Table[lo]) code = lo;
+  return static_cast<uint8_t>(sign | code);
+}
+
+}  // namespace coda
