@@ -1,0 +1,88 @@
+#include "coda/tools/cli.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+namespace coda::tools {
+
+ProgressBar::ProgressBar(std::string label, bool enabled)
+    : label_(std::move(label)), enabled_(enabled), tty_(::isatty(STDERR_FILENO) != 0),
+      start_(std::chrono::steady_clock::now()), last_draw_(start_) {}
+
+void ProgressBar::Update(uint64_t done, uint64_t total) {
+  if (!enabled_ || total == 0) return;
+  const double frac = static_cast<double>(done) / static_cast<double>(total);
+  const auto now = std::chrono::steady_clock::now();
+  const double secs = std::chrono::duration<double>(now - start_).count();
+  if (tty_) {
+    if (done != total && now - last_draw_ < std::chrono::milliseconds(100)) return;
+    last_draw_ = now;
+    constexpr int kWidth = 30;
+    const int filled = static_cast<int>(frac * kWidth);
+    std::string bar(static_cast<size_t>(filled), '#');
+    bar.resize(kWidth, '.');
+    const double rate = secs > 0 ? static_cast<double>(done) / secs : 0;
+    std::fprintf(stderr, "\r%s [%s] %5.1f%%  %s / %s  %s/s ", label_.c_str(), bar.c_str(), frac * 100,
+                 HumanBytes(done).c_str(), HumanBytes(total).c_str(), HumanBytes(static_cast<uint64_t>(rate)).c_str());
+    drawn_ = true;
+  } else {
+    // In logs, stay quiet for quick jobs and then print one line per 10%.
+    const int decile = static_cast<int>(frac * 10);
+    if (decile == last_decile_ || secs < 2.0) return;
+    last_decile_ = decile;
+    std::fprintf(stderr, "%s: %3d%%  %s / %s  (%.1f s)\n", label_.c_str(), decile * 10, HumanBytes(done).c_str(),
+                 HumanBytes(total).c_str(), secs);
+  }
+  std::fflush(stderr);
+}
+
+void ProgressBar::Finish() {
+  if (enabled_ && tty_ && drawn_) std::fprintf(stderr, "\n");
+  drawn_ = false;
+}
+
+std::string HumanBytes(uint64_t b) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB", "PB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  while (v >= 1000 && u < 5) {
+    v /= 1000;
+    ++u;
+  }
+  char buf[32];
+  if (u == 0) std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(b));
+  else std::snprintf(buf, sizeof buf, "%.2f %s", v, units[u]);
+  return buf;
+}
+
+std::string HumanCount(uint64_t n) {
+  char buf[32];
+  if (n >= 1'000'000'000) std::snprintf(buf, sizeof buf, "%.2fB", n / 1e9);
+  else if (n >= 1'000'000) std::snprintf(buf, sizeof buf, "%.2fM", n / 1e6);
+  else if (n >= 1'000) std::snprintf(buf, sizeof buf, "%.2fK", n / 1e3);
+  else std::snprintf(buf, sizeof buf, "%llu", static_cast<unsigned long long>(n));
+  return buf;
+}
+
+std::string WithCommas(uint64_t n) {
+  const std::string digits = std::to_string(n);
+  std::string s;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) s += ',';
+    s += digits[i];
+  }
+  return s;
+}
+
+int Fail(const char* tool, const Status& status) {
+  std::fprintf(stderr, "%s: error: %s\n", tool, status.message().c_str());
+  return 1;
+}
+
+int UsageError(const char* tool, const std::string& message) {
+  std::fprintf(stderr, "%s: %s\nTry '%s --help'.\n", tool, message.c_str(), tool);
+  return 2;
+}
+
+}  // namespace coda::tools

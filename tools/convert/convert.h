@@ -1,0 +1,50 @@
+// Conversion of Hugging Face checkpoints (and random weights) into .coda files.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "coda/dtype.h"
+#include "coda/model_config.h"
+#include "coda/model_file.h"
+#include "coda/status.h"
+
+namespace coda::convert {
+
+// Called as data is written: bytes done of total.
+using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
+// Called for non-fatal remarks ("ignoring unexpected tensor ...").
+using WarnFn = std::function<void(const std::string&)>;
+
+struct Options {
+  // Up-convert floating-point weights (FP8 is dequantized with its block scales; nothing is
+  // ever down-converted). Unset: keep every tensor as stored.
+  std::optional<DType> dtype;
+  bool keep_mtp = true;
+  ProgressFn progress;
+  WarnFn warn;
+  const std::atomic<bool>* cancel = nullptr;  // set to stop early; the output is removed
+};
+
+// Reads tokenizer.json, tokenizer_config.json (and its chat_template), chat_template.jinja and
+// generation_config.json from `dir` where present.
+Status LoadTextAssets(const std::string& dir, ModelExtras* extras);
+
+// Converts the checkpoint in `hf_dir` (config.json, safetensors, tokenizer files if present).
+Status ConvertCheckpoint(const std::string& hf_dir, const std::string& out_path, const Options& options);
+
+struct RandomOptions {
+  uint64_t seed = 1;
+  std::string tokenizer_dir;  // optional: tokenizer.json and tokenizer_config.json to embed
+  Options common;
+};
+
+// Writes a model of the architecture in `config_path` with random weights (FP8 with block scales
+// when the config is quantized). Deterministic for a given seed.
+Status ConvertRandom(const std::string& config_path, const std::string& out_path, const RandomOptions& options);
+
+}  // namespace coda::convert
