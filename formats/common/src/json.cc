@@ -13,8 +13,8 @@ Result<json> ParseJson(std::string_view text, const std::string& what, int max_d
     return !too_deep;
   };
   json j = json::parse(text.begin(), text.end(), cb, /*allow_exceptions=*/false);
-  if (too_deep) return Corrupt(what + " is nested deeper than " + std::to_string(max_depth) + " levels");
-  if (j.is_discarded()) return Corrupt(what + " is not valid JSON");
+  if (too_deep) return Corrupt(what + ": nested deeper than " + std::to_string(max_depth) + " levels");
+  if (j.is_discarded()) return Corrupt(what + ": not valid JSON");
   return j;
 }
 

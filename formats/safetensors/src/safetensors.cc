@@ -69,7 +69,8 @@ Result<Header> ParseHeader(std::span<const uint8_t> bytes) {
     if (t.begin > t.end) return Corrupt(where + ": data_offsets begin > end");
     if (t.end > data_size)
       return Corrupt(where + ": data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
-                     ") run past the end of the data (" + std::to_string(data_size) + " bytes)");
+                     ") run past the end of the data (" + std::to_string(data_size) +
+                     " bytes): the file is truncated or its header is corrupt");
     const auto elems = CheckedElementCount(t.shape);
     const auto nbytes = elems ? CheckedMul(*elems, DTypeSize(t.dtype)) : std::nullopt;
     if (!nbytes) return Corrupt(where + ": shape overflows");

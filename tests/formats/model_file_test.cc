@@ -1,0 +1,128 @@
+#include "coda/model_file.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+
+#include "../common/test_util.h"
+#include "convert.h"
+
+namespace coda {
+namespace {
+
+// A small random V3-architecture model (FP8 projections), written once per test binary.
+const std::string& SmallModel() {
+  static const std::string path = [] {
+    const std::string p = ::testing::TempDir() + "/coda_small_" + std::to_string(::getpid()) + ".coda";
+    convert::RandomOptions o;
+    o.seed = 7;
+    o.tokenizer_dir = test::DataDir() + "/tokenizer/deepseek-v3";
+    Status s = convert::ConvertRandom(test::DataDir() + "/golden/v3-fp8/hf/config.json", p, o);
+    EXPECT_TRUE(s.ok()) << s.message();
+    return p;
+  }();
+  return path;
+}
+
+TEST(ModelFile, RoundTripsARandomModel) {
+  auto f = ModelFile::Open(SmallModel());
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  const ModelConfig& c = f->config();
+  EXPECT_EQ(c.arch, Arch::kDeepseekV3);
+  EXPECT_EQ(c.hidden_size, 256u);
+  EXPECT_TRUE(c.fp8);
+  EXPECT_EQ(f->data_offset() % kCodaDataAlignment, 0u);
+  for (const TensorRef& t : f->tensors()) {
+    EXPECT_EQ(t.offset % kCodaTensorAlignment, 0u) << t.name;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data) % kCodaTensorAlignment, 0u) << t.name;
+  }
+  const TensorRef* q = f->Find("model.layers.0.self_attn.q_a_proj.weight");
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q->dtype, DType::kFP8E4M3);
+  ASSERT_GE(q->scale, 0);
+  EXPECT_EQ(f->tensors()[static_cast<size_t>(q->scale)].name, "model.layers.0.self_attn.q_a_proj.weight_scale_inv");
+  EXPECT_FALSE(f->tokenizer_json().empty());
+  EXPECT_FALSE(f->chat_template().empty());
+  // MTP weights are kept and marked; the graph does not use them.
+  const TensorRef* mtp = f->Find("model.layers.3.eh_proj.weight");
+  ASSERT_NE(mtp, nullptr);
+  EXPECT_TRUE(mtp->mtp);
+  const auto mtp_index = static_cast<int32_t>(mtp - f->tensors().data());
+  for (const GraphNode& n : f->graph().nodes)
+    for (int32_t w : n.weights) EXPECT_NE(w, mtp_index);
+}
+
+TEST(ModelFile, ExpertsOfALayerAreContiguous) {
+  auto f = ModelFile::Open(SmallModel());
+  ASSERT_TRUE(f.ok());
+  ASSERT_EQ(f->expert_blocks().size(), 3u);  // layers 1, 2 and the MTP layer 3
+  for (const ExpertBlockRef& b : f->expert_blocks()) {
+    EXPECT_EQ(b.n_experts, 16u);
+    uint64_t covered = 0;
+    for (const TensorRef& t : f->tensors()) {
+      if (t.layer != b.layer || t.expert < 0) continue;
+      const uint64_t lo = b.offset + b.stride * static_cast<uint64_t>(t.expert);
+      EXPECT_GE(t.offset, lo);
+      EXPECT_LE(t.offset + t.size, lo + b.stride);
+      covered += t.size;
+    }
+    // gate, up, down and their scales fill each expert's range but for alignment padding.
+    EXPECT_GT(covered, b.stride * b.n_experts * 9 / 10);
+  }
+}
+
+TEST(ModelFile, GraphFollowsTheArchitecture) {
+  auto f = ModelFile::Open(SmallModel());
+  ASSERT_TRUE(f.ok());
+  std::map<std::string, int> ops;
+  for (const GraphNode& n : f->graph().nodes) ops[std::string(OpTypeName(n.op))]++;
+  EXPECT_EQ(ops["Embed"], 1);
+  EXPECT_EQ(ops["MlaAttention"], 3);
+  EXPECT_EQ(ops["MoeGate"], 2);
+  EXPECT_EQ(ops["MoeExperts"], 2);
+  EXPECT_EQ(ops["Mlp"], 3);  // one dense layer + two shared-expert blocks
+  EXPECT_EQ(ops["RmsNorm"], 7);
+  EXPECT_EQ(ops["Head"], 1);
+}
+
+// Any truncation, and any corruption of the preamble or metadata, is an error or (for bytes
+// the verifier cannot tell apart) a valid model; never a crash. Run under ASan in CI.
+TEST(ModelFile, SurvivesTruncationAndCorruption) {
+  const std::string bytes = test::ReadFile(SmallModel());
+  auto span = [](const std::string& s) { return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size()); };
+  ASSERT_TRUE(ModelFile::FromBytes(span(bytes), "m").ok());
+  for (size_t cut : {size_t{0}, size_t{10}, size_t{63}, size_t{64}, size_t{200}, size_t{4096}, bytes.size() / 2,
+                     bytes.size() - 1}) {
+    auto r = ModelFile::FromBytes(span(bytes.substr(0, cut)), "m.coda");
+    ASSERT_FALSE(r.ok()) << cut;
+    EXPECT_EQ(r.status().message().rfind("m.coda: ", 0), 0u) << r.status().message();
+  }
+  uint64_t fb_size = 0;
+  std::memcpy(&fb_size, bytes.data() + 24, 8);
+  std::mt19937_64 rng(42);
+  int rejected = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    std::string b = bytes;
+    const int flips = 1 + static_cast<int>(rng() % 4);
+    for (int k = 0; k < flips; ++k) b[64 + rng() % fb_size] ^= static_cast<char>(1 + rng() % 255);
+    auto r = ModelFile::FromBytes(span(b), "m");
+    rejected += !r.ok();
+  }
+  EXPECT_GT(rejected, 0);
+  std::string bad = bytes;
+  bad[0] = 'X';
+  EXPECT_NE(ModelFile::FromBytes(span(bad), "m").status().message().find("bad magic"), std::string::npos);
+  bad = bytes;
+  bad[8] = 9;
+  EXPECT_NE(ModelFile::FromBytes(span(bad), "m").status().message().find("preamble version 9"), std::string::npos);
+}
+
+TEST(ModelFile, OpenNamesMissingFiles) {
+  auto r = ModelFile::Open("/nonexistent/model.coda");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(), "/nonexistent/model.coda: no such file");
+}
+
+}  // namespace
+}  // namespace coda
