@@ -1,0 +1,62 @@
+// The CPU backend's inner loops, in three builds chosen at run time by CPU features:
+// AVX-512 (F, BW, VL, F16C), AVX2 (+FMA, F16C), and portable reference C++.
+// Weights stay in their stored dtype; FP8 and BF16 are decoded to F32 in registers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "coda_backend.h"
+
+namespace coda::cpu {
+
+// A 2-D weight [rows, cols] as stored in the model file.
+struct Weight {
+  uint32_t dtype = CODA_DTYPE_F32;
+  uint64_t rows = 0, cols = 0;
+  const uint8_t* data = nullptr;
+  const float* scales = nullptr;  // FP8: [ceil(rows/block), scale_cols]
+  uint32_t block = 128;
+  uint64_t scale_cols = 0;
+};
+
+struct Kernels {
+  const char* name;
+  // y[t * ldy + r] = sum_c x[t * ldx + c] * W[r][c], for rows r in [r0, r1) and tokens t < n.
+  void (*matmul_rows)(const Weight& w, const float* x, size_t ldx, size_t n, float* y, size_t ldy, uint64_t r0,
+                      uint64_t r1);
+  // out[(r - r0) * cols + c] = W[r][c] for rows r in [r0, r1).
+  void (*dequant_rows)(const Weight& w, uint64_t r0, uint64_t r1, float* out);
+  float (*dot)(const float* a, const float* b, size_t n);
+  // y += a * x
+  void (*axpy)(float a, const float* x, float* y, size_t n);
+};
+
+const Kernels& ReferenceKernels();
+const Kernels* Avx2Kernels();    // nullptr when not compiled in
+const Kernels* Avx512Kernels();  // nullptr when not compiled in
+// The best set this CPU runs; CODA_CPU_KERNELS=ref|avx2|avx512 forces one (for tests).
+const Kernels& SelectKernels();
+
+// Scalar conversions shared by the kernel builds.
+inline float Bf16ToF32(uint16_t v) {
+  const uint32_t u = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+float Fp8ToF32(uint8_t v);
+inline uint16_t F32ToBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+inline float WeightScale(const Weight& w, uint64_t r, uint64_t c) {
+  return w.scales[(r / w.block) * w.scale_cols + c / w.block];
+}
+
+}  // namespace coda::cpu

@@ -1,0 +1,153 @@
+// AVX2 kernels (with FMA and F16C) for CPUs without AVX-512. Tails fall back to scalar code.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "kernels.h"
+
+namespace coda::cpu {
+namespace {
+
+template <uint32_t DT>
+constexpr uint64_t ElemSize() {
+  return DT == CODA_DTYPE_F32 ? 4 : DT == CODA_DTYPE_BF16 ? 2 : 1;
+}
+
+// 8 weights from column c; FP8 comes out 2^-8 times its value (see kernels_avx512.cc).
+template <uint32_t DT>
+inline __m256 Load8(const uint8_t* row, uint64_t c) {
+  if constexpr (DT == CODA_DTYPE_F32) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + c);
+  } else if constexpr (DT == CODA_DTYPE_BF16) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(row) + c));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+  } else {
+    const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c)));
+    const __m128i sign = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8);
+    const __m128i em = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x7f)), 7);
+    return _mm256_cvtph_ps(_mm_or_si128(sign, em));
+  }
+}
+
+template <uint32_t DT>
+inline float Scalar(const uint8_t* row, uint64_t c) {
+  if constexpr (DT == CODA_DTYPE_F32) {
+    float f;
+    std::memcpy(&f, row + 4 * c, 4);
+    return f;
+  } else if constexpr (DT == CODA_DTYPE_BF16) {
+    uint16_t v;
+    std::memcpy(&v, row + 2 * c, 2);
+    return Bf16ToF32(v);
+  } else {
+    return Fp8ToF32(row[c]) * (1.0f / 256.0f);
+  }
+}
+
+inline float Reduce(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 h = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+}
+
+// Sum over columns [c0, c1) of w[c] * x[t][c] for NT tokens; FP8 results are 2^-8 scaled.
+template <uint32_t DT, int NT>
+inline void Span(const uint8_t* row, const float* x, size_t ldx, uint64_t c0, uint64_t c1, float* out) {
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+  uint64_t c = c0;
+  for (; c + 8 <= c1; c += 8) {
+    const __m256 wv = Load8<DT>(row, c);
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * ldx + c), acc[t]);
+  }
+  for (int t = 0; t < NT; ++t) {
+    float s = Reduce(acc[t]);
+    for (uint64_t k = c; k < c1; ++k) s += Scalar<DT>(row, k) * x[t * ldx + k];
+    out[t] = s;
+  }
+}
+
+template <uint32_t DT, int NT>
+inline void RowDots(const Weight& w, const float* x, size_t ldx, float* y, size_t ldy, uint64_t r) {
+  const uint8_t* row = w.data + r * w.cols * ElemSize<DT>();
+  float total[NT] = {};
+  float part[NT];
+  if constexpr (DT == CODA_DTYPE_FP8_E4M3) {
+    const float* srow = w.scales + (r / w.block) * w.scale_cols;
+    for (uint64_t b0 = 0, bi = 0; b0 < w.cols; b0 += w.block, ++bi) {
+      Span<DT, NT>(row, x, ldx, b0, std::min<uint64_t>(w.cols, b0 + w.block), part);
+      for (int t = 0; t < NT; ++t) total[t] += part[t] * (srow[bi] * 256.0f);
+    }
+  } else {
+    Span<DT, NT>(row, x, ldx, 0, w.cols, total);
+  }
+  for (int t = 0; t < NT; ++t) y[t * ldy + r] = total[t];
+}
+
+template <uint32_t DT>
+void MatmulRowsT(const Weight& w, const float* x, size_t ldx, size_t n, float* y, size_t ldy, uint64_t r0,
+                 uint64_t r1) {
+  size_t t = 0;
+  for (; t + 4 <= n; t += 4)
+    for (uint64_t r = r0; r < r1; ++r) RowDots<DT, 4>(w, x + t * ldx, ldx, y + t * ldy, ldy, r);
+  for (; t < n; ++t)
+    for (uint64_t r = r0; r < r1; ++r) RowDots<DT, 1>(w, x + t * ldx, ldx, y + t * ldy, ldy, r);
+}
+
+void MatmulRows(const Weight& w, const float* x, size_t ldx, size_t n, float* y, size_t ldy, uint64_t r0, uint64_t r1) {
+  switch (w.dtype) {
+    case CODA_DTYPE_F32: return MatmulRowsT<CODA_DTYPE_F32>(w, x, ldx, n, y, ldy, r0, r1);
+    case CODA_DTYPE_BF16: return MatmulRowsT<CODA_DTYPE_BF16>(w, x, ldx, n, y, ldy, r0, r1);
+    case CODA_DTYPE_FP8_E4M3: return MatmulRowsT<CODA_DTYPE_FP8_E4M3>(w, x, ldx, n, y, ldy, r0, r1);
+    default: ReferenceKernels().matmul_rows(w, x, ldx, n, y, ldy, r0, r1);
+  }
+}
+
+template <uint32_t DT>
+void DequantRowsT(const Weight& w, uint64_t r0, uint64_t r1, float* out) {
+  for (uint64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * w.cols * ElemSize<DT>();
+    float* o = out + (r - r0) * w.cols;
+    for (uint64_t c0 = 0; c0 < w.cols; c0 += w.block) {
+      const uint64_t c1 = std::min<uint64_t>(w.cols, c0 + w.block);
+      const float s = DT == CODA_DTYPE_FP8_E4M3 ? WeightScale(w, r, c0) * 256.0f : 1.0f;
+      const __m256 sv = _mm256_set1_ps(s);
+      uint64_t c = c0;
+      for (; c + 8 <= c1; c += 8) _mm256_storeu_ps(o + c, _mm256_mul_ps(Load8<DT>(row, c), sv));
+      for (; c < c1; ++c) o[c] = Scalar<DT>(row, c) * s;
+    }
+  }
+}
+
+void DequantRows(const Weight& w, uint64_t r0, uint64_t r1, float* out) {
+  switch (w.dtype) {
+    case CODA_DTYPE_F32: return DequantRowsT<CODA_DTYPE_F32>(w, r0, r1, out);
+    case CODA_DTYPE_BF16: return DequantRowsT<CODA_DTYPE_BF16>(w, r0, r1, out);
+    case CODA_DTYPE_FP8_E4M3: return DequantRowsT<CODA_DTYPE_FP8_E4M3>(w, r0, r1, out);
+    default: ReferenceKernels().dequant_rows(w, r0, r1, out);
+  }
+}
+
+float Dot(const float* a, const float* b, size_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  float s = Reduce(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void Axpy(float a, const float* x, float* y, size_t n) {
+  const __m256 av = _mm256_set1_ps(a);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+const Kernels kAvx2 = {"avx2", MatmulRows, DequantRows, Dot, Axpy};
+
+}  // namespace
+
+const Kernels* Avx2Kernels() { return &kAvx2; }
+
+}  // namespace coda::cpu

@@ -1,0 +1,87 @@
+#include <array>
+#include <cmath>
+#include <cstdlib>
+#include <string_view>
+
+#include "kernels.h"
+
+namespace coda::cpu {
+
+namespace {
+
+std::array<float, 256> MakeFp8Table() {
+  std::array<float, 256> t{};
+  for (int v = 0; v < 256; ++v) {
+    const int exp = (v >> 3) & 0xf, man = v & 7;
+    float f = exp == 0 ? std::ldexp(static_cast<float>(man), -9) : std::ldexp(static_cast<float>(8 + man), exp - 10);
+    if (exp == 15 && man == 7) f = NAN;
+    t[static_cast<size_t>(v)] = (v & 0x80) ? -f : f;
+  }
+  return t;
+}
+const std::array<float, 256> kFp8 = MakeFp8Table();
+
+inline float Load(const Weight& w, uint64_t r, uint64_t c) {
+  const uint64_t i = r * w.cols + c;
+  switch (w.dtype) {
+    case CODA_DTYPE_F32: {
+      float f;
+      std::memcpy(&f, w.data + 4 * i, 4);
+      return f;
+    }
+    case CODA_DTYPE_BF16: {
+      uint16_t v;
+      std::memcpy(&v, w.data + 2 * i, 2);
+      return Bf16ToF32(v);
+    }
+    case CODA_DTYPE_FP8_E4M3: return kFp8[w.data[i]] * WeightScale(w, r, c);
+    default: return 0.0f;
+  }
+}
+
+void MatmulRows(const Weight& w, const float* x, size_t ldx, size_t n, float* y, size_t ldy, uint64_t r0, uint64_t r1) {
+  for (uint64_t r = r0; r < r1; ++r)
+    for (size_t t = 0; t < n; ++t) {
+      float acc = 0;
+      for (uint64_t c = 0; c < w.cols; ++c) acc += x[t * ldx + c] * Load(w, r, c);
+      y[t * ldy + r] = acc;
+    }
+}
+
+void DequantRows(const Weight& w, uint64_t r0, uint64_t r1, float* out) {
+  for (uint64_t r = r0; r < r1; ++r)
+    for (uint64_t c = 0; c < w.cols; ++c) out[(r - r0) * w.cols + c] = Load(w, r, c);
+}
+
+float Dot(const float* a, const float* b, size_t n) {
+  float acc = 0;
+  for (size_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+void Axpy(float a, const float* x, float* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+const Kernels kRef = {"reference", MatmulRows, DequantRows, Dot, Axpy};
+
+}  // namespace
+
+float Fp8ToF32(uint8_t v) { return kFp8[v]; }
+
+const Kernels& ReferenceKernels() { return kRef; }
+
+const Kernels& SelectKernels() {
+  const char* force = std::getenv("CODA_CPU_KERNELS");
+  const std::string_view f = force ? force : "";
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (f == "ref") return kRef;
+  if (f != "avx2" && avx512 && Avx512Kernels()) return *Avx512Kernels();
+  if (avx2 && Avx2Kernels()) return *Avx2Kernels();
+  return kRef;
+}
+
+}  // namespace coda::cpu

@@ -1,0 +1,361 @@
+#include "ops.h"
+
+#include <dnnl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+namespace coda::cpu {
+
+namespace {
+
+// Below this many tokens a Linear streams the weights once with register decoding (memory
+// bound); above it, weight panels are decoded to F32 once and multiplied with oneDNN's SGEMM
+// (compute bound), so decoding costs 1/n of the multiply.
+constexpr size_t kGemmMinTokens = 32;
+constexpr uint64_t kPanelBytes = 4u << 20;
+
+inline float* F(const coda_tensor& t) { return static_cast<float*>(t.data); }
+inline const float* CF(const coda_tensor& t) { return static_cast<const float*>(t.data); }
+
+float LoadElem(const coda_tensor& t, uint64_t i) {
+  switch (t.dtype) {
+    case CODA_DTYPE_F32: return static_cast<const float*>(t.data)[i];
+    case CODA_DTYPE_BF16: return Bf16ToF32(static_cast<const uint16_t*>(t.data)[i]);
+    default: return 0.0f;
+  }
+}
+
+// RMSNorm of n rows of d values: y = x * rsqrt(mean(x^2) + eps) * w.
+void RmsNormRows(const float* x, size_t ldx, size_t n, size_t d, const coda_tensor& w, float eps, float* y,
+                 size_t ldy) {
+  std::vector<float> wf(d);
+  for (size_t i = 0; i < d; ++i) wf[i] = LoadElem(w, i);
+  for (size_t t = 0; t < n; ++t) {
+    const float* xr = x + t * ldx;
+    double ss = 0;
+    for (size_t i = 0; i < d; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    const float r = 1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(d)) + eps);
+    float* yr = y + t * ldy;
+    for (size_t i = 0; i < d; ++i) yr[i] = xr[i] * r * wf[i];
+  }
+}
+
+// Interleaved-pair rotary embedding on `dr` values at position `pos`.
+void Rope(float* v, size_t dr, uint32_t pos, const float* inv_freq) {
+  for (size_t i = 0; i < dr / 2; ++i) {
+    const double a = static_cast<double>(pos) * inv_freq[i];
+    const float c = static_cast<float>(std::cos(a)), s = static_cast<float>(std::sin(a));
+    const float x0 = v[2 * i], x1 = v[2 * i + 1];
+    v[2 * i] = x0 * c - x1 * s;
+    v[2 * i + 1] = x0 * s + x1 * c;
+  }
+}
+
+inline float Silu(float x) { return x / (1.0f + std::exp(-x)); }
+
+std::string Sgemm(size_t m, size_t nn, size_t kk, const float* a, size_t lda, const float* b, size_t ldb, float* c,
+                  size_t ldc) {
+  // C[m, nn] = A[m, kk] * B[nn, kk]^T (row-major).
+  const dnnl_status_t s = dnnl_sgemm('N', 'T', static_cast<dnnl_dim_t>(m), static_cast<dnnl_dim_t>(nn),
+                                     static_cast<dnnl_dim_t>(kk), 1.0f, a, static_cast<dnnl_dim_t>(lda), b,
+                                     static_cast<dnnl_dim_t>(ldb), 0.0f, c, static_cast<dnnl_dim_t>(ldc));
+  return s == dnnl_success ? "" : "oneDNN sgemm failed with status " + std::to_string(static_cast<int>(s));
+}
+
+// Swiglu MLP on n rows: y = down(silu(gate x) * up x).
+std::string SwigluMlp(Context& ctx, const Weight& gate, const Weight& up, const Weight& down, const float* x,
+                      size_t n, float* y, std::vector<float>& tmp_g, std::vector<float>& tmp_u) {
+  const size_t width = gate.rows;
+  tmp_g.resize(n * width);
+  tmp_u.resize(n * width);
+  std::string e = Linear(ctx, gate, x, n, tmp_g.data());
+  if (e.empty()) e = Linear(ctx, up, x, n, tmp_u.data());
+  if (!e.empty()) return e;
+  for (size_t i = 0; i < n * width; ++i) tmp_g[i] = Silu(tmp_g[i]) * tmp_u[i];
+  return Linear(ctx, down, tmp_g.data(), n, y);
+}
+
+}  // namespace
+
+Weight ToWeight(const coda_tensor& t) {
+  Weight w;
+  w.dtype = t.dtype;
+  w.rows = t.ndim >= 2 ? t.shape[0] : 1;
+  w.cols = t.ndim >= 2 ? t.shape[1] : t.shape[0];
+  w.data = static_cast<const uint8_t*>(t.data);
+  if (t.dtype == CODA_DTYPE_FP8_E4M3 && t.scale) {
+    w.scales = static_cast<const float*>(t.scale->data);
+    w.block = t.block ? t.block : 128;
+    w.scale_cols = t.scale->shape[1];
+  }
+  return w;
+}
+
+std::string Linear(Context& ctx, const Weight& w, const float* x, size_t n, float* y) {
+  if (n < kGemmMinTokens) {
+    const size_t grain = std::max<size_t>(1, 16 / std::max<size_t>(1, n));
+    ctx.pool->ParallelFor(w.rows, grain, [&](size_t r0, size_t r1, unsigned) {
+      ctx.k->matmul_rows(w, x, w.cols, n, y, w.rows, r0, r1);
+    });
+    return "";
+  }
+  const uint64_t panel_rows = std::max<uint64_t>(16, kPanelBytes / (w.cols * 4));
+  std::vector<float>& panel = ctx.scratch[3];
+  panel.resize(static_cast<size_t>(std::min(panel_rows, w.rows) * w.cols));
+  for (uint64_t r0 = 0; r0 < w.rows; r0 += panel_rows) {
+    const uint64_t r1 = std::min(w.rows, r0 + panel_rows);
+    ctx.pool->ParallelFor(r1 - r0, 4, [&](size_t a, size_t b, unsigned) {
+      ctx.k->dequant_rows(w, r0 + a, r0 + b, panel.data() + a * w.cols);
+    });
+    std::string e = Sgemm(n, r1 - r0, w.cols, x, w.cols, panel.data(), w.cols, y + r0, w.rows);
+    if (!e.empty()) return e;
+  }
+  return "";
+}
+
+namespace {
+
+std::string Embed(const coda_op& op) {
+  const coda_tensor& table = op.weights[0];
+  const int32_t* ids = static_cast<const int32_t*>(op.inputs[0].data);
+  const uint64_t vocab = table.shape[0], h = table.shape[1];
+  float* y = F(op.outputs[0]);
+  for (uint32_t t = 0; t < op.n_tokens; ++t) {
+    if (ids[t] < 0 || static_cast<uint64_t>(ids[t]) >= vocab)
+      return "token id " + std::to_string(ids[t]) + " is outside the vocabulary (" + std::to_string(vocab) + ")";
+    for (uint64_t i = 0; i < h; ++i) y[t * h + i] = LoadElem(table, static_cast<uint64_t>(ids[t]) * h + i);
+  }
+  return "";
+}
+
+std::string MlaAttention(Context& ctx, const coda_op& op) {
+  const coda_hparams& hp = *op.hparams;
+  const size_t n = op.n_tokens, start = op.start_pos, total = start + n;
+  const size_t H = hp.n_heads, dn = hp.qk_nope_head_dim, dr = hp.qk_rope_head_dim,
+               dv = hp.v_head_dim, c = hp.kv_lora_rank, qk = dn + dr, row = c + dr;
+  if (total > op.kv.n_ctx) return "KV cache holds " + std::to_string(op.kv.n_ctx) + " positions, need " + std::to_string(total);
+  const coda_tensor* w = op.weights;  // q_a, q_a_norm, q_b, q, kv_a, kv_a_norm, kv_b, o
+  const float* x = CF(op.inputs[0]);
+  std::vector<float>& q = ctx.scratch[0];
+  std::vector<float>& kv = ctx.scratch[1];
+  std::vector<float>& attn = ctx.scratch[2];
+  q.resize(n * H * qk);
+  std::string e;
+  if (w[0].data) {
+    std::vector<float> qa(n * hp.q_lora_rank);
+    e = Linear(ctx, ToWeight(w[0]), x, n, qa.data());
+    if (!e.empty()) return e;
+    RmsNormRows(qa.data(), hp.q_lora_rank, n, hp.q_lora_rank, w[1], hp.rms_norm_eps, qa.data(), hp.q_lora_rank);
+    e = Linear(ctx, ToWeight(w[2]), qa.data(), n, q.data());
+  } else {
+    e = Linear(ctx, ToWeight(w[3]), x, n, q.data());
+  }
+  if (!e.empty()) return e;
+  kv.resize(n * row);
+  e = Linear(ctx, ToWeight(w[4]), x, n, kv.data());
+  if (!e.empty()) return e;
+  RmsNormRows(kv.data(), row, n, c, w[5], hp.rms_norm_eps, kv.data(), row);
+  for (size_t t = 0; t < n; ++t) {
+    const uint32_t pos = static_cast<uint32_t>(start + t);
+    Rope(kv.data() + t * row + c, dr, pos, hp.rope_inv_freq);
+    for (size_t h = 0; h < H; ++h) Rope(q.data() + (t * H + h) * qk + dn, dr, pos, hp.rope_inv_freq);
+  }
+  // Append [latent | k_pe] to the cache, then read the whole window back as F32.
+  const bool bf16 = op.kv.dtype == CODA_DTYPE_BF16;
+  std::vector<float> cache_f32;
+  const float* cache;
+  if (bf16) {
+    uint16_t* kvc = static_cast<uint16_t*>(op.kv.data);
+    for (size_t i = 0; i < n * row; ++i) kvc[start * row + i] = F32ToBf16(kv[i]);
+    cache_f32.resize(total * row);
+    for (size_t i = 0; i < total * row; ++i) cache_f32[i] = Bf16ToF32(kvc[i]);
+    cache = cache_f32.data();
+  } else {
+    float* kvc = static_cast<float*>(op.kv.data);
+    std::memcpy(kvc + start * row, kv.data(), n * row * sizeof(float));
+    cache = kvc;
+  }
+
+  // Absorbed attention, head by head: q_nope is folded through W_UK into the latent space,
+  // scores are taken against the latent cache, and W_UV maps the attended latent to values.
+  attn.resize(n * H * dv);
+  const Weight wkvb = ToWeight(w[6]);
+  const Kernels& k = *ctx.k;
+  ctx.pool->ParallelFor(H, 1, [&](size_t h0, size_t h1, unsigned ti) {
+    std::vector<float>& s = ctx.thread_scratch[ti];
+    s.resize((dn + dv) * c + 2 * c + total);
+    float* wh = s.data();
+    float* qabs = wh + (dn + dv) * c;
+    float* olat = qabs + c;
+    float* score = olat + c;
+    for (size_t h = h0; h < h1; ++h) {
+      k.dequant_rows(wkvb, h * (dn + dv), (h + 1) * (dn + dv), wh);
+      for (size_t t = 0; t < n; ++t) {
+        const float* qh = q.data() + (t * H + h) * qk;
+        std::fill(qabs, qabs + c, 0.0f);
+        for (size_t d = 0; d < dn; ++d) k.axpy(qh[d], wh + d * c, qabs, c);
+        const size_t visible = start + t + 1;  // causal
+        float mx = -INFINITY;
+        for (size_t p = 0; p < visible; ++p) {
+          const float* cp = cache + p * row;
+          score[p] = (k.dot(qabs, cp, c) + k.dot(qh + dn, cp + c, dr)) * hp.softmax_scale;
+          mx = std::max(mx, score[p]);
+        }
+        float sum = 0;
+        for (size_t p = 0; p < visible; ++p) sum += (score[p] = std::exp(score[p] - mx));
+        const float inv = 1.0f / sum;
+        std::fill(olat, olat + c, 0.0f);
+        for (size_t p = 0; p < visible; ++p) k.axpy(score[p] * inv, cache + p * row, olat, c);
+        float* out = attn.data() + (t * H + h) * dv;
+        for (size_t v = 0; v < dv; ++v) out[v] = k.dot(wh + (dn + v) * c, olat, c);
+      }
+    }
+  });
+  return Linear(ctx, ToWeight(w[7]), attn.data(), n, F(op.outputs[0]));
+}
+
+std::string MoeGate(Context& ctx, const coda_op& op) {
+  const coda_hparams& hp = *op.hparams;
+  const size_t n = op.n_tokens, E = hp.n_routed_experts, K = hp.n_experts_per_tok, G = hp.n_group;
+  std::vector<float> logits(n * E);
+  std::string e = Linear(ctx, ToWeight(op.weights[0]), CF(op.inputs[0]), n, logits.data());
+  if (!e.empty()) return e;
+  const coda_tensor& bias = op.weights[1];
+  int32_t* ids = static_cast<int32_t*>(op.outputs[0].data);
+  float* wts = F(op.outputs[1]);
+  std::vector<float> scores(E), sel(E), group(G);
+  std::vector<size_t> order(E), gorder(G);
+  for (size_t t = 0; t < n; ++t) {
+    const float* l = logits.data() + t * E;
+    if (hp.scoring_func == 0) {
+      const float mx = *std::max_element(l, l + E);
+      float sum = 0;
+      for (size_t i = 0; i < E; ++i) sum += (scores[i] = std::exp(l[i] - mx));
+      for (size_t i = 0; i < E; ++i) scores[i] /= sum;
+    } else {
+      for (size_t i = 0; i < E; ++i) scores[i] = 1.0f / (1.0f + std::exp(-l[i]));
+    }
+    for (size_t i = 0; i < E; ++i) sel[i] = scores[i] + (bias.data ? LoadElem(bias, i) : 0.0f);
+    if (G > 1) {
+      // Keep the topk_group best groups (by max, or by the sum of the top two with a bias);
+      // the others drop out with -inf (selection scores may be negative).
+      const size_t per = E / G;
+      for (size_t g = 0; g < G; ++g) {
+        const float* s = sel.data() + g * per;
+        if (bias.data) {
+          float a = -INFINITY, b = -INFINITY;
+          for (size_t i = 0; i < per; ++i) {
+            if (s[i] > a) { b = a; a = s[i]; } else if (s[i] > b) { b = s[i]; }
+          }
+          group[g] = per > 1 ? a + b : a;
+        } else {
+          group[g] = *std::max_element(s, s + per);
+        }
+      }
+      std::iota(gorder.begin(), gorder.end(), 0);
+      std::stable_sort(gorder.begin(), gorder.end(), [&](size_t a, size_t b) { return group[a] > group[b]; });
+      for (size_t r = hp.topk_group; r < G; ++r)
+        std::fill(sel.begin() + static_cast<long>(gorder[r] * per), sel.begin() + static_cast<long>((gorder[r] + 1) * per), -INFINITY);
+    }
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + static_cast<long>(K), order.end(), [&](size_t a, size_t b) {
+      return sel[a] > sel[b] || (sel[a] == sel[b] && a < b);
+    });
+    float sum = 0;
+    for (size_t j = 0; j < K; ++j) sum += scores[order[j]];
+    for (size_t j = 0; j < K; ++j) {
+      ids[t * K + j] = static_cast<int32_t>(order[j]);
+      float wv = scores[order[j]];
+      if (hp.norm_topk_prob) wv /= sum;
+      wts[t * K + j] = wv * hp.routed_scaling_factor;
+    }
+  }
+  return "";
+}
+
+std::string MoeExperts(Context& ctx, const coda_op& op) {
+  const coda_hparams& hp = *op.hparams;
+  const size_t n = op.n_tokens, K = hp.n_experts_per_tok, E = hp.n_routed_experts;
+  const size_t h = op.inputs[0].shape[1];
+  const float* x = CF(op.inputs[0]);
+  const int32_t* ids = static_cast<const int32_t*>(op.inputs[1].data);
+  const float* wts = CF(op.inputs[2]);
+  float* y = F(op.outputs[0]);
+  std::fill(y, y + n * h, 0.0f);
+  // Tokens grouped by expert, so each expert's weights are read once per call.
+  std::vector<std::vector<std::pair<uint32_t, float>>> routed(E);
+  for (size_t t = 0; t < n; ++t)
+    for (size_t j = 0; j < K; ++j) {
+      const int32_t id = ids[t * K + j];
+      if (id < 0 || static_cast<size_t>(id) >= E) return "expert id " + std::to_string(id) + " out of range";
+      routed[static_cast<size_t>(id)].push_back({static_cast<uint32_t>(t), wts[t * K + j]});
+    }
+  std::vector<float> xe, ye, g, u;
+  for (size_t e = 0; e < E; ++e) {
+    const auto& list = routed[e];
+    if (list.empty()) continue;
+    const size_t m = list.size();
+    xe.resize(m * h);
+    ye.resize(m * h);
+    for (size_t i = 0; i < m; ++i) std::memcpy(xe.data() + i * h, x + list[i].first * h, h * sizeof(float));
+    const coda_tensor* w = op.weights + 3 * e;
+    std::string err = SwigluMlp(ctx, ToWeight(w[0]), ToWeight(w[1]), ToWeight(w[2]), xe.data(), m, ye.data(), g, u);
+    if (!err.empty()) return err;
+    for (size_t i = 0; i < m; ++i) ctx.k->axpy(list[i].second, ye.data() + i * h, y + list[i].first * h, h);
+  }
+  return "";
+}
+
+}  // namespace
+
+std::string CheckOp(const coda_op& op) {
+  if (op.type >= CODA_OP_COUNT) return "unknown op " + std::to_string(op.type);
+  for (uint32_t i = 0; i < op.n_weights; ++i) {
+    const coda_tensor& t = op.weights[i];
+    if (!t.data) continue;
+    const bool ok = t.dtype == CODA_DTYPE_F32 || t.dtype == CODA_DTYPE_BF16 ||
+                    (t.dtype == CODA_DTYPE_FP8_E4M3 && t.scale && t.ndim == 2 && t.scale->dtype == CODA_DTYPE_F32);
+    if (!ok) return "weight dtype " + std::to_string(t.dtype) + " is not supported by the CPU backend";
+  }
+  if (op.type == CODA_OP_MLA_ATTENTION && op.kv.dtype != CODA_DTYPE_BF16 && op.kv.dtype != CODA_DTYPE_F32)
+    return "KV cache dtype must be BF16 or F32";
+  return "";
+}
+
+std::string RunOp(Context& ctx, const coda_op& op) {
+  std::string e = CheckOp(op);
+  if (!e.empty()) return e;
+  const size_t n = op.n_tokens;
+  switch (op.type) {
+    case CODA_OP_EMBED: return Embed(op);
+    case CODA_OP_RMS_NORM: {
+      const size_t d = op.inputs[0].shape[1];
+      RmsNormRows(CF(op.inputs[0]), d, n, d, op.weights[0], op.hparams->rms_norm_eps, F(op.outputs[0]), d);
+      return "";
+    }
+    case CODA_OP_LINEAR:
+    case CODA_OP_HEAD: return Linear(ctx, ToWeight(op.weights[0]), CF(op.inputs[0]), op.inputs[0].shape[0], F(op.outputs[0]));
+    case CODA_OP_MLA_ATTENTION: return MlaAttention(ctx, op);
+    case CODA_OP_MOE_GATE: return MoeGate(ctx, op);
+    case CODA_OP_MOE_EXPERTS: return MoeExperts(ctx, op);
+    case CODA_OP_MLP: {
+      std::vector<float>& g = ctx.scratch[0];
+      std::vector<float>& u = ctx.scratch[1];
+      return SwigluMlp(ctx, ToWeight(op.weights[0]), ToWeight(op.weights[1]), ToWeight(op.weights[2]), CF(op.inputs[0]),
+                       n, F(op.outputs[0]), g, u);
+    }
+    case CODA_OP_ADD: {
+      const size_t count = n * op.inputs[0].shape[1];
+      const float *a = CF(op.inputs[0]), *b = CF(op.inputs[1]);
+      float* y = F(op.outputs[0]);
+      for (size_t i = 0; i < count; ++i) y[i] = a[i] + b[i];
+      return "";
+    }
+  }
+  return "unknown op";
+}
+
+}  // namespace coda::cpu

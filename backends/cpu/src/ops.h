@@ -1,0 +1,30 @@
+// The graph ops on the CPU, on F32 activations; weights in F32, BF16 or FP8 with block scales.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "coda_backend.h"
+#include "kernels.h"
+#include "thread_pool.h"
+
+namespace coda::cpu {
+
+// Per-instance state the ops share: kernels, threads, reusable scratch memory.
+struct Context {
+  const Kernels* k;
+  ThreadPool* pool;
+  std::vector<std::vector<float>> thread_scratch;  // one per pool thread
+  std::vector<float> scratch[4];                   // op-level temporaries
+};
+
+// Errors are returned as a message; empty means success.
+std::string RunOp(Context& ctx, const coda_op& op);
+// Empty when the op's dtypes and shapes are supported, else the reason.
+std::string CheckOp(const coda_op& op);
+
+// y[n, rows] = x[n, cols] W^T (exposed for tests and benchmarks).
+std::string Linear(Context& ctx, const Weight& w, const float* x, size_t n, float* y);
+Weight ToWeight(const coda_tensor& t);
+
+}  // namespace coda::cpu
