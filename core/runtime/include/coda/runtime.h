@@ -1,0 +1,148 @@
+// The runtime's public API: a Context owns backends; a Model is a loaded .coda file; a Session
+// runs the model's graph over one sequence with its own latent KV cache.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "coda/dtype.h"
+#include "coda/kv_cache.h"
+#include "coda/model_config.h"
+#include "coda/model_file.h"
+#include "coda/sampler.h"
+#include "coda/status.h"
+#include "coda_backend.h"
+
+namespace coda {
+
+// A backend instance created from its ABI table.
+class Backend {
+ public:
+  static Result<std::unique_ptr<Backend>> Create(const coda_backend_api* api, const coda_backend_options& options);
+  ~Backend();
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
+
+  std::string_view name() const { return api_->name; }
+  std::string_view version() const { return api_->version; }
+  std::string describe() const;
+  bool Supports(const coda_op& op) const;
+  Status Execute(const coda_op& op) const;
+
+ private:
+  Backend(const coda_backend_api* api, void* self) : api_(api), self_(self) {}
+  const coda_backend_api* api_;
+  void* self_;
+};
+
+struct ContextOptions {
+  uint32_t n_threads = 0;  // 0: one per core
+  // Entry points of backends linked into the program (the CPU backend at least).
+  std::vector<coda_backend_entry_fn> backends;
+};
+
+// Owns the backends; everything that runs a model borrows them from here.
+class Context {
+ public:
+  static Result<std::unique_ptr<Context>> Create(const ContextOptions& options);
+  const std::vector<std::unique_ptr<Backend>>& backends() const { return backends_; }
+  // The backend called `name`, or an error listing the available ones.
+  Result<Backend*> Find(std::string_view name) const;
+
+ private:
+  std::vector<std::unique_ptr<Backend>> backends_;
+};
+
+// A loaded model: the mapped file plus what the ops need, derived once.
+class Model {
+ public:
+  static Result<std::shared_ptr<Model>> Load(const std::string& path);
+
+  const ModelConfig& config() const { return file_.config(); }
+  const ModelFile& file() const { return file_; }
+  const coda_hparams& hparams() const { return hparams_; }
+  // The ABI view of tensor `i` (with its scale linked for FP8).
+  const coda_tensor& tensor(int32_t i) const { return tensors_[static_cast<size_t>(i)]; }
+  // RoPE inverse frequencies after the YaRN correction, and the attention softmax scale.
+  const std::vector<float>& rope_inv_freq() const { return inv_freq_; }
+  bool yarn_active() const { return yarn_active_; }
+  // Bytes of weights the main forward pass reads for one token (active experts only).
+  uint64_t active_weight_bytes() const { return active_weight_bytes_; }
+
+ private:
+  Model() = default;
+  ModelFile file_;
+  std::vector<coda_tensor> tensors_;
+  std::vector<float> inv_freq_;
+  coda_hparams hparams_{};
+  bool yarn_active_ = false;
+  uint64_t active_weight_bytes_ = 0;
+};
+
+struct SessionOptions {
+  uint32_t n_ctx = 4096;
+  DType kv_dtype = DType::kBF16;
+  // Backend names in order of preference; ops none of them supports run on "cpu".
+  std::vector<std::string> backends = {"cpu"};
+};
+
+// Called after each graph node (for tests and diagnostics): the node and its outputs.
+using NodeObserver = std::function<void(const GraphNode& node, std::span<const coda_tensor> outputs)>;
+
+class Session {
+ public:
+  static Result<std::unique_ptr<Session>> Create(const Context& context, std::shared_ptr<const Model> model,
+                                                 const SessionOptions& options);
+  ~Session();
+
+  // Runs `tokens` at positions n_past() .. n_past() + n - 1 and appends them to the cache.
+  // Returns the logits, [n, vocab] when all_logits else [1, vocab] for the last token; the span
+  // stays valid until the next call.
+  Result<std::span<const float>> Forward(std::span<const int32_t> tokens, bool all_logits = false);
+
+  uint32_t n_past() const;
+  uint32_t n_ctx() const;
+  // Forgets everything (n_past = 0).
+  void Reset();
+  // Keeps the first n positions (e.g. the shared prefix of a conversation) and drops the rest.
+  Status Rewind(uint32_t n);
+  const LatentKvCache& kv_cache() const;
+  const Model& model() const { return *model_; }
+  void set_observer(NodeObserver observer) { observer_ = std::move(observer); }
+  // Which backend runs each node, and why (for --plan style reports).
+  std::vector<std::string> Placement() const;
+
+ private:
+  struct Impl;
+  Session() = default;
+  std::shared_ptr<const Model> model_;
+  std::unique_ptr<Impl> impl_;
+  NodeObserver observer_;
+};
+
+struct GenerateOptions {
+  uint32_t max_new_tokens = 256;
+  std::vector<int32_t> stop_tokens;        // e.g. EOS
+  std::vector<std::string> stop_strings;   // matched against the decoded text
+  // Bytes of a token's text (needed for stop strings); may be empty otherwise.
+  std::function<std::string(int32_t)> token_text;
+  uint32_t repetition_window = 64;         // recent tokens the repetition penalty sees
+};
+
+struct GenerateResult {
+  std::vector<int32_t> tokens;  // generated (stop token excluded)
+  enum class Stop { kLength, kStopToken, kStopString, kCallback } stop = Stop::kLength;
+  double prefill_seconds = 0, decode_seconds = 0;
+  uint32_t prompt_tokens = 0;
+};
+
+// Prefills `prompt` (appended to what the session holds), then samples up to max_new_tokens,
+// calling on_token for each (return false to stop).
+Result<GenerateResult> Generate(Session& session, Sampler& sampler, std::span<const int32_t> prompt,
+                                const GenerateOptions& options, const std::function<bool(int32_t)>& on_token);
+
+}  // namespace coda

@@ -1,0 +1,300 @@
+// The graph executor: places nodes on backends, plans activation memory per batch shape, and
+// runs the nodes in order over one sequence's latent cache.
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+
+#include "coda/runtime.h"
+
+namespace coda {
+
+namespace {
+
+enum : uint8_t {
+  kEmbed = CODA_OP_EMBED, kRmsNorm = CODA_OP_RMS_NORM, kLinear = CODA_OP_LINEAR, kMla = CODA_OP_MLA_ATTENTION,
+  kMoeGate = CODA_OP_MOE_GATE, kMoeExperts = CODA_OP_MOE_EXPERTS, kMlp = CODA_OP_MLP, kAdd = CODA_OP_ADD,
+  kHead = CODA_OP_HEAD,
+};
+
+struct ValueShape {
+  uint64_t rows = 0, cols = 0;
+  uint32_t dtype = CODA_DTYPE_F32;
+};
+
+// Activation memory for one batch shape: every value's place in one arena, reused once a
+// value is dead.
+struct Plan {
+  std::vector<ValueShape> shapes;
+  std::vector<uint64_t> offsets;  // in 4-byte units
+  uint64_t arena = 0;
+};
+
+}  // namespace
+
+struct Session::Impl {
+  const Context* context = nullptr;
+  std::unique_ptr<LatentKvCache> kv;
+  std::vector<Backend*> placement;  // per node
+  std::vector<std::string> placement_reason;
+  std::map<std::pair<uint32_t, bool>, Plan> plans;
+  std::vector<float> arena;
+  std::vector<coda_tensor> values;
+
+  Result<const Plan*> GetPlan(const Model& m, uint32_t n, bool all_logits);
+};
+
+Result<const Plan*> Session::Impl::GetPlan(const Model& m, uint32_t n, bool all_logits) {
+  auto key = std::make_pair(n, all_logits);
+  if (auto it = plans.find(key); it != plans.end()) return &it->second;
+  const GraphRef& g = m.file().graph();
+  const ModelConfig& c = m.config();
+  Plan p;
+  p.shapes.resize(g.n_values);
+  p.offsets.assign(g.n_values, 0);
+  p.shapes[0] = {n, 1, CODA_DTYPE_I32};
+  auto rows_of = [&](int32_t w) { return m.tensor(w).shape[0]; };
+  for (const GraphNode& node : g.nodes) {
+    const ValueShape in = p.shapes[node.inputs[0]];
+    switch (node.op) {
+      case kEmbed: p.shapes[node.outputs[0]] = {n, c.hidden_size}; break;
+      case kRmsNorm: case kAdd: p.shapes[node.outputs[0]] = in; break;
+      case kLinear: p.shapes[node.outputs[0]] = {in.rows, rows_of(node.weights[0])}; break;
+      case kMla: case kMoeExperts: p.shapes[node.outputs[0]] = {n, c.hidden_size}; break;
+      case kMlp: p.shapes[node.outputs[0]] = {in.rows, rows_of(node.weights[2])}; break;
+      case kMoeGate:
+        p.shapes[node.outputs[0]] = {n, c.n_experts_per_tok, CODA_DTYPE_I32};
+        p.shapes[node.outputs[1]] = {n, c.n_experts_per_tok};
+        break;
+      case kHead: p.shapes[node.outputs[0]] = {all_logits ? n : 1, rows_of(node.weights[0])}; break;
+      default: return Internal("planner: unknown op " + std::to_string(node.op));
+    }
+  }
+  // Last reader of each value; the logits are never freed.
+  std::vector<size_t> last_use(g.n_values, 0);
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    for (uint32_t v : g.nodes[i].inputs) last_use[v] = i;
+  last_use[g.logits] = SIZE_MAX;
+  std::vector<std::pair<uint64_t, uint64_t>> free_blocks;  // (offset, size), 16-float granules
+  auto size_of = [&](uint32_t v) { return (p.shapes[v].rows * p.shapes[v].cols + 15) / 16 * 16; };
+  auto allocate = [&](uint32_t v) {
+    const uint64_t need = size_of(v);
+    auto best = free_blocks.end();
+    for (auto it = free_blocks.begin(); it != free_blocks.end(); ++it)
+      if (it->second >= need && (best == free_blocks.end() || it->second < best->second)) best = it;
+    if (best == free_blocks.end()) {
+      p.offsets[v] = p.arena;
+      p.arena += need;
+      return;
+    }
+    p.offsets[v] = best->first;
+    if (best->second == need) free_blocks.erase(best);
+    else *best = {best->first + need, best->second - need};
+  };
+  allocate(0);
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    for (uint32_t v : g.nodes[i].outputs) allocate(v);
+    for (uint32_t v : g.nodes[i].inputs)
+      if (last_use[v] == i) free_blocks.push_back({p.offsets[v], size_of(v)});
+  }
+  return &plans.emplace(key, std::move(p)).first->second;
+}
+
+Result<std::unique_ptr<Session>> Session::Create(const Context& context, std::shared_ptr<const Model> model,
+                                                 const SessionOptions& options) {
+  const ModelConfig& c = model->config();
+  if (options.n_ctx > c.max_position_embeddings && c.max_position_embeddings > 0)
+    return InvalidArgument("context length " + std::to_string(options.n_ctx) + " exceeds the model's maximum of " +
+                           std::to_string(c.max_position_embeddings) + " positions");
+  std::unique_ptr<Session> s(new Session());
+  s->model_ = std::move(model);
+  s->impl_ = std::make_unique<Impl>();
+  Impl& im = *s->impl_;
+  im.context = &context;
+  CODA_ASSIGN_OR_RETURN(im.kv, LatentKvCache::Create(c, options.n_ctx, options.kv_dtype));
+
+  std::vector<Backend*> preferred;
+  for (const std::string& name : options.backends) {
+    CODA_ASSIGN_OR_RETURN(Backend * b, context.Find(name));
+    preferred.push_back(b);
+  }
+  auto cpu = context.Find("cpu");
+  if (cpu.ok() && std::find(preferred.begin(), preferred.end(), *cpu) == preferred.end()) preferred.push_back(*cpu);
+
+  // Place each node on the first preferred backend that supports it (probed with its weights).
+  const GraphRef& g = s->model_->file().graph();
+  for (const GraphNode& node : g.nodes) {
+    std::vector<coda_tensor> weights;
+    for (int32_t w : node.weights) weights.push_back(w >= 0 ? s->model_->tensor(w) : coda_tensor{});
+    coda_op probe{};
+    probe.struct_size = sizeof(coda_op);
+    probe.type = node.op;
+    probe.layer = node.layer;
+    probe.n_weights = static_cast<uint32_t>(weights.size());
+    probe.weights = weights.data();
+    probe.hparams = &s->model_->hparams();
+    probe.kv.dtype = static_cast<uint32_t>(options.kv_dtype);
+    Backend* chosen = nullptr;
+    std::string why;
+    for (Backend* b : preferred) {
+      if (b->Supports(probe)) {
+        chosen = b;
+        why = b == preferred.front() ? "preferred" : "fallback: earlier backends do not support it";
+        break;
+      }
+    }
+    if (!chosen)
+      return Unsupported("no loaded backend supports " + std::string(OpTypeName(node.op)) + " '" + node.name +
+                         "' with this model's dtypes");
+    im.placement.push_back(chosen);
+    im.placement_reason.push_back(why);
+  }
+  return s;
+}
+
+Session::~Session() = default;
+
+uint32_t Session::n_past() const { return impl_->kv->n_past(); }
+uint32_t Session::n_ctx() const { return impl_->kv->n_ctx(); }
+void Session::Reset() { impl_->kv->set_n_past(0); }
+const LatentKvCache& Session::kv_cache() const { return *impl_->kv; }
+
+Status Session::Rewind(uint32_t n) {
+  if (n > impl_->kv->n_past())
+    return InvalidArgument("cannot rewind to " + std::to_string(n) + " positions: only " +
+                           std::to_string(impl_->kv->n_past()) + " are filled");
+  impl_->kv->set_n_past(n);
+  return Status::Ok();
+}
+
+std::vector<std::string> Session::Placement() const {
+  std::vector<std::string> out;
+  const GraphRef& g = model_->file().graph();
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    out.push_back(g.nodes[i].name + " (" + std::string(OpTypeName(g.nodes[i].op)) + ") -> " +
+                  std::string(impl_->placement[i]->name()) + ": " + impl_->placement_reason[i]);
+  return out;
+}
+
+Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens, bool all_logits) {
+  Impl& im = *impl_;
+  const ModelConfig& c = model_->config();
+  if (tokens.empty()) return InvalidArgument("no tokens to run (empty prompt)");
+  const uint32_t start = im.kv->n_past();
+  if (tokens.size() > im.kv->n_ctx() - start)
+    return OutOfRange("context full: " + std::to_string(start) + " of " + std::to_string(im.kv->n_ctx()) +
+                      " positions used, " + std::to_string(tokens.size()) + " more requested (raise --n-ctx)");
+  for (size_t i = 0; i < tokens.size(); ++i)
+    if (tokens[i] < 0 || static_cast<uint32_t>(tokens[i]) >= c.vocab_size)
+      return InvalidArgument("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
+                             " is outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
+  const uint32_t n = static_cast<uint32_t>(tokens.size());
+  CODA_ASSIGN_OR_RETURN(const Plan* plan, im.GetPlan(*model_, n, all_logits));
+  if (im.arena.size() < plan->arena) im.arena.resize(plan->arena);
+  const GraphRef& g = model_->file().graph();
+  im.values.assign(g.n_values, coda_tensor{});
+  for (uint32_t v = 0; v < g.n_values; ++v) {
+    coda_tensor& t = im.values[v];
+    t.dtype = plan->shapes[v].dtype;
+    t.ndim = 2;
+    t.shape[0] = plan->shapes[v].rows;
+    t.shape[1] = plan->shapes[v].cols;
+    t.data = im.arena.data() + plan->offsets[v];
+  }
+  std::memcpy(im.values[0].data, tokens.data(), tokens.size() * sizeof(int32_t));
+
+  std::vector<coda_tensor> in, out, weights;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const GraphNode& node = g.nodes[i];
+    in.clear();
+    out.clear();
+    weights.clear();
+    for (uint32_t v : node.inputs) in.push_back(im.values[v]);
+    for (uint32_t v : node.outputs) out.push_back(im.values[v]);
+    for (int32_t w : node.weights) weights.push_back(w >= 0 ? model_->tensor(w) : coda_tensor{});
+    coda_op op{};
+    op.struct_size = sizeof(coda_op);
+    op.type = node.op;
+    op.layer = node.layer;
+    op.n_tokens = n;
+    op.start_pos = start;
+    if (node.op == kHead && !all_logits) {
+      // Only the last row's logits: feed the head that row alone.
+      coda_tensor& x = in[0];
+      x.data = static_cast<float*>(x.data) + static_cast<uint64_t>(n - 1) * x.shape[1];
+      x.shape[0] = 1;
+      op.n_tokens = 1;
+    }
+    op.n_inputs = static_cast<uint32_t>(in.size());
+    op.inputs = in.data();
+    op.n_outputs = static_cast<uint32_t>(out.size());
+    op.outputs = out.data();
+    op.n_weights = static_cast<uint32_t>(weights.size());
+    op.weights = weights.data();
+    op.hparams = &model_->hparams();
+    if (node.op == kMla) {
+      op.kv.dtype = static_cast<uint32_t>(im.kv->dtype());
+      op.kv.n_ctx = im.kv->n_ctx();
+      op.kv.row = im.kv->row();
+      op.kv.data = im.kv->layer_data(static_cast<uint32_t>(node.layer));
+    }
+    Status s = im.placement[i]->Execute(op);
+    if (!s.ok())
+      return s.WithContext(std::string(OpTypeName(node.op)) + " '" + node.name + "' on " +
+                           std::string(im.placement[i]->name()));
+    if (observer_) observer_(node, out);
+  }
+  im.kv->set_n_past(start + n);
+  const coda_tensor& logits = im.values[g.logits];
+  return std::span<const float>(static_cast<const float*>(logits.data), logits.shape[0] * logits.shape[1]);
+}
+
+Result<GenerateResult> Generate(Session& session, Sampler& sampler, std::span<const int32_t> prompt,
+                                const GenerateOptions& options, const std::function<bool(int32_t)>& on_token) {
+  using Clock = std::chrono::steady_clock;
+  GenerateResult r;
+  r.prompt_tokens = static_cast<uint32_t>(prompt.size());
+  if (!options.stop_strings.empty() && !options.token_text)
+    return InvalidArgument("stop strings need a token_text function");
+  auto t0 = Clock::now();
+  CODA_ASSIGN_OR_RETURN(std::span<const float> logits, session.Forward(prompt));
+  r.prefill_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::vector<int32_t> recent(prompt.end() - std::min<size_t>(prompt.size(), options.repetition_window), prompt.end());
+  std::string text;
+  size_t longest_stop = 0;
+  for (const auto& s : options.stop_strings) longest_stop = std::max(longest_stop, s.size());
+  t0 = Clock::now();
+  for (uint32_t i = 0; i < options.max_new_tokens; ++i) {
+    const int32_t tok = sampler.Sample(logits, recent);
+    if (std::find(options.stop_tokens.begin(), options.stop_tokens.end(), tok) != options.stop_tokens.end()) {
+      r.stop = GenerateResult::Stop::kStopToken;
+      break;
+    }
+    r.tokens.push_back(tok);
+    recent.push_back(tok);
+    if (recent.size() > options.repetition_window) recent.erase(recent.begin());
+    if (on_token && !on_token(tok)) {
+      r.stop = GenerateResult::Stop::kCallback;
+      break;
+    }
+    if (longest_stop) {
+      text += options.token_text(tok);
+      bool hit = false;
+      for (const auto& s : options.stop_strings) hit = hit || (!s.empty() && text.find(s) != std::string::npos);
+      if (hit) {
+        r.stop = GenerateResult::Stop::kStopString;
+        break;
+      }
+      if (text.size() > 4 * longest_stop) text.erase(0, text.size() - 2 * longest_stop);
+    }
+    if (i + 1 == options.max_new_tokens) break;
+    const int32_t next[1] = {tok};
+    auto step = session.Forward(next);
+    if (!step.ok()) return step.status();
+    logits = *step;
+  }
+  r.decode_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return r;
+}
+
+}  // namespace coda

@@ -1,0 +1,220 @@
+// The forward pass against DeepSeek's reference implementation (inference/model.py) on the
+// golden random-weight checkpoints: logits for prefill, incremental decode and greedy steps,
+// the final-norm hidden states, the routed experts of every token, and the greedy tokens.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <set>
+
+#include "../common/test_util.h"
+#include "coda/runtime.h"
+#include "coda_cpu_backend.h"
+#include "convert.h"
+
+namespace coda {
+namespace {
+
+struct Case {
+  std::string name;
+  nlohmann::json ref;
+  std::shared_ptr<Model> model;
+};
+
+std::vector<float> ReadF32(const std::string& path) {
+  const std::string b = test::ReadFile(path);
+  std::vector<float> v(b.size() / 4);
+  std::memcpy(v.data(), b.data(), v.size() * 4);
+  return v;
+}
+
+// max |a - b| / max |b|
+double RelErr(std::span<const float> a, std::span<const float> b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    num = std::max(num, std::fabs(static_cast<double>(a[i]) - b[i]));
+    den = std::max(den, std::fabs(static_cast<double>(b[i])));
+  }
+  return num / den;
+}
+
+class Golden : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    c_.name = GetParam();
+    const std::string dir = test::DataDir() + "/golden/" + c_.name;
+    c_.ref = nlohmann::json::parse(test::ReadFile(dir + "/reference.json"));
+    path_ = ::testing::TempDir() + "/golden_" + c_.name + "_" + std::to_string(::getpid()) + ".coda";
+    Status s = convert::ConvertCheckpoint(dir + "/hf", path_, {});
+    ASSERT_TRUE(s.ok()) << s.message();
+    auto m = Model::Load(path_);
+    ASSERT_TRUE(m.ok()) << m.status().message();
+    c_.model = *m;
+    ContextOptions co;
+    co.backends = {coda_cpu_backend_entry};
+    auto ctx = Context::Create(co);
+    ASSERT_TRUE(ctx.ok()) << ctx.status().message();
+    ctx_ = std::move(*ctx);
+  }
+  void TearDown() override { std::remove(path_.c_str()); }
+
+  std::unique_ptr<Session> NewSession() {
+    SessionOptions so;
+    so.n_ctx = 128;
+    so.kv_dtype = DType::kF32;  // the tolerances assume float32 everywhere
+    auto s = Session::Create(*ctx_, c_.model, so);
+    EXPECT_TRUE(s.ok()) << s.status().message();
+    return s.ok() ? std::move(*s) : nullptr;
+  }
+  std::vector<float> File(const std::string& name) {
+    return ReadF32(test::DataDir() + "/golden/" + c_.name + "/" + name);
+  }
+  std::vector<int32_t> Tokens() { return c_.ref["tokens"].get<std::vector<int32_t>>(); }
+  double Tol() { return c_.ref["tolerance"]["logits"].get<double>(); }
+
+  Case c_;
+  std::string path_;
+  std::unique_ptr<Context> ctx_;
+};
+
+TEST_P(Golden, PrefillMatchesLogitsHiddenAndRouting) {
+  auto s = NewSession();
+  ASSERT_TRUE(s);
+  const auto tokens = Tokens();
+  const size_t n = tokens.size(), hidden = c_.model->config().hidden_size;
+  std::vector<float> final_norm;
+  std::map<int, std::vector<std::vector<int32_t>>> routing;
+  s->set_observer([&](const GraphNode& node, std::span<const coda_tensor> outs) {
+    if (node.name == "model.norm") {
+      const float* p = static_cast<const float*>(outs[0].data);
+      final_norm.assign(p, p + n * hidden);
+    }
+    if (node.op == CODA_OP_MOE_GATE) {
+      const int32_t* ids = static_cast<const int32_t*>(outs[0].data);
+      const size_t k = outs[0].shape[1];
+      auto& r = routing[node.layer];
+      for (size_t t = 0; t < n; ++t) r.emplace_back(ids + t * k, ids + (t + 1) * k);
+    }
+  });
+  auto logits = s->Forward(tokens, /*all_logits=*/true);
+  ASSERT_TRUE(logits.ok()) << logits.status().message();
+  const auto golden = File("logits_prefill.f32");
+  ASSERT_EQ(logits->size(), golden.size());
+  const double err = RelErr(*logits, golden);
+  std::printf("[%s] prefill logits: max rel error %.3g (tolerance %.3g)\n", c_.name.c_str(), err, Tol());
+  EXPECT_LE(err, Tol());
+  const double herr = RelErr(final_norm, File("hidden_final_norm.f32"));
+  std::printf("[%s] final-norm hidden: max rel error %.3g (tolerance %.3g)\n", c_.name.c_str(), herr,
+              c_.ref["tolerance"]["hidden"].get<double>());
+  EXPECT_LE(herr, c_.ref["tolerance"]["hidden"].get<double>());
+
+  const auto& per_layer = c_.ref["routing"]["per_layer"];
+  ASSERT_EQ(routing.size(), per_layer.size());
+  size_t mismatches = 0;
+  for (auto& [layer, got] : routing) {
+    const auto want = per_layer[std::to_string(layer)]["indices"].get<std::vector<std::vector<int32_t>>>();
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t t = 0; t < n; ++t) {
+      const std::set<int32_t> a(got[t].begin(), got[t].end()), b(want[t].begin(), want[t].end());
+      if (a != b) ++mismatches;
+      EXPECT_EQ(a, b) << "layer " << layer << " token " << t;
+    }
+  }
+  EXPECT_EQ(mismatches, 0u);
+}
+
+TEST_P(Golden, IncrementalDecodeMatches) {
+  auto s = NewSession();
+  ASSERT_TRUE(s);
+  const auto tokens = Tokens();
+  const size_t from = c_.ref["decode_from"].get<size_t>(), V = c_.model->config().vocab_size;
+  std::vector<float> got;
+  auto first = s->Forward(std::span(tokens).first(from), true);
+  ASSERT_TRUE(first.ok()) << first.status().message();
+  got.assign(first->begin(), first->end());
+  for (size_t p = from; p < tokens.size(); ++p) {
+    ASSERT_EQ(s->n_past(), p);
+    auto step = s->Forward(std::span(tokens).subspan(p, 1));
+    ASSERT_TRUE(step.ok()) << step.status().message();
+    ASSERT_EQ(step->size(), V);
+    got.insert(got.end(), step->begin(), step->end());
+  }
+  const double err = RelErr(got, File("logits_decode.f32"));
+  std::printf("[%s] decode logits: max rel error %.3g\n", c_.name.c_str(), err);
+  EXPECT_LE(err, Tol());
+}
+
+// Chunked prefill (several tokens at start_pos > 0) reproduces the one-shot prefill rows.
+TEST_P(Golden, ChunkedPrefillMatches) {
+  auto s = NewSession();
+  ASSERT_TRUE(s);
+  const auto tokens = Tokens();
+  const size_t V = c_.model->config().vocab_size;
+  std::vector<float> got;
+  for (size_t p = 0; p < tokens.size(); p += 7) {
+    auto r = s->Forward(std::span(tokens).subspan(p, std::min<size_t>(7, tokens.size() - p)), true);
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    got.insert(got.end(), r->begin(), r->end());
+  }
+  ASSERT_EQ(got.size(), tokens.size() * V);
+  EXPECT_LE(RelErr(got, File("logits_prefill.f32")), Tol());
+}
+
+TEST_P(Golden, GreedyContinuationMatches) {
+  auto s = NewSession();
+  ASSERT_TRUE(s);
+  auto sampler = Sampler::Create({});
+  ASSERT_TRUE(sampler.ok());
+  std::vector<float> logits_rows;
+  const auto& g = c_.ref["greedy"];
+  const auto want = g["tokens"].get<std::vector<int32_t>>();
+  std::map<int, std::vector<std::vector<int32_t>>> routing;
+  bool prompt_done = false;
+  s->set_observer([&](const GraphNode& node, std::span<const coda_tensor> outs) {
+    if (node.op == CODA_OP_HEAD) {
+      const float* p = static_cast<const float*>(outs[0].data);
+      logits_rows.insert(logits_rows.end(), p, p + outs[0].shape[1]);
+      prompt_done = true;
+    }
+    if (node.op == CODA_OP_MOE_GATE && prompt_done) {
+      const int32_t* ids = static_cast<const int32_t*>(outs[0].data);
+      routing[node.layer].emplace_back(ids, ids + outs[0].shape[1]);
+    }
+  });
+  GenerateOptions go;
+  go.max_new_tokens = static_cast<uint32_t>(want.size());
+  auto r = Generate(*s, *sampler, Tokens(), go, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(r->tokens, want);
+  const double err = RelErr(logits_rows, File("greedy_logits.f32"));
+  std::printf("[%s] greedy logits: max rel error %.3g, tokens %s\n", c_.name.c_str(), err,
+              r->tokens == want ? "equal" : "DIFFERENT");
+  EXPECT_LE(err, Tol());
+  for (auto& [layer, got] : routing) {
+    const auto exp = g["routing_of_fed_tokens"][std::to_string(layer)].get<std::vector<std::vector<int32_t>>>();
+    ASSERT_EQ(got.size(), exp.size());
+    for (size_t i = 0; i < exp.size(); ++i)
+      EXPECT_EQ(std::set<int32_t>(got[i].begin(), got[i].end()), std::set<int32_t>(exp[i].begin(), exp[i].end()))
+          << "layer " << layer << " fed token " << i;
+  }
+}
+
+TEST_P(Golden, YarnFrequenciesMatchTheReference) {
+  const auto& derived = c_.ref["reference"]["derived"];
+  const auto want = derived["rope_inverse_frequencies"].get<std::vector<double>>();
+  const auto& got = c_.model->rope_inv_freq();
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-6 * std::fabs(want[i]) + 1e-12) << i;
+  EXPECT_NEAR(c_.model->hparams().softmax_scale, derived["softmax_scale"].get<double>(), 1e-6);
+  EXPECT_TRUE(c_.model->yarn_active());
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, Golden, ::testing::Values("v3-fp8", "v2lite-bf16", "v2-bf16"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& ch : n)
+                             if (ch == '-') ch = '_';
+                           return n;
+                         });
+
+}  // namespace
+}  // namespace coda
