@@ -28,9 +28,14 @@ struct Kernels {
                       uint64_t r1);
   // out[(r - r0) * cols + c] = W[r][c] for rows r in [r0, r1).
   void (*dequant_rows)(const Weight& w, uint64_t r0, uint64_t r1, float* out);
+  // y[c] += sum_{r in [r0, r1)} x[r - r0] * W[r][c] for every column c (a transposed mat-vec).
+  void (*matvec_t)(const Weight& w, uint64_t r0, uint64_t r1, const float* x, float* y);
   float (*dot)(const float* a, const float* b, size_t n);
   // y += a * x
   void (*axpy)(float a, const float* x, float* y, size_t n);
+  // The same with a BF16 second operand (the latent cache).
+  float (*dot_bf16)(const float* a, const uint16_t* b, size_t n);
+  void (*axpy_bf16)(float a, const uint16_t* x, float* y, size_t n);
 };
 
 const Kernels& ReferenceKernels();

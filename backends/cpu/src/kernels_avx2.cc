@@ -128,6 +128,51 @@ void DequantRows(const Weight& w, uint64_t r0, uint64_t r1, float* out) {
   }
 }
 
+template <uint32_t DT>
+void MatvecTT(const Weight& w, uint64_t r0, uint64_t r1, const float* x, float* y) {
+  for (uint64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * w.cols * ElemSize<DT>();
+    for (uint64_t c0 = 0; c0 < w.cols; c0 += w.block) {
+      const uint64_t c1 = std::min<uint64_t>(w.cols, c0 + w.block);
+      const float s = x[r - r0] * (DT == CODA_DTYPE_FP8_E4M3 ? WeightScale(w, r, c0) * 256.0f : 1.0f);
+      const __m256 sv = _mm256_set1_ps(s);
+      uint64_t c = c0;
+      for (; c + 8 <= c1; c += 8) _mm256_storeu_ps(y + c, _mm256_fmadd_ps(Load8<DT>(row, c), sv, _mm256_loadu_ps(y + c)));
+      for (; c < c1; ++c) y[c] += Scalar<DT>(row, c) * s;
+    }
+  }
+}
+
+void MatvecT(const Weight& w, uint64_t r0, uint64_t r1, const float* x, float* y) {
+  switch (w.dtype) {
+    case CODA_DTYPE_F32: return MatvecTT<CODA_DTYPE_F32>(w, r0, r1, x, y);
+    case CODA_DTYPE_BF16: return MatvecTT<CODA_DTYPE_BF16>(w, r0, r1, x, y);
+    case CODA_DTYPE_FP8_E4M3: return MatvecTT<CODA_DTYPE_FP8_E4M3>(w, r0, r1, x, y);
+    default: ReferenceKernels().matvec_t(w, r0, r1, x, y);
+  }
+}
+
+inline __m256 Bf16x8(const uint16_t* p) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+}
+
+float DotBf16(const float* a, const uint16_t* b, size_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), Bf16x8(b + i), acc);
+  float s = Reduce(acc);
+  for (; i < n; ++i) s += a[i] * Bf16ToF32(b[i]);
+  return s;
+}
+
+void AxpyBf16(float a, const uint16_t* x, float* y, size_t n) {
+  const __m256 av = _mm256_set1_ps(a);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, Bf16x8(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += a * Bf16ToF32(x[i]);
+}
+
 float Dot(const float* a, const float* b, size_t n) {
   __m256 acc = _mm256_setzero_ps();
   size_t i = 0;
@@ -144,7 +189,7 @@ void Axpy(float a, const float* x, float* y, size_t n) {
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
-const Kernels kAvx2 = {"avx2", MatmulRows, DequantRows, Dot, Axpy};
+const Kernels kAvx2 = {"avx2", MatmulRows, DequantRows, MatvecT, Dot, Axpy, DotBf16, AxpyBf16};
 
 }  // namespace
 

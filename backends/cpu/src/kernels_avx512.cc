@@ -13,69 +13,102 @@ inline __mmask16 TailMask(uint64_t remaining) {
   return remaining >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << remaining) - 1);
 }
 
-// 16 weights from column c of a row, as F32. FP8 comes out 2^-8 times its value: the E4M3 bits
-// are placed into an F16 (same mantissa width after a shift, exponent bias 15 instead of 7) and
-// converted by hardware; callers fold the 256 into the block scale.
-template <uint32_t DT>
-inline __m512 Load16(const uint8_t* row, uint64_t c, __mmask16 m) {
-  if constexpr (DT == CODA_DTYPE_F32) {
-    return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(row) + c);
-  } else if constexpr (DT == CODA_DTYPE_BF16) {
-    const __m256i v = _mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(row) + c);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
-  } else {
-    const __m128i b = _mm_maskz_loadu_epi8(m, row + c);
-    const __m256i w = _mm256_cvtepu8_epi16(b);
-    const __m256i sign = _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x80)), 8);
-    const __m256i em = _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x7f)), 7);
-    return _mm512_cvtph_ps(_mm256_or_si256(sign, em));
-  }
-}
-
 template <uint32_t DT>
 constexpr uint64_t ElemSize() {
   return DT == CODA_DTYPE_F32 ? 4 : DT == CODA_DTYPE_BF16 ? 2 : 1;
 }
 
-// Dot products of one weight row with NT token rows of x.
-template <uint32_t DT, int NT>
-inline void RowDots(const Weight& w, const float* x, size_t ldx, float* y, size_t ldy, uint64_t r) {
-  const uint8_t* row = w.data + r * w.cols * ElemSize<DT>();
-  __m512 acc[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
-  if constexpr (DT == CODA_DTYPE_FP8_E4M3) {
-    const float* srow = w.scales + (r / w.block) * w.scale_cols;
-    for (uint64_t b0 = 0, bi = 0; b0 < w.cols; b0 += w.block, ++bi) {
-      const uint64_t b1 = std::min<uint64_t>(w.cols, b0 + w.block);
-      __m512 part[NT];
-      for (int t = 0; t < NT; ++t) part[t] = _mm512_setzero_ps();
-      for (uint64_t c = b0; c < b1; c += 16) {
-        const __mmask16 m = TailMask(b1 - c);
-        const __m512 wv = Load16<DT>(row, c, m);
-        for (int t = 0; t < NT; ++t) part[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + t * ldx + c), part[t]);
-      }
-      const __m512 s = _mm512_set1_ps(srow[bi] * 256.0f);
-      for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(part[t], s, acc[t]);
-    }
-  } else {
-    for (uint64_t c = 0; c < w.cols; c += 16) {
-      const __mmask16 m = TailMask(w.cols - c);
-      const __m512 wv = Load16<DT>(row, c, m);
-      for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + t * ldx + c), acc[t]);
+// 16 weights from column c of a row, as F32. FP8 comes out 2^-8 times its value: the E4M3 bits
+// are placed into an F16 (same mantissa width after a shift, exponent bias 15 instead of 7) and
+// converted by hardware; callers fold the 256 into the block scale.
+inline __m512 Fp8x16(__m128i b) {
+  const __m256i w = _mm256_cvtepu8_epi16(b);
+  const __m256i sign = _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x80)), 8);
+  const __m256i em = _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x7f)), 7);
+  return _mm512_cvtph_ps(_mm256_or_si256(sign, em));
+}
+
+inline __m512 Bf16x16(__m256i v) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16)); }
+
+template <uint32_t DT>
+inline __m512 Load16(const uint8_t* row, uint64_t c) {
+  if constexpr (DT == CODA_DTYPE_F32) return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + c);
+  else if constexpr (DT == CODA_DTYPE_BF16) return Bf16x16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * c)));
+  else return Fp8x16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c)));
+}
+
+template <uint32_t DT>
+inline __m512 Load16(const uint8_t* row, uint64_t c, __mmask16 m) {
+  if constexpr (DT == CODA_DTYPE_F32) return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(row) + c);
+  else if constexpr (DT == CODA_DTYPE_BF16) return Bf16x16(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(row) + c));
+  else return Fp8x16(_mm_maskz_loadu_epi8(m, row + c));
+}
+
+// acc[r][t] += W[row r][c0, c1) . x[t][c0, c1) for NR rows and NT tokens, with independent
+// accumulators so loads and FMAs overlap.
+template <uint32_t DT, int NR, int NT>
+inline void Span(const uint8_t* const* rows, const float* x, size_t ldx, uint64_t c0, uint64_t c1, __m512 (&acc)[NR][NT]) {
+  uint64_t c = c0;
+  for (; c + 16 <= c1; c += 16) {
+    __m512 xv[NT];
+    for (int t = 0; t < NT; ++t) xv[t] = _mm512_loadu_ps(x + t * ldx + c);
+    for (int r = 0; r < NR; ++r) {
+      const __m512 wv = Load16<DT>(rows[r], c);
+      for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
     }
   }
-  for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[t]);
+  if (c < c1) {
+    const __mmask16 m = TailMask(c1 - c);
+    __m512 xv[NT];
+    for (int t = 0; t < NT; ++t) xv[t] = _mm512_maskz_loadu_ps(m, x + t * ldx + c);
+    for (int r = 0; r < NR; ++r) {
+      const __m512 wv = Load16<DT>(rows[r], c, m);
+      for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+    }
+  }
+}
+
+template <uint32_t DT, int NR, int NT>
+inline void Block(const Weight& w, const float* x, size_t ldx, float* y, size_t ldy, uint64_t r0) {
+  const uint8_t* rows[NR];
+  for (int r = 0; r < NR; ++r) rows[r] = w.data + (r0 + r) * w.cols * ElemSize<DT>();
+  __m512 acc[NR][NT];
+  for (auto& a : acc)
+    for (auto& v : a) v = _mm512_setzero_ps();
+  if constexpr (DT == CODA_DTYPE_FP8_E4M3) {
+    const float* srow[NR];
+    for (int r = 0; r < NR; ++r) srow[r] = w.scales + ((r0 + r) / w.block) * w.scale_cols;
+    for (uint64_t b0 = 0, bi = 0; b0 < w.cols; b0 += w.block, ++bi) {
+      __m512 part[NR][NT];
+      for (auto& a : part)
+        for (auto& v : a) v = _mm512_setzero_ps();
+      Span<DT, NR, NT>(rows, x, ldx, b0, std::min<uint64_t>(w.cols, b0 + w.block), part);
+      for (int r = 0; r < NR; ++r) {
+        const __m512 s = _mm512_set1_ps(srow[r][bi] * 256.0f);
+        for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_fmadd_ps(part[r][t], s, acc[r][t]);
+      }
+    }
+  } else {
+    Span<DT, NR, NT>(rows, x, ldx, 0, w.cols, acc);
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int t = 0; t < NT; ++t) y[t * ldy + r0 + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
 template <uint32_t DT>
 void MatmulRowsT(const Weight& w, const float* x, size_t ldx, size_t n, float* y, size_t ldy, uint64_t r0,
                  uint64_t r1) {
   size_t t = 0;
-  // Four tokens share each decoded weight vector.
-  for (; t + 4 <= n; t += 4)
-    for (uint64_t r = r0; r < r1; ++r) RowDots<DT, 4>(w, x + t * ldx, ldx, y + t * ldy, ldy, r);
-  for (; t < n; ++t)
-    for (uint64_t r = r0; r < r1; ++r) RowDots<DT, 1>(w, x + t * ldx, ldx, y + t * ldy, ldy, r);
+  for (; t + 4 <= n; t += 4) {  // 2 rows x 4 tokens
+    uint64_t r = r0;
+    for (; r + 2 <= r1; r += 2) Block<DT, 2, 4>(w, x + t * ldx, ldx, y + t * ldy, ldy, r);
+    for (; r < r1; ++r) Block<DT, 1, 4>(w, x + t * ldx, ldx, y + t * ldy, ldy, r);
+  }
+  for (; t < n; ++t) {  // 4 rows x 1 token: the decode case
+    uint64_t r = r0;
+    for (; r + 4 <= r1; r += 4) Block<DT, 4, 1>(w, x + t * ldx, ldx, y + t * ldy, ldy, r);
+    for (; r < r1; ++r) Block<DT, 1, 1>(w, x + t * ldx, ldx, y + t * ldy, ldy, r);
+  }
 }
 
 void MatmulRows(const Weight& w, const float* x, size_t ldx, size_t n, float* y, size_t ldy, uint64_t r0, uint64_t r1) {
@@ -87,27 +120,26 @@ void MatmulRows(const Weight& w, const float* x, size_t ldx, size_t n, float* y,
   }
 }
 
+// Calls f(c, mask, scale) for each 16-column chunk of a row, with the row's block scale (x256
+// for FP8; 1 otherwise).
+template <uint32_t DT, typename F>
+inline void ForChunks(const Weight& w, uint64_t r, F&& f) {
+  const uint64_t step = DT == CODA_DTYPE_FP8_E4M3 ? w.block : w.cols;
+  for (uint64_t b0 = 0; b0 < w.cols; b0 += step) {
+    const uint64_t b1 = std::min<uint64_t>(w.cols, b0 + step);
+    const float s = DT == CODA_DTYPE_FP8_E4M3 ? WeightScale(w, r, b0) * 256.0f : 1.0f;
+    for (uint64_t c = b0; c < b1; c += 16) f(c, TailMask(b1 - c), s);
+  }
+}
+
 template <uint32_t DT>
 void DequantRowsT(const Weight& w, uint64_t r0, uint64_t r1, float* out) {
   for (uint64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w.data + r * w.cols * ElemSize<DT>();
     float* o = out + (r - r0) * w.cols;
-    if constexpr (DT == CODA_DTYPE_FP8_E4M3) {
-      const float* srow = w.scales + (r / w.block) * w.scale_cols;
-      for (uint64_t b0 = 0, bi = 0; b0 < w.cols; b0 += w.block, ++bi) {
-        const uint64_t b1 = std::min<uint64_t>(w.cols, b0 + w.block);
-        const __m512 s = _mm512_set1_ps(srow[bi] * 256.0f);
-        for (uint64_t c = b0; c < b1; c += 16) {
-          const __mmask16 m = TailMask(b1 - c);
-          _mm512_mask_storeu_ps(o + c, m, _mm512_mul_ps(Load16<DT>(row, c, m), s));
-        }
-      }
-    } else {
-      for (uint64_t c = 0; c < w.cols; c += 16) {
-        const __mmask16 m = TailMask(w.cols - c);
-        _mm512_mask_storeu_ps(o + c, m, Load16<DT>(row, c, m));
-      }
-    }
+    ForChunks<DT>(w, r, [&](uint64_t c, __mmask16 m, float s) {
+      _mm512_mask_storeu_ps(o + c, m, _mm512_mul_ps(Load16<DT>(row, c, m), _mm512_set1_ps(s)));
+    });
   }
 }
 
@@ -117,6 +149,27 @@ void DequantRows(const Weight& w, uint64_t r0, uint64_t r1, float* out) {
     case CODA_DTYPE_BF16: return DequantRowsT<CODA_DTYPE_BF16>(w, r0, r1, out);
     case CODA_DTYPE_FP8_E4M3: return DequantRowsT<CODA_DTYPE_FP8_E4M3>(w, r0, r1, out);
     default: ReferenceKernels().dequant_rows(w, r0, r1, out);
+  }
+}
+
+template <uint32_t DT>
+void MatvecTT(const Weight& w, uint64_t r0, uint64_t r1, const float* x, float* y) {
+  for (uint64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * w.cols * ElemSize<DT>();
+    const float xr = x[r - r0];
+    ForChunks<DT>(w, r, [&](uint64_t c, __mmask16 m, float s) {
+      const __m512 yv = _mm512_maskz_loadu_ps(m, y + c);
+      _mm512_mask_storeu_ps(y + c, m, _mm512_fmadd_ps(Load16<DT>(row, c, m), _mm512_set1_ps(xr * s), yv));
+    });
+  }
+}
+
+void MatvecT(const Weight& w, uint64_t r0, uint64_t r1, const float* x, float* y) {
+  switch (w.dtype) {
+    case CODA_DTYPE_F32: return MatvecTT<CODA_DTYPE_F32>(w, r0, r1, x, y);
+    case CODA_DTYPE_BF16: return MatvecTT<CODA_DTYPE_BF16>(w, r0, r1, x, y);
+    case CODA_DTYPE_FP8_E4M3: return MatvecTT<CODA_DTYPE_FP8_E4M3>(w, r0, r1, x, y);
+    default: ReferenceKernels().matvec_t(w, r0, r1, x, y);
   }
 }
 
@@ -142,7 +195,30 @@ void Axpy(float a, const float* x, float* y, size_t n) {
   }
 }
 
-const Kernels kAvx512 = {"avx512", MatmulRows, DequantRows, Dot, Axpy};
+float DotBf16(const float* a, const uint16_t* b, size_t n) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), Bf16x16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + i))), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16),
+                           Bf16x16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + i + 16))), acc1);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 m = TailMask(n - i);
+    acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), Bf16x16(_mm256_maskz_loadu_epi16(m, b + i)), acc0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+void AxpyBf16(float a, const uint16_t* x, float* y, size_t n) {
+  const __m512 av = _mm512_set1_ps(a);
+  for (size_t i = 0; i < n; i += 16) {
+    const __mmask16 m = TailMask(n - i);
+    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(av, Bf16x16(_mm256_maskz_loadu_epi16(m, x + i)), _mm512_maskz_loadu_ps(m, y + i)));
+  }
+}
+
+const Kernels kAvx512 = {"avx512", MatmulRows, DequantRows, MatvecT, Dot, Axpy, DotBf16, AxpyBf16};
 
 }  // namespace
 

@@ -53,6 +53,21 @@ void DequantRows(const Weight& w, uint64_t r0, uint64_t r1, float* out) {
     for (uint64_t c = 0; c < w.cols; ++c) out[(r - r0) * w.cols + c] = Load(w, r, c);
 }
 
+void MatvecT(const Weight& w, uint64_t r0, uint64_t r1, const float* x, float* y) {
+  for (uint64_t r = r0; r < r1; ++r)
+    for (uint64_t c = 0; c < w.cols; ++c) y[c] += x[r - r0] * Load(w, r, c);
+}
+
+float DotBf16(const float* a, const uint16_t* b, size_t n) {
+  float acc = 0;
+  for (size_t i = 0; i < n; ++i) acc += a[i] * Bf16ToF32(b[i]);
+  return acc;
+}
+
+void AxpyBf16(float a, const uint16_t* x, float* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) y[i] += a * Bf16ToF32(x[i]);
+}
+
 float Dot(const float* a, const float* b, size_t n) {
   float acc = 0;
   for (size_t i = 0; i < n; ++i) acc += a[i] * b[i];
@@ -63,7 +78,7 @@ void Axpy(float a, const float* x, float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
-const Kernels kRef = {"reference", MatmulRows, DequantRows, Dot, Axpy};
+const Kernels kRef = {"reference", MatmulRows, DequantRows, MatvecT, Dot, Axpy, DotBf16, AxpyBf16};
 
 }  // namespace
 

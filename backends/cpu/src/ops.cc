@@ -16,6 +16,9 @@ namespace {
 // (compute bound), so decoding costs 1/n of the multiply.
 constexpr size_t kGemmMinTokens = 32;
 constexpr uint64_t kPanelBytes = 4u << 20;
+// Up to this many tokens, attention reads kv_b_proj in its stored dtype (decode); beyond, each
+// head's rows are decoded to F32 once and reused by every token.
+constexpr size_t kAbsorbDirectMaxTokens = 4;
 
 inline float* F(const coda_tensor& t) { return static_cast<float*>(t.data); }
 inline const float* CF(const coda_tensor& t) { return static_cast<const float*>(t.data); }
@@ -163,54 +166,67 @@ std::string MlaAttention(Context& ctx, const coda_op& op) {
     Rope(kv.data() + t * row + c, dr, pos, hp.rope_inv_freq);
     for (size_t h = 0; h < H; ++h) Rope(q.data() + (t * H + h) * qk + dn, dr, pos, hp.rope_inv_freq);
   }
-  // Append [latent | k_pe] to the cache, then read the whole window back as F32.
+  // Append [latent | k_pe] to the cache.
   const bool bf16 = op.kv.dtype == CODA_DTYPE_BF16;
-  std::vector<float> cache_f32;
-  const float* cache;
+  uint16_t* c16 = static_cast<uint16_t*>(op.kv.data);
+  float* c32 = static_cast<float*>(op.kv.data);
   if (bf16) {
-    uint16_t* kvc = static_cast<uint16_t*>(op.kv.data);
-    for (size_t i = 0; i < n * row; ++i) kvc[start * row + i] = F32ToBf16(kv[i]);
-    cache_f32.resize(total * row);
-    for (size_t i = 0; i < total * row; ++i) cache_f32[i] = Bf16ToF32(kvc[i]);
-    cache = cache_f32.data();
+    for (size_t i = 0; i < n * row; ++i) c16[start * row + i] = F32ToBf16(kv[i]);
   } else {
-    float* kvc = static_cast<float*>(op.kv.data);
-    std::memcpy(kvc + start * row, kv.data(), n * row * sizeof(float));
-    cache = kvc;
+    std::memcpy(c32 + start * row, kv.data(), n * row * sizeof(float));
   }
+  const Kernels& k = *ctx.k;
+  auto cache_dot = [&](const float* a, size_t p, size_t off, size_t len) {
+    return bf16 ? k.dot_bf16(a, c16 + p * row + off, len) : k.dot(a, c32 + p * row + off, len);
+  };
+  auto cache_axpy = [&](float a, size_t p, float* y) {
+    if (bf16) k.axpy_bf16(a, c16 + p * row, y, c);
+    else k.axpy(a, c32 + p * row, y, c);
+  };
 
   // Absorbed attention, head by head: q_nope is folded through W_UK into the latent space,
   // scores are taken against the latent cache, and W_UV maps the attended latent to values.
+  // Few tokens read kv_b_proj in its stored dtype; many decode each head's rows once to F32.
   attn.resize(n * H * dv);
   const Weight wkvb = ToWeight(w[6]);
-  const Kernels& k = *ctx.k;
+  const bool dequant = n > kAbsorbDirectMaxTokens;
   ctx.pool->ParallelFor(H, 1, [&](size_t h0, size_t h1, unsigned ti) {
     std::vector<float>& s = ctx.thread_scratch[ti];
-    s.resize((dn + dv) * c + 2 * c + total);
+    s.resize((dequant ? (dn + dv) * c : 0) + 2 * c + total + H * (dn + dv));
     float* wh = s.data();
-    float* qabs = wh + (dn + dv) * c;
+    float* qabs = wh + (dequant ? (dn + dv) * c : 0);
     float* olat = qabs + c;
     float* score = olat + c;
+    float* vfull = score + total;
     for (size_t h = h0; h < h1; ++h) {
-      k.dequant_rows(wkvb, h * (dn + dv), (h + 1) * (dn + dv), wh);
+      const uint64_t uk = h * (dn + dv), uv = uk + dn;
+      if (dequant) k.dequant_rows(wkvb, uk, uk + dn + dv, wh);
       for (size_t t = 0; t < n; ++t) {
         const float* qh = q.data() + (t * H + h) * qk;
         std::fill(qabs, qabs + c, 0.0f);
-        for (size_t d = 0; d < dn; ++d) k.axpy(qh[d], wh + d * c, qabs, c);
+        if (dequant) {
+          for (size_t d = 0; d < dn; ++d) k.axpy(qh[d], wh + d * c, qabs, c);
+        } else {
+          k.matvec_t(wkvb, uk, uk + dn, qh, qabs);
+        }
         const size_t visible = start + t + 1;  // causal
         float mx = -INFINITY;
         for (size_t p = 0; p < visible; ++p) {
-          const float* cp = cache + p * row;
-          score[p] = (k.dot(qabs, cp, c) + k.dot(qh + dn, cp + c, dr)) * hp.softmax_scale;
+          score[p] = (cache_dot(qabs, p, 0, c) + cache_dot(qh + dn, p, c, dr)) * hp.softmax_scale;
           mx = std::max(mx, score[p]);
         }
         float sum = 0;
         for (size_t p = 0; p < visible; ++p) sum += (score[p] = std::exp(score[p] - mx));
         const float inv = 1.0f / sum;
         std::fill(olat, olat + c, 0.0f);
-        for (size_t p = 0; p < visible; ++p) k.axpy(score[p] * inv, cache + p * row, olat, c);
+        for (size_t p = 0; p < visible; ++p) cache_axpy(score[p] * inv, p, olat);
         float* out = attn.data() + (t * H + h) * dv;
-        for (size_t v = 0; v < dv; ++v) out[v] = k.dot(wh + (dn + v) * c, olat, c);
+        if (dequant) {
+          for (size_t v = 0; v < dv; ++v) out[v] = k.dot(wh + (dn + v) * c, olat, c);
+        } else {
+          k.matmul_rows(wkvb, olat, c, 1, vfull, 0, uv, uv + dv);
+          std::memcpy(out, vfull + uv, dv * sizeof(float));
+        }
       }
     }
   });

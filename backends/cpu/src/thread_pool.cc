@@ -1,8 +1,21 @@
 #include "thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CODA_PAUSE() _mm_pause()
+#else
+#define CODA_PAUSE() std::this_thread::yield()
+#endif
 
 namespace coda::cpu {
+
+namespace {
+// How long an idle worker spins before it sleeps.
+constexpr auto kSpin = std::chrono::microseconds(200);
+}  // namespace
 
 ThreadPool::ThreadPool(unsigned n_threads) {
   const unsigned n = std::max(1u, n_threads);
@@ -12,7 +25,7 @@ ThreadPool::ThreadPool(unsigned n_threads) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
+    stop_.store(true);
   }
   wake_.notify_all();
   for (auto& t : workers_) t.join();
@@ -21,18 +34,25 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::WorkerLoop(unsigned index) {
   uint64_t seen = 0;
   for (;;) {
-    std::unique_lock<std::mutex> lock(mu_);
-    wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-    if (stop_) return;
-    seen = generation_;
-    const auto* job = job_;
-    const size_t n = n_, chunk = chunk_;
-    lock.unlock();
-    const size_t begin = std::min(n, chunk * index);
-    const size_t end = std::min(n, begin + chunk);
-    if (begin < end) (*job)(begin, end, index);
-    lock.lock();
-    if (--pending_ == 0) done_.notify_one();
+    // Spin for a while, then sleep until the next job.
+    const auto until = std::chrono::steady_clock::now() + kSpin;
+    int spins = 0;
+    while (generation_.load(std::memory_order_acquire) == seen && !stop_.load(std::memory_order_relaxed)) {
+      CODA_PAUSE();
+      if (++spins % 256 == 0 && std::chrono::steady_clock::now() > until) {
+        std::unique_lock<std::mutex> lock(mu_);
+        sleeping_.fetch_add(1);
+        wake_.wait(lock, [&] { return stop_.load() || generation_.load() != seen; });
+        sleeping_.fetch_sub(1);
+        break;
+      }
+    }
+    if (stop_.load()) return;
+    seen = generation_.load(std::memory_order_acquire);
+    const size_t begin = std::min(n_, chunk_ * index);
+    const size_t end = std::min(n_, begin + chunk_);
+    if (begin < end) (*job_)(begin, end, index);
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 
@@ -47,18 +67,20 @@ void ThreadPool::ParallelFor(size_t n, size_t grain, const std::function<void(si
     return;
   }
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> lock(mu_);  // pairs with the sleepers' wait
     job_ = &fn;
     n_ = n;
     chunk_ = chunk;
-    pending_ = static_cast<unsigned>(workers_.size());
-    ++generation_;
+    pending_.store(static_cast<unsigned>(workers_.size()), std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
   }
-  wake_.notify_all();
+  if (sleeping_.load() > 0) wake_.notify_all();
   fn(0, std::min(n, chunk), 0);
-  std::unique_lock<std::mutex> lock(mu_);
-  done_.wait(lock, [&] { return pending_ == 0; });
-  job_ = nullptr;
+  // Spin for the stragglers, yielding now and then in case a worker is waiting for this core.
+  for (int spins = 1; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    CODA_PAUSE();
+    if (spins % 64 == 0) std::this_thread::yield();
+  }
 }
 
 }  // namespace coda::cpu

@@ -1,10 +1,13 @@
 // A fixed pool of worker threads owned by one backend instance. ParallelFor splits [0, n) into
 // contiguous chunks, one per thread, and runs them with the calling thread taking part.
+// Decoding a token issues ~100 short parallel regions, so workers spin briefly on an atomic
+// before sleeping: a futex wake-up per region would cost more than the region itself.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -30,12 +33,13 @@ class ThreadPool {
 
   std::vector<std::thread> workers_;
   std::mutex mu_;
-  std::condition_variable wake_, done_;
+  std::condition_variable wake_;
   const std::function<void(size_t, size_t, unsigned)>* job_ = nullptr;
   size_t n_ = 0, chunk_ = 0;
-  uint64_t generation_ = 0;
-  unsigned pending_ = 0;
-  bool stop_ = false;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<unsigned> pending_{0};
+  std::atomic<unsigned> sleeping_{0};
+  std::atomic<bool> stop_{false};
 };
 
 }  // namespace coda::cpu

@@ -167,6 +167,13 @@ Status Session::Rewind(uint32_t n) {
   return Status::Ok();
 }
 
+Status Session::JumpTo(uint32_t n) {
+  if (n > impl_->kv->n_ctx())
+    return OutOfRange("position " + std::to_string(n) + " is beyond the context (" + std::to_string(impl_->kv->n_ctx()) + ")");
+  impl_->kv->set_n_past(n);
+  return Status::Ok();
+}
+
 std::vector<std::string> Session::Placement() const {
   std::vector<std::string> out;
   const GraphRef& g = model_->file().graph();

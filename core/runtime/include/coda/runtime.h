@@ -110,6 +110,9 @@ class Session {
   void Reset();
   // Keeps the first n positions (e.g. the shared prefix of a conversation) and drops the rest.
   Status Rewind(uint32_t n);
+  // Moves to position n without computing anything: positions below n count as filled with
+  // whatever the cache holds. Benchmarks use it to time decoding at a depth without a prefill.
+  Status JumpTo(uint32_t n);
   const LatentKvCache& kv_cache() const;
   const Model& model() const { return *model_; }
   void set_observer(NodeObserver observer) { observer_ = std::move(observer); }

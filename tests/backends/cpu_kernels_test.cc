@@ -1,0 +1,142 @@
+// Every kernel build this CPU can run against the portable reference, on odd shapes with
+// partial FP8 blocks; and the Linear op's two paths (register decode, panel + SGEMM).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "kernels.h"
+#include "ops.h"
+
+namespace coda::cpu {
+namespace {
+
+struct TestWeight {
+  std::vector<uint8_t> bytes;
+  std::vector<float> scales;
+  Weight w;
+};
+
+TestWeight MakeWeight(uint32_t dtype, uint64_t rows, uint64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  TestWeight t;
+  const size_t esize = dtype == CODA_DTYPE_F32 ? 4 : dtype == CODA_DTYPE_BF16 ? 2 : 1;
+  t.bytes.resize(rows * cols * esize);
+  for (size_t i = 0; i < rows * cols; ++i) {
+    const float v = nd(rng);
+    if (dtype == CODA_DTYPE_F32) std::memcpy(&t.bytes[4 * i], &v, 4);
+    if (dtype == CODA_DTYPE_BF16) {
+      const uint16_t b = F32ToBf16(v);
+      std::memcpy(&t.bytes[2 * i], &b, 2);
+    }
+    if (dtype == CODA_DTYPE_FP8_E4M3) t.bytes[i] = static_cast<uint8_t>(rng() & 0xff) & 0xfe;  // skip NaN codes
+  }
+  t.w.dtype = dtype;
+  t.w.rows = rows;
+  t.w.cols = cols;
+  t.w.data = t.bytes.data();
+  if (dtype == CODA_DTYPE_FP8_E4M3) {
+    t.w.block = 128;
+    t.w.scale_cols = (cols + 127) / 128;
+    t.scales.resize(((rows + 127) / 128) * t.w.scale_cols);
+    for (auto& s : t.scales) s = std::ldexp(1.0f, -static_cast<int>(rng() % 12));
+    t.w.scales = t.scales.data();
+  }
+  return t;
+}
+
+std::vector<const Kernels*> Builds() {
+  std::vector<const Kernels*> k;
+  __builtin_cpu_init();
+  if (Avx2Kernels() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) k.push_back(Avx2Kernels());
+  if (Avx512Kernels() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl"))
+    k.push_back(Avx512Kernels());
+  return k;
+}
+
+void ExpectClose(const std::vector<float>& a, const std::vector<float>& b, double rel, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size());
+  double scale = 1e-30;
+  for (float v : b) scale = std::max(scale, static_cast<double>(std::fabs(v)));
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], rel * scale) << what << " at " << i;
+}
+
+TEST(CpuKernels, SimdBuildsMatchTheReference) {
+  const auto builds = Builds();
+  if (builds.empty()) GTEST_SKIP() << "this CPU has neither AVX2+FMA nor AVX-512: only the reference kernels run";
+  const Kernels& ref = ReferenceKernels();
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (uint32_t dtype : {CODA_DTYPE_F32, CODA_DTYPE_BF16, CODA_DTYPE_FP8_E4M3}) {
+    for (auto [rows, cols] : {std::pair<uint64_t, uint64_t>{37, 200}, {130, 256}, {5, 17}, {260, 129}}) {
+      TestWeight t = MakeWeight(dtype, rows, cols, static_cast<uint32_t>(rows * cols + dtype));
+      for (size_t n : {1, 3, 4, 6, 9}) {
+        std::vector<float> x(n * cols);
+        for (auto& v : x) v = nd(rng);
+        std::vector<float> want(n * rows), got(n * rows);
+        ref.matmul_rows(t.w, x.data(), cols, n, want.data(), rows, 0, rows);
+        for (const Kernels* k : builds) {
+          std::fill(got.begin(), got.end(), 0.0f);
+          k->matmul_rows(t.w, x.data(), cols, n, got.data(), rows, 0, rows);
+          ExpectClose(got, want, 1e-5, std::string(k->name) + " matmul_rows dtype " + std::to_string(dtype));
+        }
+      }
+      std::vector<float> want(rows * cols), got(rows * cols);
+      ref.dequant_rows(t.w, 0, rows, want.data());
+      std::vector<float> xr(rows), yw(cols, 0.5f), yg(cols);
+      for (auto& v : xr) v = nd(rng);
+      ref.matvec_t(t.w, 0, rows, xr.data(), yw.data());
+      for (const Kernels* k : builds) {
+        k->dequant_rows(t.w, 0, rows, got.data());
+        EXPECT_EQ(got, want) << k->name << " dequant_rows is exact";
+        std::fill(yg.begin(), yg.end(), 0.5f);
+        k->matvec_t(t.w, 0, rows, xr.data(), yg.data());
+        ExpectClose(yg, yw, 1e-5, std::string(k->name) + " matvec_t");
+      }
+    }
+  }
+  for (size_t n : {1, 15, 16, 33, 512, 577}) {
+    std::vector<float> a(n), b(n), y0(n), y1(n);
+    std::vector<uint16_t> h(n);
+    for (size_t i = 0; i < n; ++i) {
+      a[i] = nd(rng);
+      b[i] = nd(rng);
+      h[i] = F32ToBf16(nd(rng));
+      y0[i] = y1[i] = nd(rng);
+    }
+    for (const Kernels* k : builds) {
+      EXPECT_NEAR(k->dot(a.data(), b.data(), n), ref.dot(a.data(), b.data(), n), 1e-4 * n);
+      EXPECT_NEAR(k->dot_bf16(a.data(), h.data(), n), ref.dot_bf16(a.data(), h.data(), n), 1e-4 * n);
+      auto ya = y0, yb = y0;
+      k->axpy(0.7f, a.data(), ya.data(), n);
+      ref.axpy(0.7f, a.data(), yb.data(), n);
+      ExpectClose(ya, yb, 1e-6, "axpy");
+      ya = y1, yb = y1;
+      k->axpy_bf16(-1.3f, h.data(), ya.data(), n);
+      ref.axpy_bf16(-1.3f, h.data(), yb.data(), n);
+      ExpectClose(ya, yb, 1e-6, "axpy_bf16");
+    }
+  }
+}
+
+TEST(CpuKernels, LinearGemmPathMatchesTheRegisterPath) {
+  ThreadPool pool(2);
+  Context ctx{&SelectKernels(), &pool, std::vector<std::vector<float>>(2), {}};
+  std::mt19937 rng(9);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (uint32_t dtype : {CODA_DTYPE_BF16, CODA_DTYPE_FP8_E4M3}) {
+    TestWeight t = MakeWeight(dtype, 300, 333, 11);
+    const size_t n = 40;  // above the SGEMM threshold
+    std::vector<float> x(n * 333), gemm(n * 300), want(n * 300);
+    for (auto& v : x) v = nd(rng);
+    ASSERT_EQ(Linear(ctx, t.w, x.data(), n, gemm.data()), "");
+    ReferenceKernels().matmul_rows(t.w, x.data(), 333, n, want.data(), 300, 0, 300);
+    ExpectClose(gemm, want, 1e-5, "linear dtype " + std::to_string(dtype));
+  }
+}
+
+}  // namespace
+}  // namespace coda::cpu

@@ -1,0 +1,211 @@
+// coda-bench: prefill and decode speed of a model, against the memory bandwidth measured in the
+// same run (decode reads every active weight once per token: it is bandwidth-bound).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "coda/tools/cli.h"
+#include "coda/tools/model_session.h"
+
+namespace {
+
+constexpr char kTool[] = "coda-bench";
+constexpr char kHelp[] = R"(coda-bench: prefill and decode speed, and the fraction of the memory-bandwidth bound.
+
+Usage:
+  coda-bench -m model.coda [options]
+
+Runs pp<N> (one prefill of N tokens) and tg<M> (M decode steps) at each context depth, and
+measures the machine's read bandwidth in the same run. The decode bound is
+bandwidth / (active weight bytes + latent-cache bytes read per token).
+
+Options:
+  -m, --model PATH     the .coda model
+  --pp N               prefill length (default 512)
+  --tg N               decode steps per depth (default 128)
+  --depths LIST        context depths for decoding (default 0,1024,4096)
+  --threads N          CPU threads (default: one per core)
+  --kv-dtype bf16|f32  latent cache precision (default bf16)
+  --backend LIST       backends in order of preference (default: cpu)
+  --json               print one JSON object instead of the table
+  -h, --help           this help
+)";
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+// Best of several multi-threaded passes summing a buffer much larger than the caches.
+double MeasureReadBandwidth(unsigned threads) {
+  const size_t bytes = size_t{1} << 30;
+  std::vector<uint64_t> buf(bytes / 8);
+  for (size_t i = 0; i < buf.size(); i += 512) buf[i] = i;
+  double best = 0;
+  for (int pass = 0; pass < 5; ++pass) {
+    std::vector<uint64_t> sums(threads);
+    const auto t0 = Clock::now();
+    std::vector<std::thread> ts;
+    for (unsigned t = 0; t < threads; ++t)
+      ts.emplace_back([&, t] {
+        const size_t chunk = buf.size() / threads;
+        const uint64_t* p = buf.data() + t * chunk;
+        uint64_t a = 0, b = 0, c = 0, d = 0;
+        for (size_t i = 0; i + 4 <= chunk; i += 4) {
+          a += p[i];
+          b += p[i + 1];
+          c += p[i + 2];
+          d += p[i + 3];
+        }
+        sums[t] = a + b + c + d;
+      });
+    for (auto& t : ts) t.join();
+    const double s = Seconds(t0, Clock::now());
+    volatile uint64_t sink = sums[0];
+    (void)sink;
+    best = std::max(best, static_cast<double>(bytes) / s);
+  }
+  return best;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace coda;
+  tools::LoadOptions lo;
+  uint32_t pp = 512, tg = 128;
+  std::vector<int32_t> depths = {0, 1024, 4096};
+  bool json = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    std::string v;
+    auto value = [&]() {
+      if (i + 1 >= argc) return false;
+      v = argv[++i];
+      return true;
+    };
+    auto number = [&](uint32_t* out) {
+      if (!value()) return false;
+      char* end = nullptr;
+      const unsigned long n = std::strtoul(v.c_str(), &end, 10);
+      if (v.empty() || *end || n > 1'000'000) return false;
+      *out = static_cast<uint32_t>(n);
+      return true;
+    };
+    if (a == "-h" || a == "--help") {
+      std::fputs(kHelp, stdout);
+      return 0;
+    } else if (a == "-m" || a == "--model") {
+      if (!value()) return tools::UsageError(kTool, a + " needs a value");
+      lo.model_path = v;
+    } else if (a == "--pp") {
+      if (!number(&pp)) return tools::UsageError(kTool, "--pp needs a token count");
+    } else if (a == "--tg") {
+      if (!number(&tg) || tg == 0) return tools::UsageError(kTool, "--tg needs a positive step count");
+    } else if (a == "--threads") {
+      if (!number(&lo.n_threads)) return tools::UsageError(kTool, "--threads needs a number");
+    } else if (a == "--depths") {
+      if (!value()) return tools::UsageError(kTool, a + " needs a value");
+      auto d = tools::ParseIdList(v);
+      if (!d.ok()) return tools::UsageError(kTool, "--depths: " + d.status().message());
+      depths = *d;
+    } else if (a == "--kv-dtype") {
+      if (!value()) return tools::UsageError(kTool, a + " needs a value");
+      auto d = tools::ParseKvDtype(v);
+      if (!d.ok()) return tools::UsageError(kTool, d.status().message());
+      lo.kv_dtype = *d;
+    } else if (a == "--backend") {
+      if (!value()) return tools::UsageError(kTool, a + " needs a value");
+      lo.backends = tools::SplitList(v);
+    } else if (a == "--json") {
+      json = true;
+    } else {
+      return tools::UsageError(kTool, "unknown argument '" + a + "'");
+    }
+  }
+  if (lo.model_path.empty()) return tools::UsageError(kTool, "no model given (-m model.coda)");
+  const int32_t max_depth = depths.empty() ? 0 : *std::max_element(depths.begin(), depths.end());
+  lo.n_ctx = static_cast<uint32_t>(std::max<int64_t>(pp, max_depth + tg)) + 1;
+  auto loaded = tools::LoadModelSession(lo);
+  if (!loaded.ok()) return tools::Fail(kTool, loaded.status());
+  Session& s = *loaded->session;
+  const Model& m = *loaded->model;
+  const unsigned threads = lo.n_threads ? lo.n_threads : std::max(1u, std::thread::hardware_concurrency());
+  const std::string backend = loaded->context->backends().front()->describe();
+
+  std::mt19937 rng(1);
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(m.config().vocab_size) - 1);
+  auto random_tokens = [&](size_t n) {
+    std::vector<int32_t> t(n);
+    for (auto& x : t) x = tok(rng);
+    return t;
+  };
+  const double bandwidth = MeasureReadBandwidth(threads);
+  nlohmann::ordered_json out;
+  out["model"] = lo.model_path;
+  out["backend"] = backend;
+  out["threads"] = threads;
+  out["bandwidth_gbs"] = bandwidth / 1e9;
+  out["active_weight_bytes"] = m.active_weight_bytes();
+  out["kv_bytes_per_token"] = s.kv_cache().bytes_per_token();
+
+  if (pp > 0) {
+    // One warm-up prefill (page faults of the mapping, allocation), then the timed one.
+    auto warm = random_tokens(std::min<uint32_t>(pp, 16));
+    if (auto r = s.Forward(warm); !r.ok()) return tools::Fail(kTool, r.status());
+    s.Reset();
+    const auto t = random_tokens(pp);
+    const auto t0 = Clock::now();
+    if (auto r = s.Forward(t); !r.ok()) return tools::Fail(kTool, r.status());
+    const double sec = Seconds(t0, Clock::now());
+    out["pp"] = {{"tokens", pp}, {"seconds", sec}, {"tokens_per_s", pp / sec}};
+  }
+  auto& tgs = out["tg"] = nlohmann::json::array();
+  for (int32_t depth : depths) {
+    s.Reset();
+    if (Status st = s.JumpTo(static_cast<uint32_t>(depth)); !st.ok()) return tools::Fail(kTool, st);
+    int32_t next = tok(rng);
+    if (auto r = s.Forward(std::span(&next, 1)); !r.ok()) return tools::Fail(kTool, r.status());  // warm-up
+    const auto t0 = Clock::now();
+    for (uint32_t i = 0; i < tg; ++i) {
+      next = tok(rng);
+      if (auto r = s.Forward(std::span(&next, 1)); !r.ok()) return tools::Fail(kTool, r.status());
+    }
+    const double sec = Seconds(t0, Clock::now()) / tg;
+    // Average cache depth read during the steps.
+    const double kv = static_cast<double>(s.kv_cache().bytes_per_token()) * (depth + 1 + tg / 2.0);
+    const double bytes = static_cast<double>(m.active_weight_bytes()) + kv;
+    tgs.push_back({{"depth", depth},
+                   {"tokens", tg},
+                   {"ms_per_token", sec * 1e3},
+                   {"tokens_per_s", 1.0 / sec},
+                   {"bytes_per_token", bytes},
+                   {"achieved_gbs", bytes / sec / 1e9},
+                   {"fraction_of_bound", bytes / sec / bandwidth}});
+  }
+  if (json) {
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  std::printf("model       %s\n", lo.model_path.c_str());
+  std::printf("backend     %s\n", backend.c_str());
+  std::printf("bandwidth   %.1f GB/s (read, %u threads, measured now)\n", bandwidth / 1e9, threads);
+  std::printf("weights     %s read per decoded token (active experts, lm_head; embedding row excluded)\n",
+              tools::HumanBytes(m.active_weight_bytes()).c_str());
+  std::printf("\n%-14s %10s %10s %12s %9s %9s\n", "test", "tokens/s", "ms/token", "bytes/token", "GB/s", "of bound");
+  if (out.contains("pp"))
+    std::printf("%-14s %10.1f %10.2f %12s %9s %9s\n", ("pp" + std::to_string(pp)).c_str(),
+                out["pp"]["tokens_per_s"].get<double>(), 1e3 / out["pp"]["tokens_per_s"].get<double>(), "-", "-", "-");
+  for (const auto& t : tgs)
+    std::printf("%-14s %10.1f %10.2f %12s %9.1f %8.0f%%\n",
+                ("tg" + std::to_string(tg) + " @" + std::to_string(t["depth"].get<int>())).c_str(),
+                t["tokens_per_s"].get<double>(), t["ms_per_token"].get<double>(),
+                tools::HumanBytes(static_cast<uint64_t>(t["bytes_per_token"].get<double>())).c_str(),
+                t["achieved_gbs"].get<double>(), 100 * t["fraction_of_bound"].get<double>());
+  return 0;
+}
