@@ -1,5 +1,6 @@
 // Tokenizer semantics on small synthetic tokenizer.json files: added-token flags
-// (lstrip, rstrip, single_word, normalized, special), every Split behavior, the
+// (lstrip, rstrip, single_word, normalized, special; non-ASCII contents, which HF
+// decodes through the byte alphabet too), every Split behavior, the
 // post-processors, unk / byte_fallback / ignore_merges, and load-time validation.
 // Expected ids were produced by Hugging Face tokenizers 0.23 (Rust, via its Node
 // binding) on tokenizers built by the same recipe as SyntheticJson() below.
@@ -294,6 +295,16 @@ const SyntheticVariant kVariants[] = {
      {
          {"ж ёhello"sv, {275, 276, 277, 274, 259}, {275, 276, 277, 274, 259}, "<0xD0><0xB6><0x20><unk>hello"sv},
      }},
+    {"added_bytelevel",
+     R"json({"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true})json",
+     R"json([{"content":"caf\u00e9","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":false},{"content":"\u0120x","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":false},{"content":"\u65e5\u672c","single_word":false,"lstrip":false,"rstrip":false,"normalized":true,"special":true}])json",
+     R"json(null)json",
+     R"json({})json",
+     R"json([])json",
+     {
+         {"a café Ġx 日本語"sv, {97, 32, 274, 32, 275, 32, 276, 232, 170, 158}, {97, 32, 274, 32, 275, 32, 276, 232, 170, 158}, "a caf�  x 日本語"sv},
+         {"cafécafé"sv, {274, 274}, {274, 274}, "caf�caf�"sv},
+     }},
     {"ignore_merges",
      R"json({"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true})json",
      R"json([])json",
@@ -304,6 +315,7 @@ const SyntheticVariant kVariants[] = {
          {"xyz xyz hellohello"sv, {274, 32, 120, 121, 122, 269, 259}, {274, 32, 120, 121, 122, 269, 259}, "xyz xyz hellohello"sv},
          {"hello"sv, {259}, {259}, "hello"sv},
      }},
+
 };
 
 TEST(SyntheticTokenizer, MatchesHuggingFace) {
@@ -328,7 +340,7 @@ TEST(SyntheticTokenizer, MatchesHuggingFace) {
       ++checked;
     }
   }
-  EXPECT_EQ(checked, 60);
+  EXPECT_EQ(checked, 62);
 }
 
 // A valid base document to break one field at a time.
