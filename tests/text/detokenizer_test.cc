@@ -29,7 +29,9 @@ const Tokenizer* DeepSeek() {
   return tok ? &*tok : nullptr;
 }
 
-const std::string_view kFffd = "\xEF\xBF\xBD";
+// U+FFFD as a literal, so expectations are built by literal concatenation.
+#define FFFD "\xEF\xBF\xBD"
+constexpr std::string_view kFffd = FFFD;
 
 TEST(Utf8, FindInvalid) {
   EXPECT_EQ(FindInvalidUtf8(""), std::string_view::npos);
@@ -48,11 +50,10 @@ TEST(Utf8, FindInvalid) {
 TEST(Utf8, LossyUsesMaximalSubparts) {
   // Example from the Unicode standard, section 3.9 (U+FFFD substitution of maximal subparts).
   const std::string in = "\x61\xF1\x80\x80\xE1\x80\xC2\x62\x80\x63\x80\xBF\x64";
-  const std::string want = "a" + std::string(kFffd) + std::string(kFffd) + std::string(kFffd) + "b" +
-                           std::string(kFffd) + "c" + std::string(kFffd) + std::string(kFffd) + "d";
+  const std::string want = "a" FFFD FFFD FFFD "b" FFFD "c" FFFD FFFD "d";
   EXPECT_EQ(ToValidUtf8(in), want);
   EXPECT_EQ(ToValidUtf8("ok"), "ok");
-  EXPECT_EQ(ToValidUtf8("\xED\xA0\x80"), std::string(kFffd) + std::string(kFffd) + std::string(kFffd));
+  EXPECT_EQ(ToValidUtf8("\xED\xA0\x80"), FFFD FFFD FFFD);
 }
 
 TEST(Utf8, LossyHoldsBackIncompleteTail) {
@@ -62,7 +63,7 @@ TEST(Utf8, LossyHoldsBackIncompleteTail) {
   out.clear();
   // A tail that can no longer become valid is not held back.
   EXPECT_EQ(AppendUtf8Lossy("ab\xF0\x41", false, &out), 4u);
-  EXPECT_EQ(out, "ab" + std::string(kFffd) + "A");
+  EXPECT_EQ(out, "ab" FFFD "A");
   out.clear();
   EXPECT_EQ(AppendUtf8Lossy("\xE4\xBD", true, &out), 2u);
   EXPECT_EQ(out, kFffd);
@@ -122,7 +123,7 @@ TEST(StreamingDetokenizer, FlushReplacesUnfinishedCharacter) {
   // A special token interrupting a character makes the held bytes unfinishable.
   StreamingDetokenizer d2(*tok);
   EXPECT_EQ(*d2.Push(53769), " ");
-  EXPECT_EQ(*d2.Push(1), std::string(kFffd) + "<｜end▁of▁sentence｜>");
+  EXPECT_EQ(*d2.Push(1), FFFD "<｜end▁of▁sentence｜>");
 
   // Reset drops them instead.
   StreamingDetokenizer d3(*tok);

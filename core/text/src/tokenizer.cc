@@ -189,7 +189,12 @@ struct Tokenizer::Impl {
   }
   Status SplitAdded(const AddedTrie& trie, AddedTokenMatching mode, const std::vector<Piece>& in,
                     std::vector<Piece>* out) const;
-  Status EncodeText(std::string_view text, std::vector<TokenId>* ids) const;
+  struct Scratch {
+    internal::PreTokenizerScratch pre;
+    internal::BpeScratch bpe;
+    std::vector<std::string_view> words;
+  };
+  Status EncodeText(std::string_view text, Scratch* scratch, std::vector<TokenId>* ids) const;
 };
 
 Status Tokenizer::Impl::ParseModel(const json& doc) {
@@ -237,7 +242,7 @@ Status Tokenizer::Impl::ParseModel(const json& doc) {
     opts.unk_id = it->second;
   }
   opts.byte_level = pre_tokenizer.byte_level();
-  CODA_RETURN_IF_ERROR(model.Init(std::move(vocab), opts, ""));
+  model.Init(std::move(vocab), opts);
 
   const json* merges = Member(*m, "merges");
   static const json kNoMerges = json::array();
@@ -569,12 +574,11 @@ Status Tokenizer::Impl::SplitAdded(const AddedTrie& trie, AddedTokenMatching mod
   return Status::Ok();
 }
 
-Status Tokenizer::Impl::EncodeText(std::string_view text, std::vector<TokenId>* ids) const {
-  internal::PreTokenizerScratch pscratch;
-  internal::BpeScratch bscratch;
-  std::vector<std::string_view> words;
-  CODA_RETURN_IF_ERROR(pre_tokenizer.Split(text, &pscratch, &words));
-  for (std::string_view w : words) model.Tokenize(w, &bscratch, ids);
+Status Tokenizer::Impl::EncodeText(std::string_view text, Scratch* scratch, std::vector<TokenId>* ids) const {
+  scratch->words.clear();
+  scratch->pre.arena.clear();
+  CODA_RETURN_IF_ERROR(pre_tokenizer.Split(text, &scratch->pre, &scratch->words));
+  for (std::string_view w : scratch->words) model.Tokenize(w, &scratch->bpe, ids);
   return Status::Ok();
 }
 
@@ -722,6 +726,9 @@ Result<std::vector<TokenId>> Tokenizer::Encode(std::string_view text, bool add_s
 }
 
 Result<std::vector<TokenId>> Tokenizer::Encode(std::string_view text, const EncodeOptions& options) const {
+  if (text.size() >= kMaxEncodeBytes) {
+    return OutOfRange("text of " + std::to_string(text.size()) + " bytes exceeds the Encode limit");
+  }
   std::string repaired;
   if (const size_t bad = FindInvalidUtf8(text); bad != std::string_view::npos) {
     if (options.invalid_utf8 == InvalidUtf8Policy::kError) {
@@ -735,7 +742,7 @@ Result<std::vector<TokenId>> Tokenizer::Encode(std::string_view text, const Enco
   const Impl& im = *impl_;
   std::vector<TokenId> ids;
   try {
-    ids.reserve(text.size() / 3 + prefix_.size() + suffix_.size() + 1);
+    ids.reserve(text.size() / 4 + prefix_.size() + suffix_.size() + 1);
     if (options.add_special_tokens) ids.insert(ids.end(), prefix_.begin(), prefix_.end());
     std::vector<Piece> pieces{{text, -1}};
     if (options.added_tokens != AddedTokenMatching::kNone) {
@@ -750,11 +757,12 @@ Result<std::vector<TokenId>> Tokenizer::Encode(std::string_view text, const Enco
         pieces.swap(tmp);
       }
     }
+    Impl::Scratch scratch;
     for (const Piece& p : pieces) {
       if (p.id >= 0) {
         ids.push_back(p.id);
       } else {
-        CODA_RETURN_IF_ERROR(im.EncodeText(p.text, &ids));
+        CODA_RETURN_IF_ERROR(im.EncodeText(p.text, &scratch, &ids));
       }
     }
     if (options.add_special_tokens) ids.insert(ids.end(), suffix_.begin(), suffix_.end());

@@ -91,7 +91,7 @@ void MergeMap::Insert(TokenId left, TokenId right, uint32_t rank, TokenId merged
   }
 }
 
-Status BpeModel::Init(VocabMap vocab, const BpeOptions& options, std::string_view source) {
+void BpeModel::Init(VocabMap vocab, const BpeOptions& options) {
   vocab_ = std::move(vocab);
   options_ = options;
   std::string buf;
@@ -103,8 +103,6 @@ Status BpeModel::Init(VocabMap vocab, const BpeOptions& options, std::string_vie
     std::snprintf(hex, sizeof(hex), "<0x%02X>", b);
     fallback_ids_[b] = Find(hex).value_or(-1);
   }
-  (void)source;
-  return Status::Ok();
 }
 
 Status BpeModel::AddMerge(std::string_view left, std::string_view right, uint32_t rank) {

@@ -100,7 +100,7 @@ struct BpeScratch {
 class BpeModel {
  public:
   // Takes the vocabulary; merges are added next, in rank order.
-  Status Init(VocabMap vocab, const BpeOptions& options, std::string_view source);
+  void Init(VocabMap vocab, const BpeOptions& options);
   // Adds merge number `rank`; both halves and their concatenation must be in the vocabulary.
   Status AddMerge(std::string_view left, std::string_view right, uint32_t rank);
   void ReserveMerges(size_t n) { merges_.Reserve(n); }

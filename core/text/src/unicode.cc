@@ -1,5 +1,7 @@
 #include "coda/text/unicode.h"
 
+#include <cstring>
+
 namespace coda::text {
 namespace {
 
@@ -51,8 +53,8 @@ size_t FindInvalidUtf8(std::string_view s) {
   while (i < n) {
     // ASCII fast path, eight bytes at a time.
     while (i + 8 <= n) {
-      uint64_t w = 0;
-      for (int k = 0; k < 8; ++k) w |= static_cast<uint64_t>(p[i + k]) << (8 * k);
+      uint64_t w;
+      std::memcpy(&w, p + i, sizeof(w));
       if (w & 0x8080808080808080ull) break;
       i += 8;
     }

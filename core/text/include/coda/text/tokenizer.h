@@ -115,9 +115,12 @@ class Tokenizer {
   std::span<const TokenId> special_prefix() const { return prefix_; }
   std::span<const TokenId> special_suffix() const { return suffix_; }
 
-  struct Impl;  // defined in tokenizer.cc
+  // Largest input Encode accepts; serving code should cap prompts far lower, since a
+  // single huge word costs O(n log n) to merge.
+  static constexpr size_t kMaxEncodeBytes = size_t{1} << 31;
 
  private:
+  struct Impl;  // defined in tokenizer.cc
   explicit Tokenizer(std::shared_ptr<const Impl> impl);
 
   std::shared_ptr<const Impl> impl_;
