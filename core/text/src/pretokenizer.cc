@@ -83,29 +83,38 @@ Status Regex::MatchError(int rc) const {
   return Internal(what_ + ": regex match failed: " + Pcre2ErrorText(rc));
 }
 
-Status Regex::FindAll(std::string_view subject, std::vector<Span>* out) const {
+bool MatchCursor::Next(Span* m) {
   pcre2_match_data* md = MatchData();
   const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
-  size_t search_from = 0;
-  bool have_last = false;
-  size_t last_end = 0;
-  while (search_from <= subject.size()) {
-    const int rc = MatchAt(code_, subject, search_from, md);
+  while (search_from_ <= subject_.size()) {
+    const int rc = MatchAt(re_.code_, subject_, search_from_, md);
     if (rc == PCRE2_ERROR_NOMATCH) break;
-    if (rc < 0) return MatchError(rc);
+    if (rc < 0) {
+      status_ = re_.MatchError(rc);
+      break;
+    }
     const size_t s = ov[0], e = ov[1];
-    if (s == e && have_last && last_end == e) {
+    if (s == e && have_last_ && last_end_ == e) {
       // An empty match glued to the previous one would repeat forever; step one character.
-      if (search_from >= subject.size()) break;
-      search_from += Utf8CharLen(static_cast<unsigned char>(subject[search_from]));
+      if (search_from_ >= subject_.size()) break;
+      search_from_ += Utf8CharLen(static_cast<unsigned char>(subject_[search_from_]));
       continue;
     }
-    out->push_back({s, e});
-    search_from = e;
-    have_last = true;
-    last_end = e;
+    search_from_ = e;
+    have_last_ = true;
+    last_end_ = e;
+    *m = {s, e};
+    return true;
   }
-  return Status::Ok();
+  search_from_ = subject_.size() + 1;
+  return false;
+}
+
+Status Regex::FindAll(std::string_view subject, std::vector<Span>* out) const {
+  MatchCursor cursor(*this, subject);
+  Span m;
+  while (cursor.Next(&m)) out->push_back(m);
+  return cursor.status();
 }
 
 Result<bool> Regex::Search(std::string_view subject) const {
@@ -121,29 +130,23 @@ bool PreTokenizer::byte_level() const {
   return false;
 }
 
-Status PreTokenizer::Split(std::string_view text, PreTokenizerScratch* scratch,
-                           std::vector<std::string_view>* words) const {
+Status PreTokenizer::Split(std::string_view text, PreTokenizerScratch* scratch, const WordSink& sink) const {
   if (text.empty()) return Status::Ok();
-  if (steps_.empty()) {
-    words->push_back(text);
-    return Status::Ok();
-  }
-  auto& pieces = scratch->pieces;
-  auto& next = scratch->next;
-  pieces.clear();
-  pieces.push_back(text);
-  for (size_t i = 0; i < steps_.size(); ++i) {
-    const bool last = i + 1 == steps_.size();
-    std::vector<std::string_view>* dst = last ? words : &next;
-    if (!last) next.clear();
-    for (std::string_view piece : pieces) CODA_RETURN_IF_ERROR(ApplyStep(steps_[i], piece, scratch, dst));
-    if (!last) pieces.swap(next);
-  }
-  return Status::Ok();
+  scratch->arena.clear();
+  scratch->matches.resize(steps_.size());
+  scratch->parts.resize(steps_.size());
+  scratch->merged.resize(steps_.size());
+  return Run(0, text, scratch, sink);
 }
 
-Status PreTokenizer::ApplyStep(const PreTokenizerStep& step, std::string_view piece,
-                               PreTokenizerScratch* scratch, std::vector<std::string_view>* out) const {
+Status PreTokenizer::Run(size_t step_index, std::string_view piece, PreTokenizerScratch* scratch,
+                         const WordSink& sink) const {
+  if (step_index == steps_.size()) {
+    if (!piece.empty()) sink(piece);
+    return Status::Ok();
+  }
+  const PreTokenizerStep& step = steps_[step_index];
+  const size_t next = step_index + 1;
   if (step.kind == PreTokenizerStep::Kind::kByteLevel) {
     // As in Hugging Face, the prefix space is added to every piece that reaches this step.
     if (step.add_prefix_space && (piece.empty() || piece.front() != ' ')) {
@@ -151,42 +154,49 @@ Status PreTokenizer::ApplyStep(const PreTokenizerStep& step, std::string_view pi
       s.append(piece);
       piece = s;
     }
-    if (!step.regex) {
-      if (!piece.empty()) out->push_back(piece);
-      return Status::Ok();
-    }
+    if (!step.regex) return Run(next, piece, scratch, sink);
   }
 
-  // Matches, as Hugging Face's Pattern::find_matches produces them: the whole piece
-  // covered by alternating (span, is_match) parts, gaps included.
-  auto& matches = scratch->matches;
+  if (step.behavior == SplitBehavior::kIsolated) {
+    // The common case needs no lookahead: every match and every gap is its own piece.
+    size_t at = 0;
+    auto emit = [&](const Span& m) -> Status {
+      if (at != m.begin) CODA_RETURN_IF_ERROR(Run(next, piece.substr(at, m.begin - at), scratch, sink));
+      if (m.begin != m.end) CODA_RETURN_IF_ERROR(Run(next, piece.substr(m.begin, m.end - m.begin), scratch, sink));
+      at = m.end;
+      return Status::Ok();
+    };
+    if (step.regex) {
+      MatchCursor cursor(*step.regex, piece);
+      Span m;
+      while (cursor.Next(&m)) CODA_RETURN_IF_ERROR(emit(m));
+      CODA_RETURN_IF_ERROR(cursor.status());
+    } else if (!step.literal.empty()) {
+      for (size_t f = piece.find(step.literal); f != std::string_view::npos;
+           f = piece.find(step.literal, f + step.literal.size())) {
+        CODA_RETURN_IF_ERROR(emit({f, f + step.literal.size()}));
+      }
+    }
+    if (at != piece.size()) return Run(next, piece.substr(at), scratch, sink);
+    return Status::Ok();
+  }
+
+  // The other behaviors look at neighbours, so the whole piece is split first: into
+  // alternating (span, is_match) parts covering it, as Hugging Face's
+  // Pattern::find_matches produces them, then merged per behavior.
+  auto& matches = scratch->matches[step_index];
   matches.clear();
   if (step.regex) {
     CODA_RETURN_IF_ERROR(step.regex->FindAll(piece, &matches));
   } else if (!step.literal.empty()) {
-    for (size_t at = piece.find(step.literal); at != std::string_view::npos;
-         at = piece.find(step.literal, at + step.literal.size())) {
-      matches.push_back({at, at + step.literal.size()});
+    for (size_t f = piece.find(step.literal); f != std::string_view::npos;
+         f = piece.find(step.literal, f + step.literal.size())) {
+      matches.push_back({f, f + step.literal.size()});
     }
   }
-  if (step.behavior == SplitBehavior::kIsolated) {
-    // Fast path for the common case: every match and every gap is its own word.
-    size_t at = 0;
-    for (const Span& m : matches) {
-      if (at != m.begin) out->push_back(piece.substr(at, m.begin - at));
-      if (m.begin != m.end) out->push_back(piece.substr(m.begin, m.end - m.begin));
-      at = m.end;
-    }
-    if (at != piece.size()) out->push_back(piece.substr(at));
-    return Status::Ok();
-  }
-
-  struct Part {
-    Span span;
-    bool flag;  // is_match on input; "remove" on output
-  };
-  std::vector<Part> parts;
-  parts.reserve(matches.size() * 2 + 1);
+  using Part = PreTokenizerScratch::Part;
+  auto& parts = scratch->parts[step_index];
+  parts.clear();
   size_t prev = 0;
   for (const Span& m : matches) {
     if (prev != m.begin) parts.push_back({{prev, m.begin}, step.invert});
@@ -195,16 +205,17 @@ Status PreTokenizer::ApplyStep(const PreTokenizerStep& step, std::string_view pi
   }
   if (prev != piece.size() || parts.empty()) parts.push_back({{prev, piece.size()}, step.invert});
 
-  std::vector<Part> merged;
+  auto& merged = scratch->merged[step_index];
+  merged.clear();
   switch (step.behavior) {
     case SplitBehavior::kIsolated:  // handled above
       break;
     case SplitBehavior::kRemoved:
-      merged = std::move(parts);  // matches are removed
+      merged = parts;  // matches keep flag = true: removed
       break;
     case SplitBehavior::kContiguous: {
       bool prev_match = false;
-      for (const auto& p : parts) {
+      for (const Part& p : parts) {
         if (p.flag == prev_match && !merged.empty()) {
           merged.back().span.end = p.span.end;
         } else {
@@ -216,7 +227,7 @@ Status PreTokenizer::ApplyStep(const PreTokenizerStep& step, std::string_view pi
     }
     case SplitBehavior::kMergedWithPrevious: {
       bool prev_match = false;
-      for (const auto& p : parts) {
+      for (const Part& p : parts) {
         if (p.flag && !prev_match && !merged.empty()) {
           merged.back().span.end = p.span.end;
         } else {
@@ -230,7 +241,7 @@ Status PreTokenizer::ApplyStep(const PreTokenizerStep& step, std::string_view pi
       // Walks right to left, gluing each match onto the part after it.
       bool prev_match = false;
       for (size_t k = parts.size(); k-- > 0;) {
-        const auto& p = parts[k];
+        const Part& p = parts[k];
         if (p.flag && !prev_match && !merged.empty()) {
           merged.back().span.begin = p.span.begin;
         } else {
@@ -242,9 +253,9 @@ Status PreTokenizer::ApplyStep(const PreTokenizerStep& step, std::string_view pi
       break;
     }
   }
-  for (const auto& p : merged) {
+  for (const Part& p : merged) {
     if (p.flag || p.span.begin == p.span.end) continue;
-    out->push_back(piece.substr(p.span.begin, p.span.end - p.span.begin));
+    CODA_RETURN_IF_ERROR(Run(next, piece.substr(p.span.begin, p.span.end - p.span.begin), scratch, sink));
   }
   return Status::Ok();
 }

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -31,9 +32,7 @@ class Regex {
   Regex(const Regex&) = delete;
   Regex& operator=(const Regex&) = delete;
 
-  // Appends the successive non-overlapping matches in `subject` (valid UTF-8) to `out`,
-  // iterating like Oniguruma's find_iter, which Hugging Face uses: an empty match that
-  // touches the end of the previous match is skipped by advancing one character.
+  // Appends the successive non-overlapping matches in `subject` (valid UTF-8) to `out`.
   Status FindAll(std::string_view subject, std::vector<Span>* out) const;
 
   // True when the pattern matches somewhere in `subject` (valid UTF-8).
@@ -42,12 +41,32 @@ class Regex {
   const std::string& pattern() const { return pattern_; }
 
  private:
+  friend class MatchCursor;
   Regex() = default;
   Status MatchError(int rc) const;
 
   pcre2_real_code_8* code_ = nullptr;
   std::string pattern_;
   std::string what_;
+};
+
+// Walks the matches of a regex in a subject one at a time, iterating like Oniguruma's
+// find_iter, which Hugging Face uses: an empty match that touches the end of the
+// previous match is skipped by advancing one character.
+class MatchCursor {
+ public:
+  MatchCursor(const Regex& re, std::string_view subject) : re_(re), subject_(subject) {}
+  // Stores the next match in *m; false when there is none or on error (see status()).
+  bool Next(Span* m);
+  const Status& status() const { return status_; }
+
+ private:
+  const Regex& re_;
+  std::string_view subject_;
+  size_t search_from_ = 0;
+  bool have_last_ = false;
+  size_t last_end_ = 0;
+  Status status_;
 };
 
 enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
@@ -67,11 +86,17 @@ struct PreTokenizerStep {
 
 // Per-call working memory, so that PreTokenizer itself stays const and thread-safe.
 struct PreTokenizerScratch {
-  std::vector<std::string_view> pieces;
-  std::vector<std::string_view> next;
-  std::vector<Span> matches;
+  struct Part {
+    Span span;
+    bool flag;  // is_match while splitting; "remove" once behaviors are applied
+  };
+  std::vector<std::vector<Span>> matches;  // one list per step (steps recurse)
+  std::vector<std::vector<Part>> parts;
+  std::vector<std::vector<Part>> merged;
   std::deque<std::string> arena;  // owns pieces that were rewritten (add_prefix_space)
 };
+
+using WordSink = std::function<void(std::string_view word)>;
 
 class PreTokenizer {
  public:
@@ -80,18 +105,18 @@ class PreTokenizer {
   // Whether a ByteLevel step runs, i.e. BPE works on bytes rather than characters.
   bool byte_level() const;
 
-  // Splits `text` (valid UTF-8) into words, appended to `words`. The views point into
-  // `text` or into scratch->arena, and stay valid until the scratch is reused.
-  Status Split(std::string_view text, PreTokenizerScratch* scratch,
-               std::vector<std::string_view>* words) const;
+  // Splits `text` (valid UTF-8) into words, handed to `sink` in order. Steps run depth
+  // first, so no list of all words is built. A word may point into scratch->arena and
+  // is only valid during the call.
+  Status Split(std::string_view text, PreTokenizerScratch* scratch, const WordSink& sink) const;
 
   // The GPT-2 regex that ByteLevel uses when use_regex is true.
   static constexpr std::string_view kByteLevelPattern =
       R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
  private:
-  Status ApplyStep(const PreTokenizerStep& step, std::string_view piece, PreTokenizerScratch* scratch,
-                   std::vector<std::string_view>* out) const;
+  // Applies steps_[step] to `piece` and feeds each resulting piece to the next step.
+  Status Run(size_t step, std::string_view piece, PreTokenizerScratch* scratch, const WordSink& sink) const;
 
   std::vector<PreTokenizerStep> steps_;
 };

@@ -192,7 +192,6 @@ struct Tokenizer::Impl {
   struct Scratch {
     internal::PreTokenizerScratch pre;
     internal::BpeScratch bpe;
-    std::vector<std::string_view> words;
   };
   Status EncodeText(std::string_view text, Scratch* scratch, std::vector<TokenId>* ids) const;
 };
@@ -575,11 +574,8 @@ Status Tokenizer::Impl::SplitAdded(const AddedTrie& trie, AddedTokenMatching mod
 }
 
 Status Tokenizer::Impl::EncodeText(std::string_view text, Scratch* scratch, std::vector<TokenId>* ids) const {
-  scratch->words.clear();
-  scratch->pre.arena.clear();
-  CODA_RETURN_IF_ERROR(pre_tokenizer.Split(text, &scratch->pre, &scratch->words));
-  for (std::string_view w : scratch->words) model.Tokenize(w, &scratch->bpe, ids);
-  return Status::Ok();
+  return pre_tokenizer.Split(text, &scratch->pre,
+                             [&](std::string_view word) { model.Tokenize(word, &scratch->bpe, ids); });
 }
 
 Tokenizer::Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {
