@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 #include <functional>
+#include <random>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -512,6 +513,54 @@ TEST(SyntheticTokenizer, AcceptsBothMergeFormatsAndNullFields) {
   EXPECT_EQ(*ids, (Ids{259, 264}));
   EXPECT_EQ(tok->bos_id(), 274);  // guessed from the name <s>
   EXPECT_EQ(tok->eos_id(), std::nullopt);
+}
+
+// Corrupted files must load or fail cleanly, never crash (run under ASan/UBSan too).
+TEST(SyntheticTokenizer, SurvivesCorruptedFiles) {
+  const std::string base = BaseDoc().dump();
+  constexpr std::string_view kJsonChars = "{}[]\":,0-9e\\u";
+  std::mt19937 rng(99);
+  int loaded = 0;
+  for (int iter = 0; iter < 300; ++iter) {
+    std::string doc = base;
+    const int edits = 1 + static_cast<int>(rng() % 4);
+    for (int e = 0; e < edits; ++e) {
+      const size_t at = rng() % doc.size();
+      switch (rng() % 3) {
+        case 0: doc[at] = static_cast<char>(rng()); break;
+        case 1: doc.erase(at, 1 + rng() % 8); break;
+        default: doc.insert(at, 1, kJsonChars[rng() % kJsonChars.size()]); break;
+      }
+      if (doc.empty()) doc = "{";
+    }
+    auto tok = Tokenizer::FromJson(doc, "fuzz.json");
+    if (!tok.ok()) continue;
+    ++loaded;
+    auto ids = tok->Encode("hello <s> world 123", true);
+    if (ids.ok()) {
+      EXPECT_TRUE(tok->Decode(*ids).ok());
+    }
+  }
+  EXPECT_GT(loaded, 0);  // some edits land in harmless places
+}
+
+// Whatever the bytes, kReplace encodes them and decoding gives the repaired text back.
+TEST(SyntheticTokenizer, RandomBytesWithReplacement) {
+  auto tok = Tokenizer::FromJson(BaseDoc().dump(), "base.json");
+  ASSERT_TRUE(tok.ok());
+  std::mt19937 rng(5);
+  EncodeOptions opts;
+  opts.add_special_tokens = false;
+  opts.invalid_utf8 = InvalidUtf8Policy::kReplace;
+  for (int iter = 0; iter < 500; ++iter) {
+    std::string bytes(rng() % 40, '\0');
+    for (char& c : bytes) c = static_cast<char>(rng());
+    auto ids = tok->Encode(bytes, opts);
+    ASSERT_TRUE(ids.ok()) << ids.status().message();
+    auto text = tok->Decode(*ids);
+    ASSERT_TRUE(text.ok());
+    EXPECT_EQ(*text, ToValidUtf8(bytes));
+  }
 }
 
 }  // namespace
