@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "kernels.h"
 
@@ -18,14 +19,18 @@ constexpr uint64_t ElemSize() {
   return DT == CODA_DTYPE_F32 ? 4 : DT == CODA_DTYPE_BF16 ? 2 : 1;
 }
 
-// 16 weights from column c of a row, as F32. FP8 comes out 2^-8 times its value: the E4M3 bits
-// are placed into an F16 (same mantissa width after a shift, exponent bias 15 instead of 7) and
-// converted by hardware; callers fold the 256 into the block scale.
+// FP8 E4M3 to F32 in three integer ops: sign-extend each byte to 32 bits and shift it left by
+// 20, which puts the sign at bit 31 (from the extension), the 4 exponent and 3 mantissa bits at
+// bits 30..20 of an F32 with exponent bias 127 instead of 7; masking keeps just those. The result
+// is the E4M3 value times 2^-120 exactly, subnormal codes included (they become F32 subnormals).
+inline __m512 Fp8Raw16(__m128i b) {
+  const __m512i d = _mm512_slli_epi32(_mm512_cvtepi8_epi32(b), 20);
+  return _mm512_castsi512_ps(_mm512_and_si512(d, _mm512_set1_epi32(static_cast<int>(0x87F00000u))));
+}
+constexpr float kTwo60 = 1152921504606846976.0f;  // 2^60
+// The exact value: the raw pattern times 2^120 (as two exact steps of 2^60).
 inline __m512 Fp8x16(__m128i b) {
-  const __m256i w = _mm256_cvtepu8_epi16(b);
-  const __m256i sign = _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x80)), 8);
-  const __m256i em = _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x7f)), 7);
-  return _mm512_cvtph_ps(_mm256_or_si256(sign, em));
+  return _mm512_mul_ps(_mm512_mul_ps(Fp8Raw16(b), _mm512_set1_ps(kTwo60)), _mm512_set1_ps(kTwo60));
 }
 
 inline __m512 Bf16x16(__m256i v) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16)); }
@@ -44,6 +49,19 @@ inline __m512 Load16(const uint8_t* row, uint64_t c, __mmask16 m) {
   else return Fp8x16(_mm_maskz_loadu_epi8(m, row + c));
 }
 
+// For the mat-mul inner loop FP8 stays raw (value x 2^-120); x is pre-scaled by 2^60 and the
+// block scale by 2^60, so products stay far from the subnormal range and round as in F32.
+template <uint32_t DT>
+inline __m512 LoadDot16(const uint8_t* row, uint64_t c) {
+  if constexpr (DT == CODA_DTYPE_FP8_E4M3) return Fp8Raw16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c)));
+  else return Load16<DT>(row, c);
+}
+template <uint32_t DT>
+inline __m512 LoadDot16(const uint8_t* row, uint64_t c, __mmask16 m) {
+  if constexpr (DT == CODA_DTYPE_FP8_E4M3) return Fp8Raw16(_mm_maskz_loadu_epi8(m, row + c));
+  else return Load16<DT>(row, c, m);
+}
+
 // acc[r][t] += W[row r][c0, c1) . x[t][c0, c1) for NR rows and NT tokens, with independent
 // accumulators so loads and FMAs overlap.
 template <uint32_t DT, int NR, int NT>
@@ -53,7 +71,7 @@ inline void Span(const uint8_t* const* rows, const float* x, size_t ldx, uint64_
     __m512 xv[NT];
     for (int t = 0; t < NT; ++t) xv[t] = _mm512_loadu_ps(x + t * ldx + c);
     for (int r = 0; r < NR; ++r) {
-      const __m512 wv = Load16<DT>(rows[r], c);
+      const __m512 wv = LoadDot16<DT>(rows[r], c);
       for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
     }
   }
@@ -62,7 +80,7 @@ inline void Span(const uint8_t* const* rows, const float* x, size_t ldx, uint64_
     __m512 xv[NT];
     for (int t = 0; t < NT; ++t) xv[t] = _mm512_maskz_loadu_ps(m, x + t * ldx + c);
     for (int r = 0; r < NR; ++r) {
-      const __m512 wv = Load16<DT>(rows[r], c, m);
+      const __m512 wv = LoadDot16<DT>(rows[r], c, m);
       for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
     }
   }
@@ -84,7 +102,7 @@ inline void Block(const Weight& w, const float* x, size_t ldx, float* y, size_t 
         for (auto& v : a) v = _mm512_setzero_ps();
       Span<DT, NR, NT>(rows, x, ldx, b0, std::min<uint64_t>(w.cols, b0 + w.block), part);
       for (int r = 0; r < NR; ++r) {
-        const __m512 s = _mm512_set1_ps(srow[r][bi] * 256.0f);
+        const __m512 s = _mm512_set1_ps(srow[r][bi] * kTwo60);
         for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_fmadd_ps(part[r][t], s, acc[r][t]);
       }
     }
@@ -98,6 +116,14 @@ inline void Block(const Weight& w, const float* x, size_t ldx, float* y, size_t 
 template <uint32_t DT>
 void MatmulRowsT(const Weight& w, const float* x, size_t ldx, size_t n, float* y, size_t ldy, uint64_t r0,
                  uint64_t r1) {
+  if constexpr (DT == CODA_DTYPE_FP8_E4M3) {
+    thread_local std::vector<float> scaled;
+    scaled.resize(n * w.cols);
+    for (size_t t = 0; t < n; ++t)
+      for (uint64_t c = 0; c < w.cols; ++c) scaled[t * w.cols + c] = x[t * ldx + c] * kTwo60;
+    x = scaled.data();
+    ldx = w.cols;
+  }
   size_t t = 0;
   for (; t + 4 <= n; t += 4) {  // 2 rows x 4 tokens
     uint64_t r = r0;
@@ -120,14 +146,14 @@ void MatmulRows(const Weight& w, const float* x, size_t ldx, size_t n, float* y,
   }
 }
 
-// Calls f(c, mask, scale) for each 16-column chunk of a row, with the row's block scale (x256
-// for FP8; 1 otherwise).
+// Calls f(c, mask, scale) for each 16-column chunk of a row, with the row's block scale (FP8)
+// or 1.
 template <uint32_t DT, typename F>
 inline void ForChunks(const Weight& w, uint64_t r, F&& f) {
   const uint64_t step = DT == CODA_DTYPE_FP8_E4M3 ? w.block : w.cols;
   for (uint64_t b0 = 0; b0 < w.cols; b0 += step) {
     const uint64_t b1 = std::min<uint64_t>(w.cols, b0 + step);
-    const float s = DT == CODA_DTYPE_FP8_E4M3 ? WeightScale(w, r, b0) * 256.0f : 1.0f;
+    const float s = DT == CODA_DTYPE_FP8_E4M3 ? WeightScale(w, r, b0) : 1.0f;
     for (uint64_t c = b0; c < b1; c += 16) f(c, TailMask(b1 - c), s);
   }
 }
