@@ -124,12 +124,15 @@ TEST(CpuKernels, SimdBuildsMatchTheReference) {
 
 TEST(CpuKernels, LinearGemmPathMatchesTheRegisterPath) {
   ThreadPool pool(2);
-  Context ctx{&SelectKernels(), &pool, std::vector<std::vector<float>>(2), {}};
+  Context ctx;
+  ctx.k = &SelectKernels();
+  ctx.pool = &pool;
+  ctx.thread_scratch.resize(2);
   std::mt19937 rng(9);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   for (uint32_t dtype : {CODA_DTYPE_BF16, CODA_DTYPE_FP8_E4M3}) {
     TestWeight t = MakeWeight(dtype, 300, 333, 11);
-    const size_t n = 40;  // above the SGEMM threshold
+    const size_t n = ctx.gemm_min_tokens + 8;  // the SGEMM path
     std::vector<float> x(n * 333), gemm(n * 300), want(n * 300);
     for (auto& v : x) v = nd(rng);
     ASSERT_EQ(Linear(ctx, t.w, x.data(), n, gemm.data()), "");

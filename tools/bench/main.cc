@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -33,6 +34,7 @@ Options:
   --threads N          CPU threads (default: one per core)
   --kv-dtype bf16|f32  latent cache precision (default bf16)
   --backend LIST       backends in order of preference (default: cpu)
+  --profile            also print where decode time goes, by op type
   --json               print one JSON object instead of the table
   -h, --help           this help
 )";
@@ -80,7 +82,7 @@ int main(int argc, char** argv) {
   tools::LoadOptions lo;
   uint32_t pp = 512, tg = 128;
   std::vector<int32_t> depths = {0, 1024, 4096};
-  bool json = false;
+  bool json = false, profile = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     std::string v;
@@ -124,6 +126,8 @@ int main(int argc, char** argv) {
       lo.backends = tools::SplitList(v);
     } else if (a == "--json") {
       json = true;
+    } else if (a == "--profile") {
+      profile = true;
     } else {
       return tools::UsageError(kTool, "unknown argument '" + a + "'");
     }
@@ -165,6 +169,16 @@ int main(int argc, char** argv) {
     const double sec = Seconds(t0, Clock::now());
     out["pp"] = {{"tokens", pp}, {"seconds", sec}, {"tokens_per_s", pp / sec}};
   }
+  // Per-op wall time of the decode steps: the observer runs after each node.
+  std::map<std::string, double> op_seconds;
+  Clock::time_point last;
+  bool timing = false;
+  if (profile)
+    s.set_observer([&](const GraphNode& node, std::span<const coda_tensor>) {
+      const auto now = Clock::now();
+      if (timing) op_seconds[std::string(OpTypeName(node.op))] += Seconds(last, now);
+      last = now;
+    });
   auto& tgs = out["tg"] = nlohmann::json::array();
   for (int32_t depth : depths) {
     s.Reset();
@@ -172,10 +186,13 @@ int main(int argc, char** argv) {
     int32_t next = tok(rng);
     if (auto r = s.Forward(std::span(&next, 1)); !r.ok()) return tools::Fail(kTool, r.status());  // warm-up
     const auto t0 = Clock::now();
+    timing = true;
     for (uint32_t i = 0; i < tg; ++i) {
       next = tok(rng);
+      last = Clock::now();
       if (auto r = s.Forward(std::span(&next, 1)); !r.ok()) return tools::Fail(kTool, r.status());
     }
+    timing = false;
     const double sec = Seconds(t0, Clock::now()) / tg;
     // Average cache depth read during the steps.
     const double kv = static_cast<double>(s.kv_cache().bytes_per_token()) * (depth + 1 + tg / 2.0);
@@ -187,6 +204,19 @@ int main(int argc, char** argv) {
                    {"bytes_per_token", bytes},
                    {"achieved_gbs", bytes / sec / 1e9},
                    {"fraction_of_bound", bytes / sec / bandwidth}});
+  }
+  if (profile) {
+    double total = 0;
+    for (const auto& [op, sec] : op_seconds) total += sec;
+    auto& p = out["profile_ms_per_token"];
+    const double steps = static_cast<double>(tg) * static_cast<double>(depths.size());
+    for (const auto& [op, sec] : op_seconds) p[op] = sec / steps * 1e3;
+    if (!json) {
+      std::printf("decode time by op (all depths):\n");
+      for (const auto& [op, sec] : op_seconds)
+        std::printf("  %-14s %7.2f ms/token  %5.1f%%\n", op.c_str(), sec / steps * 1e3, 100 * sec / total);
+      std::printf("\n");
+    }
   }
   if (json) {
     std::printf("%s\n", out.dump(2).c_str());

@@ -11,10 +11,8 @@ namespace coda::cpu {
 
 namespace {
 
-// Below this many tokens a Linear streams the weights once with register decoding (memory
-// bound); above it, weight panels are decoded to F32 once and multiplied with oneDNN's SGEMM
-// (compute bound), so decoding costs 1/n of the multiply.
-constexpr size_t kGemmMinTokens = 32;
+// Above Context::gemm_min_tokens, weight panels are decoded to F32 once and multiplied with
+// oneDNN's SGEMM (compute bound), so decoding costs 1/n of the multiply.
 constexpr uint64_t kPanelBytes = 4u << 20;
 // Up to this many tokens, attention reads kv_b_proj in its stored dtype (decode); beyond, each
 // head's rows are decoded to F32 once and reused by every token.
@@ -98,7 +96,7 @@ Weight ToWeight(const coda_tensor& t) {
 }
 
 std::string Linear(Context& ctx, const Weight& w, const float* x, size_t n, float* y) {
-  if (n < kGemmMinTokens) {
+  if (n < ctx.gemm_min_tokens) {
     const size_t grain = std::max<size_t>(1, 16 / std::max<size_t>(1, n));
     ctx.pool->ParallelFor(w.rows, grain, [&](size_t r0, size_t r1, unsigned) {
       ctx.k->matmul_rows(w, x, w.cols, n, y, w.rows, r0, r1);

@@ -14,6 +14,9 @@ namespace coda::cpu {
 struct Context {
   const Kernels* k;
   ThreadPool* pool;
+  // From this many tokens on, Linear decodes weight panels to F32 and multiplies with oneDNN's
+  // SGEMM; below, it streams the weights through the register-decoding kernels.
+  size_t gemm_min_tokens = 32;
   std::vector<std::vector<float>> thread_scratch;  // one per pool thread
   std::vector<float> scratch[4];                   // op-level temporaries
 };
