@@ -1,3 +1,4 @@
+#include "coda/text/unicode.h"
 #include "pretokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -46,13 +47,6 @@ int MatchAt(const pcre2_code* code, std::string_view subject, size_t start, pcre
   if (rc == PCRE2_ERROR_JIT_STACKLIMIT)
     rc = pcre2_match(code, s, subject.size(), start, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md, nullptr);
   return rc;
-}
-
-size_t Utf8CharLen(unsigned char b) {
-  if (b < 0x80) return 1;
-  if (b < 0xE0) return 2;
-  if (b < 0xF0) return 3;
-  return 4;
 }
 
 }  // namespace

@@ -31,13 +31,6 @@ const ByteTables& Tables() {
   return t;
 }
 
-size_t Utf8CharLen(unsigned char b) {
-  if (b < 0x80) return 1;
-  if (b < 0xE0) return 2;
-  if (b < 0xF0) return 3;
-  return 4;
-}
-
 }  // namespace
 
 char32_t ByteToUnicode(uint8_t b) { return Tables().to_cp[b]; }

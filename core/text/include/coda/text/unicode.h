@@ -36,4 +36,12 @@ char32_t DecodeUtf8(std::string_view s, size_t* pos);
 // Unicode White_Space property (what Rust's char::is_whitespace and regex \s test).
 bool IsUnicodeWhiteSpace(char32_t cp);
 
+// Length of the UTF-8 sequence that starts with lead byte `b` (1 for ASCII and stray bytes).
+inline size_t Utf8CharLen(unsigned char b) {
+  if (b < 0x80) return 1;
+  if (b < 0xE0) return 2;
+  if (b < 0xF0) return 3;
+  return 4;
+}
+
 }  // namespace coda::text
