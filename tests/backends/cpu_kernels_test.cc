@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <array>
 #include <random>
 #include <vector>
 
@@ -118,6 +119,35 @@ TEST(CpuKernels, SimdBuildsMatchTheReference) {
       k->axpy_bf16(-1.3f, h.data(), ya.data(), n);
       ref.axpy_bf16(-1.3f, h.data(), yb.data(), n);
       ExpectClose(ya, yb, 1e-6, "axpy_bf16");
+    }
+  }
+}
+
+TEST(CpuKernels, MlaAttendMatchesTheReference) {
+  const auto builds = Builds();
+  if (builds.empty()) GTEST_SKIP() << "this CPU has neither AVX2+FMA nor AVX-512: only the reference kernels run";
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (bool bf16 : {true, false}) {
+    for (auto [nh, c, dr, visible] : {std::array<size_t, 4>{6, 40, 16, 37}, {4, 512, 64, 300}, {1, 17, 2, 1}}) {
+      const size_t row = c + dr, qk = 24 + dr;
+      std::vector<float> qabs(nh * c), qpe(nh * qk), c32(visible * row);
+      std::vector<uint16_t> c16(visible * row);
+      for (auto& v : qabs) v = nd(rng) * 0.3f;
+      for (auto& v : qpe) v = nd(rng) * 0.3f;
+      for (size_t i = 0; i < c32.size(); ++i) {
+        c16[i] = F32ToBf16(nd(rng));
+        c32[i] = Bf16ToF32(c16[i]);
+      }
+      auto run = [&](const Kernels& k) {
+        std::vector<float> scores(nh * visible), olat(nh * c, 7.0f);
+        MlaAttendArgs a{qabs.data(), qpe.data(), qk,    nh, bf16 ? static_cast<const void*>(c16.data()) : c32.data(),
+                        bf16,        row,         c,     dr, visible, 0.125f, scores.data(), olat.data()};
+        k.mla_attend(a);
+        return olat;
+      };
+      const auto want = run(ReferenceKernels());
+      for (const Kernels* k : builds) ExpectClose(run(*k), want, 1e-5, std::string(k->name) + " mla_attend");
     }
   }
 }

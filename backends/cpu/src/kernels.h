@@ -21,6 +21,19 @@ struct Weight {
   uint64_t scale_cols = 0;
 };
 
+struct MlaAttendArgs {
+  const float* qabs;  // [nh, c]
+  const float* qpe;   // [nh, qk] rows: only the dr values at qpe + h * qpe_stride are read
+  size_t qpe_stride;
+  size_t nh;
+  const void* cache;
+  bool bf16;
+  size_t row, c, dr, visible;
+  float scale;
+  float* scores;  // scratch [nh, visible]
+  float* olat;    // out [nh, c]
+};
+
 struct Kernels {
   const char* name;
   // y[t * ldy + r] = sum_c x[t * ldx + c] * W[r][c], for rows r in [r0, r1) and tokens t < n.
@@ -36,6 +49,10 @@ struct Kernels {
   // The same with a BF16 second operand (the latent cache).
   float (*dot_bf16)(const float* a, const uint16_t* b, size_t n);
   void (*axpy_bf16)(float a, const uint16_t* x, float* y, size_t n);
+  // Absorbed MLA attention of one query position for `nh` heads over cache rows [0, visible):
+  // s[h][p] = (qabs[h] . lat[p] + qpe[h] . pe[p]) * scale, p = softmax(s[h]), olat[h] = sum p lat.
+  // Cache rows hold `row` values (c latent, then the rope key) in F32 or BF16.
+  void (*mla_attend)(const MlaAttendArgs& a);
 };
 
 const Kernels& ReferenceKernels();

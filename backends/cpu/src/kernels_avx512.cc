@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "kernels.h"
@@ -244,7 +245,67 @@ void AxpyBf16(float a, const uint16_t* x, float* y, size_t n) {
   }
 }
 
-const Kernels kAvx512 = {"avx512", MatmulRows, DequantRows, MatvecT, Dot, Axpy, DotBf16, AxpyBf16};
+// 16 cache values at index i of row p, as F32.
+inline __m512 CacheLoad(const MlaAttendArgs& a, size_t p, size_t i, __mmask16 m) {
+  if (a.bf16) return Bf16x16(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(a.cache) + p * a.row + i));
+  return _mm512_maskz_loadu_ps(m, static_cast<const float*>(a.cache) + p * a.row + i);
+}
+
+// G heads at once: each cache chunk is loaded and converted once for all of them.
+template <int G>
+void MlaAttendGroup(const MlaAttendArgs& a, size_t h0) {
+  float mx[G];
+  for (int g = 0; g < G; ++g) mx[g] = -INFINITY;
+  for (size_t p = 0; p < a.visible; ++p) {
+    __m512 acc[G];
+    for (int g = 0; g < G; ++g) acc[g] = _mm512_setzero_ps();
+    for (size_t i = 0; i < a.c; i += 16) {
+      const __mmask16 m = TailMask(a.c - i);
+      const __m512 v = CacheLoad(a, p, i, m);
+      for (int g = 0; g < G; ++g)
+        acc[g] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a.qabs + (h0 + g) * a.c + i), v, acc[g]);
+    }
+    for (size_t i = 0; i < a.dr; i += 16) {
+      const __mmask16 m = TailMask(a.dr - i);
+      const __m512 v = CacheLoad(a, p, a.c + i, m);
+      for (int g = 0; g < G; ++g)
+        acc[g] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a.qpe + (h0 + g) * a.qpe_stride + i), v, acc[g]);
+    }
+    for (int g = 0; g < G; ++g) {
+      const float sc = _mm512_reduce_add_ps(acc[g]) * a.scale;
+      a.scores[(h0 + g) * a.visible + p] = sc;
+      mx[g] = std::max(mx[g], sc);
+    }
+  }
+  float inv[G];
+  for (int g = 0; g < G; ++g) {
+    float* s = a.scores + (h0 + g) * a.visible;
+    float sum = 0;
+    for (size_t p = 0; p < a.visible; ++p) sum += (s[p] = std::exp(s[p] - mx[g]));
+    inv[g] = 1.0f / sum;
+    std::fill(a.olat + (h0 + g) * a.c, a.olat + (h0 + g + 1) * a.c, 0.0f);
+  }
+  for (size_t p = 0; p < a.visible; ++p) {
+    __m512 w[G];
+    for (int g = 0; g < G; ++g) w[g] = _mm512_set1_ps(a.scores[(h0 + g) * a.visible + p] * inv[g]);
+    for (size_t i = 0; i < a.c; i += 16) {
+      const __mmask16 m = TailMask(a.c - i);
+      const __m512 v = CacheLoad(a, p, i, m);
+      for (int g = 0; g < G; ++g) {
+        float* o = a.olat + (h0 + g) * a.c + i;
+        _mm512_mask_storeu_ps(o, m, _mm512_fmadd_ps(w[g], v, _mm512_maskz_loadu_ps(m, o)));
+      }
+    }
+  }
+}
+
+void MlaAttend(const MlaAttendArgs& a) {
+  size_t h = 0;
+  for (; h + 4 <= a.nh; h += 4) MlaAttendGroup<4>(a, h);
+  for (; h < a.nh; ++h) MlaAttendGroup<1>(a, h);
+}
+
+const Kernels kAvx512 = {"avx512", MatmulRows, DequantRows, MatvecT, Dot, Axpy, DotBf16, AxpyBf16, MlaAttend};
 
 }  // namespace
 

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdlib>
@@ -68,6 +69,32 @@ void AxpyBf16(float a, const uint16_t* x, float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) y[i] += a * Bf16ToF32(x[i]);
 }
 
+float CacheValue(const MlaAttendArgs& a, size_t p, size_t i) {
+  return a.bf16 ? Bf16ToF32(static_cast<const uint16_t*>(a.cache)[p * a.row + i]) : static_cast<const float*>(a.cache)[p * a.row + i];
+}
+
+void MlaAttend(const MlaAttendArgs& a) {
+  for (size_t h = 0; h < a.nh; ++h) {
+    float* s = a.scores + h * a.visible;
+    const float* q = a.qabs + h * a.c;
+    const float* qpe = a.qpe + h * a.qpe_stride;
+    float mx = -INFINITY;
+    for (size_t p = 0; p < a.visible; ++p) {
+      float lat = 0, pe = 0;
+      for (size_t i = 0; i < a.c; ++i) lat += q[i] * CacheValue(a, p, i);
+      for (size_t i = 0; i < a.dr; ++i) pe += qpe[i] * CacheValue(a, p, a.c + i);
+      s[p] = (lat + pe) * a.scale;
+      mx = std::max(mx, s[p]);
+    }
+    float sum = 0;
+    for (size_t p = 0; p < a.visible; ++p) sum += (s[p] = std::exp(s[p] - mx));
+    float* o = a.olat + h * a.c;
+    std::fill(o, o + a.c, 0.0f);
+    for (size_t p = 0; p < a.visible; ++p)
+      for (size_t i = 0; i < a.c; ++i) o[i] += s[p] / sum * CacheValue(a, p, i);
+  }
+}
+
 float Dot(const float* a, const float* b, size_t n) {
   float acc = 0;
   for (size_t i = 0; i < n; ++i) acc += a[i] * b[i];
@@ -78,7 +105,7 @@ void Axpy(float a, const float* x, float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
-const Kernels kRef = {"reference", MatmulRows, DequantRows, MatvecT, Dot, Axpy, DotBf16, AxpyBf16};
+const Kernels kRef = {"reference", MatmulRows, DequantRows, MatvecT, Dot, Axpy, DotBf16, AxpyBf16, MlaAttend};
 
 }  // namespace
 

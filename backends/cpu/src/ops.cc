@@ -17,6 +17,7 @@ constexpr uint64_t kPanelBytes = 4u << 20;
 // Up to this many tokens, attention reads kv_b_proj in its stored dtype (decode); beyond, each
 // head's rows are decoded to F32 once and reused by every token.
 constexpr size_t kAbsorbDirectMaxTokens = 4;
+constexpr size_t kHeadGroup = 4;
 
 inline float* F(const coda_tensor& t) { return static_cast<float*>(t.data); }
 inline const float* CF(const coda_tensor& t) { return static_cast<const float*>(t.data); }
@@ -72,8 +73,7 @@ std::string SwigluMlp(Context& ctx, const Weight& gate, const Weight& up, const 
   const size_t width = gate.rows;
   tmp_g.resize(n * width);
   tmp_u.resize(n * width);
-  std::string e = Linear(ctx, gate, x, n, tmp_g.data());
-  if (e.empty()) e = Linear(ctx, up, x, n, tmp_u.data());
+  std::string e = LinearBatch(ctx, {{gate, x, n, tmp_g.data()}, {up, x, n, tmp_u.data()}});
   if (!e.empty()) return e;
   for (size_t i = 0; i < n * width; ++i) tmp_g[i] = Silu(tmp_g[i]) * tmp_u[i];
   return Linear(ctx, down, tmp_g.data(), n, y);
@@ -117,6 +117,32 @@ std::string Linear(Context& ctx, const Weight& w, const float* x, size_t n, floa
   return "";
 }
 
+std::string LinearBatch(Context& ctx, const std::vector<LinearJob>& jobs) {
+  size_t max_n = 0;
+  std::vector<uint64_t> first_row(jobs.size() + 1, 0);  // prefix sums of rows
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    max_n = std::max(max_n, jobs[j].n);
+    first_row[j + 1] = first_row[j] + jobs[j].w.rows;
+  }
+  if (max_n >= ctx.gemm_min_tokens) {
+    for (const LinearJob& j : jobs) {
+      std::string e = Linear(ctx, j.w, j.x, j.n, j.y);
+      if (!e.empty()) return e;
+    }
+    return "";
+  }
+  ctx.pool->ParallelFor(first_row.back(), 16, [&](size_t a, size_t b, unsigned) {
+    size_t j = static_cast<size_t>(std::upper_bound(first_row.begin(), first_row.end(), a) - first_row.begin()) - 1;
+    for (; a < b; ++j) {
+      const LinearJob& job = jobs[j];
+      const uint64_t r0 = a - first_row[j], r1 = std::min<uint64_t>(b, first_row[j + 1]) - first_row[j];
+      if (job.n) ctx.k->matmul_rows(job.w, job.x, job.w.cols, job.n, job.y, job.w.rows, r0, r1);
+      a = first_row[j] + r1;
+    }
+  });
+  return "";
+}
+
 namespace {
 
 std::string Embed(const coda_op& op) {
@@ -144,19 +170,17 @@ std::string MlaAttention(Context& ctx, const coda_op& op) {
   std::vector<float>& kv = ctx.scratch[1];
   std::vector<float>& attn = ctx.scratch[2];
   q.resize(n * H * qk);
+  kv.resize(n * row);
   std::string e;
-  if (w[0].data) {
+  if (w[0].data) {  // q LoRA: q_a and kv_a both read x
     std::vector<float> qa(n * hp.q_lora_rank);
-    e = Linear(ctx, ToWeight(w[0]), x, n, qa.data());
+    e = LinearBatch(ctx, {{ToWeight(w[0]), x, n, qa.data()}, {ToWeight(w[4]), x, n, kv.data()}});
     if (!e.empty()) return e;
     RmsNormRows(qa.data(), hp.q_lora_rank, n, hp.q_lora_rank, w[1], hp.rms_norm_eps, qa.data(), hp.q_lora_rank);
     e = Linear(ctx, ToWeight(w[2]), qa.data(), n, q.data());
   } else {
-    e = Linear(ctx, ToWeight(w[3]), x, n, q.data());
+    e = LinearBatch(ctx, {{ToWeight(w[3]), x, n, q.data()}, {ToWeight(w[4]), x, n, kv.data()}});
   }
-  if (!e.empty()) return e;
-  kv.resize(n * row);
-  e = Linear(ctx, ToWeight(w[4]), x, n, kv.data());
   if (!e.empty()) return e;
   RmsNormRows(kv.data(), row, n, c, w[5], hp.rms_norm_eps, kv.data(), row);
   for (size_t t = 0; t < n; ++t) {
@@ -166,64 +190,59 @@ std::string MlaAttention(Context& ctx, const coda_op& op) {
   }
   // Append [latent | k_pe] to the cache.
   const bool bf16 = op.kv.dtype == CODA_DTYPE_BF16;
-  uint16_t* c16 = static_cast<uint16_t*>(op.kv.data);
-  float* c32 = static_cast<float*>(op.kv.data);
   if (bf16) {
+    uint16_t* c16 = static_cast<uint16_t*>(op.kv.data);
     for (size_t i = 0; i < n * row; ++i) c16[start * row + i] = F32ToBf16(kv[i]);
   } else {
-    std::memcpy(c32 + start * row, kv.data(), n * row * sizeof(float));
+    std::memcpy(static_cast<float*>(op.kv.data) + start * row, kv.data(), n * row * sizeof(float));
   }
   const Kernels& k = *ctx.k;
-  auto cache_dot = [&](const float* a, size_t p, size_t off, size_t len) {
-    return bf16 ? k.dot_bf16(a, c16 + p * row + off, len) : k.dot(a, c32 + p * row + off, len);
-  };
-  auto cache_axpy = [&](float a, size_t p, float* y) {
-    if (bf16) k.axpy_bf16(a, c16 + p * row, y, c);
-    else k.axpy(a, c32 + p * row, y, c);
-  };
 
-  // Absorbed attention, head by head: q_nope is folded through W_UK into the latent space,
-  // scores are taken against the latent cache, and W_UV maps the attended latent to values.
-  // Few tokens read kv_b_proj in its stored dtype; many decode each head's rows once to F32.
+  // Absorbed attention: q_nope is folded through W_UK into the latent space, scores are taken
+  // against the latent cache, and W_UV maps the attended latent to values. Heads go in groups
+  // of kHeadGroup so each cache row is read once per group. Few tokens read kv_b_proj in its
+  // stored dtype; many decode the group's rows once to F32 and reuse them for every token.
   attn.resize(n * H * dv);
   const Weight wkvb = ToWeight(w[6]);
   const bool dequant = n > kAbsorbDirectMaxTokens;
-  ctx.pool->ParallelFor(H, 1, [&](size_t h0, size_t h1, unsigned ti) {
+  ctx.pool->ParallelFor(H, kHeadGroup, [&](size_t h0, size_t h1, unsigned ti) {
     std::vector<float>& s = ctx.thread_scratch[ti];
-    s.resize((dequant ? (dn + dv) * c : 0) + 2 * c + total + H * (dn + dv));
+    const size_t wh_size = dequant ? kHeadGroup * (dn + dv) * c : 0;
+    s.resize(wh_size + 2 * kHeadGroup * c + kHeadGroup * total + H * (dn + dv));
     float* wh = s.data();
-    float* qabs = wh + (dequant ? (dn + dv) * c : 0);
-    float* olat = qabs + c;
-    float* score = olat + c;
-    float* vfull = score + total;
-    for (size_t h = h0; h < h1; ++h) {
-      const uint64_t uk = h * (dn + dv), uv = uk + dn;
-      if (dequant) k.dequant_rows(wkvb, uk, uk + dn + dv, wh);
+    float* qabs = wh + wh_size;
+    float* olat = qabs + kHeadGroup * c;
+    float* scores = olat + kHeadGroup * c;
+    float* vfull = scores + kHeadGroup * total;
+    for (size_t g0 = h0; g0 < h1; g0 += kHeadGroup) {
+      const size_t g1 = std::min(h1, g0 + kHeadGroup), nh = g1 - g0;
+      if (dequant) k.dequant_rows(wkvb, g0 * (dn + dv), g1 * (dn + dv), wh);
       for (size_t t = 0; t < n; ++t) {
-        const float* qh = q.data() + (t * H + h) * qk;
-        std::fill(qabs, qabs + c, 0.0f);
-        if (dequant) {
-          for (size_t d = 0; d < dn; ++d) k.axpy(qh[d], wh + d * c, qabs, c);
-        } else {
-          k.matvec_t(wkvb, uk, uk + dn, qh, qabs);
+        for (size_t h = g0; h < g1; ++h) {
+          const float* qh = q.data() + (t * H + h) * qk;
+          float* qa = qabs + (h - g0) * c;
+          std::fill(qa, qa + c, 0.0f);
+          if (dequant) {
+            const float* uk = wh + (h - g0) * (dn + dv) * c;
+            for (size_t d = 0; d < dn; ++d) k.axpy(qh[d], uk + d * c, qa, c);
+          } else {
+            k.matvec_t(wkvb, h * (dn + dv), h * (dn + dv) + dn, qh, qa);
+          }
         }
-        const size_t visible = start + t + 1;  // causal
-        float mx = -INFINITY;
-        for (size_t p = 0; p < visible; ++p) {
-          score[p] = (cache_dot(qabs, p, 0, c) + cache_dot(qh + dn, p, c, dr)) * hp.softmax_scale;
-          mx = std::max(mx, score[p]);
-        }
-        float sum = 0;
-        for (size_t p = 0; p < visible; ++p) sum += (score[p] = std::exp(score[p] - mx));
-        const float inv = 1.0f / sum;
-        std::fill(olat, olat + c, 0.0f);
-        for (size_t p = 0; p < visible; ++p) cache_axpy(score[p] * inv, p, olat);
-        float* out = attn.data() + (t * H + h) * dv;
-        if (dequant) {
-          for (size_t v = 0; v < dv; ++v) out[v] = k.dot(wh + (dn + v) * c, olat, c);
-        } else {
-          k.matmul_rows(wkvb, olat, c, 1, vfull, 0, uv, uv + dv);
-          std::memcpy(out, vfull + uv, dv * sizeof(float));
+        MlaAttendArgs args{qabs, q.data() + (t * H + g0) * qk + dn, qk, nh, op.kv.data, bf16, row, c, dr,
+                           start + t + 1, hp.softmax_scale, scores, olat};
+        k.mla_attend(args);
+        for (size_t h = g0; h < g1; ++h) {
+          const float* ol = olat + (h - g0) * c;
+          float* out = attn.data() + (t * H + h) * dv;
+          const uint64_t uv = h * (dn + dv) + dn;
+          if (dequant) {
+            const float* wv = wh + ((h - g0) * (dn + dv) + dn) * c;
+            for (size_t v = 0; v < dv; ++v) out[v] = k.dot(wv + v * c, ol, c);
+          } else {
+            k.matmul_rows(wkvb, ol, c, 1, vfull, 0, uv, uv + dv);
+            std::memcpy(out, vfull + uv, dv * sizeof(float));
+          }
         }
       }
     }
@@ -307,19 +326,37 @@ std::string MoeExperts(Context& ctx, const coda_op& op) {
       if (id < 0 || static_cast<size_t>(id) >= E) return "expert id " + std::to_string(id) + " out of range";
       routed[static_cast<size_t>(id)].push_back({static_cast<uint32_t>(t), wts[t * K + j]});
     }
-  std::vector<float> xe, ye, g, u;
-  for (size_t e = 0; e < E; ++e) {
-    const auto& list = routed[e];
-    if (list.empty()) continue;
-    const size_t m = list.size();
-    xe.resize(m * h);
-    ye.resize(m * h);
-    for (size_t i = 0; i < m; ++i) std::memcpy(xe.data() + i * h, x + list[i].first * h, h * sizeof(float));
-    const coda_tensor* w = op.weights + 3 * e;
-    std::string err = SwigluMlp(ctx, ToWeight(w[0]), ToWeight(w[1]), ToWeight(w[2]), xe.data(), m, ye.data(), g, u);
-    if (!err.empty()) return err;
-    for (size_t i = 0; i < m; ++i) ctx.k->axpy(list[i].second, ye.data() + i * h, y + list[i].first * h, h);
+  // Gather each expert's tokens, then run gate+up of every active expert in one batch, SwiGLU,
+  // and every down projection in a second batch.
+  struct Active {
+    size_t e, offset, m;  // expert, first row in the gathered buffers, token count
+  };
+  std::vector<Active> active;
+  size_t rows = 0;
+  for (size_t e = 0; e < E; ++e)
+    if (!routed[e].empty()) {
+      active.push_back({e, rows, routed[e].size()});
+      rows += routed[e].size();
+    }
+  const size_t width = ToWeight(op.weights[0]).rows;
+  std::vector<float> xe(rows * h), ye(rows * h), g(rows * width), u(rows * width);
+  std::vector<LinearJob> up_jobs, down_jobs;
+  for (const Active& a : active) {
+    for (size_t i = 0; i < a.m; ++i)
+      std::memcpy(xe.data() + (a.offset + i) * h, x + routed[a.e][i].first * h, h * sizeof(float));
+    const coda_tensor* w = op.weights + 3 * a.e;
+    up_jobs.push_back({ToWeight(w[0]), xe.data() + a.offset * h, a.m, g.data() + a.offset * width});
+    up_jobs.push_back({ToWeight(w[1]), xe.data() + a.offset * h, a.m, u.data() + a.offset * width});
+    down_jobs.push_back({ToWeight(w[2]), g.data() + a.offset * width, a.m, ye.data() + a.offset * h});
   }
+  std::string err = LinearBatch(ctx, up_jobs);
+  if (!err.empty()) return err;
+  for (size_t i = 0; i < rows * width; ++i) g[i] = Silu(g[i]) * u[i];
+  err = LinearBatch(ctx, down_jobs);
+  if (!err.empty()) return err;
+  for (const Active& a : active)
+    for (size_t i = 0; i < a.m; ++i)
+      ctx.k->axpy(routed[a.e][i].second, ye.data() + (a.offset + i) * h, y + routed[a.e][i].first * h, h);
   return "";
 }
 

@@ -28,6 +28,16 @@ std::string CheckOp(const coda_op& op);
 
 // y[n, rows] = x[n, cols] W^T (exposed for tests and benchmarks).
 std::string Linear(Context& ctx, const Weight& w, const float* x, size_t n, float* y);
+
+// Several independent Linears; with few tokens their rows share one parallel region, so small
+// matrices (routed experts) stream back to back instead of each paying a region's start-up.
+struct LinearJob {
+  Weight w;
+  const float* x;
+  size_t n;
+  float* y;
+};
+std::string LinearBatch(Context& ctx, const std::vector<LinearJob>& jobs);
 Weight ToWeight(const coda_tensor& t);
 
 }  // namespace coda::cpu
