@@ -208,6 +208,14 @@ TEST(ChatTemplateErrors, RunawayLoopsHitTheStepLimit) {
   ExpectRenderError("{{ 'ab' * 100000000000 }}", ordered_json::object(), "exceeds the output limit", "line 1");
 }
 
+TEST(ChatTemplateErrors, HostileValuesStayBounded) {
+  // Nesting grows one level per iteration; without a cap, freeing it would overflow the stack.
+  ExpectRenderError("{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}{% endfor %}",
+                    ordered_json::object(), "value nested deeper than 512 levels", "line 1, column 74");
+  ExpectRenderError("{% set ns = namespace(x=1) %}\n{% set ns.self = [ns] %}", ordered_json::object(),
+                    "a namespace cannot be stored in a namespace attribute", "line 2, column 1");
+}
+
 TEST(ChatTemplateErrors, OutputLimit) {
   ChatTemplateOptions small;
   small.max_output_bytes = 1000;

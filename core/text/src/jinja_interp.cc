@@ -240,6 +240,9 @@ Status Interpreter::ExecSet(const SetStmt& s) {
                                             std::string(KindName(target.kind())) +
                                             "; only namespace() objects take attribute assignments"));
     }
+    if (v.contains_namespace()) {
+      return Located(s.pos, InvalidArgument("a namespace cannot be stored in a namespace attribute"));
+    }
     target.ns().Set(s.attr, std::move(v));
     return Status::Ok();
   }
@@ -330,6 +333,16 @@ Result<Value> Interpreter::CallFunction(const Value& fn, CallArgs& args) {
 }
 
 Result<Value> Interpreter::Eval(const Expr& e) {
+  CODA_ASSIGN_OR_RETURN(Value v, EvalNode(e));
+  // Values deepen one level per expression at most, so checking every result keeps all of them
+  // shallow enough for recursive destruction, comparison and printing.
+  if (v.depth() > kMaxValueDepth) {
+    return Located(e.pos, OutOfRange("value nested deeper than " + std::to_string(kMaxValueDepth) + " levels"));
+  }
+  return v;
+}
+
+Result<Value> Interpreter::EvalNode(const Expr& e) {
   CODA_RETURN_IF_ERROR(Located(e.pos, Charge(1)));
   switch (e.kind) {
     case ExprKind::kLiteral: return e.literal;

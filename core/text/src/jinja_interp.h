@@ -12,6 +12,9 @@
 
 namespace coda::text::jinja {
 
+// Deepest list/dict nesting a render may build (context JSON is capped lower, at 256).
+inline constexpr uint32_t kMaxValueDepth = 512;
+
 struct RenderLimits {
   size_t max_output_bytes = size_t{16} << 20;
   uint64_t max_steps = 10'000'000;
@@ -51,6 +54,7 @@ class Interpreter {
   Status Append(std::string& out, std::string_view text, Pos pos);
 
   Result<Value> Eval(const Expr& e);
+  Result<Value> EvalNode(const Expr& e);
   Result<Value> EvalCall(const Expr& e);
   Result<Value> EvalBinary(const Expr& e);
   Result<Value> EvalSlice(const Expr& e);

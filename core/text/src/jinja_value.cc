@@ -20,6 +20,8 @@ const Value* Dict::Find(std::string_view key) const {
 }
 
 void Dict::Set(std::string key, Value value) {
+  depth_ = std::max(depth_, value.depth() + 1);
+  has_namespace_ = has_namespace_ || value.contains_namespace();
   auto it = index_.find(key);
   if (it != index_.end()) {
     entries_[it->second].second = std::move(value);
@@ -27,6 +29,34 @@ void Dict::Set(std::string key, Value value) {
   }
   index_.emplace(key, entries_.size());
   entries_.emplace_back(std::move(key), std::move(value));
+}
+
+Value Value::MakeList(List items) {
+  ListBox box;
+  for (const Value& v : items) {
+    box.depth = std::max(box.depth, v.depth() + 1);
+    box.has_namespace = box.has_namespace || v.contains_namespace();
+  }
+  box.items = std::move(items);
+  return Value(Storage(std::make_shared<const ListBox>(std::move(box))));
+}
+
+uint32_t Value::depth() const {
+  switch (kind()) {
+    case Kind::kList: return std::get<ListPtr>(v_)->depth;
+    case Kind::kDict: return dict().depth();
+    case Kind::kNamespace: return ns().depth();
+    default: return 0;
+  }
+}
+
+bool Value::contains_namespace() const {
+  switch (kind()) {
+    case Kind::kList: return std::get<ListPtr>(v_)->has_namespace;
+    case Kind::kDict: return dict().has_namespace();
+    case Kind::kNamespace: return true;
+    default: return false;
+  }
 }
 
 double Value::as_number() const {

@@ -38,7 +38,7 @@ class Value {
   static Value Int(int64_t i) { return Value(Storage(i)); }
   static Value Float(double d) { return Value(Storage(d)); }
   static Value String(std::string s) { return Value(Storage(std::make_shared<const std::string>(std::move(s)))); }
-  static Value MakeList(List items) { return Value(Storage(std::make_shared<const List>(std::move(items)))); }
+  static Value MakeList(List items);
   static Value MakeDict(Dict d);
   static Value MakeNamespace(Dict d);
   static Value MakeCallable(Callable c);
@@ -58,19 +58,30 @@ class Value {
   // Int, float and bool as a double (Jinja lets booleans take part in arithmetic).
   double as_number() const;
   const std::string& str() const { return *std::get<StringPtr>(v_); }
-  const List& list() const { return *std::get<ListPtr>(v_); }
+  const List& list() const { return std::get<ListPtr>(v_)->items; }
   const Dict& dict() const { return *std::get<DictPtr>(v_); }
   Dict& ns() const { return *std::get<NamespacePtr>(v_).d; }
   const Callable& callable() const { return *std::get<CallablePtr>(v_); }
 
   // Jinja truthiness: empty strings and containers, zero, none and undefined are false.
   bool Truthy() const;
-  // Identity of the shared object, for "sameas" and cycle detection in tojson.
+  // Identity of the shared object, for "sameas".
   const void* identity() const;
+  // Container nesting (0 for scalars). Destruction, equality and tojson recurse this deep, so
+  // the interpreter caps it.
+  uint32_t depth() const;
+  // Whether a namespace is reachable from here. Namespaces are the only mutable values; keeping
+  // them out of namespace attributes makes reference cycles impossible.
+  bool contains_namespace() const;
 
  private:
   using StringPtr = std::shared_ptr<const std::string>;
-  using ListPtr = std::shared_ptr<const List>;
+  struct ListBox {
+    List items;
+    uint32_t depth = 1;
+    bool has_namespace = false;
+  };
+  using ListPtr = std::shared_ptr<const ListBox>;
   using DictPtr = std::shared_ptr<const Dict>;
   struct NamespacePtr {
     std::shared_ptr<Dict> d;
@@ -90,10 +101,14 @@ class Dict {
   void Set(std::string key, Value value);
   size_t size() const { return entries_.size(); }
   const std::vector<std::pair<std::string, Value>>& entries() const { return entries_; }
+  uint32_t depth() const { return depth_; }  // an upper bound after values are replaced
+  bool has_namespace() const { return has_namespace_; }
 
  private:
   std::vector<std::pair<std::string, Value>> entries_;
   std::unordered_map<std::string, size_t> index_;
+  uint32_t depth_ = 1;
+  bool has_namespace_ = false;
 };
 
 struct CallArgs {
