@@ -231,6 +231,7 @@ TEST(ChatTemplateErrors, RuntimeTypeErrors) {
   ExpectRenderError("{{ i % 0 }}", ctx, "modulo by zero", "line 1");
   ExpectRenderError("{{ 9223372036854775807 + i }}", ctx, "integer overflow", "line 1");
   ExpectRenderError("{{ 2 ** 64 }}", ctx, "integer overflow", "line 1");
+  ExpectRenderError("{{ 0 ** -1 }}", ctx, "negative power", "line 1");
   ExpectRenderError("{{ -(-9223372036854775807 - 1) }}", ctx, "integer overflow", "line 1");
   ExpectRenderError("{% set s.x = 1 %}", ctx, "only namespace() objects", "line 1, column 1");
   ExpectRenderError("{{ s.frobnicate() }}", ctx, "unknown method 'frobnicate' on a string", "line 1, column 5");
@@ -369,6 +370,9 @@ TEST(ChatTemplate, PythonStyleSemantics) {
   check("{{ [1, 2] == [1, 2] }} {{ 1 == 1.0 }} {{ {'a': 1} == {'a': 1} }}", "true true true");
   check("{{ 'ab' * 3 }}{{ [0] * 2 }}", "ababab[0, 0]");
   check("{{ 'A-b c'|title }} {{ 'aBC'|capitalize }}", "A-B C Abc");
+  check("{{ 'héllo'|upper }} {{ 'ΣΟΦΙΑ'|lower }} {{ 'привет'.upper() }} {{ 'éa' is lower }} {{ 'ÉA' is lower }}",
+        "HÉLLO σοφια ПРИВЕТ true false");
+  check("{{ 0 ** 0 }} {{ 2 ** -1 }}", "1 0.5");
   check("{{ '😀'|tojson(ensure_ascii=true) }} {{ '\\ud83d\\ude00' }}", R"("\ud83d\ude00" 😀)");
   check("{{ {'b': 1, 'a': [1]}|tojson(sort_keys=true, separators=(',', ':')) }}", R"({"a":[1],"b":1})");
   check("{% for c in 'ab' %}{{ c }}.{% endfor %}", "a.b.");

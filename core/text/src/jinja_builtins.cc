@@ -35,39 +35,28 @@ bool BoolArg(const Value& v, bool def) { return v.is_undefined() ? def : v.Truth
 // String filters accept any value the way Jinja's soft_str does.
 std::string Text(const Value& v) { return v.is_string() ? v.str() : ToOutputString(v); }
 
-std::string AsciiLower(std::string s) {
-  for (char& c : s) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  }
-  return s;
+std::string Lower(std::string_view s) { return MapCase(s, false); }
+std::string Upper(std::string_view s) { return MapCase(s, true); }
+
+// First code point upper, the rest lower (Python's str.capitalize).
+std::string Capitalize(std::string_view s) {
+  size_t i = 0;
+  if (s.empty()) return "";
+  DecodeUtf8(s, i);
+  return Upper(s.substr(0, i)) + Lower(s.substr(i));
 }
 
-std::string AsciiUpper(std::string s) {
-  for (char& c : s) {
-    if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
-  }
-  return s;
-}
-
-bool IsAsciiAlpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-bool IsAsciiAlnum(char c) { return IsAsciiAlpha(c) || (c >= '0' && c <= '9'); }
-
-std::string Capitalize(const std::string& s) {
-  std::string out = AsciiLower(s);
-  if (!out.empty()) out[0] = AsciiUpper(std::string(1, out[0]))[0];
-  return out;
-}
-
-std::string Title(const std::string& s) {
-  std::string out = s;
+// Jinja's title filter: words split at whitespace, '-' and opening brackets are capitalized.
+std::string Title(std::string_view s) {
+  std::string out;
   bool word_start = true;
-  for (char& c : out) {
-    if (IsAsciiAlpha(c)) {
-      c = word_start ? AsciiUpper(std::string(1, c))[0] : AsciiLower(std::string(1, c))[0];
-      word_start = false;
-    } else {
-      word_start = !IsAsciiAlnum(c) && c != '\'';
-    }
+  for (size_t i = 0; i < s.size();) {
+    size_t start = i;
+    uint32_t cp = DecodeUtf8(s, i);
+    std::string_view raw = s.substr(start, i - start);
+    bool separator = IsUnicodeSpace(cp) || cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<';
+    out += separator ? std::string(raw) : word_start ? Upper(raw) : Lower(raw);
+    word_start = separator;
   }
   return out;
 }
@@ -229,7 +218,7 @@ Result<int> Compare(const Value& a, const Value& b, bool case_sensitive = true) 
     return x < y ? -1 : x > y ? 1 : 0;
   }
   if (a.is_string() && b.is_string()) {
-    int c = case_sensitive ? a.str().compare(b.str()) : AsciiLower(a.str()).compare(AsciiLower(b.str()));
+    int c = case_sensitive ? a.str().compare(b.str()) : Lower(a.str()).compare(Lower(b.str()));
     return c < 0 ? -1 : c > 0 ? 1 : 0;
   }
   return InvalidArgument("cannot compare a " + Kind(a) + " with a " + Kind(b));
@@ -299,7 +288,10 @@ Result<Value> IntArithmetic(BinOp op, int64_t a, int64_t b) {
       return Value::Int(m);
     }
     case BinOp::kPow: {
-      if (b < 0) return Value::Float(std::pow(static_cast<double>(a), static_cast<double>(b)));
+      if (b < 0) {
+        if (a == 0) return InvalidArgument("0 cannot be raised to a negative power");
+        return Value::Float(std::pow(static_cast<double>(a), static_cast<double>(b)));
+      }
       int64_t result = 1;
       int64_t base = a;
       for (int64_t e = b; e > 0; e >>= 1) {
@@ -489,16 +481,15 @@ Result<bool> NeedInt(const Value& v, std::string_view test) {
   return true;
 }
 
+// Python's str.islower()/isupper(): some cased letter, and none of the other case.
 bool HasCased(const std::string& s, bool upper) {
   bool cased = false;
-  for (char c : s) {
-    if (c >= 'a' && c <= 'z') {
-      if (upper) return false;
-      cased = true;
-    } else if (c >= 'A' && c <= 'Z') {
-      if (!upper) return false;
-      cased = true;
-    }
+  for (size_t i = 0; i < s.size();) {
+    uint32_t cp = DecodeUtf8(s, i);
+    bool is_lower = UpperCodePoint(cp) != cp;
+    bool is_upper = LowerCodePoint(cp) != cp;
+    if (upper ? is_lower : is_upper) return false;
+    cased = cased || is_lower || is_upper;
   }
   return cased;
 }
@@ -608,7 +599,7 @@ Value SortKey(const Value& v, const Value& attribute, bool case_sensitive) {
   Value key = attribute.is_string() ? AttrPath(v, attribute.str())
               : IsIntLike(attribute) ? GetItem(v, attribute)
                                      : v;
-  if (!case_sensitive && key.is_string()) return Value::String(AsciiLower(key.str()));
+  if (!case_sensitive && key.is_string()) return Value::String(Lower(key.str()));
   return key;
 }
 
@@ -958,12 +949,12 @@ const std::unordered_map<std::string_view, FilterFn>& Filters() {
       {"upper",
        [](Interpreter&, const Value& v, CallArgs& a) -> Result<Value> {
          CODA_RETURN_IF_ERROR(NoArgs("upper", a));
-         return Value::String(AsciiUpper(Text(v)));
+         return Value::String(Upper(Text(v)));
        }},
       {"lower",
        [](Interpreter&, const Value& v, CallArgs& a) -> Result<Value> {
          CODA_RETURN_IF_ERROR(NoArgs("lower", a));
-         return Value::String(AsciiLower(Text(v)));
+         return Value::String(Lower(Text(v)));
        }},
       {"capitalize",
        [](Interpreter&, const Value& v, CallArgs& a) -> Result<Value> {
@@ -1038,8 +1029,8 @@ Result<Value> StringMethod(Interpreter& in, const std::string& s, std::string_vi
   if (name == "rstrip") return strip(false, true);
   if (name == "upper" || name == "lower" || name == "title" || name == "capitalize") {
     CODA_RETURN_IF_ERROR(BindArgs(name, a, {}).status());
-    if (name == "upper") return Value::String(AsciiUpper(s));
-    if (name == "lower") return Value::String(AsciiLower(s));
+    if (name == "upper") return Value::String(Upper(s));
+    if (name == "lower") return Value::String(Lower(s));
     if (name == "title") return Value::String(Title(s));
     return Value::String(Capitalize(s));
   }

@@ -261,6 +261,91 @@ size_t CodePointCount(std::string_view s) {
   return n;
 }
 
+namespace {
+
+// Blocks where upper and lower case letters alternate: even code point upper, odd lower
+// (or the reverse when `odd_upper`).
+struct AlternatingBlock {
+  uint32_t first, last;
+  bool odd_upper;
+};
+constexpr AlternatingBlock kAlternating[] = {
+    {0x0100, 0x012F, false}, {0x0132, 0x0137, false}, {0x0139, 0x0148, true},  {0x014A, 0x0177, false},
+    {0x0179, 0x017E, true},  {0x01DE, 0x01EF, false}, {0x01F8, 0x021F, false}, {0x0460, 0x0481, false},
+    {0x048A, 0x04BF, false}, {0x04C1, 0x04CE, true},  {0x04D0, 0x052F, false}, {0x1E00, 0x1E95, false},
+    {0x1EA0, 0x1EFF, false},
+};
+
+// Blocks that map to another block at a fixed offset (lower = upper + delta).
+struct ShiftedBlock {
+  uint32_t upper_first, upper_last;
+  uint32_t delta;
+};
+constexpr ShiftedBlock kShifted[] = {
+    {0x0041, 0x005A, 0x20}, {0x00C0, 0x00D6, 0x20}, {0x00D8, 0x00DE, 0x20}, {0x0391, 0x03A1, 0x20},
+    {0x03A3, 0x03AB, 0x20}, {0x0388, 0x038A, 0x25}, {0x0410, 0x042F, 0x20}, {0x0400, 0x040F, 0x50},
+    {0x0531, 0x0556, 0x30}, {0xFF21, 0xFF3A, 0x20},
+};
+
+}  // namespace
+
+uint32_t UpperCodePoint(uint32_t cp) {
+  if (cp < 0x80) return cp >= 'a' && cp <= 'z' ? cp - 0x20 : cp;
+  for (const auto& b : kShifted) {
+    if (cp >= b.upper_first + b.delta && cp <= b.upper_last + b.delta) return cp - b.delta;
+  }
+  for (const auto& b : kAlternating) {
+    // Each pair is (upper, upper + 1).
+    if (cp >= b.first && cp <= b.last && (cp % 2 == 1) != b.odd_upper) return cp - 1;
+  }
+  switch (cp) {
+    case 0x00FF: return 0x0178;
+    case 0x0131: return 'I';
+    case 0x017F: return 'S';
+    case 0x03C2: return 0x03A3;
+    case 0x03AC: return 0x0386;
+    case 0x03CC: return 0x038C;
+    case 0x03CD: return 0x038E;
+    case 0x03CE: return 0x038F;
+    default: return cp;
+  }
+}
+
+uint32_t LowerCodePoint(uint32_t cp) {
+  if (cp < 0x80) return cp >= 'A' && cp <= 'Z' ? cp + 0x20 : cp;
+  for (const auto& b : kShifted) {
+    if (cp >= b.upper_first && cp <= b.upper_last) return cp + b.delta;
+  }
+  for (const auto& b : kAlternating) {
+    if (cp >= b.first && cp <= b.last && (cp % 2 == 1) == b.odd_upper) return cp + 1;
+  }
+  switch (cp) {
+    case 0x0178: return 0x00FF;
+    case 0x0386: return 0x03AC;
+    case 0x038C: return 0x03CC;
+    case 0x038E: return 0x03CD;
+    case 0x038F: return 0x03CE;
+    default: return cp;
+  }
+}
+
+std::string MapCase(std::string_view s, bool upper) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    size_t start = i;
+    uint32_t cp = DecodeUtf8(s, i);
+    bool invalid = i - start == 1 && cp >= 0x80;
+    uint32_t mapped = invalid ? cp : upper ? UpperCodePoint(cp) : LowerCodePoint(cp);
+    if (mapped == cp) {
+      out.append(s.substr(start, i - start));
+    } else {
+      AppendUtf8(out, mapped);
+    }
+  }
+  return out;
+}
+
 bool IsUnicodeSpace(uint32_t cp) {
   // Python's str.isspace() set, which is what strip()/split() use in Jinja.
   if (cp == ' ' || (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x1F)) return true;

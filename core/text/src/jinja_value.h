@@ -158,5 +158,10 @@ bool IsUnicodeSpace(uint32_t cp);
 // Decodes one code point at s[i]; advances i. Invalid bytes yield their byte value.
 uint32_t DecodeUtf8(std::string_view s, size_t& i);
 void AppendUtf8(std::string& out, uint32_t cp);
+// Simple (one-to-one) case mapping for Latin, Greek, Cyrillic, Armenian and fullwidth letters;
+// other code points, and invalid bytes, are kept as they are.
+uint32_t UpperCodePoint(uint32_t cp);
+uint32_t LowerCodePoint(uint32_t cp);
+std::string MapCase(std::string_view s, bool upper);
 
 }  // namespace coda::text::jinja
