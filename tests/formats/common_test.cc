@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <random>
 #include <string>
 
 #include "coda/checked.h"
@@ -65,6 +66,22 @@ TEST(DType, Fp8E4M3MatchesTheFormat) {
     EXPECT_EQ(F32ToFp8E4M3(f), v) << v;
   }
   EXPECT_EQ(F32ToFp8E4M3(1e9f), 0x7e);  // saturates
+  // Random values round to the nearest code (ties to the even code), checked by brute force.
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> mag(-12.0f, 9.5f);
+  for (int i = 0; i < 20000; ++i) {
+    const float f = std::exp2(mag(rng)) * ((rng() & 1) ? -1.0f : 1.0f);
+    const uint8_t got = F32ToFp8E4M3(f);
+    float best = INFINITY;
+    for (int v = 0; v < 0x7f; ++v) best = std::min(best, std::fabs(Fp8E4M3ToF32(static_cast<uint8_t>(v)) - std::fabs(f)));
+    const float err = std::fabs(Fp8E4M3ToF32(got) - f);
+    if (std::fabs(f) < 448.0f) {
+      EXPECT_EQ(err, best) << f;
+    }
+  }
+  EXPECT_EQ(F32ToFp8E4M3(1.0625f), 0x38);  // halfway between 1 and 1.125: to even (1)
+  EXPECT_EQ(F32ToFp8E4M3(1.1875f), 0x3a);  // halfway between 1.125 and 1.25: to even (1.25)
+  EXPECT_EQ(F32ToFp8E4M3(3.0f / 1024), 0x02);  // 1.5 subnormal steps: to even (2)
 }
 
 TEST(DType, Bf16AndF16RoundTrip) {

@@ -231,7 +231,7 @@ int main(int argc, char** argv) {
   if (out.contains("pp"))
     std::printf("%-14s %10.1f %10.2f %12s %9s %9s\n", ("pp" + std::to_string(pp)).c_str(),
                 out["pp"]["tokens_per_s"].get<double>(), 1e3 / out["pp"]["tokens_per_s"].get<double>(), "-", "-", "-");
-  for (const auto& t : tgs)
+  for (const auto& t : out["tg"])
     std::printf("%-14s %10.1f %10.2f %12s %9.1f %8.0f%%\n",
                 ("tg" + std::to_string(tg) + " @" + std::to_string(t["depth"].get<int>())).c_str(),
                 t["tokens_per_s"].get<double>(), t["ms_per_token"].get<double>(),

@@ -268,7 +268,7 @@ Status ConvertCheckpoint(const std::string& hf_dir, const std::string& out_path,
 
 namespace {
 
-// Deterministic per-tensor generator (splitmix64 + Box-Muller), independent of write order.
+// Deterministic per-tensor generator (splitmix64), independent of write order.
 class Rng {
  public:
   explicit Rng(uint64_t seed) : s_(seed) {}
@@ -278,23 +278,17 @@ class Rng {
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
   }
-  double Uniform() { return (Next() >> 11) * (1.0 / 9007199254740992.0); }
+  // Approximately standard normal: the sum of four 16-bit uniforms (Irwin-Hall), centred and
+  // scaled to unit variance. Random weights need a bell shape, not exact tails, and this is one
+  // generator call per value.
   float Normal() {
-    if (has_spare_) {
-      has_spare_ = false;
-      return spare_;
-    }
-    const double u = std::max(Uniform(), 1e-300), v = Uniform();
-    const double r = std::sqrt(-2.0 * std::log(u));
-    spare_ = static_cast<float>(r * std::sin(2 * M_PI * v));
-    has_spare_ = true;
-    return static_cast<float>(r * std::cos(2 * M_PI * v));
+    const uint64_t r = Next();
+    const uint32_t sum = static_cast<uint32_t>((r & 0xffff) + ((r >> 16) & 0xffff) + ((r >> 32) & 0xffff) + (r >> 48));
+    return (static_cast<float>(sum) * (1.0f / 65536.0f) - 2.0f) * 1.7320508f;
   }
 
  private:
   uint64_t s_;
-  bool has_spare_ = false;
-  float spare_ = 0;
 };
 
 uint64_t HashName(const std::string& s, uint64_t seed) {

@@ -120,17 +120,17 @@ uint8_t F32ToFp8E4M3(float f) {
   if (std::isnan(f)) return 0x7f;
   const uint8_t sign = std::signbit(f) ? 0x80 : 0;
   const float a = std::fabs(f);
-  if (a >= 448.0f) return sign | 0x7e;
-  // Binary search over the 127 finite non-negative codes (monotonic), then round to nearest even.
-  int lo = 0, hi = 0x7e;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) / 2;
-    if (kFp8Table[mid] <= a) lo = mid; else hi = mid;
+  if (a >= 448.0f) return sign | 0x7e;  // saturate (E4M3 "fn" has no infinity)
+  if (a < 0.015625f) {                 // below 2^-6: subnormal steps of 2^-9, round half to even
+    return static_cast<uint8_t>(sign | static_cast<uint8_t>(std::nearbyint(a * 512.0f)));
   }
-  const float dl = a - kFp8Table[lo], dh = kFp8Table[hi] - a;
-  int code = (dl < dh) ? lo : (dh < dl) ? hi : ((lo & 1) ? hi : lo);
-  if (a < kFp8Table[lo]) code = lo;
-  return static_cast<uint8_t>(sign | code);
+  // Normal: keep 3 of F32's 23 mantissa bits, rounding half to even; a carry bumps the exponent.
+  uint32_t u;
+  std::memcpy(&u, &a, 4);
+  u += (1u << 19) - 1 + ((u >> 20) & 1u);
+  const int exp = static_cast<int>(u >> 23) - 127 + 7;
+  const uint32_t code = (static_cast<uint32_t>(exp) << 3) | ((u >> 20) & 7u);
+  return static_cast<uint8_t>(sign | std::min<uint32_t>(code, 0x7e));
 }
 
 }  // namespace coda
