@@ -177,7 +177,7 @@ TEST(Context, RefusesABackendOfAnotherAbiVersion) {
   o.backends = {[](uint32_t) { return &kFuture; }};
   auto ctx = Context::Create(o);
   ASSERT_FALSE(ctx.ok());
-  EXPECT_NE(ctx.status().message().find("built for ABI version 2, this runtime speaks 1"), std::string::npos)
+  EXPECT_NE(ctx.status().message().find("backend 'future': built for backend ABI version 2, this runtime speaks version 1"), std::string::npos)
       << ctx.status().message();
   o.backends = {[](uint32_t) -> const coda_backend_api* { return nullptr; }};
   EXPECT_FALSE(Context::Create(o).ok());

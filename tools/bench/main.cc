@@ -80,6 +80,7 @@ double MeasureReadBandwidth(unsigned threads) {
 int main(int argc, char** argv) {
   using namespace coda;
   tools::LoadOptions lo;
+  lo.tool = kTool;
   uint32_t pp = 512, tg = 128;
   std::vector<int32_t> depths = {0, 1024, 4096};
   bool json = false, profile = false;

@@ -34,6 +34,7 @@ Options:
 int main(int argc, char** argv) {
   using namespace coda;
   tools::LoadOptions lo;
+  lo.tool = kTool;
   lo.kv_dtype = DType::kF32;
   std::string tokens_text, output, decode_from_text;
   for (int i = 1; i < argc; ++i) {

@@ -1,15 +1,32 @@
-// The CPU backend behind the plain-C backend ABI.
+// The CPU backend behind the plain-C backend ABI. Linked statically into every tool as the
+// always-present fallback (coda_cpu_backend_entry) and also built as libcoda-backend-cpu.so
+// (plugin_entry.cc exports coda_backend_entry).
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <new>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "coda_backend.h"
 #include "coda_cpu_backend.h"
 #include "ops.h"
+
+// Buffers of the CPU backend are plain host memory.
+struct coda_buffer_impl {
+  void* data;
+  uint64_t size;
+};
+// Everything runs synchronously, so an event is always reached; it exists to be a valid handle.
+struct coda_event_impl {
+  int unused;
+};
 
 namespace coda::cpu {
 namespace {
@@ -18,11 +35,34 @@ struct Instance {
   std::unique_ptr<ThreadPool> pool;
   Context ctx;
   std::string description;
+  std::string cpu_name;
 };
 
 void CopyError(const std::string& m, char* error, size_t size) {
   if (!error || size == 0) return;
   std::snprintf(error, size, "%s", m.c_str());
+}
+
+std::string CpuModelName() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("model name", 0) == 0) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(line.find_first_not_of(" \t", colon + 1));
+    }
+  return "CPU";
+}
+
+// Bytes from /proc/meminfo ("MemAvailable:  123 kB"), 0 when unknown.
+uint64_t MemInfoBytes(const char* key) {
+  std::ifstream f("/proc/meminfo");
+  std::string k;
+  uint64_t kb = 0;
+  std::string unit;
+  while (f >> k >> kb >> unit)
+    if (k == key) return kb * 1024;
+  return 0;
 }
 
 coda_status_code Create(const coda_host* host, const coda_backend_options* options, void** self, char* error,
@@ -34,6 +74,11 @@ coda_status_code Create(const coda_host* host, const coda_backend_options* optio
   unsigned threads = 0;
   if (options && options->struct_size >= offsetof(coda_backend_options, n_threads) + sizeof(uint32_t))
     threads = options->n_threads;
+  if (options && options->struct_size >= offsetof(coda_backend_options, device) + sizeof(uint32_t) &&
+      options->device != 0) {
+    CopyError("cpu: there is one device (0), not " + std::to_string(options->device), error, error_size);
+    return CODA_STATUS_INVALID_ARGUMENT;
+  }
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
   auto* inst = new (std::nothrow) Instance();
   if (!inst) {
@@ -47,6 +92,7 @@ coda_status_code Create(const coda_host* host, const coda_backend_options* optio
   // For measuring the two Linear paths against each other (coda-bench); not a user setting.
   if (const char* g = std::getenv("CODA_CPU_GEMM_MIN_TOKENS")) inst->ctx.gemm_min_tokens = std::strtoul(g, nullptr, 10);
   inst->description = "CPU, " + std::to_string(inst->pool->size()) + " threads, " + inst->ctx.k->name + " kernels";
+  inst->cpu_name = CpuModelName();
   *self = inst;
   return CODA_STATUS_OK;
 }
@@ -55,15 +101,95 @@ void Destroy(void* self) { delete static_cast<Instance*>(self); }
 
 const char* Describe(void* self) { return static_cast<Instance*>(self)->description.c_str(); }
 
-int SupportsOp(void*, const coda_op* op) { return op && CheckOp(*op).empty(); }
+uint64_t DtypeBytes(uint32_t dtype) {
+  switch (dtype) {
+    case CODA_DTYPE_F32: case CODA_DTYPE_I32: return 4;
+    case CODA_DTYPE_BF16: case CODA_DTYPE_F16: return 2;
+    case CODA_DTYPE_I64: return 8;
+    default: return 1;
+  }
+}
+
+uint64_t TensorBytes(const coda_tensor& t) {
+  uint64_t n = DtypeBytes(t.dtype);
+  for (uint32_t d = 0; d < t.ndim && d < CODA_MAX_DIMS; ++d) n *= t.shape[d];
+  return n;
+}
+
+// The ops read tensors through data pointers; a tensor in one of our buffers is host memory at
+// buffer->data + offset. Returns an error when the range does not fit the buffer.
+std::string Resolve(coda_tensor& t, const char* what, uint32_t i) {
+  if (t.data || !t.buffer) return "";
+  const uint64_t bytes = TensorBytes(t);
+  if (t.offset > t.buffer->size || bytes > t.buffer->size - t.offset)
+    return std::string("cpu: ") + what + " " + std::to_string(i) + " (" + std::to_string(bytes) + " bytes at offset " +
+           std::to_string(t.offset) + ") lies outside its buffer of " + std::to_string(t.buffer->size) + " bytes";
+  t.data = static_cast<uint8_t*>(t.buffer->data) + t.offset;
+  return "";
+}
+
+// Host-pointer copy of an op whose tensors may sit in buffers.
+struct ResolvedOp {
+  coda_op op;
+  std::vector<coda_tensor> in, out, w, scales;
+
+  std::string From(const coda_op& src) {
+    // An older host's op may be shorter; the fields it lacks read as zero.
+    std::memset(&op, 0, sizeof op);
+    std::memcpy(&op, &src, std::min<size_t>(src.struct_size, sizeof op));
+    in.assign(src.inputs, src.inputs + src.n_inputs);
+    out.assign(src.outputs, src.outputs + src.n_outputs);
+    w.assign(src.weights, src.weights + src.n_weights);
+    scales.resize(w.size());
+    for (uint32_t i = 0; i < in.size(); ++i)
+      if (std::string e = Resolve(in[i], "input", i); !e.empty()) return e;
+    for (uint32_t i = 0; i < out.size(); ++i)
+      if (std::string e = Resolve(out[i], "output", i); !e.empty()) return e;
+    for (uint32_t i = 0; i < w.size(); ++i) {
+      if (std::string e = Resolve(w[i], "weight", i); !e.empty()) return e;
+      if (w[i].scale && !w[i].scale->data && w[i].scale->buffer) {
+        scales[i] = *w[i].scale;
+        if (std::string e = Resolve(scales[i], "weight scale", i); !e.empty()) return e;
+        w[i].scale = &scales[i];
+      }
+    }
+    if (!src.kv.data && src.kv.buffer) {
+      const uint64_t bytes = static_cast<uint64_t>(src.kv.n_ctx) * src.kv.row * DtypeBytes(src.kv.dtype);
+      if (src.kv.offset > src.kv.buffer->size || bytes > src.kv.buffer->size - src.kv.offset)
+        return "cpu: the KV cache view lies outside its buffer";
+      op.kv.data = static_cast<uint8_t*>(src.kv.buffer->data) + src.kv.offset;
+    }
+    op.inputs = in.data();
+    op.outputs = out.data();
+    op.weights = w.data();
+    return "";
+  }
+};
+
+int SupportsOp(void*, const coda_op* op) {
+  if (!op || op->struct_size < offsetof(coda_op, prepared)) return 0;
+  // FP8 rows are only decoded by the matrix kernels; a table lookup (Embed) would read zeros.
+  if (op->type == CODA_OP_EMBED && op->n_weights > 0 && op->weights[0].dtype == CODA_DTYPE_FP8_E4M3) return 0;
+  return CheckOp(*op).empty();
+}
 
 coda_status_code Execute(void* self, const coda_op* op, char* error, size_t error_size) {
-  if (!op || op->struct_size < sizeof(coda_op)) {
+  if (!op || op->struct_size < offsetof(coda_op, prepared)) {
     CopyError("cpu: op struct from an unknown ABI revision", error, error_size);
     return CODA_STATUS_INVALID_ARGUMENT;
   }
+  if (!SupportsOp(self, op)) {
+    const std::string why = CheckOp(*op);
+    CopyError("cpu: unsupported op: " + (why.empty() ? std::string("FP8 embedding table") : why), error, error_size);
+    return CODA_STATUS_UNSUPPORTED;
+  }
   try {
-    std::string e = RunOp(static_cast<Instance*>(self)->ctx, *op);
+    ResolvedOp r;
+    if (std::string e = r.From(*op); !e.empty()) {
+      CopyError(e, error, error_size);
+      return CODA_STATUS_INVALID_ARGUMENT;
+    }
+    std::string e = RunOp(static_cast<Instance*>(self)->ctx, r.op);
     if (e.empty()) return CODA_STATUS_OK;
     CopyError(e, error, error_size);
     return CODA_STATUS_INVALID_ARGUMENT;
@@ -76,13 +202,109 @@ coda_status_code Execute(void* self, const coda_op* op, char* error, size_t erro
   }
 }
 
+uint32_t DeviceCount(void*) { return 1; }
+
+coda_status_code DeviceInfo(void* self, uint32_t device, coda_device_info* info, char* error, size_t error_size) {
+  if (device != 0 || !info || info->struct_size < offsetof(coda_device_info, name)) {
+    CopyError("cpu: no device " + std::to_string(device) + " (there is one, 0)", error, error_size);
+    return CODA_STATUS_INVALID_ARGUMENT;
+  }
+  coda_device_info d{};
+  d.struct_size = info->struct_size;
+  d.kind = CODA_DEVICE_CPU;
+  d.total_memory = MemInfoBytes("MemTotal:");
+  d.free_memory = MemInfoBytes("MemAvailable:");
+  std::snprintf(d.name, sizeof d.name, "%s", static_cast<Instance*>(self)->cpu_name.c_str());
+  std::memcpy(info, &d, std::min<size_t>(info->struct_size, sizeof d));
+  return CODA_STATUS_OK;
+}
+
+// The weights are used in place from the mapped model file: nothing to prepare.
+coda_status_code Prepare(void*, const coda_weights*, void** prepared, char*, size_t) {
+  if (prepared) *prepared = nullptr;
+  return CODA_STATUS_OK;
+}
+void Release(void*, void*) {}
+
+coda_status_code Synchronize(void*, char*, size_t) { return CODA_STATUS_OK; }
+
+coda_status_code BufferAlloc(void*, uint64_t size, coda_buffer* buffer, char* error, size_t error_size) {
+  if (!buffer) {
+    CopyError("cpu: buffer_alloc without a result pointer", error, error_size);
+    return CODA_STATUS_INVALID_ARGUMENT;
+  }
+  auto* b = new (std::nothrow) coda_buffer_impl{nullptr, size};
+  // 64-byte alignment, like tensors in the model file; at least one byte so data is never NULL.
+  const uint64_t rounded = (std::max<uint64_t>(size, 1) + 63) / 64 * 64;
+  if (b) b->data = std::aligned_alloc(64, rounded);
+  if (!b || !b->data) {
+    delete b;
+    CopyError("cpu: out of memory allocating a buffer of " + std::to_string(size) + " bytes", error, error_size);
+    return CODA_STATUS_OUT_OF_MEMORY;
+  }
+  *buffer = b;
+  return CODA_STATUS_OK;
+}
+
+void BufferFree(void*, coda_buffer buffer) {
+  if (!buffer) return;
+  std::free(buffer->data);
+  delete buffer;
+}
+
+bool InRange(coda_buffer b, uint64_t offset, uint64_t size, char* error, size_t error_size) {
+  if (b && offset <= b->size && size <= b->size - offset) return true;
+  CopyError("cpu: range of " + std::to_string(size) + " bytes at offset " + std::to_string(offset) +
+                (b ? " lies outside a buffer of " + std::to_string(b->size) + " bytes" : " of a NULL buffer"),
+            error, error_size);
+  return false;
+}
+
+coda_status_code Upload(void*, coda_buffer dst, uint64_t off, const void* src, uint64_t size, uint32_t, char* error,
+                        size_t error_size) {
+  if (!InRange(dst, off, size, error, error_size)) return CODA_STATUS_INVALID_ARGUMENT;
+  if (size) std::memcpy(static_cast<uint8_t*>(dst->data) + off, src, size);
+  return CODA_STATUS_OK;
+}
+
+coda_status_code Download(void*, coda_buffer src, uint64_t off, void* dst, uint64_t size, uint32_t, char* error,
+                          size_t error_size) {
+  if (!InRange(src, off, size, error, error_size)) return CODA_STATUS_INVALID_ARGUMENT;
+  if (size) std::memcpy(dst, static_cast<const uint8_t*>(src->data) + off, size);
+  return CODA_STATUS_OK;
+}
+
+coda_status_code Copy(void*, coda_buffer src, uint64_t src_off, coda_buffer dst, uint64_t dst_off, uint64_t size,
+                      uint32_t, char* error, size_t error_size) {
+  if (!InRange(src, src_off, size, error, error_size) || !InRange(dst, dst_off, size, error, error_size))
+    return CODA_STATUS_INVALID_ARGUMENT;
+  if (size) std::memmove(static_cast<uint8_t*>(dst->data) + dst_off, static_cast<const uint8_t*>(src->data) + src_off, size);
+  return CODA_STATUS_OK;
+}
+
+coda_status_code EventCreate(void*, coda_event* event, char* error, size_t error_size) {
+  *event = new (std::nothrow) coda_event_impl{0};
+  if (*event) return CODA_STATUS_OK;
+  CopyError("cpu: out of memory", error, error_size);
+  return CODA_STATUS_OUT_OF_MEMORY;
+}
+coda_status_code EventRecord(void*, coda_event, uint32_t, char*, size_t) { return CODA_STATUS_OK; }
+coda_status_code EventWait(void*, coda_event, uint32_t, char*, size_t) { return CODA_STATUS_OK; }
+void EventDestroy(void*, coda_event event) { delete event; }
+
 const coda_backend_api kApi = {
-    sizeof(coda_backend_api), CODA_BACKEND_ABI_VERSION, "cpu", "0.1.0", Create, Destroy, Describe, SupportsOp, Execute,
+    sizeof(coda_backend_api), CODA_BACKEND_ABI_VERSION, "cpu", "0.1.0",
+    Create, Destroy, Describe, SupportsOp, Execute,
+    DeviceCount, DeviceInfo,
+    Prepare, Release,
+    Synchronize,
+    BufferAlloc, BufferFree, Upload, Download, Copy,
+    EventCreate, EventRecord, EventWait, EventDestroy,
 };
 
 }  // namespace
 }  // namespace coda::cpu
 
-extern "C" const coda_backend_api* coda_cpu_backend_entry(uint32_t host_abi_version) {
-  return host_abi_version == CODA_BACKEND_ABI_VERSION ? &coda::cpu::kApi : nullptr;
-}
+// The table is returned whatever the host's version: the host reads abi_version and refuses a
+// mismatch itself, naming both numbers.
+extern "C" const coda_backend_api* coda_cpu_backend_entry(uint32_t) { return &coda::cpu::kApi; }

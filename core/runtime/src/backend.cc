@@ -1,3 +1,7 @@
+// Backend instances behind the ABI, and the Context that owns them.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "coda/runtime.h"
@@ -17,42 +21,210 @@ Status FromCode(coda_status_code code, std::string message) {
   }
 }
 
-void Log(void*, int, const char*) {}
-}  // namespace
-
-Result<std::unique_ptr<Backend>> Backend::Create(const coda_backend_api* api, const coda_backend_options& options) {
-  if (!api) return InvalidArgument("backend entry returned no function table (ABI version mismatch?)");
-  if (api->struct_size < sizeof(coda_backend_api) || api->abi_version != CODA_BACKEND_ABI_VERSION)
-    return Unsupported(std::string("backend '") + (api->name ? api->name : "?") + "' was built for ABI version " +
-                       std::to_string(api->abi_version) + ", this runtime speaks " +
-                       std::to_string(CODA_BACKEND_ABI_VERSION));
-  coda_host host{sizeof(coda_host), CODA_BACKEND_ABI_VERSION, nullptr, Log};
-  void* self = nullptr;
-  char error[kErrorSize] = {};
-  const coda_status_code code = api->create(&host, &options, &self, error, sizeof error);
-  if (code != CODA_STATUS_OK) return FromCode(code, std::string(api->name) + ": " + error);
-  return std::unique_ptr<Backend>(new Backend(api, self));
+// A failed call's message, or a stand-in when the backend wrote none.
+std::string ErrorText(const char* error, std::string_view what) {
+  if (error[0]) return error;
+  return std::string(what) + " failed without a message";
 }
 
-Backend::~Backend() { api_->destroy(self_); }
+void* HostAlloc(void*, size_t size, size_t alignment) {
+  if (alignment < sizeof(void*)) alignment = sizeof(void*);
+  if ((alignment & (alignment - 1)) != 0 || size > SIZE_MAX - alignment) return nullptr;
+  return std::aligned_alloc(alignment, (std::max<size_t>(size, 1) + alignment - 1) / alignment * alignment);
+}
 
-std::string Backend::describe() const { return api_->describe(self_); }
+void HostFree(void*, void* p) { std::free(p); }
 
-bool Backend::Supports(const coda_op& op) const { return api_->supports_op(self_, &op) != 0; }
+}  // namespace
+
+std::string_view DeviceKindName(coda_device_kind kind) {
+  switch (kind) {
+    case CODA_DEVICE_CPU: return "cpu";
+    case CODA_DEVICE_GPU: return "gpu";
+    default: return "other";
+  }
+}
+
+Result<std::unique_ptr<Backend>> Backend::Create(const coda_backend_api* api, const coda_backend_options& options) {
+  CODA_RETURN_IF_ERROR(CheckBackendTable(api));
+  BackendLibrary lib;
+  lib.api = api;
+  return Create(lib, options);
+}
+
+Result<std::unique_ptr<Backend>> Backend::Create(const BackendLibrary& library, const coda_backend_options& options,
+                                                 LogFn log) {
+  CODA_RETURN_IF_ERROR(CheckBackendTable(library.api));
+  std::unique_ptr<Backend> b(new Backend());
+  b->library_ = library;
+  // Fields beyond the backend's table size stay NULL: an older backend lacks those functions.
+  std::memcpy(&b->api_, library.api, std::min<size_t>(library.api->struct_size, sizeof(coda_backend_api)));
+  b->api_.struct_size = std::min<uint32_t>(library.api->struct_size, sizeof(coda_backend_api));
+  b->log_ = std::move(log);
+  b->host_ = {sizeof(coda_host), CODA_BACKEND_ABI_VERSION, b.get(),
+              [](void* user, int level, const char* message) {
+                const auto* self = static_cast<const Backend*>(user);
+                if (self->log_ && message) self->log_(level, std::string(self->name()) + ": " + message);
+              },
+              HostAlloc, HostFree};
+  char error[kErrorSize] = {};
+  const coda_status_code code = b->api_.create(&b->host_, &options, &b->self_, error, sizeof error);
+  if (code != CODA_STATUS_OK) {
+    b->api_.destroy = nullptr;  // nothing was created
+    return FromCode(code, std::string(b->name()) + ": " + ErrorText(error, "create()"));
+  }
+  return b;
+}
+
+Backend::~Backend() {
+  if (api_.destroy) api_.destroy(self_);
+}
+
+std::string Backend::describe() const {
+  const char* d = api_.describe(self_);
+  return d ? d : "";
+}
+
+bool Backend::Supports(const coda_op& op) const { return api_.supports_op(self_, &op) != 0; }
 
 Status Backend::Execute(const coda_op& op) const {
   char error[kErrorSize] = {};
-  const coda_status_code code = api_->execute(self_, &op, error, sizeof error);
+  const coda_status_code code = api_.execute(self_, &op, error, sizeof error);
   if (code == CODA_STATUS_OK) return Status::Ok();
   return FromCode(code, error[0] ? std::string(error) : "backend reported failure without a message");
 }
 
+Status Backend::Missing(const char* what) const {
+  return Unsupported("backend '" + std::string(name()) + "' does not provide " + what);
+}
+
+Result<std::vector<DeviceInfo>> Backend::Devices() const {
+  if (!has_devices()) return Missing("device information");
+  std::vector<DeviceInfo> out;
+  const uint32_t n = api_.device_count(self_);
+  for (uint32_t i = 0; i < n; ++i) {
+    coda_device_info info{};
+    info.struct_size = sizeof info;
+    char error[kErrorSize] = {};
+    const coda_status_code code = api_.device_info(self_, i, &info, error, sizeof error);
+    if (code != CODA_STATUS_OK) return FromCode(code, ErrorText(error, "device_info()"));
+    info.name[sizeof info.name - 1] = '\0';  // never trust a backend to terminate it
+    out.push_back({info.name, static_cast<coda_device_kind>(std::min<uint32_t>(info.kind, CODA_DEVICE_OTHER)),
+                   info.total_memory, info.free_memory});
+  }
+  return out;
+}
+
+Result<void*> Backend::Prepare(const coda_weights& weights) const {
+  if (!has_prepare()) return static_cast<void*>(nullptr);
+  void* prepared = nullptr;
+  char error[kErrorSize] = {};
+  const coda_status_code code = api_.prepare(self_, &weights, &prepared, error, sizeof error);
+  if (code != CODA_STATUS_OK) return FromCode(code, ErrorText(error, "prepare()"));
+  return prepared;
+}
+
+void Backend::Release(void* prepared) const {
+  if (api_.release) api_.release(self_, prepared);
+}
+
+Status Backend::Synchronize() const {
+  if (!has_synchronize()) return Status::Ok();
+  char error[kErrorSize] = {};
+  const coda_status_code code = api_.synchronize(self_, error, sizeof error);
+  return code == CODA_STATUS_OK ? Status::Ok() : FromCode(code, ErrorText(error, "synchronize()"));
+}
+
+Result<coda_buffer> Backend::AllocBuffer(uint64_t size) const {
+  if (!has_buffers()) return Missing("buffers");
+  coda_buffer b = nullptr;
+  char error[kErrorSize] = {};
+  const coda_status_code code = api_.buffer_alloc(self_, size, &b, error, sizeof error);
+  if (code != CODA_STATUS_OK) return FromCode(code, ErrorText(error, "buffer_alloc()"));
+  if (!b) return Internal(std::string(name()) + ": buffer_alloc() succeeded without a buffer");
+  return b;
+}
+
+void Backend::FreeBuffer(coda_buffer buffer) const {
+  if (api_.buffer_free && buffer) api_.buffer_free(self_, buffer);
+}
+
+Status Backend::Upload(coda_buffer dst, uint64_t dst_offset, const void* src, uint64_t size, coda_queue queue) const {
+  if (!has_buffers()) return Missing("buffers");
+  char error[kErrorSize] = {};
+  const coda_status_code code = api_.buffer_upload(self_, dst, dst_offset, src, size, queue, error, sizeof error);
+  return code == CODA_STATUS_OK ? Status::Ok() : FromCode(code, ErrorText(error, "buffer_upload()"));
+}
+
+Status Backend::Download(coda_buffer src, uint64_t src_offset, void* dst, uint64_t size, coda_queue queue) const {
+  if (!has_buffers()) return Missing("buffers");
+  char error[kErrorSize] = {};
+  const coda_status_code code = api_.buffer_download(self_, src, src_offset, dst, size, queue, error, sizeof error);
+  return code == CODA_STATUS_OK ? Status::Ok() : FromCode(code, ErrorText(error, "buffer_download()"));
+}
+
+Status Backend::Copy(coda_buffer src, uint64_t src_offset, coda_buffer dst, uint64_t dst_offset, uint64_t size,
+                     coda_queue queue) const {
+  if (!has_buffers()) return Missing("buffers");
+  char error[kErrorSize] = {};
+  const coda_status_code code =
+      api_.buffer_copy(self_, src, src_offset, dst, dst_offset, size, queue, error, sizeof error);
+  return code == CODA_STATUS_OK ? Status::Ok() : FromCode(code, ErrorText(error, "buffer_copy()"));
+}
+
+Result<coda_event> Backend::CreateEvent() const {
+  if (!has_events()) return Missing("events");
+  coda_event e = nullptr;
+  char error[kErrorSize] = {};
+  const coda_status_code code = api_.event_create(self_, &e, error, sizeof error);
+  if (code != CODA_STATUS_OK) return FromCode(code, ErrorText(error, "event_create()"));
+  if (!e) return Internal(std::string(name()) + ": event_create() succeeded without an event");
+  return e;
+}
+
+Status Backend::RecordEvent(coda_event event, coda_queue queue) const {
+  if (!has_events()) return Missing("events");
+  char error[kErrorSize] = {};
+  const coda_status_code code = api_.event_record(self_, event, queue, error, sizeof error);
+  return code == CODA_STATUS_OK ? Status::Ok() : FromCode(code, ErrorText(error, "event_record()"));
+}
+
+Status Backend::WaitEvent(coda_event event, coda_queue queue) const {
+  if (!has_events()) return Missing("events");
+  char error[kErrorSize] = {};
+  const coda_status_code code = api_.event_wait(self_, event, queue, error, sizeof error);
+  return code == CODA_STATUS_OK ? Status::Ok() : FromCode(code, ErrorText(error, "event_wait()"));
+}
+
+void Backend::DestroyEvent(coda_event event) const {
+  if (api_.event_destroy && event) api_.event_destroy(self_, event);
+}
+
 Result<std::unique_ptr<Context>> Context::Create(const ContextOptions& options) {
   std::unique_ptr<Context> c(new Context());
-  coda_backend_options bo{sizeof(coda_backend_options), options.n_threads};
-  for (coda_backend_entry_fn entry : options.backends) {
-    CODA_ASSIGN_OR_RETURN(auto b, Backend::Create(entry(CODA_BACKEND_ABI_VERSION), bo));
-    c->backends_.push_back(std::move(b));
+  for (coda_backend_entry_fn entry : options.backends) CODA_RETURN_IF_ERROR(c->registry_.AddLinked(entry));
+  for (const std::string& dir : options.plugin_dirs) c->registry_.ScanDirectory(dir);
+  for (const std::string& file : options.plugin_files) CODA_RETURN_IF_ERROR(c->registry_.LoadFile(file));
+
+  coda_backend_options bo{};
+  bo.struct_size = sizeof bo;
+  bo.n_threads = options.n_threads;
+  LogFn log = options.log;
+  if (!log)
+    log = [](int level, const std::string& m) {
+      if (level >= CODA_LOG_WARNING) std::fprintf(stderr, "%s\n", m.c_str());
+    };
+  // Copied: Refuse() below edits the registry's list.
+  const std::vector<BackendLibrary> libraries = c->registry_.libraries();
+  for (const BackendLibrary& lib : libraries) {
+    auto b = Backend::Create(lib, bo, log);
+    if (b.ok()) {
+      c->backends_.push_back(std::move(*b));
+      continue;
+    }
+    // A plugin found by scanning that cannot start (no device, say) must not stop the others.
+    if (!lib.discovered) return b.status().WithContext(lib.path.empty() ? "linked-in backend" : lib.path);
+    c->registry_.Refuse(lib.api->name, "create() failed: " + b.status().message());
   }
   if (c->backends_.empty()) return InvalidArgument("no backends: the CPU backend must be linked in");
   return c;
@@ -64,7 +236,10 @@ Result<Backend*> Context::Find(std::string_view name) const {
     if (b->name() == name) return b.get();
     names += (names.empty() ? "" : ", ") + std::string(b->name());
   }
-  return NotFound("no backend named '" + std::string(name) + "' (available: " + names + ")");
+  std::string m = "no backend named '" + std::string(name) + "' (available: " + names + ")";
+  for (const BackendNote& n : registry_.notes())
+    if (n.kind == BackendNote::Kind::kRefused && n.name == name) m += "; " + n.Line();
+  return NotFound(m);
 }
 
 }  // namespace coda

@@ -30,17 +30,63 @@ struct Plan {
   uint64_t arena = 0;
 };
 
+// Each value's shape for a batch of n tokens.
+Result<std::vector<ValueShape>> ValueShapes(const Model& m, uint32_t n, bool all_logits) {
+  const GraphRef& g = m.file().graph();
+  const ModelConfig& c = m.config();
+  std::vector<ValueShape> shapes(g.n_values);
+  shapes[0] = {n, 1, CODA_DTYPE_I32};
+  auto rows_of = [&](int32_t w) { return m.tensor(w).shape[0]; };
+  for (const GraphNode& node : g.nodes) {
+    const ValueShape in = shapes[node.inputs[0]];
+    switch (node.op) {
+      case kEmbed: shapes[node.outputs[0]] = {n, c.hidden_size}; break;
+      case kRmsNorm: case kAdd: shapes[node.outputs[0]] = in; break;
+      case kLinear: shapes[node.outputs[0]] = {in.rows, rows_of(node.weights[0])}; break;
+      case kMla: case kMoeExperts: shapes[node.outputs[0]] = {n, c.hidden_size}; break;
+      case kMlp: shapes[node.outputs[0]] = {in.rows, rows_of(node.weights[2])}; break;
+      case kMoeGate:
+        shapes[node.outputs[0]] = {n, c.n_experts_per_tok, CODA_DTYPE_I32};
+        shapes[node.outputs[1]] = {n, c.n_experts_per_tok};
+        break;
+      case kHead: shapes[node.outputs[0]] = {all_logits ? n : 1, rows_of(node.weights[0])}; break;
+      default: return Internal("planner: unknown op " + std::to_string(node.op));
+    }
+  }
+  return shapes;
+}
+
+coda_tensor ActivationTensor(const ValueShape& v) {
+  coda_tensor t{};
+  t.dtype = v.dtype;
+  t.ndim = 2;
+  t.shape[0] = v.rows;
+  t.shape[1] = v.cols;
+  return t;
+}
+
 }  // namespace
 
 struct Session::Impl {
   const Context* context = nullptr;
   std::unique_ptr<LatentKvCache> kv;
-  std::vector<Backend*> placement;  // per node
-  std::vector<std::string> placement_reason;
+  std::vector<NodePlacement> placement;  // per node
+  std::vector<void*> node_prepared;      // per node: what its backend's prepare() returned
+  struct Prepared {
+    Backend* backend;
+    std::vector<coda_tensor> weights;  // kept until release(), as the ABI promises
+    coda_weights table;
+    void* handle;
+  };
+  std::vector<Prepared> prepared;
+  std::vector<Backend*> used;  // distinct backends with at least one node
   std::map<std::pair<uint32_t, bool>, Plan> plans;
   std::vector<float> arena;
   std::vector<coda_tensor> values;
 
+  ~Impl() {
+    for (Prepared& p : prepared) p.backend->Release(p.handle);
+  }
   Result<const Plan*> GetPlan(const Model& m, uint32_t n, bool all_logits);
 };
 
@@ -48,28 +94,9 @@ Result<const Plan*> Session::Impl::GetPlan(const Model& m, uint32_t n, bool all_
   auto key = std::make_pair(n, all_logits);
   if (auto it = plans.find(key); it != plans.end()) return &it->second;
   const GraphRef& g = m.file().graph();
-  const ModelConfig& c = m.config();
   Plan p;
-  p.shapes.resize(g.n_values);
+  CODA_ASSIGN_OR_RETURN(p.shapes, ValueShapes(m, n, all_logits));
   p.offsets.assign(g.n_values, 0);
-  p.shapes[0] = {n, 1, CODA_DTYPE_I32};
-  auto rows_of = [&](int32_t w) { return m.tensor(w).shape[0]; };
-  for (const GraphNode& node : g.nodes) {
-    const ValueShape in = p.shapes[node.inputs[0]];
-    switch (node.op) {
-      case kEmbed: p.shapes[node.outputs[0]] = {n, c.hidden_size}; break;
-      case kRmsNorm: case kAdd: p.shapes[node.outputs[0]] = in; break;
-      case kLinear: p.shapes[node.outputs[0]] = {in.rows, rows_of(node.weights[0])}; break;
-      case kMla: case kMoeExperts: p.shapes[node.outputs[0]] = {n, c.hidden_size}; break;
-      case kMlp: p.shapes[node.outputs[0]] = {in.rows, rows_of(node.weights[2])}; break;
-      case kMoeGate:
-        p.shapes[node.outputs[0]] = {n, c.n_experts_per_tok, CODA_DTYPE_I32};
-        p.shapes[node.outputs[1]] = {n, c.n_experts_per_tok};
-        break;
-      case kHead: p.shapes[node.outputs[0]] = {all_logits ? n : 1, rows_of(node.weights[0])}; break;
-      default: return Internal("planner: unknown op " + std::to_string(node.op));
-    }
-  }
   // Last reader of each value; the logits are never freed.
   std::vector<size_t> last_use(g.n_values, 0);
   for (size_t i = 0; i < g.nodes.size(); ++i)
@@ -113,43 +140,91 @@ Result<std::unique_ptr<Session>> Session::Create(const Context& context, std::sh
   im.context = &context;
   CODA_ASSIGN_OR_RETURN(im.kv, LatentKvCache::Create(c, options.n_ctx, options.kv_dtype));
 
+  CODA_ASSIGN_OR_RETURN(im.placement, PlaceGraph(context, *s->model_, options));
+
+  // Hand each backend the weights of the nodes it runs, once.
+  const GraphRef& g = s->model_->file().graph();
+  im.node_prepared.assign(g.nodes.size(), nullptr);
+  for (const NodePlacement& p : im.placement)
+    if (std::find(im.used.begin(), im.used.end(), p.backend) == im.used.end()) im.used.push_back(p.backend);
+  for (Backend* b : im.used) {
+    if (!b->has_prepare()) continue;
+    std::vector<bool> seen(s->model_->file().tensors().size());
+    Impl::Prepared p{b, {}, {}, nullptr};
+    for (size_t i = 0; i < g.nodes.size(); ++i)
+      if (im.placement[i].backend == b)
+        for (int32_t w : g.nodes[i].weights)
+          if (w >= 0 && !seen[static_cast<size_t>(w)]) {
+            seen[static_cast<size_t>(w)] = true;
+            p.weights.push_back(s->model_->tensor(w));
+          }
+    p.table = {sizeof(coda_weights), static_cast<uint32_t>(p.weights.size()), p.weights.data(), &s->model_->hparams()};
+    auto handle = b->Prepare(p.table);
+    if (!handle.ok()) return handle.status().WithContext("preparing the weights on " + std::string(b->name()));
+    p.handle = *handle;
+    for (size_t i = 0; i < g.nodes.size(); ++i)
+      if (im.placement[i].backend == b) im.node_prepared[i] = p.handle;
+    im.prepared.push_back(std::move(p));
+  }
+  return s;
+}
+
+Result<std::vector<NodePlacement>> PlaceGraph(const Context& context, const Model& model,
+                                              const SessionOptions& options) {
   std::vector<Backend*> preferred;
   for (const std::string& name : options.backends) {
     CODA_ASSIGN_OR_RETURN(Backend * b, context.Find(name));
-    preferred.push_back(b);
+    if (std::find(preferred.begin(), preferred.end(), b) == preferred.end()) preferred.push_back(b);
   }
   auto cpu = context.Find("cpu");
-  if (cpu.ok() && std::find(preferred.begin(), preferred.end(), *cpu) == preferred.end()) preferred.push_back(*cpu);
+  const bool cpu_added = cpu.ok() && std::find(preferred.begin(), preferred.end(), *cpu) == preferred.end();
+  if (cpu_added) preferred.push_back(*cpu);
 
-  // Place each node on the first preferred backend that supports it (probed with its weights).
-  const GraphRef& g = s->model_->file().graph();
+  // Probe with each node's weights and its activations' dtypes and widths (rows: any).
+  CODA_ASSIGN_OR_RETURN(std::vector<ValueShape> shapes, ValueShapes(model, 1, false));
+  const GraphRef& g = model.file().graph();
+  std::vector<NodePlacement> out;
+  std::vector<coda_tensor> weights, in, outs;
   for (const GraphNode& node : g.nodes) {
-    std::vector<coda_tensor> weights;
-    for (int32_t w : node.weights) weights.push_back(w >= 0 ? s->model_->tensor(w) : coda_tensor{});
+    weights.clear();
+    in.clear();
+    outs.clear();
+    for (int32_t w : node.weights) weights.push_back(w >= 0 ? model.tensor(w) : coda_tensor{});
+    for (uint32_t v : node.inputs) in.push_back(ActivationTensor({0, shapes[v].cols, shapes[v].dtype}));
+    for (uint32_t v : node.outputs) outs.push_back(ActivationTensor({0, shapes[v].cols, shapes[v].dtype}));
     coda_op probe{};
     probe.struct_size = sizeof(coda_op);
     probe.type = node.op;
     probe.layer = node.layer;
+    probe.n_inputs = static_cast<uint32_t>(in.size());
+    probe.inputs = in.data();
+    probe.n_outputs = static_cast<uint32_t>(outs.size());
+    probe.outputs = outs.data();
     probe.n_weights = static_cast<uint32_t>(weights.size());
     probe.weights = weights.data();
-    probe.hparams = &s->model_->hparams();
-    probe.kv.dtype = static_cast<uint32_t>(options.kv_dtype);
-    Backend* chosen = nullptr;
-    std::string why;
+    probe.hparams = &model.hparams();
+    if (node.op == kMla) {
+      probe.kv.dtype = static_cast<uint32_t>(options.kv_dtype);
+      probe.kv.row = model.config().kv_lora_rank + model.config().qk_rope_head_dim;
+    }
+    NodePlacement p;
+    std::string declined;
     for (Backend* b : preferred) {
       if (b->Supports(probe)) {
-        chosen = b;
-        why = b == preferred.front() ? "preferred" : "fallback: earlier backends do not support it";
+        p.backend = b;
         break;
       }
+      declined += (declined.empty() ? "" : ", ") + std::string(b->name());
     }
-    if (!chosen)
+    if (!p.backend)
       return Unsupported("no loaded backend supports " + std::string(OpTypeName(node.op)) + " '" + node.name +
-                         "' with this model's dtypes");
-    im.placement.push_back(chosen);
-    im.placement_reason.push_back(why);
+                         "' with this model's dtypes (tried " + declined + ")");
+    if (declined.empty()) p.reason = "first choice";
+    else if (cpu_added && p.backend == preferred.back()) p.reason = "fallback to cpu: not supported by " + declined;
+    else p.reason = "not supported by " + declined;
+    out.push_back(std::move(p));
   }
-  return s;
+  return out;
 }
 
 Session::~Session() = default;
@@ -179,7 +254,7 @@ std::vector<std::string> Session::Placement() const {
   const GraphRef& g = model_->file().graph();
   for (size_t i = 0; i < g.nodes.size(); ++i)
     out.push_back(g.nodes[i].name + " (" + std::string(OpTypeName(g.nodes[i].op)) + ") -> " +
-                  std::string(impl_->placement[i]->name()) + ": " + impl_->placement_reason[i]);
+                  std::string(impl_->placement[i].backend->name()) + ": " + impl_->placement[i].reason);
   return out;
 }
 
@@ -239,18 +314,21 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
     op.n_weights = static_cast<uint32_t>(weights.size());
     op.weights = weights.data();
     op.hparams = &model_->hparams();
+    op.prepared = im.node_prepared[i];
     if (node.op == kMla) {
       op.kv.dtype = static_cast<uint32_t>(im.kv->dtype());
       op.kv.n_ctx = im.kv->n_ctx();
       op.kv.row = im.kv->row();
       op.kv.data = im.kv->layer_data(static_cast<uint32_t>(node.layer));
     }
-    Status s = im.placement[i]->Execute(op);
-    if (!s.ok())
-      return s.WithContext(std::string(OpTypeName(node.op)) + " '" + node.name + "' on " +
-                           std::string(im.placement[i]->name()));
+    Backend& b = *im.placement[i].backend;
+    Status s = b.Execute(op);
+    if (!s.ok()) return s.WithContext(std::string(OpTypeName(node.op)) + " '" + node.name + "' on " + std::string(b.name()));
     if (observer_) observer_(node, out);
   }
+  // Host-memory outputs are complete when execute() returns; this also settles any work a
+  // backend still has queued before the cache counts the new positions.
+  for (Backend* b : im.used) CODA_RETURN_IF_ERROR(b->Synchronize().WithContext("synchronizing " + std::string(b->name())));
   im.kv->set_n_past(start + n);
   const coda_tensor& logits = im.values[g.logits];
   return std::span<const float>(static_cast<const float*>(logits.data), logits.shape[0] * logits.shape[1]);

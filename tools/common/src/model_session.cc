@@ -1,18 +1,30 @@
 #include "coda/tools/model_session.h"
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 
 #include "coda_cpu_backend.h"
 
 namespace coda::tools {
 
+ContextOptions DefaultContextOptions(uint32_t n_threads) {
+  ContextOptions co;
+  co.n_threads = n_threads;
+  co.backends = {coda_cpu_backend_entry};
+  co.plugin_dirs = BackendSearchPath();
+  return co;
+}
+
+void WarnAboutRefusedBackends(const char* tool, const Context& context) {
+  for (const BackendNote& n : context.notes())
+    if (n.kind == BackendNote::Kind::kRefused) std::fprintf(stderr, "%s: warning: %s\n", tool, n.Line().c_str());
+}
+
 Result<Loaded> LoadModelSession(const LoadOptions& o) {
   Loaded l;
-  ContextOptions co;
-  co.n_threads = o.n_threads;
-  co.backends = {coda_cpu_backend_entry};
-  CODA_ASSIGN_OR_RETURN(l.context, Context::Create(co));
+  CODA_ASSIGN_OR_RETURN(l.context, Context::Create(DefaultContextOptions(o.n_threads)));
+  if (!o.tool.empty()) WarnAboutRefusedBackends(o.tool.c_str(), *l.context);
   CODA_ASSIGN_OR_RETURN(l.model, Model::Load(o.model_path));
   SessionOptions so;
   so.n_ctx = o.n_ctx;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "coda/backend.h"
 #include "coda/dtype.h"
 #include "coda/kv_cache.h"
 #include "coda/model_config.h"
@@ -19,41 +20,35 @@
 
 namespace coda {
 
-// A backend instance created from its ABI table.
-class Backend {
- public:
-  static Result<std::unique_ptr<Backend>> Create(const coda_backend_api* api, const coda_backend_options& options);
-  ~Backend();
-  Backend(const Backend&) = delete;
-  Backend& operator=(const Backend&) = delete;
-
-  std::string_view name() const { return api_->name; }
-  std::string_view version() const { return api_->version; }
-  std::string describe() const;
-  bool Supports(const coda_op& op) const;
-  Status Execute(const coda_op& op) const;
-
- private:
-  Backend(const coda_backend_api* api, void* self) : api_(api), self_(self) {}
-  const coda_backend_api* api_;
-  void* self_;
-};
-
 struct ContextOptions {
   uint32_t n_threads = 0;  // 0: one per core
-  // Entry points of backends linked into the program (the CPU backend at least).
+  // Entry points of backends linked into the program (the CPU backend at least). A refused
+  // table is an error.
   std::vector<coda_backend_entry_fn> backends;
+  // Directories scanned for libcoda-backend-<name>.so (tools pass BackendSearchPath()). A file
+  // that cannot be used is noted (Context::notes()) and the others still load; a name already
+  // loaded (linked in, or found earlier) is skipped without opening the file.
+  std::vector<std::string> plugin_dirs;
+  // Library files to load whatever their names; a refusal is an error.
+  std::vector<std::string> plugin_files;
+  // Backends' log lines; default: warnings and errors to stderr.
+  LogFn log;
 };
 
-// Owns the backends; everything that runs a model borrows them from here.
+// Owns the backend libraries and instances; everything that runs a model borrows them from here
+// and must not outlive it.
 class Context {
  public:
   static Result<std::unique_ptr<Context>> Create(const ContextOptions& options);
   const std::vector<std::unique_ptr<Backend>>& backends() const { return backends_; }
-  // The backend called `name`, or an error listing the available ones.
+  // The backend called `name`, or an error listing the available ones (and why a library of
+  // that name was refused, if one was).
   Result<Backend*> Find(std::string_view name) const;
+  // Libraries found but not used: refused (with the reason) or skipped as duplicates.
+  const std::vector<BackendNote>& notes() const { return registry_.notes(); }
 
  private:
+  BackendRegistry registry_;  // declared first: instances go before their libraries are closed
   std::vector<std::unique_ptr<Backend>> backends_;
 };
 
@@ -89,6 +84,17 @@ struct SessionOptions {
   // Backend names in order of preference; ops none of them supports run on "cpu".
   std::vector<std::string> backends = {"cpu"};
 };
+
+// Where one graph node runs, and why there.
+struct NodePlacement {
+  Backend* backend = nullptr;
+  std::string reason;
+};
+
+// Places each node of the model's graph on the first backend in options.backends (then "cpu")
+// whose supports_op() accepts it, probing with the node's weights and activation shapes.
+Result<std::vector<NodePlacement>> PlaceGraph(const Context& context, const Model& model,
+                                              const SessionOptions& options);
 
 // Called after each graph node (for tests and diagnostics): the node and its outputs.
 using NodeObserver = std::function<void(const GraphNode& node, std::span<const coda_tensor> outputs)>;

@@ -1,4 +1,5 @@
-// Opening a model for a tool: the context with the linked-in backends, the model, a session.
+// Opening a model for a tool: the context with its backends (linked in and plugins), the model,
+// a session.
 #pragma once
 
 #include <memory>
@@ -16,12 +17,18 @@ struct Loaded {
 };
 
 struct LoadOptions {
+  std::string tool;  // names the tool in warnings about refused backend plugins; empty: silent
   std::string model_path;
   std::vector<std::string> backends = {"cpu"};
   uint32_t n_ctx = 4096;
   DType kv_dtype = DType::kBF16;
   uint32_t n_threads = 0;
 };
+
+// The CPU backend linked in, plus plugins found next to the executable and in CODA_BACKEND_PATH.
+ContextOptions DefaultContextOptions(uint32_t n_threads = 0);
+// "<tool>: warning: <file>: <reason>" on stderr for each plugin the context refused.
+void WarnAboutRefusedBackends(const char* tool, const Context& context);
 
 Result<Loaded> LoadModelSession(const LoadOptions& options);
 
