@@ -8,7 +8,9 @@
 #include "coda/model_config.h"
 #include "coda/model_file.h"
 #include "coda/safetensors.h"
+#include "coda/runtime.h"
 #include "coda/tools/cli.h"
+#include "coda/tools/model_session.h"
 #include "convert.h"
 
 namespace {
@@ -19,15 +21,27 @@ constexpr char kHelp[] = R"(coda-inspect: describe a DeepSeek-family model.
 
 Usage:
   coda-inspect <model.coda | hf-dir | config.json> [--json] [--tensors]
+  coda-inspect --backends [--json]
+  coda-inspect --plan -m model.coda [--backend LIST] [--kv-dtype bf16|f32] [--json]
 
 Prints the architecture, layer counts, parameters (total, and active per token: top-k routed
 experts, input embedding excluded; MTP layers counted apart), bytes on disk by dtype, the MLA
 latent KV-cache bytes per token (BF16), and whether a tokenizer and chat template are present.
 
+--backends lists every backend found: the CPU backend linked into the tools, and plugins
+(libcoda-backend-<name>.so) next to the executable and in each directory of CODA_BACKEND_PATH
+(colon-separated), with versions, devices and paths; then the files skipped or refused, and why.
+
+--plan shows where each node of the model's graph would run with the backends of --backend
+(in order of preference; nodes none of them supports fall back to cpu), and why.
+
 Options:
-  --json       one JSON object on stdout
-  --tensors    also list every tensor (name, dtype, shape, bytes)
-  -h, --help   this help
+  -m, --model PATH     the model (also accepted as the first argument)
+  --json               one JSON object on stdout
+  --tensors            also list every tensor (name, dtype, shape, bytes)
+  --backend LIST       backends in order of preference, for --plan (default: cpu)
+  --kv-dtype bf16|f32  latent cache precision assumed by --plan (default bf16)
+  -h, --help           this help
 )";
 
 struct Report {
@@ -195,16 +209,170 @@ void PrintText(const Report& r, bool tensors) {
                   HumanBytes(t.bytes).c_str());
 }
 
+std::string MemoryText(uint64_t total, uint64_t free) {
+  using coda::tools::HumanBytes;
+  if (!total && !free) return "memory unknown";
+  std::string s = total ? HumanBytes(total) + " total" : "total unknown";
+  if (free) s += ", " + HumanBytes(free) + " free";
+  return s;
+}
+
+std::string Capabilities(const coda::Backend& b) {
+  std::string s;
+  auto add = [&](bool has, const char* what) {
+    if (has) s += (s.empty() ? "" : ", ") + std::string(what);
+  };
+  add(b.has_devices(), "devices");
+  add(b.has_prepare(), "prepare");
+  add(b.has_synchronize(), "synchronize");
+  add(b.has_buffers(), "buffers");
+  add(b.has_events(), "events");
+  return s.empty() ? "none" : s;
+}
+
+int ListBackends(bool json) {
+  using namespace coda;
+  const ContextOptions co = tools::DefaultContextOptions();
+  auto ctx = Context::Create(co);
+  if (!ctx.ok()) return tools::Fail(kTool, ctx.status());
+  nlohmann::ordered_json j;
+  j["search_path"] = co.plugin_dirs;
+  j["abi_version"] = CODA_BACKEND_ABI_VERSION;
+  auto& list = j["backends"] = nlohmann::json::array();
+  if (!json) {
+    std::printf("Backend ABI version %u; plugins searched in:", CODA_BACKEND_ABI_VERSION);
+    for (const std::string& d : co.plugin_dirs) std::printf(" %s", d.c_str());
+    std::printf("\n\nBackends:\n");
+  }
+  for (const auto& b : (*ctx)->backends()) {
+    const std::string where = b->path().empty() ? "linked in" : b->path();
+    auto devices = b->Devices();
+    nlohmann::ordered_json e = {{"name", b->name()},       {"version", b->version()},
+                                {"abi_version", b->abi_version()}, {"path", b->path()},
+                                {"describe", b->describe()}, {"optional", Capabilities(*b)}};
+    auto& dj = e["devices"] = nlohmann::json::array();
+    if (devices.ok())
+      for (const DeviceInfo& d : *devices)
+        dj.push_back({{"name", d.name}, {"kind", DeviceKindName(d.kind)}, {"total_memory", d.total_memory},
+                      {"free_memory", d.free_memory}});
+    list.push_back(e);
+    if (json) continue;
+    std::printf("  %-10s %-8s ABI %u  %s\n", std::string(b->name()).c_str(), std::string(b->version()).c_str(),
+                b->abi_version(), where.c_str());
+    std::printf("             %s\n             optional functions: %s\n", b->describe().c_str(), Capabilities(*b).c_str());
+    if (!devices.ok()) {
+      std::printf("             devices: %s\n", devices.status().message().c_str());
+      continue;
+    }
+    for (size_t i = 0; i < devices->size(); ++i) {
+      const DeviceInfo& d = (*devices)[i];
+      std::printf("             device %zu: %s (%s, %s)\n", i, d.name.c_str(), std::string(DeviceKindName(d.kind)).c_str(),
+                  MemoryText(d.total_memory, d.free_memory).c_str());
+    }
+  }
+  // Built apart: adding a key to an ordered_json moves its other members.
+  nlohmann::ordered_json skipped = nlohmann::json::array(), refused = nlohmann::json::array();
+  for (const BackendNote& n : (*ctx)->notes())
+    (n.kind == BackendNote::Kind::kSkipped ? skipped : refused).push_back({{"path", n.path}, {"reason", n.message}});
+  j["skipped"] = std::move(skipped);
+  j["refused"] = std::move(refused);
+  if (json) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  for (auto kind : {BackendNote::Kind::kSkipped, BackendNote::Kind::kRefused}) {
+    bool header = false;
+    for (const BackendNote& n : (*ctx)->notes()) {
+      if (n.kind != kind) continue;
+      if (!header) std::printf("\n%s:\n", kind == BackendNote::Kind::kSkipped ? "Skipped" : "Refused");
+      header = true;
+      std::printf("  %s\n", n.Line().c_str());
+    }
+  }
+  return 0;
+}
+
+int ShowPlan(const std::string& path, const std::vector<std::string>& backends, coda::DType kv_dtype, bool json) {
+  using namespace coda;
+  auto ctx = Context::Create(tools::DefaultContextOptions());
+  if (!ctx.ok()) return tools::Fail(kTool, ctx.status());
+  tools::WarnAboutRefusedBackends(kTool, **ctx);
+  auto model = Model::Load(path);
+  if (!model.ok()) return tools::Fail(kTool, model.status());
+  SessionOptions so;
+  so.backends = backends;
+  so.kv_dtype = kv_dtype;
+  auto plan = PlaceGraph(**ctx, **model, so);
+  if (!plan.ok()) return tools::Fail(kTool, plan.status());
+  const GraphRef& g = (*model)->file().graph();
+  std::map<std::string, std::map<std::string, int>> counts;  // backend -> op -> nodes
+  nlohmann::ordered_json j;
+  j["model"] = path;
+  j["backends"] = backends;
+  auto& nodes = j["nodes"] = nlohmann::json::array();
+  if (!json) std::printf("%-36s %-13s %-10s %s\n", "node", "op", "backend", "why");
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const std::string op(OpTypeName(g.nodes[i].op)), backend((*plan)[i].backend->name());
+    counts[backend][op]++;
+    nodes.push_back({{"name", g.nodes[i].name}, {"op", op}, {"backend", backend}, {"reason", (*plan)[i].reason}});
+    if (!json)
+      std::printf("%-36s %-13s %-10s %s\n", g.nodes[i].name.c_str(), op.c_str(), backend.c_str(),
+                  (*plan)[i].reason.c_str());
+  }
+  auto& summary = j["summary"] = nlohmann::json::object();
+  for (const auto& [backend, ops] : counts) summary[backend] = ops;
+  if (json) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  std::printf("\n");
+  for (const auto& [backend, ops] : counts) {
+    int total = 0;
+    std::string detail;
+    for (const auto& [op, n] : ops) {
+      total += n;
+      detail += (detail.empty() ? "" : ", ") + op + " " + std::to_string(n);
+    }
+    std::printf("%s: %d nodes (%s)\n", backend.c_str(), total, detail.c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string path;
-  bool json = false, tensors = false;
+  bool json = false, tensors = false, backends = false, plan = false;
+  std::vector<std::string> preference = {"cpu"};
+  coda::DType kv_dtype = coda::DType::kBF16;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
+    auto value = [&](std::string* out) {
+      if (i + 1 >= argc) return false;
+      *out = argv[++i];
+      return true;
+    };
+    std::string v;
     if (a == "-h" || a == "--help") {
       std::fputs(kHelp, stdout);
       return 0;
+    } else if (a == "--backends") {
+      backends = true;
+    } else if (a == "--plan") {
+      plan = true;
+    } else if (a == "-m" || a == "--model") {
+      if (!value(&v)) return coda::tools::UsageError(kTool, a + " needs a value");
+      if (!path.empty()) return coda::tools::UsageError(kTool, "more than one model given");
+      path = v;
+    } else if (a == "--backend") {
+      if (!value(&v)) return coda::tools::UsageError(kTool, a + " needs a value");
+      preference = coda::tools::SplitList(v);
+      if (preference.empty()) return coda::tools::UsageError(kTool, "--backend needs at least one name");
+    } else if (a == "--kv-dtype") {
+      if (!value(&v)) return coda::tools::UsageError(kTool, a + " needs a value");
+      auto d = coda::tools::ParseKvDtype(v);
+      if (!d.ok()) return coda::tools::UsageError(kTool, d.status().message());
+      kv_dtype = *d;
     } else if (a == "--json") {
       json = true;
     } else if (a == "--tensors") {
@@ -217,7 +385,13 @@ int main(int argc, char** argv) {
       return coda::tools::UsageError(kTool, "unexpected argument '" + a + "'");
     }
   }
-  if (path.empty()) return coda::tools::UsageError(kTool, "no model given");
+  if (backends && plan) return coda::tools::UsageError(kTool, "--backends and --plan are separate reports");
+  if (backends) {
+    if (!path.empty()) return coda::tools::UsageError(kTool, "--backends takes no model");
+    return ListBackends(json);
+  }
+  if (path.empty()) return coda::tools::UsageError(kTool, plan ? "--plan needs a model (-m model.coda)" : "no model given");
+  if (plan) return ShowPlan(path, preference, kv_dtype, json);
   auto r = Inspect(path);
   if (!r.ok()) return coda::tools::Fail(kTool, r.status());
   if (json) PrintJson(*r, tensors);
