@@ -118,11 +118,14 @@ TEST(Plugins, AnExplicitlyRequestedBrokenFileIsAnError) {
 }
 
 TEST(Plugins, FirstOfANameWinsAndTheLinkedCpuIsNeverLoadedTwice) {
-  test::TempDir a, b;
-  Stage(a, {{"flaky", "flaky"}});
-  Stage(b, {{"flaky", "flaky"}});
+  test::TempDir dir;
+  const fs::path a = dir / "a", b = dir / "b";
+  fs::create_directories(a);
+  fs::create_directories(b);
+  fs::copy_file(Plugin("flaky"), a / "libcoda-backend-flaky.so");
+  fs::copy_file(Plugin("flaky"), b / "libcoda-backend-flaky.so");
   fs::copy_file(test::BinDir() + "/libcoda-backend-cpu.so", a / "libcoda-backend-cpu.so");
-  auto ctx = Context::Create(CpuAnd({a.str(), b.str()}));
+  auto ctx = Context::Create(CpuAnd({a.string(), b.string()}));
   ASSERT_TRUE(ctx.ok()) << ctx.status().message();
   EXPECT_EQ((*ctx)->backends().size(), 2u);
   EXPECT_TRUE((*(*ctx)->Find("cpu"))->path().empty());  // the linked-in one
@@ -131,8 +134,9 @@ TEST(Plugins, FirstOfANameWinsAndTheLinkedCpuIsNeverLoadedTwice) {
     EXPECT_EQ(n.kind, BackendNote::Kind::kSkipped) << n.Line();
     EXPECT_NE(n.message.find("is already loaded"), std::string::npos) << n.Line();
   }
-  EXPECT_EQ((*ctx)->notes()[0].path, a / "libcoda-backend-cpu.so");
-  EXPECT_NE((*ctx)->notes()[1].message.find("from " + a / "libcoda-backend-flaky.so"), std::string::npos);
+  EXPECT_EQ((*ctx)->notes()[0].path, (a / "libcoda-backend-cpu.so").string());
+  EXPECT_EQ((*ctx)->notes()[1].path, (b / "libcoda-backend-flaky.so").string());
+  EXPECT_NE((*ctx)->notes()[1].message.find("from " + (a / "libcoda-backend-flaky.so").string()), std::string::npos);
 }
 
 TEST(Plugins, SearchPathIsTheExecutableDirectoryThenCodaBackendPath) {

@@ -111,8 +111,9 @@ int main(int argc, char** argv) {
   if (json) {
     std::printf("%s\n", report->Json().c_str());
   } else {
-    std::printf("backend    %s %s: %s\nreference  %s (scalar reference where it declines)\n\n", std::string(b.name()).c_str(),
-                std::string(b.version()).c_str(), b.describe().c_str(), report->reference.c_str());
+    std::printf("backend    %s %s: %s\nreference  %s%s\n\n", std::string(b.name()).c_str(), std::string(b.version()).c_str(),
+                b.describe().c_str(), report->reference.c_str(),
+                r.name() == "reference" ? "" : " (the scalar reference where it declines a case)");
     std::printf("%s", report->Table().c_str());
     std::printf("\n%zu passed, %zu failed, %zu unsupported\n", report->Count(conformance::Outcome::kPass),
                 report->Count(conformance::Outcome::kFail), report->Count(conformance::Outcome::kUnsupported));

@@ -1,0 +1,139 @@
+// The conformance suite on every backend this repository builds: the CPU backend against the
+// independent scalar reference (its optimized kernels, and its portable reference kernels), the
+// CPU plugin against the linked CPU backend, and the example backend; plus the suite's own
+// ability to notice a wrong backend and to refuse a broken library.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "../common/test_util.h"
+#include "coda/runtime.h"
+#include "coda_cpu_backend.h"
+#include "conformance.h"
+#include "reference.h"
+
+namespace coda {
+namespace {
+
+using conformance::Outcome;
+
+std::string ExampleLibrary() { return std::string(CODA_EXAMPLE_BACKEND_DIR) + "/libcoda-backend-example.so"; }
+std::string TestPlugin(const std::string& name) { return std::string(CODA_TEST_PLUGIN_DIR) + "/" + BackendFileName(name); }
+
+// Outcomes by op and weight-dtype column, from the tool's JSON report.
+std::map<std::pair<std::string, std::string>, std::set<std::string>> Outcomes(const nlohmann::json& j) {
+  std::map<std::pair<std::string, std::string>, std::set<std::string>> m;
+  for (const auto& c : j["cases"]) m[{c["op"], c["dtype"]}].insert(c["outcome"].get<std::string>());
+  return m;
+}
+
+nlohmann::json RunTool(const std::string& args, int expected_exit = 0) {
+  const auto r = test::RunCommand(test::Tool("coda-conformance") + " " + args + " --json");
+  EXPECT_EQ(r.exit_code, expected_exit) << r.out.substr(0, 4000);
+  // stderr may precede the JSON (warnings); the report is the last object.
+  const size_t start = r.out.find("{\n");
+  EXPECT_NE(start, std::string::npos) << r.out.substr(0, 2000);
+  return start == std::string::npos ? nlohmann::json() : nlohmann::json::parse(r.out.substr(start));
+}
+
+TEST(Conformance, CpuBackendMatchesTheScalarReference) {
+  auto cpu = Backend::Create(coda_cpu_backend_entry(CODA_BACKEND_ABI_VERSION), {sizeof(coda_backend_options), 0, 0, 0});
+  auto ref = Backend::Create(conformance::ReferenceBackendEntry(CODA_BACKEND_ABI_VERSION), {sizeof(coda_backend_options), 0, 0, 0});
+  ASSERT_TRUE(cpu.ok() && ref.ok());
+  auto report = conformance::Run(**cpu, **ref, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  std::printf("%s", report->Table().c_str());
+  EXPECT_EQ(report->Count(Outcome::kFail), 0u) << report->Failures();
+  std::set<std::string> ops;
+  for (const auto& c : report->cases) {
+    ops.insert(c.op);
+    // The one documented gap: FP8 embedding tables (no checkpoint has them).
+    if (c.op == "Embed" && c.dtype == "FP8") {
+      EXPECT_EQ(c.outcome, Outcome::kUnsupported) << c.name;
+      continue;
+    }
+    EXPECT_EQ(c.outcome, Outcome::kPass) << c.op << " [" << c.dtype << "] " << c.name << ": " << c.detail;
+    // Far inside the tolerances: only summation order differs from double accumulation.
+    EXPECT_LT(c.error, 1e-5) << c.op << " [" << c.dtype << "] " << c.name;
+  }
+  for (const std::string& op : conformance::OpNames()) EXPECT_TRUE(ops.count(op)) << op;
+  for (const char* area : {"devices", "buffers", "events", "prepare", "synchronize", "errors"}) EXPECT_TRUE(ops.count(area)) << area;
+}
+
+TEST(Conformance, CpuReferenceKernelsMatchTheScalarReference) {
+  // The kernel set is chosen when an instance is created; a subprocess keeps the environment
+  // change away from the other tests.
+  const auto r = test::RunCommand("CODA_CPU_KERNELS=ref " + test::Tool("coda-conformance") + " cpu --against reference");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find(" reference kernels"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" 0 failed, 8 unsupported"), std::string::npos) << r.out;
+}
+
+TEST(Conformance, CpuPluginMatchesTheLinkedCpuBackend) {
+  const auto j = RunTool(test::BinDir() + "/libcoda-backend-cpu.so");
+  EXPECT_EQ(j["fail"], 0);
+  EXPECT_EQ(j["unsupported"], 8);  // FP8 embedding tables, host and buffers
+  for (const auto& c : j["cases"]) {
+    if (c["outcome"] == "pass") {
+      EXPECT_LE(c["error"].get<double>(), 1e-6) << c.dump();  // the same code on both sides
+    }
+  }
+}
+
+TEST(Conformance, ExampleBackendRunsItsOpsAndDeclinesTheRest) {
+  const auto j = RunTool(ExampleLibrary());
+  EXPECT_EQ(j["fail"], 0);
+  const auto m = Outcomes(j);
+  using Set = std::set<std::string>;
+  EXPECT_EQ(m.at({"RmsNorm", "F32"}), Set{"pass"});
+  EXPECT_EQ(m.at({"RmsNorm", "BF16"}), Set{"pass"});
+  EXPECT_EQ(m.at({"Add", "-"}), Set{"pass"});
+  for (const char* op : {"Embed", "Linear", "MlaAttention", "MoeGate", "MoeExperts", "Mlp", "Head"})
+    for (const char* dt : {"F32", "BF16", "FP8"}) EXPECT_EQ(m.at({op, dt}), Set{"unsupported"}) << op << " " << dt;
+  EXPECT_EQ(m.at({"devices", "-"}), Set{"pass"});
+  EXPECT_EQ(m.at({"buffers", "-"}), Set{"pass"});
+  EXPECT_EQ(m.at({"events", "-"}), Set{"unsupported"});
+  EXPECT_EQ(m.at({"errors", "-"}), Set{"pass"});
+  // Its ops ran with activations in its own buffers too.
+  size_t in_buffers = 0;
+  for (const auto& c : j["cases"])
+    if (c["case"].get<std::string>().find("[in buffers]") != std::string::npos && c["outcome"] == "pass") ++in_buffers;
+  EXPECT_EQ(in_buffers, 18u);  // 12 RmsNorm + 6 Add
+}
+
+TEST(Conformance, NoticesAWrongBackend) {
+  // Add computed as a + 1.001 b: off by 1e-3, ten times the F32 tolerance.
+  const auto r = test::RunCommand(test::Tool("coda-conformance") + " " + TestPlugin("wrong"));
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("Add           FAIL"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("FAIL Add [-] 5x200: error "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("> tolerance 0.0001 (output 0)"), std::string::npos) << r.out;
+}
+
+TEST(Conformance, ToolRefusesABrokenLibraryWithOneLine) {
+  auto r = test::RunCommand(test::Tool("coda-conformance") + " " + TestPlugin("future"));
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_EQ(r.out, "coda-conformance: error: " + TestPlugin("future") +
+                       ": built for backend ABI version 2, this runtime speaks version 1 (the backend is newer than "
+                       "this runtime)\n");
+  test::TempDir dir;
+  test::WriteFile(dir / "libcoda-backend-text.so", "plain text\n");
+  r = test::RunCommand(test::Tool("coda-conformance") + " " + (dir / "libcoda-backend-text.so"));
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_EQ(r.out.rfind("coda-conformance: error: " + dir / "libcoda-backend-text.so" + ": not a loadable shared library: ", 0), 0u)
+      << r.out;
+  r = test::RunCommand(test::Tool("coda-conformance") + " cpu --op Conv2d");
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("unknown op 'Conv2d'"), std::string::npos) << r.out;
+}
+
+TEST(Conformance, OpFilterRunsOnlyThoseOps) {
+  const auto j = RunTool("cpu --against reference --op Add,RmsNorm --no-buffers");
+  std::set<std::string> ops;
+  for (const auto& c : j["cases"]) ops.insert(c["op"].get<std::string>());
+  EXPECT_EQ(ops, (std::set<std::string>{"Add", "RmsNorm"}));
+  EXPECT_EQ(j["pass"], 6 + 12);
+}
+
+}  // namespace
+}  // namespace coda
