@@ -141,7 +141,9 @@ int main(int argc, char** argv) {
   Session& s = *loaded->session;
   const Model& m = *loaded->model;
   const unsigned threads = lo.n_threads ? lo.n_threads : std::max(1u, std::thread::hardware_concurrency());
-  const std::string backend = loaded->context->backends().front()->describe();
+  // The first preferred backend (the session would have failed had it not been found).
+  auto preferred = loaded->context->Find(lo.backends.empty() ? "cpu" : lo.backends.front());
+  const std::string backend = preferred.ok() ? (*preferred)->describe() : "cpu";
 
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(m.config().vocab_size) - 1);
