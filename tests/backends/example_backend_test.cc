@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <sstream>
 
 #include "../common/test_util.h"
 #include "coda/runtime.h"
@@ -124,11 +125,23 @@ TEST(ExampleBackend, ToolsSelectItByNameAndShowThePlan) {
   const std::string env = "CODA_BACKEND_PATH=" + ExampleDir() + " ";
   auto r = test::RunCommand(env + test::Tool("coda-inspect") + " --plan -m " + model + " --backend example,cpu");
   ASSERT_EQ(r.exit_code, 0) << r.out;
-  EXPECT_NE(r.out.find("model.norm                           RmsNorm       example    first choice"), std::string::npos)
-      << r.out;
-  EXPECT_NE(r.out.find("lm_head                              Head          cpu        not supported by example"),
-            std::string::npos)
-      << r.out;
+  // One line per node: name, op, backend, why.
+  std::map<std::string, std::string> plan;
+  std::istringstream lines(r.out);
+  for (std::string line; std::getline(lines, line);) {
+    std::istringstream f(line);
+    std::string node, op, backend;
+    if (f >> node >> op >> backend) {
+      std::string why;
+      std::getline(f >> std::ws, why);
+      plan[node] = op + " " + backend + " " + why;
+    }
+  }
+  EXPECT_EQ(plan["model.norm"], "RmsNorm example first choice") << r.out;
+  EXPECT_EQ(plan["model.layers.0.post_attention_layernorm"], "RmsNorm example first choice") << r.out;
+  EXPECT_EQ(plan["model.layers.1.mlp_residual"], "Add example first choice") << r.out;
+  EXPECT_EQ(plan["lm_head"], "Head cpu not supported by example") << r.out;
+  EXPECT_EQ(plan["model.layers.0.self_attn"], "MlaAttention cpu not supported by example") << r.out;
   EXPECT_NE(r.out.find("example: "), std::string::npos) << r.out;
   r = test::RunCommand(env + test::Tool("coda-inspect") + " --backends");
   ASSERT_EQ(r.exit_code, 0) << r.out;

@@ -1,4 +1,5 @@
 // coda-inspect: what a model is — from a .coda file, a Hugging Face directory, or a config.json.
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -310,13 +311,15 @@ int ShowPlan(const std::string& path, const std::vector<std::string>& backends, 
   j["model"] = path;
   j["backends"] = backends;
   auto& nodes = j["nodes"] = nlohmann::json::array();
-  if (!json) std::printf("%-36s %-13s %-10s %s\n", "node", "op", "backend", "why");
+  int width = 4;  // the node column fits the longest name
+  for (const GraphNode& n : g.nodes) width = std::max(width, static_cast<int>(n.name.size()));
+  if (!json) std::printf("%-*s  %-13s %-10s %s\n", width, "node", "op", "backend", "why");
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const std::string op(OpTypeName(g.nodes[i].op)), backend((*plan)[i].backend->name());
     counts[backend][op]++;
     nodes.push_back({{"name", g.nodes[i].name}, {"op", op}, {"backend", backend}, {"reason", (*plan)[i].reason}});
     if (!json)
-      std::printf("%-36s %-13s %-10s %s\n", g.nodes[i].name.c_str(), op.c_str(), backend.c_str(),
+      std::printf("%-*s  %-13s %-10s %s\n", width, g.nodes[i].name.c_str(), op.c_str(), backend.c_str(),
                   (*plan)[i].reason.c_str());
   }
   auto& summary = j["summary"] = nlohmann::json::object();
