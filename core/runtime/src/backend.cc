@@ -41,6 +41,7 @@ std::string Backend::describe() const { return api_->describe(self_); }
 bool Backend::Supports(const coda_op& op) const { return api_->supports_op(self_, &op) != 0; }
 
 Status Backend::Execute(const coda_op& op) const {
+  std::lock_guard<std::mutex> lock(mu_);
   char error[kErrorSize] = {};
   const coda_status_code code = api_->execute(self_, &op, error, sizeof error);
   if (code == CODA_STATUS_OK) return Status::Ok();

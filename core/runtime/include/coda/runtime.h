@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -19,7 +20,8 @@
 
 namespace coda {
 
-// A backend instance created from its ABI table.
+// A backend instance created from its ABI table. Instances keep scratch memory and threads, so
+// calls into one instance are serialized: sessions may share a Context across threads.
 class Backend {
  public:
   static Result<std::unique_ptr<Backend>> Create(const coda_backend_api* api, const coda_backend_options& options);
@@ -37,6 +39,7 @@ class Backend {
   Backend(const coda_backend_api* api, void* self) : api_(api), self_(self) {}
   const coda_backend_api* api_;
   void* self_;
+  mutable std::mutex mu_;
 };
 
 struct ContextOptions {
