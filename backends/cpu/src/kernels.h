@@ -62,7 +62,8 @@ const Kernels* Avx512Kernels();  // nullptr when not compiled in
 // The best set this CPU runs; CODA_CPU_KERNELS=ref|avx2|avx512 forces one (for tests).
 const Kernels& SelectKernels();
 
-// Scalar conversions shared by the kernel builds.
+// Scalar conversions shared by the kernel builds. A backend depends on nothing of Coda but the
+// ABI header, so it carries its own rather than using formats/common.
 inline float Bf16ToF32(uint16_t v) {
   const uint32_t u = static_cast<uint32_t>(v) << 16;
   float f;
