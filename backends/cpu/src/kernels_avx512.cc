@@ -300,25 +300,30 @@ void MlaAttendGroup(const MlaAttendArgs& a, size_t h0) {
       _mm512_mask_storeu_ps(s + p, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + p), inv));
     }
   }
-  // olat[g] = sum_p w[g][p] * lat[p], four 16-wide chunks of the latent at a time with every
-  // head's partial sums kept in registers across all positions.
-  for (size_t i0 = 0; i0 < a.c; i0 += 64) {
-    __m512 acc[G][4];
-    for (auto& r : acc)
-      for (auto& v : r) v = _mm512_setzero_ps();
-    __mmask16 m[4];
-    for (int k = 0; k < 4; ++k) m[k] = i0 + 16 * k < a.c ? TailMask(a.c - i0 - 16 * k) : 0;
-    for (size_t p = 0; p < a.visible; ++p) {
-      __m512 v[4];
-      for (int k = 0; k < 4; ++k) v[k] = CacheLoad(a, p, i0 + 16 * k, m[k]);
-      for (int g = 0; g < G; ++g) {
-        const __m512 w = _mm512_set1_ps(a.scores[(h0 + g) * a.visible + p]);
-        for (int k = 0; k < 4; ++k) acc[g][k] = _mm512_fmadd_ps(w, v[k], acc[g][k]);
+  // olat[g] = sum_p w[g][p] * lat[p]. Positions go in blocks that stay in L2; within a block,
+  // four 16-wide chunks of the latent at a time, every head's partial sums in registers.
+  constexpr size_t kRowsPerBlock = 64;
+  for (size_t pb = 0; pb < a.visible; pb += kRowsPerBlock) {
+    const size_t pe = std::min(a.visible, pb + kRowsPerBlock);
+    for (size_t i0 = 0; i0 < a.c; i0 += 64) {
+      __mmask16 m[4];
+      for (int k = 0; k < 4; ++k) m[k] = i0 + 16 * k < a.c ? TailMask(a.c - i0 - 16 * k) : 0;
+      __m512 acc[G][4];
+      for (int g = 0; g < G; ++g)
+        for (int k = 0; k < 4; ++k)
+          acc[g][k] = pb == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m[k], a.olat + (h0 + g) * a.c + i0 + 16 * k);
+      for (size_t p = pb; p < pe; ++p) {
+        __m512 v[4];
+        for (int k = 0; k < 4; ++k) v[k] = CacheLoad(a, p, i0 + 16 * k, m[k]);
+        for (int g = 0; g < G; ++g) {
+          const __m512 w = _mm512_set1_ps(a.scores[(h0 + g) * a.visible + p]);
+          for (int k = 0; k < 4; ++k) acc[g][k] = _mm512_fmadd_ps(w, v[k], acc[g][k]);
+        }
       }
+      for (int g = 0; g < G; ++g)
+        for (int k = 0; k < 4; ++k)
+          if (m[k]) _mm512_mask_storeu_ps(a.olat + (h0 + g) * a.c + i0 + 16 * k, m[k], acc[g][k]);
     }
-    for (int g = 0; g < G; ++g)
-      for (int k = 0; k < 4; ++k)
-        if (m[k]) _mm512_mask_storeu_ps(a.olat + (h0 + g) * a.c + i0 + 16 * k, m[k], acc[g][k]);
   }
 }
 
