@@ -102,10 +102,21 @@ Result<ChatRequest> ParseChat(const ordered_json& j, bool default_gen) {
   return r;
 }
 
+// nlohmann's message without its "[json.exception.parse_error.101] " prefix.
+std::string JsonErrorText(const std::exception& e) {
+  std::string m = e.what();
+  if (m.starts_with("[json.exception.")) m.erase(0, m.find("] ") == std::string::npos ? 0 : m.find("] ") + 2);
+  return m;
+}
+
 // One --batch line; the error, if any, goes into that line's output.
 ordered_json BatchLine(const TextAssets& assets, const std::string& line) {
-  ordered_json in = ordered_json::parse(line, nullptr, /*allow_exceptions=*/false);
-  if (in.is_discarded()) return {{"error", "not a JSON value"}};
+  ordered_json in;
+  try {
+    in = ordered_json::parse(line);
+  } catch (const ordered_json::parse_error& e) {
+    return {{"error", std::string("not JSON: ") + JsonErrorText(e)}};
+  }
   if (in.is_object() && in.contains("text")) {
     if (!in["text"].is_string()) return {{"error", "\"text\" must be a string"}};
     bool add_special = false;
@@ -226,9 +237,13 @@ int main(int argc, char** argv) {
       if (!r.ok()) return tools::Fail(kTool, r.status());
       json_text = std::move(*r);
     }
-    ordered_json j = ordered_json::parse(json_text, nullptr, /*allow_exceptions=*/false);
     const std::string where = chat_path == "-" ? "stdin" : chat_path;
-    if (j.is_discarded()) return tools::Fail(kTool, InvalidArgument(where + ": not valid JSON"));
+    ordered_json j;
+    try {
+      j = ordered_json::parse(json_text);
+    } catch (const ordered_json::parse_error& e) {
+      return tools::Fail(kTool, InvalidArgument(where + ": not JSON: " + JsonErrorText(e)));
+    }
     auto req = ParseChat(j, add_gen);
     if (!req.ok()) return tools::Fail(kTool, req.status().WithContext(where));
     // The flag wins over the file's own setting.
