@@ -31,7 +31,7 @@ Options:
   --system TEXT         system prompt
   --temp T              temperature (default 0.6; 0 is greedy)
   --top-p P             nucleus sampling threshold (default 0.95; 1 is off)
-  --top-k K             sample among the K likeliest tokens (default 0: off)
+  --top-k K             sample among the K likeliest tokens (default 40; 0 is off)
   --min-p P             drop tokens below P x the likeliest one's probability (default 0)
   --repeat-penalty R    penalize the last 64 tokens (default 1: off)
   --seed N              sampling seed (default: random)
@@ -65,9 +65,12 @@ using chat::TurnStats;
 
 struct Args {
   Args() {
-    // DeepSeek's recommended sampling for its chat models.
+    // DeepSeek's recommended temperature and top-p for its chat models. The top-k cut leaves the
+    // distribution nearly as is but spares sorting the whole vocabulary for every token (with
+    // top-k off the sampler does, which costs the small demo model three quarters of its speed).
     sampling.temperature = 0.6f;
     sampling.top_p = 0.95f;
+    sampling.top_k = 40;
   }
   std::string model, prompt, system;
   bool have_prompt = false;
@@ -183,8 +186,6 @@ Result<Loaded> Load(const Args& a) {
   if (!assets.chat_template)
     return NotFound(a.model + " has no chat template, which coda-chat needs to build prompts (convert it from a " +
                     "checkpoint whose tokenizer_config.json has chat_template)");
-  if (!assets.eos_id)
-    std::fprintf(stderr, "%s: warning: the tokenizer names no EOS token; answers end only at --max-tokens\n", kTool);
   l.assets = std::move(assets);
   ContextOptions co;
   co.n_threads = a.threads;
@@ -417,6 +418,8 @@ int main(int argc, char** argv) {
   }
   const ModelFile& file = loaded->model->file();
   std::fprintf(stderr, "done (%zu tensors, %s)\n", file.tensors().size(), tools::HumanBytes(file.file_size()).c_str());
+  if (!loaded->assets->eos_id)
+    std::fprintf(stderr, "%s: warning: the tokenizer names no EOS token; answers end only at --max-tokens\n", kTool);
 
   chat::Chat c(*loaded->assets, *loaded->session, *sampler);
   c.conversation().set_system(a.system);
