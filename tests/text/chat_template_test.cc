@@ -216,6 +216,26 @@ TEST(ChatTemplateErrors, HostileValuesStayBounded) {
                     "a namespace cannot be stored in a namespace attribute", "line 2, column 1");
 }
 
+TEST(ChatTemplateErrors, HugeStringsStayBounded) {
+  // Printing or serializing many references to one big string must fail at the size limit
+  // rather than build the whole text.
+  ExpectRenderError("{% set s = 'x' * 8000000 %}{{ [s] * 100 }}", ordered_json::object(), "exceeds the size limit",
+                    "line 1, column 28");
+  ExpectRenderError("{% set s = 'x' * 8000000 %}{{ ([s] * 100)|tojson }}", ordered_json::object(),
+                    "exceeds the size limit", "line 1");
+  ExpectRenderError("{% set s = 'x' * 8000000 %}{{ ([s] * 100)|join }}", ordered_json::object(),
+                    "exceeds the output limit", "line 1");
+  // Repeated indexing into a long string is charged by its length.
+  ExpectRenderError("{% set h = 'a' * 4000000 %}{% for i in range(1000) %}{{ h[i] }}{% endfor %}",
+                    ordered_json::object(), "steps", "line 1");
+  // A long needle that almost matches everywhere: linear search, not quadratic.
+  auto r = RenderSource("{% set h = 'a' * 2000000 %}{% set n = 'a' * 100000 ~ 'b' %}{{ n in h }} {{ h.count(n) }} "
+                        "{{ h.replace(n, '') == h }} {{ (h ~ 'b').split(n)|length }} {{ (h ~ 'b').rsplit(n, 1)|length }}",
+                        ordered_json::object());
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(*r, "false 0 true 2 2");
+}
+
 TEST(ChatTemplateErrors, OutputLimit) {
   ChatTemplateOptions small;
   small.max_output_bytes = 1000;

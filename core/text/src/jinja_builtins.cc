@@ -33,7 +33,12 @@ Result<int64_t> IntArg(const Value& v, std::string_view what, int64_t def) {
 bool BoolArg(const Value& v, bool def) { return v.is_undefined() ? def : v.Truthy(); }
 
 // String filters accept any value the way Jinja's soft_str does.
-std::string Text(const Value& v) { return v.is_string() ? v.str() : ToOutputString(v); }
+Result<std::string> Text(Interpreter& in, const Value& v) {
+  if (v.is_string()) return v.str();
+  CODA_ASSIGN_OR_RETURN(std::string s, ToOutputString(v, in.max_string_bytes()));
+  CODA_RETURN_IF_ERROR(in.ChargeString(s.size()));
+  return s;
+}
 
 std::string Lower(std::string_view s) { return MapCase(s, false); }
 std::string Upper(std::string_view s) { return MapCase(s, true); }
@@ -63,25 +68,33 @@ std::string Title(std::string_view s) {
 
 // Python str.strip family; `chars` null means Unicode whitespace.
 std::string Strip(std::string_view s, const std::string* chars, bool left, bool right) {
-  auto strip_cp = [&](uint32_t cp, std::string_view raw) {
-    if (chars == nullptr) return IsUnicodeSpace(cp);
-    for (std::string_view c : SplitCodePoints(*chars)) {
-      if (c == raw) return true;
-    }
-    return false;
-  };
-  std::vector<std::string_view> cps = SplitCodePoints(s);
-  size_t b = 0;
-  size_t e = cps.size();
-  auto cp_of = [](std::string_view raw) {
+  std::vector<std::string_view> set;
+  if (chars != nullptr) set = SplitCodePoints(*chars);
+  auto strip = [&](size_t from, size_t to) {
+    std::string_view raw = s.substr(from, to - from);
+    if (chars != nullptr) return std::find(set.begin(), set.end(), raw) != set.end();
     size_t i = 0;
-    return DecodeUtf8(raw, i);
+    return IsUnicodeSpace(DecodeUtf8(raw, i));
   };
-  while (left && b < e && strip_cp(cp_of(cps[b]), cps[b])) ++b;
-  while (right && e > b && strip_cp(cp_of(cps[e - 1]), cps[e - 1])) --e;
-  std::string out;
-  for (size_t i = b; i < e; ++i) out += cps[i];
-  return out;
+  size_t b = 0;
+  size_t e = s.size();
+  while (left && b < e) {
+    size_t next = b;
+    DecodeUtf8(s, next);
+    if (!strip(b, next)) break;
+    b = next;
+  }
+  while (right && e > b) {
+    // Step back over continuation bytes to the start of the last code point.
+    size_t k = e - 1;
+    while (k > b && e - k < 4 && (static_cast<unsigned char>(s[k]) & 0xC0) == 0x80) --k;
+    size_t end = k;
+    DecodeUtf8(s, end);
+    if (end != e) k = e - 1;  // not one well-formed sequence: treat the last byte alone
+    if (!strip(k, e)) break;
+    e = k;
+  }
+  return std::string(s.substr(b, e - b));
 }
 
 // Python str.split / str.rsplit.
@@ -92,7 +105,7 @@ std::vector<std::string> Split(const std::string& s, const Value& sep, int64_t m
     if (from_right) {
       size_t end = s.size();
       while (maxsplit != 0) {
-        size_t at = end >= d.size() ? s.rfind(d, end - d.size()) : std::string::npos;
+        size_t at = RFindText(s, d, end);
         if (at == std::string::npos) break;
         parts.push_back(s.substr(at + d.size(), end - at - d.size()));
         end = at;
@@ -103,7 +116,7 @@ std::vector<std::string> Split(const std::string& s, const Value& sep, int64_t m
     } else {
       size_t start = 0;
       while (maxsplit != 0) {
-        size_t at = s.find(d, start);
+        size_t at = FindText(s, d, start);
         if (at == std::string::npos) break;
         parts.push_back(s.substr(start, at - start));
         start = at + d.size();
@@ -151,30 +164,33 @@ Result<std::string> Replace(Interpreter& in, const std::string& s, const std::st
   std::string out;
   if (from.empty()) {
     // Python inserts the replacement around every code point.
-    std::vector<std::string_view> cps = SplitCodePoints(s);
-    for (size_t i = 0; i <= cps.size(); ++i) {
-      if (count < 0 || static_cast<int64_t>(i) < count) out += to;
-      if (i < cps.size()) out += cps[i];
-      CODA_RETURN_IF_ERROR(in.ChargeString(out.size()));
+    size_t i = 0;
+    for (int64_t n = 0; i <= s.size(); ++n) {
+      if (count < 0 || n < count) out += to;
+      CODA_RETURN_IF_ERROR(in.CheckStringSize(out.size()));
+      if (i == s.size()) break;
+      size_t start = i;
+      DecodeUtf8(s, i);
+      out.append(s, start, i - start);
     }
-    return out;
+  } else {
+    size_t start = 0;
+    while (count != 0) {
+      size_t at = FindText(s, from, start);
+      if (at == std::string::npos) break;
+      out.append(s, start, at - start);
+      out += to;
+      CODA_RETURN_IF_ERROR(in.CheckStringSize(out.size()));
+      start = at + from.size();
+      if (count > 0) --count;
+    }
+    out.append(s, start);
   }
-  size_t start = 0;
-  while (count != 0) {
-    size_t at = s.find(from, start);
-    if (at == std::string::npos) break;
-    out.append(s, start, at - start);
-    out += to;
-    CODA_RETURN_IF_ERROR(in.ChargeString(out.size() + to.size()));
-    start = at + from.size();
-    if (count > 0) --count;
-  }
-  out.append(s, start);
-  CODA_RETURN_IF_ERROR(in.ChargeString(out.size()));
+  CODA_RETURN_IF_ERROR(in.ChargeString(s.size() + out.size()));
   return out;
 }
 
-Result<std::vector<Value>> ItemsOf(const Value& v, std::string_view what) {
+Result<std::vector<Value>> ItemsOf(Interpreter& in, const Value& v, std::string_view what) {
   switch (v.kind()) {
     case K::kUndefined: return std::vector<Value>{};
     case K::kList: return v.list();
@@ -184,6 +200,8 @@ Result<std::vector<Value>> ItemsOf(const Value& v, std::string_view what) {
       return keys;
     }
     case K::kString: {
+      // One allocated value per code point: charge before materializing.
+      CODA_RETURN_IF_ERROR(in.ChargeItems(4 * v.str().size()));
       std::vector<Value> cps;
       for (std::string_view cp : SplitCodePoints(v.str())) cps.push_back(Value::String(std::string(cp)));
       return cps;
@@ -224,12 +242,13 @@ Result<int> Compare(const Value& a, const Value& b, bool case_sensitive = true) 
   return InvalidArgument("cannot compare a " + Kind(a) + " with a " + Kind(b));
 }
 
-Result<bool> Contains(const Value& container, const Value& item) {
+Result<bool> Contains(Interpreter& in, const Value& container, const Value& item) {
   switch (container.kind()) {
     case K::kUndefined: return false;
     case K::kString:
       if (!item.is_string()) return InvalidArgument("'in <string>' needs a string on the left, got a " + Kind(item));
-      return container.str().find(item.str()) != std::string::npos;
+      CODA_RETURN_IF_ERROR(in.Charge((container.str().size() + item.str().size()) / 16));
+      return FindText(container.str(), item.str()) != std::string::npos;
     case K::kList:
       for (const Value& v : container.list()) {
         if (Equal(v, item)) return true;
@@ -365,7 +384,7 @@ Result<Value> BinaryOp(Interpreter& in, BinOp op, const Value& a, const Value& b
     case BinOp::kNe: return Value::Bool(!Equal(a, b));
     case BinOp::kIn:
     case BinOp::kNotIn: {
-      CODA_ASSIGN_OR_RETURN(bool found, Contains(b, a));
+      CODA_ASSIGN_OR_RETURN(bool found, Contains(in, b, a));
       return Value::Bool(found == (op == BinOp::kIn));
     }
     case BinOp::kLt:
@@ -377,7 +396,9 @@ Result<Value> BinaryOp(Interpreter& in, BinOp op, const Value& a, const Value& b
       return Value::Bool(r);
     }
     case BinOp::kConcat: {
-      std::string s = Text(a) + Text(b);
+      CODA_ASSIGN_OR_RETURN(std::string s, Text(in, a));
+      CODA_ASSIGN_OR_RETURN(std::string t, Text(in, b));
+      s += t;
       CODA_RETURN_IF_ERROR(in.ChargeString(s.size()));
       return Value::String(std::move(s));
     }
@@ -403,7 +424,9 @@ Result<Value> BinaryOp(Interpreter& in, BinOp op, const Value& a, const Value& b
     bool printable_a = a.is_string() || IsNumeric(a);
     bool printable_b = b.is_string() || IsNumeric(b);
     if ((a.is_string() || b.is_string()) && printable_a && printable_b) {
-      std::string s = Text(a) + Text(b);
+      CODA_ASSIGN_OR_RETURN(std::string s, Text(in, a));
+      CODA_ASSIGN_OR_RETURN(std::string t, Text(in, b));
+      s += t;
       CODA_RETURN_IF_ERROR(in.ChargeString(s.size()));
       return Value::String(std::move(s));
     }
@@ -439,11 +462,14 @@ Value GetItem(const Value& obj, const Value& key) {
     return obj.list()[static_cast<size_t>(i)];
   }
   if (obj.is_string()) {
-    std::vector<std::string_view> cps = SplitCodePoints(obj.str());
-    auto n = static_cast<int64_t>(cps.size());
-    if (i < 0) i += n;
-    if (i < 0 || i >= n) return Value();
-    return Value::String(std::string(cps[static_cast<size_t>(i)]));
+    const std::string& s = obj.str();
+    if (i < 0) i += static_cast<int64_t>(CodePointCount(s));
+    if (i < 0) return Value();
+    size_t at = CodePointOffset(s, static_cast<size_t>(i));
+    if (at >= s.size()) return Value();
+    size_t end = at;
+    DecodeUtf8(s, end);
+    return Value::String(s.substr(at, end - at));
   }
   return Value();
 }
@@ -474,7 +500,7 @@ Result<std::vector<Value>> BindArgs(std::string_view fn, CallArgs& args, std::in
 
 namespace {
 
-using TestFn = Result<bool> (*)(const Value&, std::vector<Value>&);
+using TestFn = Result<bool> (*)(Interpreter&, const Value&, std::vector<Value>&);
 
 Result<bool> NeedInt(const Value& v, std::string_view test) {
   if (!IsIntLike(v)) return InvalidArgument(std::string("the '") + std::string(test) + "' test needs an integer, got a " + Kind(v));
@@ -504,68 +530,68 @@ Result<bool> CompareTest(const Value& v, std::vector<Value>& a, BinOp op) {
 
 const std::unordered_map<std::string_view, TestFn>& Tests() {
   static const std::unordered_map<std::string_view, TestFn> kTests = {
-      {"defined", [](const Value& v, std::vector<Value>&) -> Result<bool> { return !v.is_undefined(); }},
-      {"undefined", [](const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_undefined(); }},
-      {"none", [](const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_none(); }},
-      {"boolean", [](const Value& v, std::vector<Value>&) -> Result<bool> { return v.kind() == K::kBool; }},
-      {"true", [](const Value& v, std::vector<Value>&) -> Result<bool> { return v.kind() == K::kBool && v.as_bool(); }},
-      {"false", [](const Value& v, std::vector<Value>&) -> Result<bool> { return v.kind() == K::kBool && !v.as_bool(); }},
-      {"integer", [](const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_int(); }},
-      {"float", [](const Value& v, std::vector<Value>&) -> Result<bool> { return v.kind() == K::kFloat; }},
-      {"number", [](const Value& v, std::vector<Value>&) -> Result<bool> { return IsNumeric(v); }},
-      {"string", [](const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_string(); }},
-      {"mapping", [](const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_dict(); }},
+      {"defined", [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> { return !v.is_undefined(); }},
+      {"undefined", [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_undefined(); }},
+      {"none", [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_none(); }},
+      {"boolean", [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> { return v.kind() == K::kBool; }},
+      {"true", [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> { return v.kind() == K::kBool && v.as_bool(); }},
+      {"false", [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> { return v.kind() == K::kBool && !v.as_bool(); }},
+      {"integer", [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_int(); }},
+      {"float", [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> { return v.kind() == K::kFloat; }},
+      {"number", [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> { return IsNumeric(v); }},
+      {"string", [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_string(); }},
+      {"mapping", [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_dict(); }},
       {"iterable",
-       [](const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_list() || v.is_dict() || v.is_string(); }},
+       [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_list() || v.is_dict() || v.is_string(); }},
       {"sequence",
-       [](const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_list() || v.is_dict() || v.is_string(); }},
-      {"callable", [](const Value& v, std::vector<Value>&) -> Result<bool> { return v.kind() == K::kCallable; }},
+       [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_list() || v.is_dict() || v.is_string(); }},
+      {"callable", [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> { return v.kind() == K::kCallable; }},
       {"odd",
-       [](const Value& v, std::vector<Value>&) -> Result<bool> {
+       [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> {
          CODA_RETURN_IF_ERROR(NeedInt(v, "odd").status());
          return AsInt(v) % 2 != 0;
        }},
       {"even",
-       [](const Value& v, std::vector<Value>&) -> Result<bool> {
+       [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> {
          CODA_RETURN_IF_ERROR(NeedInt(v, "even").status());
          return AsInt(v) % 2 == 0;
        }},
       {"divisibleby",
-       [](const Value& v, std::vector<Value>& a) -> Result<bool> {
+       [](Interpreter&, const Value& v, std::vector<Value>& a) -> Result<bool> {
          CODA_RETURN_IF_ERROR(NeedInt(v, "divisibleby").status());
          if (a.empty() || !IsIntLike(a[0])) return InvalidArgument("divisibleby needs an integer argument");
          int64_t d = AsInt(a[0]);
          if (d == 0) return InvalidArgument("divisibleby(0)");
          return d == -1 || AsInt(v) % d == 0;
        }},
-      {"lower", [](const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_string() && HasCased(v.str(), false); }},
-      {"upper", [](const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_string() && HasCased(v.str(), true); }},
+      {"lower", [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_string() && HasCased(v.str(), false); }},
+      {"upper", [](Interpreter&, const Value& v, std::vector<Value>&) -> Result<bool> { return v.is_string() && HasCased(v.str(), true); }},
       {"sameas",
-       [](const Value& v, std::vector<Value>& a) -> Result<bool> {
+       [](Interpreter&, const Value& v, std::vector<Value>& a) -> Result<bool> {
          if (a.empty()) return InvalidArgument("sameas needs an argument");
          if (v.identity() != nullptr || a[0].identity() != nullptr) return v.identity() == a[0].identity();
          return v.kind() == a[0].kind() && Equal(v, a[0]);
        }},
       {"in",
-       [](const Value& v, std::vector<Value>& a) -> Result<bool> {
+       [](Interpreter& in, const Value& v, std::vector<Value>& a) -> Result<bool> {
          if (a.empty()) return InvalidArgument("the 'in' test needs an argument");
-         return Contains(a[0], v);
+         return Contains(in, a[0], v);
        }},
-      {"eq", [](const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kEq); }},
-      {"equalto", [](const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kEq); }},
-      {"==", [](const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kEq); }},
-      {"ne", [](const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kNe); }},
-      {"!=", [](const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kNe); }},
-      {"lt", [](const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kLt); }},
-      {"lessthan", [](const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kLt); }},
-      {"<", [](const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kLt); }},
-      {"le", [](const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kLe); }},
-      {"<=", [](const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kLe); }},
-      {"gt", [](const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kGt); }},
-      {"greaterthan", [](const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kGt); }},
-      {">", [](const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kGt); }},
-      {"ge", [](const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kGe); }},
-      {">=", [](const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kGe); }},
+      {"eq", [](Interpreter&, const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kEq); }},
+      {"equalto", [](Interpreter&, const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kEq); }},
+      {"==", [](Interpreter&, const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kEq); }},
+      {"ne", [](Interpreter&, const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kNe); }},
+      {"!=", [](Interpreter&, const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kNe); }},
+      {"lt", [](Interpreter&, const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kLt); }},
+      {"lessthan", [](Interpreter&, const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kLt); }},
+      {"<", [](Interpreter&, const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kLt); }},
+      {"le", [](Interpreter&, const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kLe); }},
+      {"<=", [](Interpreter&, const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kLe); }},
+      {"gt", [](Interpreter&, const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kGt); }},
+      {"greaterthan", [](Interpreter&, const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kGt); }},
+      {">", [](Interpreter&, const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kGt); }},
+      {"ge", [](Interpreter&, const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kGe); }},
+      {">=", [](Interpreter&, const Value& v, std::vector<Value>& a) { return CompareTest(v, a, BinOp::kGe); }},
   };
   return kTests;
 }
@@ -585,7 +611,7 @@ Result<bool> ApplyTest(Interpreter& in, std::string_view name, const Value& oper
   auto it = Tests().find(name);
   if (it == Tests().end()) return Unsupported("unknown test '" + std::string(name) + "'");
   if (!args.keyword.empty()) return InvalidArgument("tests take no keyword arguments");
-  return it->second(operand, args.positional);
+  return it->second(in, operand, args.positional);
 }
 
 // ---- filters ----
@@ -605,7 +631,7 @@ Value SortKey(const Value& v, const Value& attribute, bool case_sensitive) {
 
 Result<Value> SortFilter(Interpreter& in, const Value& v, CallArgs& a) {
   CODA_ASSIGN_OR_RETURN(auto p, BindArgs("sort", a, {"reverse", "case_sensitive", "attribute"}));
-  CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(v, "sort"));
+  CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(in, v, "sort"));
   bool reverse = BoolArg(p[0], false);
   bool cs = BoolArg(p[1], false);
   CODA_RETURN_IF_ERROR(in.ChargeItems(items.size() * (1 + static_cast<size_t>(std::log2(items.size() + 1)))));
@@ -627,9 +653,9 @@ Result<Value> SortFilter(Interpreter& in, const Value& v, CallArgs& a) {
   return Value::MakeList(std::move(out));
 }
 
-Result<Value> MinMax(const Value& v, CallArgs& a, bool want_max) {
+Result<Value> MinMax(Interpreter& in, const Value& v, CallArgs& a, bool want_max) {
   CODA_ASSIGN_OR_RETURN(auto p, BindArgs(want_max ? "max" : "min", a, {"case_sensitive", "attribute"}));
-  CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(v, want_max ? "max" : "min"));
+  CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(in, v, want_max ? "max" : "min"));
   if (items.empty()) return Value();
   bool cs = BoolArg(p[0], false);
   size_t best = 0;
@@ -642,7 +668,7 @@ Result<Value> MinMax(const Value& v, CallArgs& a, bool want_max) {
 
 Result<Value> UniqueFilter(Interpreter& in, const Value& v, CallArgs& a) {
   CODA_ASSIGN_OR_RETURN(auto p, BindArgs("unique", a, {"case_sensitive", "attribute"}));
-  CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(v, "unique"));
+  CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(in, v, "unique"));
   bool cs = BoolArg(p[0], false);
   Value::List out;
   std::vector<Value> seen;
@@ -658,7 +684,7 @@ Result<Value> UniqueFilter(Interpreter& in, const Value& v, CallArgs& a) {
 }
 
 Result<Value> SelectFilter(Interpreter& in, const Value& v, CallArgs& a, bool by_attr, bool keep) {
-  CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(v, "select"));
+  CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(in, v, "select"));
   if (!a.keyword.empty()) return InvalidArgument("select filters take no keyword arguments");
   std::vector<Value> rest = a.positional;
   Value attr;
@@ -690,7 +716,7 @@ Result<Value> SelectFilter(Interpreter& in, const Value& v, CallArgs& a, bool by
 }
 
 Result<Value> MapFilter(Interpreter& in, const Value& v, CallArgs& a) {
-  CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(v, "map"));
+  CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(in, v, "map"));
   Value::List out;
   auto attr_it = std::find_if(a.keyword.begin(), a.keyword.end(), [](const auto& kw) { return kw.first == "attribute"; });
   if (attr_it != a.keyword.end()) {
@@ -730,21 +756,26 @@ Result<Value> ToJsonFilter(Interpreter& in, const Value& v, CallArgs& a) {
     o.item_separator = p[3].list()[0].str();
     o.key_separator = p[3].list()[1].str();
   }
-  CODA_ASSIGN_OR_RETURN(std::string s, ToJson(v, o, SIZE_MAX));
+  CODA_ASSIGN_OR_RETURN(std::string s, ToJson(v, o, in.max_string_bytes()));
   CODA_RETURN_IF_ERROR(in.ChargeString(s.size()));
   return Value::String(std::move(s));
 }
 
 Result<Value> JoinFilter(Interpreter& in, const Value& v, CallArgs& a) {
   CODA_ASSIGN_OR_RETURN(auto p, BindArgs("join", a, {"d", "attribute"}));
-  CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(v, "join"));
-  std::string sep = p[0].is_undefined() ? "" : Text(p[0]);
+  CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(in, v, "join"));
+  std::string sep;
+  if (!p[0].is_undefined()) {
+    CODA_ASSIGN_OR_RETURN(sep, Text(in, p[0]));
+  }
   std::string out;
   for (size_t i = 0; i < items.size(); ++i) {
     if (i > 0) out += sep;
-    out += Text(p[1].is_string() ? AttrPath(items[i], p[1].str()) : items[i]);
-    CODA_RETURN_IF_ERROR(in.ChargeString(out.size()));
+    CODA_ASSIGN_OR_RETURN(std::string item, Text(in, p[1].is_string() ? AttrPath(items[i], p[1].str()) : items[i]));
+    out += item;
+    CODA_RETURN_IF_ERROR(in.CheckStringSize(out.size()));
   }
+  CODA_RETURN_IF_ERROR(in.ChargeString(out.size()));
   return Value::String(std::move(out));
 }
 
@@ -760,7 +791,7 @@ Result<Value> IndentFilter(Interpreter& in, const Value& v, CallArgs& a) {
   }
   bool first = BoolArg(p[1], false);
   bool blank = BoolArg(p[2], false);
-  std::string s = Text(v);
+  CODA_ASSIGN_OR_RETURN(std::string s, Text(in, v));
   std::string out;
   size_t start = 0;
   for (size_t line = 0;; ++line) {
@@ -768,11 +799,12 @@ Result<Value> IndentFilter(Interpreter& in, const Value& v, CallArgs& a) {
     std::string_view text = std::string_view(s).substr(start, nl == std::string::npos ? std::string::npos : nl - start);
     if ((line > 0 || first) && (blank || !text.empty())) out += pad;
     out += text;
-    CODA_RETURN_IF_ERROR(in.ChargeString(out.size()));
+    CODA_RETURN_IF_ERROR(in.CheckStringSize(out.size()));
     if (nl == std::string::npos) break;
     out += '\n';
     start = nl + 1;
   }
+  CODA_RETURN_IF_ERROR(in.ChargeString(out.size()));
   return Value::String(std::move(out));
 }
 
@@ -830,7 +862,7 @@ Result<Value> RoundFilter(Interpreter&, const Value& v, CallArgs& a) {
 
 Result<Value> SumFilter(Interpreter& in, const Value& v, CallArgs& a) {
   CODA_ASSIGN_OR_RETURN(auto p, BindArgs("sum", a, {"attribute", "start"}));
-  CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(v, "sum"));
+  CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(in, v, "sum"));
   Value total = p[1].is_undefined() ? Value::Int(0) : p[1];
   for (const auto& item : items) {
     CODA_ASSIGN_OR_RETURN(total, BinaryOp(in, BinOp::kAdd, total, p[0].is_string() ? AttrPath(item, p[0].str()) : item));
@@ -878,8 +910,8 @@ const std::unordered_map<std::string_view, FilterFn>& Filters() {
       {"unique", UniqueFilter},
       {"dictsort", DictSortFilter},
       {"map", MapFilter},
-      {"min", [](Interpreter&, const Value& v, CallArgs& a) { return MinMax(v, a, false); }},
-      {"max", [](Interpreter&, const Value& v, CallArgs& a) { return MinMax(v, a, true); }},
+      {"min", [](Interpreter& in, const Value& v, CallArgs& a) { return MinMax(in, v, a, false); }},
+      {"max", [](Interpreter& in, const Value& v, CallArgs& a) { return MinMax(in, v, a, true); }},
       {"select", [](Interpreter& in, const Value& v, CallArgs& a) { return SelectFilter(in, v, a, false, true); }},
       {"reject", [](Interpreter& in, const Value& v, CallArgs& a) { return SelectFilter(in, v, a, false, false); }},
       {"selectattr", [](Interpreter& in, const Value& v, CallArgs& a) { return SelectFilter(in, v, a, true, true); }},
@@ -897,14 +929,16 @@ const std::unordered_map<std::string_view, FilterFn>& Filters() {
          return v;
        }},
       {"string",
-       [](Interpreter&, const Value& v, CallArgs& a) -> Result<Value> {
+       [](Interpreter& in, const Value& v, CallArgs& a) -> Result<Value> {
          CODA_RETURN_IF_ERROR(NoArgs("string", a));
-         return v.is_string() ? v : Value::String(ToOutputString(v));
+         if (v.is_string()) return v;
+         CODA_ASSIGN_OR_RETURN(std::string t, Text(in, v));
+         return Value::String(std::move(t));
        }},
       {"list",
-       [](Interpreter&, const Value& v, CallArgs& a) -> Result<Value> {
+       [](Interpreter& in, const Value& v, CallArgs& a) -> Result<Value> {
          CODA_RETURN_IF_ERROR(NoArgs("list", a));
-         CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(v, "list"));
+         CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(in, v, "list"));
          return Value::MakeList(std::move(items));
        }},
       {"items",
@@ -917,21 +951,21 @@ const std::unordered_map<std::string_view, FilterFn>& Filters() {
          return Value::MakeList(std::move(pairs));
        }},
       {"first",
-       [](Interpreter&, const Value& v, CallArgs& a) -> Result<Value> {
+       [](Interpreter& in, const Value& v, CallArgs& a) -> Result<Value> {
          CODA_RETURN_IF_ERROR(NoArgs("first", a));
-         CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(v, "first"));
+         CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(in, v, "first"));
          return items.empty() ? Value() : items.front();
        }},
       {"last",
-       [](Interpreter&, const Value& v, CallArgs& a) -> Result<Value> {
+       [](Interpreter& in, const Value& v, CallArgs& a) -> Result<Value> {
          CODA_RETURN_IF_ERROR(NoArgs("last", a));
-         CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(v, "last"));
+         CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(in, v, "last"));
          return items.empty() ? Value() : items.back();
        }},
       {"reverse",
-       [](Interpreter&, const Value& v, CallArgs& a) -> Result<Value> {
+       [](Interpreter& in, const Value& v, CallArgs& a) -> Result<Value> {
          CODA_RETURN_IF_ERROR(NoArgs("reverse", a));
-         CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(v, "reverse"));
+         CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(in, v, "reverse"));
          std::reverse(items.begin(), items.end());
          if (!v.is_string()) return Value::MakeList(std::move(items));
          std::string out;
@@ -947,44 +981,51 @@ const std::unordered_map<std::string_view, FilterFn>& Filters() {
          return Value::Int(AsInt(v) < 0 ? -AsInt(v) : AsInt(v));
        }},
       {"upper",
-       [](Interpreter&, const Value& v, CallArgs& a) -> Result<Value> {
+       [](Interpreter& in, const Value& v, CallArgs& a) -> Result<Value> {
          CODA_RETURN_IF_ERROR(NoArgs("upper", a));
-         return Value::String(Upper(Text(v)));
+         CODA_ASSIGN_OR_RETURN(std::string t, Text(in, v));
+         return Value::String(Upper(t));
        }},
       {"lower",
-       [](Interpreter&, const Value& v, CallArgs& a) -> Result<Value> {
+       [](Interpreter& in, const Value& v, CallArgs& a) -> Result<Value> {
          CODA_RETURN_IF_ERROR(NoArgs("lower", a));
-         return Value::String(Lower(Text(v)));
+         CODA_ASSIGN_OR_RETURN(std::string t, Text(in, v));
+         return Value::String(Lower(t));
        }},
       {"capitalize",
-       [](Interpreter&, const Value& v, CallArgs& a) -> Result<Value> {
+       [](Interpreter& in, const Value& v, CallArgs& a) -> Result<Value> {
          CODA_RETURN_IF_ERROR(NoArgs("capitalize", a));
-         return Value::String(Capitalize(Text(v)));
+         CODA_ASSIGN_OR_RETURN(std::string t, Text(in, v));
+         return Value::String(Capitalize(t));
        }},
       {"title",
-       [](Interpreter&, const Value& v, CallArgs& a) -> Result<Value> {
+       [](Interpreter& in, const Value& v, CallArgs& a) -> Result<Value> {
          CODA_RETURN_IF_ERROR(NoArgs("title", a));
-         return Value::String(Title(Text(v)));
+         CODA_ASSIGN_OR_RETURN(std::string t, Text(in, v));
+         return Value::String(Title(t));
        }},
       {"trim",
-       [](Interpreter&, const Value& v, CallArgs& a) -> Result<Value> {
+       [](Interpreter& in, const Value& v, CallArgs& a) -> Result<Value> {
          CODA_ASSIGN_OR_RETURN(auto p, BindArgs("trim", a, {"chars"}));
          std::string chars = p[0].is_string() ? p[0].str() : "";
-         return Value::String(Strip(Text(v), p[0].is_string() ? &chars : nullptr, true, true));
+         CODA_ASSIGN_OR_RETURN(std::string t, Text(in, v));
+         return Value::String(Strip(t, p[0].is_string() ? &chars : nullptr, true, true));
        }},
       {"replace",
        [](Interpreter& in, const Value& v, CallArgs& a) -> Result<Value> {
          CODA_ASSIGN_OR_RETURN(auto p, BindArgs("replace", a, {"old", "new", "count"}));
          if (!p[0].is_string() || !p[1].is_string()) return InvalidArgument("replace needs two strings");
          CODA_ASSIGN_OR_RETURN(int64_t count, IntArg(p[2], "count", -1));
-         CODA_ASSIGN_OR_RETURN(std::string s, Replace(in, Text(v), p[0].str(), p[1].str(), count));
+         CODA_ASSIGN_OR_RETURN(std::string t, Text(in, v));
+         CODA_ASSIGN_OR_RETURN(std::string s, Replace(in, t, p[0].str(), p[1].str(), count));
          return Value::String(std::move(s));
        }},
       {"escape",
-       [](Interpreter&, const Value& v, CallArgs& a) -> Result<Value> {
+       [](Interpreter& in, const Value& v, CallArgs& a) -> Result<Value> {
          CODA_RETURN_IF_ERROR(NoArgs("escape", a));
+         CODA_ASSIGN_OR_RETURN(std::string t, Text(in, v));
          std::string out;
-         for (char c : Text(v)) {
+         for (char c : t) {
            switch (c) {
              case '&': out += "&amp;"; break;
              case '<': out += "&lt;"; break;
@@ -994,6 +1035,7 @@ const std::unordered_map<std::string_view, FilterFn>& Filters() {
              default: out += c;
            }
          }
+         CODA_RETURN_IF_ERROR(in.ChargeString(out.size()));
          return Value::String(std::move(out));
        }},
   };
@@ -1022,6 +1064,7 @@ Result<Value> StringMethod(Interpreter& in, const std::string& s, std::string_vi
   auto strip = [&](bool left, bool right) -> Result<Value> {
     CODA_ASSIGN_OR_RETURN(auto p, BindArgs(name, a, {"chars"}));
     std::string chars = p[0].is_string() ? p[0].str() : "";
+    CODA_RETURN_IF_ERROR(in.ChargeString(s.size()));
     return Value::String(Strip(s, p[0].is_string() ? &chars : nullptr, left, right));
   };
   if (name == "strip") return strip(true, true);
@@ -1065,25 +1108,27 @@ Result<Value> StringMethod(Interpreter& in, const std::string& s, std::string_vi
     CODA_ASSIGN_OR_RETURN(auto p, BindArgs(name, a, {"sub"}));
     if (!p[0].is_string()) return InvalidArgument(std::string(name) + "() needs a string");
     const std::string& sub = p[0].str();
+    CODA_RETURN_IF_ERROR(in.Charge((s.size() + sub.size()) / 16));
     if (name == "find") {
-      size_t at = s.find(sub);
+      size_t at = FindText(s, sub);
       return Value::Int(at == std::string::npos ? -1 : static_cast<int64_t>(CodePointCount(std::string_view(s).substr(0, at))));
     }
     if (sub.empty()) return Value::Int(static_cast<int64_t>(CodePointCount(s)) + 1);
     int64_t n = 0;
-    for (size_t at = s.find(sub); at != std::string::npos; at = s.find(sub, at + sub.size())) ++n;
+    for (size_t at = FindText(s, sub); at != std::string::npos; at = FindText(s, sub, at + sub.size())) ++n;
     return Value::Int(n);
   }
   if (name == "join") {
     CODA_ASSIGN_OR_RETURN(auto p, BindArgs(name, a, {"iterable"}));
-    CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(p[0], "join"));
+    CODA_ASSIGN_OR_RETURN(std::vector<Value> items, ItemsOf(in, p[0], "join"));
     std::string out;
     for (size_t i = 0; i < items.size(); ++i) {
       if (!items[i].is_string()) return InvalidArgument("join() needs strings, got a " + Kind(items[i]));
       if (i > 0) out += s;
       out += items[i].str();
-      CODA_RETURN_IF_ERROR(in.ChargeString(out.size()));
+      CODA_RETURN_IF_ERROR(in.CheckStringSize(out.size()));
     }
+    CODA_RETURN_IF_ERROR(in.ChargeString(out.size()));
     return Value::String(std::move(out));
   }
   found = false;
@@ -1210,8 +1255,11 @@ Value LookupGlobal(std::string_view name) {
     g.emplace("dict", Value::MakeCallable(Callable{"dict", [](Interpreter&, CallArgs& a) { return MakeMapping(a, false); }}));
     g.emplace("strftime_now", Value::MakeCallable(Callable{"strftime_now", StrftimeNow}));
     g.emplace("raise_exception",
-              Value::MakeCallable(Callable{"raise_exception", [](Interpreter&, CallArgs& a) -> Result<Value> {
-                                             std::string msg = a.positional.empty() ? "" : Text(a.positional[0]);
+              Value::MakeCallable(Callable{"raise_exception", [](Interpreter& in, CallArgs& a) -> Result<Value> {
+                                             std::string msg;
+                                             if (!a.positional.empty()) {
+                                               CODA_ASSIGN_OR_RETURN(msg, Text(in, a.positional[0]));
+                                             }
                                              return InvalidArgument("raise_exception: " + msg);
                                            }}));
     return g;

@@ -53,11 +53,16 @@ Status Interpreter::Charge(uint64_t n) {
   return Status::Ok();
 }
 
-Status Interpreter::ChargeString(size_t bytes) {
+Status Interpreter::CheckStringSize(size_t bytes) const {
   if (bytes > limits_.max_output_bytes) {
     return OutOfRange("a string of " + std::to_string(bytes) + " bytes exceeds the output limit of " +
                       std::to_string(limits_.max_output_bytes));
   }
+  return Status::Ok();
+}
+
+Status Interpreter::ChargeString(size_t bytes) {
+  CODA_RETURN_IF_ERROR(CheckStringSize(bytes));
   // Copying text is work too; this keeps repeated concatenation inside the step budget.
   return Charge(bytes / 16);
 }
@@ -106,7 +111,9 @@ Result<Interpreter::Flow> Interpreter::Exec(const Stmt& s, std::string& out) {
       if (v.is_string()) {
         CODA_RETURN_IF_ERROR(Append(out, v.str(), s.pos));
       } else {
-        CODA_RETURN_IF_ERROR(Append(out, ToOutputString(v), s.pos));
+        auto text = ToOutputString(v, limits_.max_output_bytes - out.size());
+        if (!text.ok()) return Located(s.pos, text.status());
+        CODA_RETURN_IF_ERROR(Append(out, *text, s.pos));
       }
       return Flow::kNormal;
     }
@@ -137,7 +144,7 @@ Result<Interpreter::Flow> Interpreter::Exec(const Stmt& s, std::string& out) {
 namespace {
 
 // The sequence a for loop walks: list items, dict keys, string code points.
-Result<std::vector<Value>> IterationItems(const Value& v) {
+Result<std::vector<Value>> IterationItems(Interpreter& in, const Value& v) {
   std::vector<Value> items;
   switch (v.kind()) {
     case Value::Kind::kUndefined: break;
@@ -146,6 +153,8 @@ Result<std::vector<Value>> IterationItems(const Value& v) {
       for (const auto& [k, unused] : v.dict().entries()) items.push_back(Value::String(k));
       break;
     case Value::Kind::kString:
+      // One allocated value per code point: charge before materializing.
+      CODA_RETURN_IF_ERROR(in.ChargeItems(4 * v.str().size()));
       for (std::string_view cp : SplitCodePoints(v.str())) items.push_back(Value::String(std::string(cp)));
       break;
     default: return InvalidArgument("cannot iterate over a " + std::string(KindName(v.kind())));
@@ -172,7 +181,7 @@ Status Unpack(const std::vector<std::string>& names, const Value& v, const std::
 
 Result<Interpreter::Flow> Interpreter::ExecFor(const ForStmt& s, std::string& out) {
   CODA_ASSIGN_OR_RETURN(Value iterable, Eval(*s.iterable));
-  auto items_or = IterationItems(iterable);
+  auto items_or = IterationItems(*this, iterable);
   if (!items_or.ok()) return Located(s.iterable->pos, items_or.status());
   std::vector<Value> items = std::move(items_or).value();
 
@@ -373,6 +382,8 @@ Result<Value> Interpreter::EvalNode(const Expr& e) {
     case ExprKind::kItem: {
       CODA_ASSIGN_OR_RETURN(Value obj, Eval(*e.args[0]));
       CODA_ASSIGN_OR_RETURN(Value key, Eval(*e.args[1]));
+      // Indexing a string walks its code points.
+      if (obj.is_string()) CODA_RETURN_IF_ERROR(Located(e.pos, Charge(obj.str().size() / 16)));
       return GetItem(obj, key);
     }
     case ExprKind::kSlice: return EvalSlice(e);
@@ -455,13 +466,20 @@ Result<Value> Interpreter::EvalSlice(const Expr& e) {
   int64_t step = bounds[2].value_or(1);
   if (step == 0) return Located(e.pos, InvalidArgument("slice step cannot be zero"));
 
-  std::vector<std::string_view> cps;
+  // Strings are sliced by code point; `starts` holds each one's byte offset (plus the end).
+  std::vector<size_t> starts;
   size_t size = 0;
   if (obj.is_list()) {
     size = obj.list().size();
   } else if (obj.is_string()) {
-    cps = SplitCodePoints(obj.str());
-    size = cps.size();
+    const std::string& str = obj.str();
+    CODA_RETURN_IF_ERROR(Located(e.pos, ChargeItems(str.size() / 4)));
+    for (size_t i = 0; i < str.size();) {
+      starts.push_back(i);
+      DecodeUtf8(str, i);
+    }
+    size = starts.size();
+    starts.push_back(str.size());
   } else if (obj.is_undefined()) {
     return Value();
   } else {
@@ -477,6 +495,12 @@ Result<Value> Interpreter::EvalSlice(const Expr& e) {
   };
   int64_t start = clamp(bounds[0], step > 0 ? 0 : n - 1);
   int64_t stop = clamp(bounds[1], step > 0 ? n : -1);
+  if (obj.is_string() && step == 1) {
+    if (stop <= start) return Value::String("");
+    auto b = static_cast<size_t>(start);
+    auto x = static_cast<size_t>(stop);
+    return Value::String(obj.str().substr(starts[b], starts[x] - starts[b]));
+  }
   std::vector<size_t> picks;
   for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
     picks.push_back(static_cast<size_t>(i));
@@ -490,7 +514,7 @@ Result<Value> Interpreter::EvalSlice(const Expr& e) {
     return Value::MakeList(std::move(out));
   }
   std::string out;
-  for (size_t i : picks) out += cps[i];
+  for (size_t i : picks) out.append(obj.str(), starts[i], starts[i + 1] - starts[i]);
   return Value::String(std::move(out));
 }
 

@@ -35,6 +35,9 @@ class Interpreter {
   Status Charge(uint64_t n);
   // Charges for producing a string of `bytes` and rejects strings above the output cap.
   Status ChargeString(size_t bytes);
+  // The size check alone, for strings still growing.
+  Status CheckStringSize(size_t bytes) const;
+  size_t max_string_bytes() const { return limits_.max_output_bytes; }
   Status ChargeItems(size_t items);
   Result<Value> CallFunction(const Value& fn, CallArgs& args);
 

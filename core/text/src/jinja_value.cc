@@ -145,24 +145,20 @@ std::string FloatRepr(double d) {
   return out + ebuf;
 }
 
-std::string ToOutputString(const Value& v) {
+Result<std::string> ToOutputString(const Value& v, size_t max_bytes) {
   switch (v.kind()) {
     case Value::Kind::kUndefined:
-    case Value::Kind::kNone: return "";
-    case Value::Kind::kBool: return v.as_bool() ? "true" : "false";
+    case Value::Kind::kNone: return std::string();
+    case Value::Kind::kBool: return std::string(v.as_bool() ? "true" : "false");
     case Value::Kind::kInt: return std::to_string(v.as_int());
     case Value::Kind::kFloat: return FloatRepr(v.as_float());
     case Value::Kind::kString: return v.str();
     case Value::Kind::kList:
     case Value::Kind::kDict:
-    case Value::Kind::kNamespace: {
-      // Printing is capped like any output; 1 GiB is only a backstop against cycles of growth.
-      auto json = ToJson(v, JsonOptions{}, size_t{1} << 30);
-      return json.ok() ? std::move(json).value() : std::string();
-    }
+    case Value::Kind::kNamespace: return ToJson(v, JsonOptions{}, max_bytes);
     case Value::Kind::kCallable: return "<function " + v.callable().name + ">";
   }
-  return "";
+  return std::string();
 }
 
 bool Equal(const Value& a, const Value& b) {
@@ -250,6 +246,52 @@ std::vector<std::string_view> SplitCodePoints(std::string_view s) {
     out.push_back(s.substr(start, i - start));
   }
   return out;
+}
+
+size_t CodePointOffset(std::string_view s, size_t index) {
+  size_t i = 0;
+  for (size_t n = 0; n < index && i < s.size(); ++n) DecodeUtf8(s, i);
+  return i;
+}
+
+namespace {
+
+// Knuth-Morris-Pratt: linear in hay + needle.
+size_t KmpFind(std::string_view hay, std::string_view needle, size_t from) {
+  std::vector<size_t> fail(needle.size(), 0);
+  for (size_t i = 1, k = 0; i < needle.size(); ++i) {
+    while (k > 0 && needle[i] != needle[k]) k = fail[k - 1];
+    if (needle[i] == needle[k]) ++k;
+    fail[i] = k;
+  }
+  for (size_t i = from, k = 0; i < hay.size(); ++i) {
+    while (k > 0 && hay[i] != needle[k]) k = fail[k - 1];
+    if (hay[i] == needle[k]) ++k;
+    if (k == needle.size()) return i + 1 - k;
+  }
+  return std::string_view::npos;
+}
+
+// Short needles cost at most a constant factor with the library search, which is faster.
+constexpr size_t kShortNeedle = 32;
+
+}  // namespace
+
+size_t FindText(std::string_view hay, std::string_view needle, size_t from) {
+  if (from > hay.size()) return std::string_view::npos;
+  if (needle.size() <= kShortNeedle) return hay.find(needle, from);
+  return KmpFind(hay, needle, from);
+}
+
+size_t RFindText(std::string_view hay, std::string_view needle, size_t end) {
+  end = std::min(end, hay.size());
+  if (needle.size() > end) return std::string_view::npos;
+  if (needle.size() <= kShortNeedle) return hay.substr(0, end).rfind(needle);
+  // Search the reversed text for the reversed needle: the first hit there is the last here.
+  std::string rh(hay.substr(0, end).rbegin(), hay.substr(0, end).rend());
+  std::string rn(needle.rbegin(), needle.rend());
+  size_t at = KmpFind(rh, rn, 0);
+  return at == std::string_view::npos ? at : end - at - needle.size();
 }
 
 size_t CodePointCount(std::string_view s) {

@@ -133,8 +133,9 @@ inline Value Value::MakeCallable(Callable c) {
 
 std::string_view KindName(Value::Kind kind);
 
-// How a value prints in {{ }}: none and undefined print nothing; containers print as JSON.
-std::string ToOutputString(const Value& v);
+// How a value prints in {{ }}: none and undefined print nothing; containers print as JSON,
+// which fails past `max_bytes`.
+Result<std::string> ToOutputString(const Value& v, size_t max_bytes);
 // Python's repr() of a float: shortest round-trip digits, "1.0" rather than "1".
 std::string FloatRepr(double d);
 
@@ -154,10 +155,18 @@ Result<std::string> ToJson(const Value& v, const JsonOptions& options, size_t ma
 // UTF-8 helpers. Invalid bytes decode as single code points so nothing is ever dropped.
 std::vector<std::string_view> SplitCodePoints(std::string_view s);
 size_t CodePointCount(std::string_view s);
+// Byte offset of code point `index` (s.size() when past the end), without materializing a split.
+size_t CodePointOffset(std::string_view s, size_t index);
 bool IsUnicodeSpace(uint32_t cp);
 // Decodes one code point at s[i]; advances i. Invalid bytes yield their byte value.
 uint32_t DecodeUtf8(std::string_view s, size_t& i);
 void AppendUtf8(std::string& out, uint32_t cp);
+// Substring search in linear time whatever the needle (std::string::find is quadratic in the
+// worst case, and templates control both operands). npos when absent.
+size_t FindText(std::string_view hay, std::string_view needle, size_t from = 0);
+// The last occurrence that ends at or before `end`.
+size_t RFindText(std::string_view hay, std::string_view needle, size_t end);
+
 // Simple (one-to-one) case mapping for Latin, Greek, Cyrillic, Armenian and fullwidth letters;
 // other code points, and invalid bytes, are kept as they are.
 uint32_t UpperCodePoint(uint32_t cp);

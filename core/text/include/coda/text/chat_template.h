@@ -1,12 +1,13 @@
 // Chat-template rendering: the Jinja subset that Hugging Face chat templates (DeepSeek V2/V3/R1/V3.1
 // and similar) are written in.
 //
-// Rendering follows @huggingface/jinja, the engine transformers.js uses, byte for byte on those
+// Output matches @huggingface/jinja (the engine transformers.js uses) byte for byte on those
 // templates: trim_blocks and lstrip_blocks are on, one trailing newline of the template is dropped,
 // none and undefined print as nothing, booleans print as "true"/"false", and lists and dicts print
-// as JSON. Every failure, including raise_exception() in the template and the work limits below, is
-// an error Status naming the line and column in the template; nothing here throws or aborts on
-// template or context input.
+// as JSON. Where that engine leaks JavaScript behaviour (loose ==, JS %, arrays printing as "1,2"),
+// Python Jinja's semantics apply instead. Every failure, including raise_exception() in the
+// template and the work limits below, is an error Status naming the line and column in the
+// template; nothing here throws or aborts on template or context input.
 //
 // Callers pass the context as nlohmann JSON; they need nlohmann_json on their include path.
 #pragma once
