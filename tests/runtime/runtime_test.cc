@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 #include "../common/test_util.h"
 #include "coda/runtime.h"
@@ -98,6 +99,34 @@ TEST(Session, RewindGivesTheSameLogitsAsARecompute) {
   auto y = s->Forward(std::span(b + 1, 1));
   ASSERT_TRUE(y.ok());
   EXPECT_EQ(after_rewind, std::vector<float>(y->begin(), y->end()));
+}
+
+// Sessions on one context from several threads give the same logits as one after another.
+TEST(Session, SessionsShareAContextAcrossThreads) {
+  auto ctx = CpuContext();
+  SessionOptions so;
+  so.n_ctx = 32;
+  auto model = GoldenModel("v3-fp8");
+  const std::vector<std::vector<int32_t>> prompts = {{0, 5, 9, 17}, {0, 99, 3}, {0, 7, 7, 7, 7, 1}};
+  std::vector<std::vector<float>> sequential, parallel(prompts.size());
+  for (const auto& p : prompts) {
+    auto s = std::move(Session::Create(*ctx, model, so).value());
+    auto r = s->Forward(p);
+    ASSERT_TRUE(r.ok());
+    sequential.emplace_back(r->begin(), r->end());
+  }
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    threads.emplace_back([&, i] {
+      auto s = std::move(Session::Create(*ctx, model, so).value());
+      for (int rep = 0; rep < 3; ++rep) {
+        s->Reset();
+        auto r = s->Forward(prompts[i]);
+        if (r.ok()) parallel[i].assign(r->begin(), r->end());
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(parallel, sequential);
 }
 
 TEST(Session, ContextLongerThanTheModelIsRefused) {

@@ -161,6 +161,16 @@ int main(int argc, char** argv) {
   out["active_weight_bytes"] = m.active_weight_bytes();
   out["kv_bytes_per_token"] = s.kv_cache().bytes_per_token();
 
+  // Per-op wall time, by phase: the observer runs after each node.
+  std::map<std::string, std::map<std::string, double>> op_seconds;  // phase -> op -> seconds
+  std::string phase;
+  Clock::time_point last;
+  if (profile)
+    s.set_observer([&](const GraphNode& node, std::span<const coda_tensor>) {
+      const auto now = Clock::now();
+      if (!phase.empty()) op_seconds[phase][std::string(OpTypeName(node.op))] += Seconds(last, now);
+      last = now;
+    });
   if (pp > 0) {
     // One warm-up prefill (page faults of the mapping, allocation), then the timed one.
     auto warm = random_tokens(std::min<uint32_t>(pp, 16));
@@ -168,20 +178,13 @@ int main(int argc, char** argv) {
     s.Reset();
     const auto t = random_tokens(pp);
     const auto t0 = Clock::now();
+    phase = "pp";
+    last = t0;
     if (auto r = s.Forward(t); !r.ok()) return tools::Fail(kTool, r.status());
+    phase.clear();
     const double sec = Seconds(t0, Clock::now());
     out["pp"] = {{"tokens", pp}, {"seconds", sec}, {"tokens_per_s", pp / sec}};
   }
-  // Per-op wall time of the decode steps: the observer runs after each node.
-  std::map<std::string, double> op_seconds;
-  Clock::time_point last;
-  bool timing = false;
-  if (profile)
-    s.set_observer([&](const GraphNode& node, std::span<const coda_tensor>) {
-      const auto now = Clock::now();
-      if (timing) op_seconds[std::string(OpTypeName(node.op))] += Seconds(last, now);
-      last = now;
-    });
   auto& tgs = out["tg"] = nlohmann::json::array();
   for (int32_t depth : depths) {
     s.Reset();
@@ -189,13 +192,13 @@ int main(int argc, char** argv) {
     int32_t next = tok(rng);
     if (auto r = s.Forward(std::span(&next, 1)); !r.ok()) return tools::Fail(kTool, r.status());  // warm-up
     const auto t0 = Clock::now();
-    timing = true;
+    phase = "tg";
     for (uint32_t i = 0; i < tg; ++i) {
       next = tok(rng);
       last = Clock::now();
       if (auto r = s.Forward(std::span(&next, 1)); !r.ok()) return tools::Fail(kTool, r.status());
     }
-    timing = false;
+    phase.clear();
     const double sec = Seconds(t0, Clock::now()) / tg;
     // Average cache depth read during the steps.
     const double kv = static_cast<double>(s.kv_cache().bytes_per_token()) * (depth + 1 + tg / 2.0);
@@ -209,15 +212,17 @@ int main(int argc, char** argv) {
                    {"fraction_of_bound", bytes / sec / bandwidth}});
   }
   if (profile) {
-    double total = 0;
-    for (const auto& [op, sec] : op_seconds) total += sec;
-    auto& p = out["profile_ms_per_token"];
-    const double steps = static_cast<double>(tg) * static_cast<double>(depths.size());
-    for (const auto& [op, sec] : op_seconds) p[op] = sec / steps * 1e3;
-    if (!json) {
-      std::printf("decode time by op (all depths):\n");
-      for (const auto& [op, sec] : op_seconds)
-        std::printf("  %-14s %7.2f ms/token  %5.1f%%\n", op.c_str(), sec / steps * 1e3, 100 * sec / total);
+    const double decode_steps = static_cast<double>(tg) * static_cast<double>(depths.size());
+    for (const auto& [ph, ops] : op_seconds) {
+      const double per = ph == "pp" ? pp : decode_steps;  // ms per token
+      double total = 0;
+      for (const auto& [op, sec] : ops) total += sec;
+      auto& p = out["profile_ms_per_token"][ph];
+      for (const auto& [op, sec] : ops) p[op] = sec / per * 1e3;
+      if (json) continue;
+      std::printf("%s time by op (ms per token):\n", ph == "pp" ? "prefill" : "decode (all depths)");
+      for (const auto& [op, sec] : ops)
+        std::printf("  %-14s %8.3f  %5.1f%%\n", op.c_str(), sec / per * 1e3, 100 * sec / total);
       std::printf("\n");
     }
   }

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "coda_backend.h"
 
@@ -61,7 +62,8 @@ const Kernels* Avx512Kernels();  // nullptr when not compiled in
 // The best set this CPU runs; CODA_CPU_KERNELS=ref|avx2|avx512 forces one (for tests).
 const Kernels& SelectKernels();
 
-// Scalar conversions shared by the kernel builds.
+// Scalar conversions shared by the kernel builds. A backend depends on nothing of Coda but the
+// ABI header, so it carries its own rather than using formats/common.
 inline float Bf16ToF32(uint16_t v) {
   const uint32_t u = static_cast<uint32_t>(v) << 16;
   float f;
@@ -75,6 +77,18 @@ inline uint16_t F32ToBf16(float f) {
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
   u += 0x7fffu + ((u >> 16) & 1u);
   return static_cast<uint16_t>(u >> 16);
+}
+
+// Calls f(std::integral_constant<uint32_t, DT>{}) with the weight dtype as a compile-time value;
+// returns false for dtypes the SIMD kernels do not handle (the caller falls back to reference).
+template <typename F>
+inline bool WithWeightDType(uint32_t dtype, F&& f) {
+  switch (dtype) {
+    case CODA_DTYPE_F32: f(std::integral_constant<uint32_t, CODA_DTYPE_F32>{}); return true;
+    case CODA_DTYPE_BF16: f(std::integral_constant<uint32_t, CODA_DTYPE_BF16>{}); return true;
+    case CODA_DTYPE_FP8_E4M3: f(std::integral_constant<uint32_t, CODA_DTYPE_FP8_E4M3>{}); return true;
+    default: return false;
+  }
 }
 
 inline float WeightScale(const Weight& w, uint64_t r, uint64_t c) {

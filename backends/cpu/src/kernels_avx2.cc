@@ -96,12 +96,8 @@ void MatmulRowsT(const Weight& w, const float* x, size_t ldx, size_t n, float* y
 }
 
 void MatmulRows(const Weight& w, const float* x, size_t ldx, size_t n, float* y, size_t ldy, uint64_t r0, uint64_t r1) {
-  switch (w.dtype) {
-    case CODA_DTYPE_F32: return MatmulRowsT<CODA_DTYPE_F32>(w, x, ldx, n, y, ldy, r0, r1);
-    case CODA_DTYPE_BF16: return MatmulRowsT<CODA_DTYPE_BF16>(w, x, ldx, n, y, ldy, r0, r1);
-    case CODA_DTYPE_FP8_E4M3: return MatmulRowsT<CODA_DTYPE_FP8_E4M3>(w, x, ldx, n, y, ldy, r0, r1);
-    default: ReferenceKernels().matmul_rows(w, x, ldx, n, y, ldy, r0, r1);
-  }
+  if (!WithWeightDType(w.dtype, [&](auto dt) { MatmulRowsT<dt()>(w, x, ldx, n, y, ldy, r0, r1); }))
+    ReferenceKernels().matmul_rows(w, x, ldx, n, y, ldy, r0, r1);
 }
 
 template <uint32_t DT>
@@ -121,12 +117,8 @@ void DequantRowsT(const Weight& w, uint64_t r0, uint64_t r1, float* out) {
 }
 
 void DequantRows(const Weight& w, uint64_t r0, uint64_t r1, float* out) {
-  switch (w.dtype) {
-    case CODA_DTYPE_F32: return DequantRowsT<CODA_DTYPE_F32>(w, r0, r1, out);
-    case CODA_DTYPE_BF16: return DequantRowsT<CODA_DTYPE_BF16>(w, r0, r1, out);
-    case CODA_DTYPE_FP8_E4M3: return DequantRowsT<CODA_DTYPE_FP8_E4M3>(w, r0, r1, out);
-    default: ReferenceKernels().dequant_rows(w, r0, r1, out);
-  }
+  if (!WithWeightDType(w.dtype, [&](auto dt) { DequantRowsT<dt()>(w, r0, r1, out); }))
+    ReferenceKernels().dequant_rows(w, r0, r1, out);
 }
 
 template <uint32_t DT>
@@ -145,12 +137,8 @@ void MatvecTT(const Weight& w, uint64_t r0, uint64_t r1, const float* x, float* 
 }
 
 void MatvecT(const Weight& w, uint64_t r0, uint64_t r1, const float* x, float* y) {
-  switch (w.dtype) {
-    case CODA_DTYPE_F32: return MatvecTT<CODA_DTYPE_F32>(w, r0, r1, x, y);
-    case CODA_DTYPE_BF16: return MatvecTT<CODA_DTYPE_BF16>(w, r0, r1, x, y);
-    case CODA_DTYPE_FP8_E4M3: return MatvecTT<CODA_DTYPE_FP8_E4M3>(w, r0, r1, x, y);
-    default: ReferenceKernels().matvec_t(w, r0, r1, x, y);
-  }
+  if (!WithWeightDType(w.dtype, [&](auto dt) { MatvecTT<dt()>(w, r0, r1, x, y); }))
+    ReferenceKernels().matvec_t(w, r0, r1, x, y);
 }
 
 inline __m256 Bf16x8(const uint16_t* p) {

@@ -139,12 +139,8 @@ void MatmulRowsT(const Weight& w, const float* x, size_t ldx, size_t n, float* y
 }
 
 void MatmulRows(const Weight& w, const float* x, size_t ldx, size_t n, float* y, size_t ldy, uint64_t r0, uint64_t r1) {
-  switch (w.dtype) {
-    case CODA_DTYPE_F32: return MatmulRowsT<CODA_DTYPE_F32>(w, x, ldx, n, y, ldy, r0, r1);
-    case CODA_DTYPE_BF16: return MatmulRowsT<CODA_DTYPE_BF16>(w, x, ldx, n, y, ldy, r0, r1);
-    case CODA_DTYPE_FP8_E4M3: return MatmulRowsT<CODA_DTYPE_FP8_E4M3>(w, x, ldx, n, y, ldy, r0, r1);
-    default: ReferenceKernels().matmul_rows(w, x, ldx, n, y, ldy, r0, r1);
-  }
+  if (!WithWeightDType(w.dtype, [&](auto dt) { MatmulRowsT<dt()>(w, x, ldx, n, y, ldy, r0, r1); }))
+    ReferenceKernels().matmul_rows(w, x, ldx, n, y, ldy, r0, r1);
 }
 
 // Calls f(c, mask, scale) for each 16-column chunk of a row, with the row's block scale (FP8)
@@ -171,12 +167,8 @@ void DequantRowsT(const Weight& w, uint64_t r0, uint64_t r1, float* out) {
 }
 
 void DequantRows(const Weight& w, uint64_t r0, uint64_t r1, float* out) {
-  switch (w.dtype) {
-    case CODA_DTYPE_F32: return DequantRowsT<CODA_DTYPE_F32>(w, r0, r1, out);
-    case CODA_DTYPE_BF16: return DequantRowsT<CODA_DTYPE_BF16>(w, r0, r1, out);
-    case CODA_DTYPE_FP8_E4M3: return DequantRowsT<CODA_DTYPE_FP8_E4M3>(w, r0, r1, out);
-    default: ReferenceKernels().dequant_rows(w, r0, r1, out);
-  }
+  if (!WithWeightDType(w.dtype, [&](auto dt) { DequantRowsT<dt()>(w, r0, r1, out); }))
+    ReferenceKernels().dequant_rows(w, r0, r1, out);
 }
 
 template <uint32_t DT>
@@ -192,12 +184,8 @@ void MatvecTT(const Weight& w, uint64_t r0, uint64_t r1, const float* x, float* 
 }
 
 void MatvecT(const Weight& w, uint64_t r0, uint64_t r1, const float* x, float* y) {
-  switch (w.dtype) {
-    case CODA_DTYPE_F32: return MatvecTT<CODA_DTYPE_F32>(w, r0, r1, x, y);
-    case CODA_DTYPE_BF16: return MatvecTT<CODA_DTYPE_BF16>(w, r0, r1, x, y);
-    case CODA_DTYPE_FP8_E4M3: return MatvecTT<CODA_DTYPE_FP8_E4M3>(w, r0, r1, x, y);
-    default: ReferenceKernels().matvec_t(w, r0, r1, x, y);
-  }
+  if (!WithWeightDType(w.dtype, [&](auto dt) { MatvecTT<dt()>(w, r0, r1, x, y); }))
+    ReferenceKernels().matvec_t(w, r0, r1, x, y);
 }
 
 float Dot(const float* a, const float* b, size_t n) {
@@ -251,6 +239,24 @@ inline __m512 CacheLoad(const MlaAttendArgs& a, size_t p, size_t i, __mmask16 m)
   return _mm512_maskz_loadu_ps(m, static_cast<const float*>(a.cache) + p * a.row + i);
 }
 
+// exp(x) for 16 lanes: x = n ln2 + r with |r| <= ln2/2, a degree-6 polynomial for e^r (relative
+// error below 2e-7), and 2^n built in the exponent bits. Inputs here are <= 0 (max-subtracted).
+inline __m512 Exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+  const __m512 rr = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(1.0f));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
 // G heads at once: each cache chunk is loaded and converted once for all of them.
 template <int G>
 void MlaAttendGroup(const MlaAttendArgs& a, size_t h0) {
@@ -277,24 +283,46 @@ void MlaAttendGroup(const MlaAttendArgs& a, size_t h0) {
       mx[g] = std::max(mx[g], sc);
     }
   }
-  float inv[G];
+  // Softmax weights, normalized in place.
   for (int g = 0; g < G; ++g) {
     float* s = a.scores + (h0 + g) * a.visible;
-    float sum = 0;
-    for (size_t p = 0; p < a.visible; ++p) sum += (s[p] = std::exp(s[p] - mx[g]));
-    inv[g] = 1.0f / sum;
-    std::fill(a.olat + (h0 + g) * a.c, a.olat + (h0 + g + 1) * a.c, 0.0f);
+    const __m512 mv = _mm512_set1_ps(mx[g]);
+    __m512 sum = _mm512_setzero_ps();
+    for (size_t p = 0; p < a.visible; p += 16) {
+      const __mmask16 m = TailMask(a.visible - p);
+      const __m512 e = _mm512_maskz_mov_ps(m, Exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + p), mv)));
+      _mm512_mask_storeu_ps(s + p, m, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+    for (size_t p = 0; p < a.visible; p += 16) {
+      const __mmask16 m = TailMask(a.visible - p);
+      _mm512_mask_storeu_ps(s + p, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + p), inv));
+    }
   }
-  for (size_t p = 0; p < a.visible; ++p) {
-    __m512 w[G];
-    for (int g = 0; g < G; ++g) w[g] = _mm512_set1_ps(a.scores[(h0 + g) * a.visible + p] * inv[g]);
-    for (size_t i = 0; i < a.c; i += 16) {
-      const __mmask16 m = TailMask(a.c - i);
-      const __m512 v = CacheLoad(a, p, i, m);
-      for (int g = 0; g < G; ++g) {
-        float* o = a.olat + (h0 + g) * a.c + i;
-        _mm512_mask_storeu_ps(o, m, _mm512_fmadd_ps(w[g], v, _mm512_maskz_loadu_ps(m, o)));
+  // olat[g] = sum_p w[g][p] * lat[p]. Positions go in blocks that stay in L2; within a block,
+  // four 16-wide chunks of the latent at a time, every head's partial sums in registers.
+  constexpr size_t kRowsPerBlock = 64;
+  for (size_t pb = 0; pb < a.visible; pb += kRowsPerBlock) {
+    const size_t pe = std::min(a.visible, pb + kRowsPerBlock);
+    for (size_t i0 = 0; i0 < a.c; i0 += 64) {
+      __mmask16 m[4];
+      for (int k = 0; k < 4; ++k) m[k] = i0 + 16 * k < a.c ? TailMask(a.c - i0 - 16 * k) : 0;
+      __m512 acc[G][4];
+      for (int g = 0; g < G; ++g)
+        for (int k = 0; k < 4; ++k)
+          acc[g][k] = pb == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m[k], a.olat + (h0 + g) * a.c + i0 + 16 * k);
+      for (size_t p = pb; p < pe; ++p) {
+        __m512 v[4];
+        for (int k = 0; k < 4; ++k) v[k] = CacheLoad(a, p, i0 + 16 * k, m[k]);
+        for (int g = 0; g < G; ++g) {
+          const __m512 w = _mm512_set1_ps(a.scores[(h0 + g) * a.visible + p]);
+          for (int k = 0; k < 4; ++k) acc[g][k] = _mm512_fmadd_ps(w, v[k], acc[g][k]);
+        }
       }
+      for (int g = 0; g < G; ++g)
+        for (int k = 0; k < 4; ++k)
+          if (m[k]) _mm512_mask_storeu_ps(a.olat + (h0 + g) * a.c + i0 + 16 * k, m[k], acc[g][k]);
     }
   }
 }

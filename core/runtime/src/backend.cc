@@ -81,13 +81,18 @@ Backend::~Backend() {
 }
 
 std::string Backend::describe() const {
+  std::lock_guard<std::mutex> lock(mu_);
   const char* d = api_.describe(self_);
   return d ? d : "";
 }
 
-bool Backend::Supports(const coda_op& op) const { return api_.supports_op(self_, &op) != 0; }
+bool Backend::Supports(const coda_op& op) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return api_.supports_op(self_, &op) != 0;
+}
 
 Status Backend::Execute(const coda_op& op) const {
+  std::lock_guard<std::mutex> lock(mu_);
   char error[kErrorSize] = {};
   const coda_status_code code = api_.execute(self_, &op, error, sizeof error);
   if (code == CODA_STATUS_OK) return Status::Ok();
@@ -99,6 +104,7 @@ Status Backend::Missing(const char* what) const {
 }
 
 Result<std::vector<DeviceInfo>> Backend::Devices() const {
+  std::lock_guard<std::mutex> lock(mu_);
   if (!has_devices()) return Missing("device information");
   std::vector<DeviceInfo> out;
   const uint32_t n = api_.device_count(self_);
@@ -116,6 +122,7 @@ Result<std::vector<DeviceInfo>> Backend::Devices() const {
 }
 
 Result<void*> Backend::Prepare(const coda_weights& weights) const {
+  std::lock_guard<std::mutex> lock(mu_);
   if (!has_prepare()) return static_cast<void*>(nullptr);
   void* prepared = nullptr;
   char error[kErrorSize] = {};
@@ -125,10 +132,12 @@ Result<void*> Backend::Prepare(const coda_weights& weights) const {
 }
 
 void Backend::Release(void* prepared) const {
+  std::lock_guard<std::mutex> lock(mu_);
   if (api_.release) api_.release(self_, prepared);
 }
 
 Status Backend::Synchronize() const {
+  std::lock_guard<std::mutex> lock(mu_);
   if (!has_synchronize()) return Status::Ok();
   char error[kErrorSize] = {};
   const coda_status_code code = api_.synchronize(self_, error, sizeof error);
@@ -136,6 +145,7 @@ Status Backend::Synchronize() const {
 }
 
 Result<coda_buffer> Backend::AllocBuffer(uint64_t size) const {
+  std::lock_guard<std::mutex> lock(mu_);
   if (!has_buffers()) return Missing("buffers");
   coda_buffer b = nullptr;
   char error[kErrorSize] = {};
@@ -146,10 +156,12 @@ Result<coda_buffer> Backend::AllocBuffer(uint64_t size) const {
 }
 
 void Backend::FreeBuffer(coda_buffer buffer) const {
+  std::lock_guard<std::mutex> lock(mu_);
   if (api_.buffer_free && buffer) api_.buffer_free(self_, buffer);
 }
 
 Status Backend::Upload(coda_buffer dst, uint64_t dst_offset, const void* src, uint64_t size, coda_queue queue) const {
+  std::lock_guard<std::mutex> lock(mu_);
   if (!has_buffers()) return Missing("buffers");
   char error[kErrorSize] = {};
   const coda_status_code code = api_.buffer_upload(self_, dst, dst_offset, src, size, queue, error, sizeof error);
@@ -157,6 +169,7 @@ Status Backend::Upload(coda_buffer dst, uint64_t dst_offset, const void* src, ui
 }
 
 Status Backend::Download(coda_buffer src, uint64_t src_offset, void* dst, uint64_t size, coda_queue queue) const {
+  std::lock_guard<std::mutex> lock(mu_);
   if (!has_buffers()) return Missing("buffers");
   char error[kErrorSize] = {};
   const coda_status_code code = api_.buffer_download(self_, src, src_offset, dst, size, queue, error, sizeof error);
@@ -165,6 +178,7 @@ Status Backend::Download(coda_buffer src, uint64_t src_offset, void* dst, uint64
 
 Status Backend::Copy(coda_buffer src, uint64_t src_offset, coda_buffer dst, uint64_t dst_offset, uint64_t size,
                      coda_queue queue) const {
+  std::lock_guard<std::mutex> lock(mu_);
   if (!has_buffers()) return Missing("buffers");
   char error[kErrorSize] = {};
   const coda_status_code code =
@@ -173,6 +187,7 @@ Status Backend::Copy(coda_buffer src, uint64_t src_offset, coda_buffer dst, uint
 }
 
 Result<coda_event> Backend::CreateEvent() const {
+  std::lock_guard<std::mutex> lock(mu_);
   if (!has_events()) return Missing("events");
   coda_event e = nullptr;
   char error[kErrorSize] = {};
@@ -183,6 +198,7 @@ Result<coda_event> Backend::CreateEvent() const {
 }
 
 Status Backend::RecordEvent(coda_event event, coda_queue queue) const {
+  std::lock_guard<std::mutex> lock(mu_);
   if (!has_events()) return Missing("events");
   char error[kErrorSize] = {};
   const coda_status_code code = api_.event_record(self_, event, queue, error, sizeof error);
@@ -190,6 +206,7 @@ Status Backend::RecordEvent(coda_event event, coda_queue queue) const {
 }
 
 Status Backend::WaitEvent(coda_event event, coda_queue queue) const {
+  std::lock_guard<std::mutex> lock(mu_);
   if (!has_events()) return Missing("events");
   char error[kErrorSize] = {};
   const coda_status_code code = api_.event_wait(self_, event, queue, error, sizeof error);
@@ -197,6 +214,7 @@ Status Backend::WaitEvent(coda_event event, coda_queue queue) const {
 }
 
 void Backend::DestroyEvent(coda_event event) const {
+  std::lock_guard<std::mutex> lock(mu_);
   if (api_.event_destroy && event) api_.event_destroy(self_, event);
 }
 

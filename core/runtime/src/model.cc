@@ -29,9 +29,14 @@ std::vector<float> RopeInvFreq(const ModelConfig& c, bool yarn) {
 
 }  // namespace
 
-Result<std::shared_ptr<Model>> Model::Load(const std::string& path) {
+Result<std::shared_ptr<Model>> Model::Load(const std::string& path, const ModelLoadOptions& options) {
   std::shared_ptr<Model> m(new Model());
   CODA_ASSIGN_OR_RETURN(m->file_, ModelFile::Open(path));
+  const uint64_t available = AvailableMemoryBytes();
+  const bool prefault = options.prefault == ModelLoadOptions::Prefault::kAlways ||
+                        (options.prefault == ModelLoadOptions::Prefault::kAuto && available > 0 &&
+                         m->file_.file_size() <= available / 2);
+  if (prefault && m->file_.mapping()) m->file_.mapping()->Populate();
   const ModelConfig& c = m->file_.config();
   const auto& refs = m->file_.tensors();
   m->tensors_.resize(refs.size());

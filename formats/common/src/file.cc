@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 namespace coda {
@@ -85,6 +86,30 @@ void MappedFile::WillNeed(uint64_t offset, uint64_t length) const {
 }
 void MappedFile::DontNeed(uint64_t offset, uint64_t length) const {
   Advise(data_, size_, offset, length, MADV_DONTNEED);
+}
+
+void MappedFile::Populate() const {
+  if (!data_) return;
+#ifdef MADV_POPULATE_READ
+  if (::madvise(const_cast<uint8_t*>(data_), size_, MADV_POPULATE_READ) == 0) return;
+#else
+  // Linux 5.14+; older kernels reject it and we touch the pages instead.
+  if (::madvise(const_cast<uint8_t*>(data_), size_, 22) == 0) return;
+#endif
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  volatile uint8_t sink = 0;
+  for (uint64_t o = 0; o < size_; o += page) sink = sink ^ data_[o];
+}
+
+uint64_t AvailableMemoryBytes() {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (!f) return 0;
+  char line[256];
+  unsigned long long kb = 0;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
+  std::fclose(f);
+  return static_cast<uint64_t>(kb) * 1024;
 }
 
 Result<std::string> ReadTextFile(const std::string& path, uint64_t max_bytes) {

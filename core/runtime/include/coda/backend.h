@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -84,7 +85,9 @@ std::string_view DeviceKindName(coda_device_kind kind);
 using LogFn = std::function<void(int level, const std::string& message)>;
 
 // A backend instance created from a library's table. Optional ABI functions are reached through
-// has_*() checks; calling one the backend lacks returns an Unsupported status.
+// has_*() checks; calling one the backend lacks returns an Unsupported status. Instances keep
+// scratch memory and threads, and the ABI promises one caller at a time, so every call into an
+// instance is serialized: sessions may share a Context across threads.
 class Backend {
  public:
   static Result<std::unique_ptr<Backend>> Create(const BackendLibrary& library, const coda_backend_options& options,
@@ -139,6 +142,7 @@ class Backend {
   coda_host host_{};        // must outlive the instance: the backend may keep the pointer
   LogFn log_;
   void* self_ = nullptr;
+  mutable std::mutex mu_;
 };
 
 }  // namespace coda

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -52,10 +53,17 @@ class Context {
   std::vector<std::unique_ptr<Backend>> backends_;
 };
 
+struct ModelLoadOptions {
+  // Map every page at load time. Decoding touches experts at random; without this the first
+  // tokens fault the file in page by page. kAuto: when the file takes at most half of the
+  // available memory (a model larger than that is left to demand paging).
+  enum class Prefault { kAuto, kAlways, kNever } prefault = Prefault::kAuto;
+};
+
 // A loaded model: the mapped file plus what the ops need, derived once.
 class Model {
  public:
-  static Result<std::shared_ptr<Model>> Load(const std::string& path);
+  static Result<std::shared_ptr<Model>> Load(const std::string& path, const ModelLoadOptions& options = {});
 
   const ModelConfig& config() const { return file_.config(); }
   const ModelFile& file() const { return file_; }

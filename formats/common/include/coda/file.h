@@ -32,6 +32,9 @@ class MappedFile {
   // Tells the kernel a range will (not) be needed soon; advisory, never fails.
   void WillNeed(uint64_t offset, uint64_t length) const;
   void DontNeed(uint64_t offset, uint64_t length) const;
+  // Maps every page of the file into this process now (reading it if not cached), so that
+  // later first touches do not fault one page at a time.
+  void Populate() const;
 
  private:
   const uint8_t* data_ = nullptr;
@@ -43,6 +46,8 @@ class MappedFile {
 Result<std::string> ReadTextFile(const std::string& path, uint64_t max_bytes);
 
 bool FileExists(const std::string& path);
+// MemAvailable from /proc/meminfo in bytes, 0 when unknown.
+uint64_t AvailableMemoryBytes();
 bool IsDirectory(const std::string& path);
 
 // Writes `path` through a temporary file in the same directory; the file appears under its
