@@ -94,6 +94,9 @@ class EditLineReader final : public LineReader {
     el_set(el_, EL_EDITOR, "emacs");
     el_set(el_, EL_HIST, history, hist_);
     el_set(el_, EL_GETCFN, &ReadKey);
+    // libedit's handlers put the terminal back for Ctrl-Z and resume editing after fg (they pass
+    // each signal on to ours, so Ctrl-C still arrives).
+    el_set(el_, EL_SIGNAL, 1);
     el_source(el_, nullptr);  // the user's ~/.editrc, if any
   }
   ~EditLineReader() override {
