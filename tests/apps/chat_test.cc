@@ -48,6 +48,7 @@ size_t Command(PtyProcess& p, size_t from, const std::string& line, const std::s
   const size_t prompt = p.WaitFor("> ", from, kStep);
   EXPECT_NE(prompt, std::string::npos) << p.output().substr(std::min(from, p.size()));
   if (prompt == std::string::npos) return prompt;
+  EXPECT_TRUE(p.WaitForKeyMode(kStep));
   p.Send(line);
   const size_t at = p.WaitFor(expect, prompt, kStep);
   EXPECT_NE(at, std::string::npos) << "after " << line << ":\n" << p.output().substr(prompt);
@@ -66,8 +67,7 @@ TEST(ChatTerminal, StreamsStopsOnCtrlCReportsStatsAndQuitsOnCtrlD) {
   const size_t prompt = StartChat(p, dir, {"--n-ctx", "4096", "--max-tokens", "4000", "--seed", "7"});
   ASSERT_NE(prompt, std::string::npos) << p.output();
 
-  p.Send("Hello there\r");
-  const size_t echo = p.WaitFor("Hello there", prompt, kStep);
+  const size_t echo = Command(p, prompt, "Hello there\r", "Hello there");
   ASSERT_NE(echo, std::string::npos) << p.output();
   // The answer streams: it keeps arriving, read after read, while it is being generated.
   const size_t answer_start = echo + 11;
@@ -149,15 +149,14 @@ TEST(ChatTerminal, CtrlCTwiceAtThePromptQuits) {
   const size_t prompt = StartChat(p, dir, {"--max-tokens", "4"});
   ASSERT_NE(prompt, std::string::npos) << p.output();
   // Ctrl-C on a line with text only drops the line.
-  p.Send("half a thought");
-  ASSERT_NE(p.WaitFor("half a thought", prompt, kStep), std::string::npos);
+  size_t at = Command(p, prompt, "half a thought", "half a thought");
+  ASSERT_NE(at, std::string::npos);
   p.Send("\x03");
-  ASSERT_NE(p.WaitFor("> ", p.output().find("half a thought", prompt), kStep), std::string::npos);
-  p.Send("\x03");
-  const size_t hint = p.WaitFor("Ctrl-C again or Ctrl-D to quit", prompt, kStep);
-  ASSERT_NE(hint, std::string::npos) << p.output().substr(prompt);
-  p.WaitFor("> ", hint, kStep);
-  p.Send("\x03");
+  // The first Ctrl-C on an empty line only says how to quit.
+  at = Command(p, at, "\x03", "Ctrl-C again or Ctrl-D to quit");
+  ASSERT_NE(at, std::string::npos);
+  EXPECT_EQ(p.output().find("Ctrl-C again"), at) << "the dropped line counted as the first Ctrl-C";
+  ASSERT_NE(Command(p, at, "\x03", "\n"), std::string::npos);
   EXPECT_EQ(p.Wait(kStep), 0) << p.output().substr(prompt);
 }
 
