@@ -35,7 +35,7 @@ Options:
   --min-p P             drop tokens below P x the likeliest one's probability (default 0)
   --repeat-penalty R    penalize the last 64 tokens (default 1: off)
   --seed N              sampling seed (default: random)
-  --n-ctx N             context length in tokens (default 4096, or the model's maximum)
+  --n-ctx N             context length in tokens (default 4096, or the model's maximum if lower)
   --max-tokens N        longest answer (default 2048; 0: until the context is full)
   --backend LIST        backends in order of preference (default: cpu)
   --threads N           CPU threads (default: one per core)

@@ -1,12 +1,15 @@
 #include "terminal.h"
 
+#include <fcntl.h>
 #include <histedit.h>
 #include <langinfo.h>
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <clocale>
+#include <cwchar>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -18,8 +21,60 @@ namespace {
 
 std::atomic<bool> g_interrupt{false};
 static_assert(std::atomic<bool>::is_always_lock_free, "the SIGINT handler needs a lock-free flag");
+// Self-pipe: the handler also writes a byte here, so that a wait for a key that began just
+// before the signal (when the flag was still clear) wakes up all the same.
+int g_wake[2] = {-1, -1};
 
-void OnSigint(int) { g_interrupt.store(true); }
+void OnSigint(int) {
+  g_interrupt.store(true);
+  if (g_wake[1] >= 0) {
+    const int saved = errno;
+    [[maybe_unused]] const ssize_t n = ::write(g_wake[1], "", 1);  // non-blocking: a full pipe is awake anyway
+    errno = saved;
+  }
+}
+
+// libedit's character reader, replaced so that a Ctrl-C at the prompt is never lost: with
+// libedit's own read() it is when the signal lands between the prompt being printed and the read
+// starting (the read then blocks as if nothing happened). Multi-byte characters are decoded for
+// the locale, as libedit's reader does.
+int ReadKey(EditLine*, wchar_t* out) {
+  std::mbstate_t state{};
+  for (;;) {
+    if (g_interrupt.load()) {
+      errno = EINTR;
+      return -1;
+    }
+    struct pollfd fds[2] = {{STDIN_FILENO, POLLIN, 0}, {g_wake[0], POLLIN, 0}};
+    if (::poll(fds, g_wake[0] >= 0 ? 2 : 1, -1) < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (g_wake[0] >= 0 && (fds[1].revents & POLLIN)) {
+      char drain[64];
+      while (::read(g_wake[0], drain, sizeof drain) > 0) {
+      }
+      continue;  // the flag says whether it was a Ctrl-C
+    }
+    if (!(fds[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+    char c;
+    const ssize_t n = ::read(STDIN_FILENO, &c, 1);
+    if (n == 0) return 0;
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      return -1;
+    }
+    wchar_t wc = 0;
+    const size_t r = std::mbrtowc(&wc, &c, 1, &state);
+    if (r == static_cast<size_t>(-2)) continue;  // more bytes of this character to come
+    if (r == static_cast<size_t>(-1)) {
+      state = std::mbstate_t{};
+      wc = 0xFFFD;
+    }
+    *out = wc;
+    return 1;
+  }
+}
 
 void StripNewline(std::string* s) {
   while (!s->empty() && (s->back() == '\n' || s->back() == '\r')) s->pop_back();
@@ -38,6 +93,10 @@ class EditLineReader final : public LineReader {
     el_set(el_, EL_PROMPT, &EditLineReader::PromptOf);
     el_set(el_, EL_EDITOR, "emacs");
     el_set(el_, EL_HIST, history, hist_);
+    el_set(el_, EL_GETCFN, &ReadKey);
+    // libedit's handlers put the terminal back for Ctrl-Z and resume editing after fg (they pass
+    // each signal on to ours, so Ctrl-C still arrives).
+    el_set(el_, EL_SIGNAL, 1);
     el_source(el_, nullptr);  // the user's ~/.editrc, if any
   }
   ~EditLineReader() override {
@@ -114,7 +173,8 @@ void InstallInterruptHandler() {
   struct sigaction sa {};
   sa.sa_handler = OnSigint;
   sigemptyset(&sa.sa_mask);
-  sa.sa_flags = 0;  // no SA_RESTART: a read blocked at the prompt returns EINTR
+  sa.sa_flags = 0;  // no SA_RESTART: a blocked read or poll returns EINTR
+  if (g_wake[0] < 0 && ::pipe2(g_wake, O_CLOEXEC | O_NONBLOCK) != 0) g_wake[0] = g_wake[1] = -1;
   sigaction(SIGINT, &sa, nullptr);
 }
 

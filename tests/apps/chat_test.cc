@@ -42,6 +42,19 @@ size_t StartChat(PtyProcess& p, const TempDir& dir, std::vector<std::string> ext
   return p.WaitFor("> ", banner, kStep);
 }
 
+// Waits for the prompt after `from` (keys sent earlier would reach the terminal before the line
+// editor takes it over), types `line`, and waits for `expect`; returns where it is, or npos.
+size_t Command(PtyProcess& p, size_t from, const std::string& line, const std::string& expect) {
+  const size_t prompt = p.WaitFor("> ", from, kStep);
+  EXPECT_NE(prompt, std::string::npos) << p.output().substr(std::min(from, p.size()));
+  if (prompt == std::string::npos) return prompt;
+  EXPECT_TRUE(p.WaitForKeyMode(kStep));
+  p.Send(line);
+  const size_t at = p.WaitFor(expect, prompt, kStep);
+  EXPECT_NE(at, std::string::npos) << "after " << line << ":\n" << p.output().substr(prompt);
+  return at;
+}
+
 std::string Words(int n) {
   std::string s;
   for (int i = 0; i < n; ++i) s += "word ";
@@ -54,8 +67,7 @@ TEST(ChatTerminal, StreamsStopsOnCtrlCReportsStatsAndQuitsOnCtrlD) {
   const size_t prompt = StartChat(p, dir, {"--n-ctx", "4096", "--max-tokens", "4000", "--seed", "7"});
   ASSERT_NE(prompt, std::string::npos) << p.output();
 
-  p.Send("Hello there\r");
-  const size_t echo = p.WaitFor("Hello there", prompt, kStep);
+  const size_t echo = Command(p, prompt, "Hello there\r", "Hello there");
   ASSERT_NE(echo, std::string::npos) << p.output();
   // The answer streams: it keeps arriving, read after read, while it is being generated.
   const size_t answer_start = echo + 11;
@@ -70,27 +82,33 @@ TEST(ChatTerminal, StreamsStopsOnCtrlCReportsStatsAndQuitsOnCtrlD) {
   const size_t stopped = p.WaitFor("[stopped]", answer_start, kStep);
   ASSERT_NE(stopped, std::string::npos) << p.output().substr(answer_start);
   EXPECT_EQ(p.output().find("[stopped at --max-tokens", answer_start), std::string::npos);
-  const size_t back = p.WaitFor("> ", stopped, kStep);
-  ASSERT_NE(back, std::string::npos) << p.output().substr(stopped);
 
-  p.Send("/stats\r");
-  const size_t kv = p.WaitFor("per position)", back, kStep);
-  ASSERT_NE(kv, std::string::npos) << p.output().substr(back);
-  const std::string stats = p.output().substr(back, kv - back);
+  const size_t kv = Command(p, stopped, "/stats\r", "per position)");
+  ASSERT_NE(kv, std::string::npos);
+  const std::string stats = p.output().substr(stopped, kv - stopped);
   EXPECT_NE(stats.find("prefill: "), std::string::npos) << stats;
   EXPECT_NE(stats.find("decode:  "), std::string::npos) << stats;
   EXPECT_NE(stats.find("tok/s"), std::string::npos) << stats;
   EXPECT_NE(stats.find("/ 4096 positions"), std::string::npos) << stats;
   EXPECT_NE(stats.find("KV cache: "), std::string::npos) << stats;
 
-  // A second turn works after the interrupted one.
-  const size_t before = p.WaitFor("> ", kv, kStep);
-  ASSERT_NE(before, std::string::npos);
-  p.Send("/stats\r");
-  ASSERT_NE(p.WaitFor("per position)", kv + 1, kStep), std::string::npos);
+  // A second turn after the interrupted one reuses the KV cache: its prompt starts with the
+  // first turn's.
+  size_t at = Command(p, kv, "Go on\r", "Go on");
+  ASSERT_NE(at, std::string::npos);
+  ASSERT_TRUE(p.WaitForGrowth(at + 60, kStep)) << p.output().substr(at);
+  p.Send("\x03");
+  at = p.WaitFor("[stopped]", at, kStep);
+  ASSERT_NE(at, std::string::npos) << p.output().substr(kv);
+  at = Command(p, at, "/stats\r", " reused from the KV cache)");
+  ASSERT_NE(at, std::string::npos);
+  const size_t comma = p.output().rfind(", ", at);
+  ASSERT_NE(comma, std::string::npos);
+  EXPECT_GE(std::stoul(p.output().substr(comma + 2, at - comma - 2)), 5u) << p.output().substr(comma, 40);
+  at = p.WaitFor("per position)", at, kStep);
 
   // Ctrl-D on an empty line quits cleanly.
-  p.Send("\x04");
+  ASSERT_NE(Command(p, at, "\x04", "\n"), std::string::npos);
   EXPECT_EQ(p.Wait(kStep), 0) << p.output().substr(kv);
 }
 
@@ -100,44 +118,26 @@ TEST(ChatTerminal, TooLongPromptLeavesTheSessionUsableAndSaveLoadWork) {
   const size_t prompt = StartChat(p, dir, {"--n-ctx", "64", "--max-tokens", "4", "--temp", "0"});
   ASSERT_NE(prompt, std::string::npos) << p.output();
 
-  p.Send(Words(100) + "\r");
-  const size_t err = p.WaitFor("more than the context's 64", prompt, kStep);
-  ASSERT_NE(err, std::string::npos) << p.output().substr(prompt);
-  size_t at = p.WaitFor("> ", err, kStep);
+  const size_t err = Command(p, prompt, Words(100) + "\r", "more than the context's 64");
+  ASSERT_NE(err, std::string::npos);
+  size_t at = Command(p, err, "Hi\r", "[stopped at --max-tokens 4]");
   ASSERT_NE(at, std::string::npos);
 
-  p.Send("Hi\r");
-  at = p.WaitFor("[stopped at --max-tokens 4]", at, kStep);
-  ASSERT_NE(at, std::string::npos) << p.output().substr(err);
-
   const std::string file = dir / "chat.json";
-  p.Send("/save " + file + "\r");
-  at = p.WaitFor("saved 2 messages", at, kStep);
-  ASSERT_NE(at, std::string::npos) << p.output().substr(err);
+  at = Command(p, at, "/save " + file + "\r", "saved 2 messages");
+  ASSERT_NE(at, std::string::npos);
   const json saved = json::parse(test::ReadFile(file));
   ASSERT_EQ(saved.size(), 2u) << saved;  // the refused message is not in it
   EXPECT_EQ(saved[0], json({{"role", "user"}, {"content", "Hi"}}));
   EXPECT_EQ(saved[1]["role"], "assistant");
 
-  p.Send("/reset\r");
-  at = p.WaitFor("conversation cleared", at, kStep);
-  ASSERT_NE(at, std::string::npos);
-  p.Send("/load " + file + "\r");
-  at = p.WaitFor("loaded 2 messages", at, kStep);
-  ASSERT_NE(at, std::string::npos) << p.output().substr(err);
-  p.Send("/load " + dir / "absent.json" + "\r");
-  at = p.WaitFor("absent.json", at + 1, kStep);
-  ASSERT_NE(at, std::string::npos);
-  p.Send("/system Be brief.\r");
-  at = p.WaitFor("system prompt set", at, kStep);
-  ASSERT_NE(at, std::string::npos);
-  p.Send("/frobnicate\r");
-  at = p.WaitFor("unknown command '/frobnicate'", at, kStep);
-  ASSERT_NE(at, std::string::npos);
-  p.Send("/help\r");
-  at = p.WaitFor("/save FILE", at, kStep);
-  ASSERT_NE(at, std::string::npos);
-  p.Send("/quit\r");
+  ASSERT_NE(at = Command(p, at, "/reset\r", "conversation cleared"), std::string::npos);
+  ASSERT_NE(at = Command(p, at, "/load " + file + "\r", "loaded 2 messages"), std::string::npos);
+  ASSERT_NE(at = Command(p, at, "/load " + dir / "absent.json\r", "error: "), std::string::npos);
+  ASSERT_NE(at = Command(p, at, "/system Be brief.\r", "system prompt set"), std::string::npos);
+  ASSERT_NE(at = Command(p, at, "/frobnicate\r", "unknown command '/frobnicate'"), std::string::npos);
+  ASSERT_NE(at = Command(p, at, "/help\r", "/save FILE"), std::string::npos);
+  ASSERT_NE(at = Command(p, at, "/quit\r", "\n"), std::string::npos);
   EXPECT_EQ(p.Wait(kStep), 0) << p.output().substr(err);
   // The lines went into the history file.
   EXPECT_NE(test::ReadFile(dir / "state/coda/chat_history").find("Hi"), std::string::npos);
@@ -149,15 +149,14 @@ TEST(ChatTerminal, CtrlCTwiceAtThePromptQuits) {
   const size_t prompt = StartChat(p, dir, {"--max-tokens", "4"});
   ASSERT_NE(prompt, std::string::npos) << p.output();
   // Ctrl-C on a line with text only drops the line.
-  p.Send("half a thought");
-  ASSERT_NE(p.WaitFor("half a thought", prompt, kStep), std::string::npos);
+  size_t at = Command(p, prompt, "half a thought", "half a thought");
+  ASSERT_NE(at, std::string::npos);
   p.Send("\x03");
-  ASSERT_NE(p.WaitFor("> ", p.output().find("half a thought", prompt), kStep), std::string::npos);
-  p.Send("\x03");
-  const size_t hint = p.WaitFor("Ctrl-C again or Ctrl-D to quit", prompt, kStep);
-  ASSERT_NE(hint, std::string::npos) << p.output().substr(prompt);
-  p.WaitFor("> ", hint, kStep);
-  p.Send("\x03");
+  // The first Ctrl-C on an empty line only says how to quit.
+  at = Command(p, at, "\x03", "Ctrl-C again or Ctrl-D to quit");
+  ASSERT_NE(at, std::string::npos);
+  EXPECT_EQ(p.output().find("Ctrl-C again"), at) << "the dropped line counted as the first Ctrl-C";
+  ASSERT_NE(Command(p, at, "\x03", "\n"), std::string::npos);
   EXPECT_EQ(p.Wait(kStep), 0) << p.output().substr(prompt);
 }
 

@@ -7,6 +7,7 @@
 #include <pty.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -103,6 +104,19 @@ class PtyProcess {
       if (Clock::now() >= deadline || !Pump(100)) return out_.size() > size;
     }
     return true;
+  }
+
+  // Waits until the program has put the terminal in non-canonical mode (a line editor reading
+  // keys). A line editor prints its prompt before it switches, and a control key typed in that gap
+  // is taken by the kernel's line discipline instead (Ctrl-D becomes a cooked end-of-file), so a
+  // test that answers prompts at machine speed must wait for this, as a person never needs to.
+  bool WaitForKeyMode(std::chrono::seconds timeout) {
+    const auto deadline = Clock::now() + timeout;
+    for (;;) {
+      struct termios t {};
+      if (::tcgetattr(fd_, &t) == 0 && !(t.c_lflag & ICANON)) return true;
+      if (Clock::now() >= deadline || !Pump(20)) return false;
+    }
   }
 
   void Send(const std::string& bytes) {
