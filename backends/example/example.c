@@ -23,8 +23,9 @@ typedef struct example_instance {
   char description[96];
 } example_instance;
 
+/* One line; the host puts "example" (and, for execute, the op and node) in front of it. */
 static void set_error(char* error, size_t error_size, const char* message) {
-  if (error && error_size > 0) snprintf(error, error_size, "example: %s", message);
+  if (error && error_size > 0) snprintf(error, error_size, "%s", message);
 }
 
 static uint64_t dtype_size(uint32_t dtype) {

@@ -65,7 +65,7 @@ static coda_status_code plugin_execute(void* self, const coda_op* op, char* erro
     return CODA_STATUS_UNSUPPORTED;
   }
   if (op->layer >= 1) {
-    snprintf(error, error_size, "flaky: simulated device fault in layer %d", op->layer);
+    snprintf(error, error_size, "simulated device fault in layer %d", op->layer);
     return CODA_STATUS_DEVICE_ERROR;
   }
   a = (const float*)op->inputs[0].data;

@@ -204,7 +204,7 @@ TEST(Plugins, ABackendFailingMidGraphIsAnErrorAndTheSessionStaysUsable) {
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.status().code(), StatusCode::kInternal);
     EXPECT_EQ(r.status().message(),
-              "Add 'model.layers.1.attn_residual' on flaky: flaky: simulated device fault in layer 1");
+              "Add 'model.layers.1.attn_residual' on flaky: simulated device fault in layer 1");
     EXPECT_EQ((*s)->n_past(), 0u);
   }
   // The same model without the flaky backend still runs in this context.
@@ -244,7 +244,7 @@ TEST(Plugins, ToolsReportRefusalsAndMidGraphFailuresAsOneLine) {
   r = test::RunCommand(env + test::Tool("coda-logits") + " -m " + model + " --tokens 1,2,3 -o " + (dir / "x.f32") +
                        " --backend flaky,cpu");
   EXPECT_EQ(r.exit_code, 1) << r.out;
-  EXPECT_NE(r.out.find("coda-logits: error: Add 'model.layers.1.attn_residual' on flaky: flaky: simulated device fault "
+  EXPECT_NE(r.out.find("coda-logits: error: Add 'model.layers.1.attn_residual' on flaky: simulated device fault "
                        "in layer 1\n"),
             std::string::npos)
       << r.out;

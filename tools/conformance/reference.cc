@@ -265,7 +265,7 @@ struct Instance {
 };
 
 void CopyError(const std::string& m, char* error, size_t size) {
-  if (error && size) std::snprintf(error, size, "reference: %s", m.c_str());
+  if (error && size) std::snprintf(error, size, "%s", m.c_str());
 }
 
 bool HostMemoryOnly(const coda_op& op) {

@@ -38,6 +38,7 @@ struct Instance {
   std::string cpu_name;
 };
 
+// The host puts the backend's name (and the op) in front of the message.
 void CopyError(const std::string& m, char* error, size_t size) {
   if (!error || size == 0) return;
   std::snprintf(error, size, "%s", m.c_str());
@@ -68,7 +69,7 @@ uint64_t MemInfoBytes(const char* key) {
 coda_status_code Create(const coda_host* host, const coda_backend_options* options, void** self, char* error,
                         size_t error_size) {
   if (!host || host->struct_size < sizeof(uint32_t) * 2 || !self) {
-    CopyError("cpu: invalid arguments to create()", error, error_size);
+    CopyError("invalid arguments to create()", error, error_size);
     return CODA_STATUS_INVALID_ARGUMENT;
   }
   unsigned threads = 0;
@@ -76,13 +77,13 @@ coda_status_code Create(const coda_host* host, const coda_backend_options* optio
     threads = options->n_threads;
   if (options && options->struct_size >= offsetof(coda_backend_options, device) + sizeof(uint32_t) &&
       options->device != 0) {
-    CopyError("cpu: there is one device (0), not " + std::to_string(options->device), error, error_size);
+    CopyError("there is one device (0), not " + std::to_string(options->device), error, error_size);
     return CODA_STATUS_INVALID_ARGUMENT;
   }
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
   auto* inst = new (std::nothrow) Instance();
   if (!inst) {
-    CopyError("cpu: out of memory", error, error_size);
+    CopyError("out of memory", error, error_size);
     return CODA_STATUS_OUT_OF_MEMORY;
   }
   inst->pool = std::make_unique<ThreadPool>(threads);
@@ -122,7 +123,7 @@ std::string Resolve(coda_tensor& t, const char* what, uint32_t i) {
   if (t.data || !t.buffer) return "";
   const uint64_t bytes = TensorBytes(t);
   if (t.offset > t.buffer->size || bytes > t.buffer->size - t.offset)
-    return std::string("cpu: ") + what + " " + std::to_string(i) + " (" + std::to_string(bytes) + " bytes at offset " +
+    return std::string(what) + " " + std::to_string(i) + " (" + std::to_string(bytes) + " bytes at offset " +
            std::to_string(t.offset) + ") lies outside its buffer of " + std::to_string(t.buffer->size) + " bytes";
   t.data = static_cast<uint8_t*>(t.buffer->data) + t.offset;
   return "";
@@ -156,7 +157,7 @@ struct ResolvedOp {
     if (!src.kv.data && src.kv.buffer) {
       const uint64_t bytes = static_cast<uint64_t>(src.kv.n_ctx) * src.kv.row * DtypeBytes(src.kv.dtype);
       if (src.kv.offset > src.kv.buffer->size || bytes > src.kv.buffer->size - src.kv.offset)
-        return "cpu: the KV cache view lies outside its buffer";
+        return "the KV cache view lies outside its buffer";
       op.kv.data = static_cast<uint8_t*>(src.kv.buffer->data) + src.kv.offset;
     }
     op.inputs = in.data();
@@ -175,12 +176,12 @@ int SupportsOp(void*, const coda_op* op) {
 
 coda_status_code Execute(void* self, const coda_op* op, char* error, size_t error_size) {
   if (!op || op->struct_size < offsetof(coda_op, prepared)) {
-    CopyError("cpu: op struct from an unknown ABI revision", error, error_size);
+    CopyError("op struct from an unknown ABI revision", error, error_size);
     return CODA_STATUS_INVALID_ARGUMENT;
   }
   if (!SupportsOp(self, op)) {
     const std::string why = CheckOp(*op);
-    CopyError("cpu: unsupported op: " + (why.empty() ? std::string("FP8 embedding table") : why), error, error_size);
+    CopyError("unsupported op: " + (why.empty() ? std::string("FP8 embedding table") : why), error, error_size);
     return CODA_STATUS_UNSUPPORTED;
   }
   try {
@@ -194,10 +195,10 @@ coda_status_code Execute(void* self, const coda_op* op, char* error, size_t erro
     CopyError(e, error, error_size);
     return CODA_STATUS_INVALID_ARGUMENT;
   } catch (const std::bad_alloc&) {
-    CopyError("cpu: out of memory", error, error_size);
+    CopyError("out of memory", error, error_size);
     return CODA_STATUS_OUT_OF_MEMORY;
   } catch (const std::exception& ex) {
-    CopyError(std::string("cpu: ") + ex.what(), error, error_size);
+    CopyError(ex.what(), error, error_size);
     return CODA_STATUS_INTERNAL;
   }
 }
@@ -206,7 +207,7 @@ uint32_t DeviceCount(void*) { return 1; }
 
 coda_status_code DeviceInfo(void* self, uint32_t device, coda_device_info* info, char* error, size_t error_size) {
   if (device != 0 || !info || info->struct_size < sizeof(uint32_t)) {
-    CopyError("cpu: no device " + std::to_string(device) + " (there is one, 0)", error, error_size);
+    CopyError("no device " + std::to_string(device) + " (there is one, 0)", error, error_size);
     return CODA_STATUS_INVALID_ARGUMENT;
   }
   coda_device_info d{};
@@ -230,7 +231,7 @@ coda_status_code Synchronize(void*, char*, size_t) { return CODA_STATUS_OK; }
 
 coda_status_code BufferAlloc(void*, uint64_t size, coda_buffer* buffer, char* error, size_t error_size) {
   if (!buffer) {
-    CopyError("cpu: buffer_alloc without a result pointer", error, error_size);
+    CopyError("buffer_alloc without a result pointer", error, error_size);
     return CODA_STATUS_INVALID_ARGUMENT;
   }
   auto* b = new (std::nothrow) coda_buffer_impl{nullptr, size};
@@ -239,7 +240,7 @@ coda_status_code BufferAlloc(void*, uint64_t size, coda_buffer* buffer, char* er
   if (b) b->data = std::aligned_alloc(64, rounded);
   if (!b || !b->data) {
     delete b;
-    CopyError("cpu: out of memory allocating a buffer of " + std::to_string(size) + " bytes", error, error_size);
+    CopyError("out of memory allocating a buffer of " + std::to_string(size) + " bytes", error, error_size);
     return CODA_STATUS_OUT_OF_MEMORY;
   }
   *buffer = b;
@@ -254,7 +255,7 @@ void BufferFree(void*, coda_buffer buffer) {
 
 bool InRange(coda_buffer b, uint64_t offset, uint64_t size, char* error, size_t error_size) {
   if (b && offset <= b->size && size <= b->size - offset) return true;
-  CopyError("cpu: range of " + std::to_string(size) + " bytes at offset " + std::to_string(offset) +
+  CopyError("range of " + std::to_string(size) + " bytes at offset " + std::to_string(offset) +
                 (b ? " lies outside a buffer of " + std::to_string(b->size) + " bytes" : " of a NULL buffer"),
             error, error_size);
   return false;
@@ -285,7 +286,7 @@ coda_status_code Copy(void*, coda_buffer src, uint64_t src_off, coda_buffer dst,
 coda_status_code EventCreate(void*, coda_event* event, char* error, size_t error_size) {
   *event = new (std::nothrow) coda_event_impl{0};
   if (*event) return CODA_STATUS_OK;
-  CopyError("cpu: out of memory", error, error_size);
+  CopyError("out of memory", error, error_size);
   return CODA_STATUS_OUT_OF_MEMORY;
 }
 coda_status_code EventRecord(void*, coda_event, uint32_t, char*, size_t) { return CODA_STATUS_OK; }

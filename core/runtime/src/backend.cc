@@ -99,6 +99,10 @@ Status Backend::Execute(const coda_op& op) const {
   return FromCode(code, error[0] ? std::string(error) : "backend reported failure without a message");
 }
 
+Status Backend::Error(coda_status_code code, const char* error, std::string_view what) const {
+  return FromCode(code, std::string(name()) + ": " + ErrorText(error, what));
+}
+
 Status Backend::Missing(const char* what) const {
   return Unsupported("backend '" + std::string(name()) + "' does not provide " + what);
 }
@@ -113,7 +117,7 @@ Result<std::vector<DeviceInfo>> Backend::Devices() const {
     info.struct_size = sizeof info;
     char error[kErrorSize] = {};
     const coda_status_code code = api_.device_info(self_, i, &info, error, sizeof error);
-    if (code != CODA_STATUS_OK) return FromCode(code, ErrorText(error, "device_info()"));
+    if (code != CODA_STATUS_OK) return Error(code, error, "device_info()");
     info.name[sizeof info.name - 1] = '\0';  // never trust a backend to terminate it
     out.push_back({info.name, static_cast<coda_device_kind>(std::min<uint32_t>(info.kind, CODA_DEVICE_OTHER)),
                    info.total_memory, info.free_memory});
@@ -127,7 +131,7 @@ Result<void*> Backend::Prepare(const coda_weights& weights) const {
   void* prepared = nullptr;
   char error[kErrorSize] = {};
   const coda_status_code code = api_.prepare(self_, &weights, &prepared, error, sizeof error);
-  if (code != CODA_STATUS_OK) return FromCode(code, ErrorText(error, "prepare()"));
+  if (code != CODA_STATUS_OK) return Error(code, error, "prepare()");
   return prepared;
 }
 
@@ -141,7 +145,7 @@ Status Backend::Synchronize() const {
   if (!has_synchronize()) return Status::Ok();
   char error[kErrorSize] = {};
   const coda_status_code code = api_.synchronize(self_, error, sizeof error);
-  return code == CODA_STATUS_OK ? Status::Ok() : FromCode(code, ErrorText(error, "synchronize()"));
+  return code == CODA_STATUS_OK ? Status::Ok() : Error(code, error, "synchronize()");
 }
 
 Result<coda_buffer> Backend::AllocBuffer(uint64_t size) const {
@@ -150,7 +154,7 @@ Result<coda_buffer> Backend::AllocBuffer(uint64_t size) const {
   coda_buffer b = nullptr;
   char error[kErrorSize] = {};
   const coda_status_code code = api_.buffer_alloc(self_, size, &b, error, sizeof error);
-  if (code != CODA_STATUS_OK) return FromCode(code, ErrorText(error, "buffer_alloc()"));
+  if (code != CODA_STATUS_OK) return Error(code, error, "buffer_alloc()");
   if (!b) return Internal(std::string(name()) + ": buffer_alloc() succeeded without a buffer");
   return b;
 }
@@ -165,7 +169,7 @@ Status Backend::Upload(coda_buffer dst, uint64_t dst_offset, const void* src, ui
   if (!has_buffers()) return Missing("buffers");
   char error[kErrorSize] = {};
   const coda_status_code code = api_.buffer_upload(self_, dst, dst_offset, src, size, queue, error, sizeof error);
-  return code == CODA_STATUS_OK ? Status::Ok() : FromCode(code, ErrorText(error, "buffer_upload()"));
+  return code == CODA_STATUS_OK ? Status::Ok() : Error(code, error, "buffer_upload()");
 }
 
 Status Backend::Download(coda_buffer src, uint64_t src_offset, void* dst, uint64_t size, coda_queue queue) const {
@@ -173,7 +177,7 @@ Status Backend::Download(coda_buffer src, uint64_t src_offset, void* dst, uint64
   if (!has_buffers()) return Missing("buffers");
   char error[kErrorSize] = {};
   const coda_status_code code = api_.buffer_download(self_, src, src_offset, dst, size, queue, error, sizeof error);
-  return code == CODA_STATUS_OK ? Status::Ok() : FromCode(code, ErrorText(error, "buffer_download()"));
+  return code == CODA_STATUS_OK ? Status::Ok() : Error(code, error, "buffer_download()");
 }
 
 Status Backend::Copy(coda_buffer src, uint64_t src_offset, coda_buffer dst, uint64_t dst_offset, uint64_t size,
@@ -183,7 +187,7 @@ Status Backend::Copy(coda_buffer src, uint64_t src_offset, coda_buffer dst, uint
   char error[kErrorSize] = {};
   const coda_status_code code =
       api_.buffer_copy(self_, src, src_offset, dst, dst_offset, size, queue, error, sizeof error);
-  return code == CODA_STATUS_OK ? Status::Ok() : FromCode(code, ErrorText(error, "buffer_copy()"));
+  return code == CODA_STATUS_OK ? Status::Ok() : Error(code, error, "buffer_copy()");
 }
 
 Result<coda_event> Backend::CreateEvent() const {
@@ -192,7 +196,7 @@ Result<coda_event> Backend::CreateEvent() const {
   coda_event e = nullptr;
   char error[kErrorSize] = {};
   const coda_status_code code = api_.event_create(self_, &e, error, sizeof error);
-  if (code != CODA_STATUS_OK) return FromCode(code, ErrorText(error, "event_create()"));
+  if (code != CODA_STATUS_OK) return Error(code, error, "event_create()");
   if (!e) return Internal(std::string(name()) + ": event_create() succeeded without an event");
   return e;
 }
@@ -202,7 +206,7 @@ Status Backend::RecordEvent(coda_event event, coda_queue queue) const {
   if (!has_events()) return Missing("events");
   char error[kErrorSize] = {};
   const coda_status_code code = api_.event_record(self_, event, queue, error, sizeof error);
-  return code == CODA_STATUS_OK ? Status::Ok() : FromCode(code, ErrorText(error, "event_record()"));
+  return code == CODA_STATUS_OK ? Status::Ok() : Error(code, error, "event_record()");
 }
 
 Status Backend::WaitEvent(coda_event event, coda_queue queue) const {
@@ -210,7 +214,7 @@ Status Backend::WaitEvent(coda_event event, coda_queue queue) const {
   if (!has_events()) return Missing("events");
   char error[kErrorSize] = {};
   const coda_status_code code = api_.event_wait(self_, event, queue, error, sizeof error);
-  return code == CODA_STATUS_OK ? Status::Ok() : FromCode(code, ErrorText(error, "event_wait()"));
+  return code == CODA_STATUS_OK ? Status::Ok() : Error(code, error, "event_wait()");
 }
 
 void Backend::DestroyEvent(coda_event event) const {

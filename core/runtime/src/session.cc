@@ -160,7 +160,7 @@ Result<std::unique_ptr<Session>> Session::Create(const Context& context, std::sh
           }
     p.table = {sizeof(coda_weights), static_cast<uint32_t>(p.weights.size()), p.weights.data(), &s->model_->hparams()};
     auto handle = b->Prepare(p.table);
-    if (!handle.ok()) return handle.status().WithContext("preparing the weights on " + std::string(b->name()));
+    if (!handle.ok()) return handle.status().WithContext("preparing the weights");
     p.handle = *handle;
     for (size_t i = 0; i < g.nodes.size(); ++i)
       if (im.placement[i].backend == b) im.node_prepared[i] = p.handle;
@@ -328,7 +328,7 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
   }
   // Host-memory outputs are complete when execute() returns; this also settles any work a
   // backend still has queued before the cache counts the new positions.
-  for (Backend* b : im.used) CODA_RETURN_IF_ERROR(b->Synchronize().WithContext("synchronizing " + std::string(b->name())));
+  for (Backend* b : im.used) CODA_RETURN_IF_ERROR(b->Synchronize());
   im.kv->set_n_past(start + n);
   const coda_tensor& logits = im.values[g.logits];
   return std::span<const float>(static_cast<const float*>(logits.data), logits.shape[0] * logits.shape[1]);

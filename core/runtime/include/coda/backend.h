@@ -137,6 +137,8 @@ class Backend {
  private:
   Backend() = default;
   Status Missing(const char* what) const;
+  // A failed call as a Status naming this backend: "<name>: <message>".
+  Status Error(coda_status_code code, const char* error, std::string_view what) const;
   BackendLibrary library_;  // keeps a plugin loaded while the instance lives
   coda_backend_api api_{};  // the table, zero beyond what the backend's struct_size covers
   coda_host host_{};        // must outlive the instance: the backend may keep the pointer
