@@ -29,39 +29,51 @@ int32_t Sampler::Sample(std::span<const float> logits, std::span<const int32_t> 
   if (options_.temperature <= 0.0f)
     return static_cast<int32_t>(std::max_element(work_.begin(), work_.end()) - work_.begin());
 
-  // Candidates sorted by logit (only the top-k when set).
+  // Softmax over the candidates (all tokens, or the top-k), then min-p and top-p keep a prefix
+  // of them sorted by probability. That prefix is usually tiny, so it is sorted in growing
+  // steps instead of sorting the whole vocabulary.
   idx_.resize(V);
   std::iota(idx_.begin(), idx_.end(), 0);
-  size_t n = V;
   auto by_logit = [&](int32_t a, int32_t b) { return work_[static_cast<size_t>(a)] > work_[static_cast<size_t>(b)]; };
-  if (options_.top_k > 0 && options_.top_k < V) {
-    n = options_.top_k;
-    std::partial_sort(idx_.begin(), idx_.begin() + static_cast<long>(n), idx_.end(), by_logit);
-  } else {
-    std::sort(idx_.begin(), idx_.end(), by_logit);
-  }
+  const size_t k = options_.top_k > 0 && options_.top_k < V ? options_.top_k : V;
+  if (k < V) std::nth_element(idx_.begin(), idx_.begin() + static_cast<long>(k), idx_.end(), by_logit);
   const float inv_t = 1.0f / options_.temperature;
-  const float mx = work_[static_cast<size_t>(idx_[0])] * inv_t;
-  std::vector<float> p(n);
-  double sum = 0;
-  for (size_t i = 0; i < n; ++i) sum += (p[i] = std::exp(work_[static_cast<size_t>(idx_[i])] * inv_t - mx));
-  for (auto& v : p) v = static_cast<float>(v / sum);
-  // min-p: relative to the most likely token.
-  if (options_.min_p > 0.0f) {
-    const float cut = options_.min_p * p[0];
-    size_t keep = 1;
-    while (keep < n && p[keep] >= cut) ++keep;
-    n = keep;
-  }
-  // top-p: the smallest prefix whose mass reaches top_p.
-  if (options_.top_p < 1.0f) {
-    double acc = 0;
-    size_t keep = 0;
-    while (keep < n) {
-      acc += p[keep++];
-      if (acc >= options_.top_p) break;
+  float mx = -INFINITY;
+  for (size_t i = 0; i < k; ++i) mx = std::max(mx, work_[static_cast<size_t>(idx_[i])] * inv_t);
+  double z = 0;
+  for (size_t i = 0; i < k; ++i) z += std::exp(work_[static_cast<size_t>(idx_[i])] * inv_t - mx);
+  auto prob = [&](size_t i) { return static_cast<float>(std::exp(work_[static_cast<size_t>(idx_[i])] * inv_t - mx) / z); };
+  size_t sorted = 0;
+  auto sort_prefix = [&](size_t m) {
+    m = std::min(m, k);
+    if (m > sorted) {
+      std::partial_sort(idx_.begin() + static_cast<long>(sorted), idx_.begin() + static_cast<long>(m),
+                        idx_.begin() + static_cast<long>(k), by_logit);
+      sorted = m;
     }
-    n = keep;
+  };
+  size_t n = k;
+  const bool filter = options_.min_p > 0.0f || options_.top_p < 1.0f;
+  std::vector<float> p;
+  if (filter) {
+    double acc = 0;
+    n = 0;
+    for (size_t step = 64;; step *= 4) {
+      sort_prefix(step);
+      const float top = prob(0);
+      while (n < sorted) {
+        const float pn = prob(n);
+        if (options_.min_p > 0.0f && n > 0 && pn < options_.min_p * top) break;  // min-p: relative to the top
+        p.push_back(pn);
+        acc += pn;
+        ++n;
+        if (options_.top_p < 1.0f && acc >= options_.top_p) break;
+      }
+      const bool stopped = n < sorted || (options_.top_p < 1.0f && acc >= options_.top_p);
+      if (stopped || sorted == k) break;
+    }
+  } else {
+    for (size_t i = 0; i < k; ++i) p.push_back(prob(i));
   }
   double total = 0;
   for (size_t i = 0; i < n; ++i) total += p[i];
