@@ -13,7 +13,6 @@
 #include "coda/tools/cli.h"
 #include "coda/tools/model_session.h"
 #include "coda/tools/text_assets.h"
-#include "coda_cpu_backend.h"
 #include "terminal.h"
 #include "turn.h"
 
@@ -187,10 +186,9 @@ Result<Loaded> Load(const Args& a) {
     return NotFound(a.model + " has no chat template, which coda-chat needs to build prompts (convert it from a " +
                     "checkpoint whose tokenizer_config.json has chat_template)");
   l.assets = std::move(assets);
-  ContextOptions co;
-  co.n_threads = a.threads;
-  co.backends = {coda_cpu_backend_entry};
-  CODA_ASSIGN_OR_RETURN(l.context, Context::Create(co));
+  // The linked CPU backend plus plugins found next to the binary and on CODA_BACKEND_PATH.
+  CODA_ASSIGN_OR_RETURN(l.context, Context::Create(tools::DefaultContextOptions(a.threads)));
+  tools::WarnAboutRefusedBackends("coda-chat", *l.context);
   SessionOptions so;
   const uint32_t max_pos = l.model->config().max_position_embeddings;
   so.n_ctx = a.n_ctx ? a.n_ctx : (max_pos ? std::min<uint32_t>(4096, max_pos) : 4096);
