@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "../common/golden_model.h"
 #include "../common/test_util.h"
 #include "coda/runtime.h"
 #include "coda_cpu_backend.h"
@@ -31,17 +32,7 @@ const BackendNote* NoteFor(const Context& ctx, const std::string& file) {
   return nullptr;
 }
 
-std::shared_ptr<Model> GoldenModel(const std::string& name) {
-  static std::map<std::string, std::shared_ptr<Model>> cache;
-  if (auto it = cache.find(name); it != cache.end()) return it->second;
-  const std::string path = ::testing::TempDir() + "/plugin_" + name + "_" + std::to_string(::getpid()) + ".coda";
-  Status s = convert::ConvertCheckpoint(test::DataDir() + "/golden/" + name + "/hf", path, {});
-  EXPECT_TRUE(s.ok()) << s.message();
-  auto m = Model::Load(path);
-  EXPECT_TRUE(m.ok()) << m.status().message();
-  std::remove(path.c_str());  // the mapping stays valid
-  return cache[name] = *m;
-}
+using test::GoldenModel;
 
 ContextOptions CpuAnd(std::vector<std::string> dirs) {
   ContextOptions o;

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <thread>
 
+#include "../common/golden_model.h"
 #include "../common/test_util.h"
 #include "coda/runtime.h"
 #include "coda_cpu_backend.h"
@@ -14,17 +15,7 @@
 namespace coda {
 namespace {
 
-std::shared_ptr<Model> GoldenModel(const std::string& name) {
-  static std::map<std::string, std::shared_ptr<Model>> cache;
-  if (auto it = cache.find(name); it != cache.end()) return it->second;
-  const std::string path = ::testing::TempDir() + "/rt_" + name + "_" + std::to_string(::getpid()) + ".coda";
-  Status s = convert::ConvertCheckpoint(test::DataDir() + "/golden/" + name + "/hf", path, {});
-  EXPECT_TRUE(s.ok()) << s.message();
-  auto m = Model::Load(path);
-  EXPECT_TRUE(m.ok()) << m.status().message();
-  std::remove(path.c_str());  // the mapping stays valid
-  return cache[name] = *m;
-}
+using test::GoldenModel;
 
 std::unique_ptr<Context> CpuContext() {
   ContextOptions o;
