@@ -98,13 +98,13 @@ Json ChatContext(const Json& messages, bool add_generation_prompt, std::string_v
   return context;
 }
 
-}  // namespace
-
-Result<std::string> ChatTemplate::RenderChat(const nlohmann::json& messages, bool add_generation_prompt,
-                                             std::string_view bos_token, std::string_view eos_token) const {
+// The shared body of both RenderChat overloads; `render` is the template's RenderImpl.
+template <typename Json, typename RenderFn>
+Result<std::string> RenderMessages(const Json& messages, bool add_generation_prompt, std::string_view bos_token,
+                                   std::string_view eos_token, RenderFn&& render) {
   if (!messages.is_array()) return InvalidArgument("chat template: messages must be a JSON array");
   try {
-    return RenderImpl(ChatContext(messages, add_generation_prompt, bos_token, eos_token));
+    return render(ChatContext(messages, add_generation_prompt, bos_token, eos_token));
   } catch (const nlohmann::json::exception& e) {
     return InvalidArgument(std::string("chat template: bad messages JSON: ") + e.what());
   } catch (const std::bad_alloc&) {
@@ -112,16 +112,18 @@ Result<std::string> ChatTemplate::RenderChat(const nlohmann::json& messages, boo
   }
 }
 
+}  // namespace
+
+Result<std::string> ChatTemplate::RenderChat(const nlohmann::json& messages, bool add_generation_prompt,
+                                             std::string_view bos_token, std::string_view eos_token) const {
+  return RenderMessages(messages, add_generation_prompt, bos_token, eos_token,
+                        [this](const auto& context) { return RenderImpl(context); });
+}
+
 Result<std::string> ChatTemplate::RenderChat(const nlohmann::ordered_json& messages, bool add_generation_prompt,
                                              std::string_view bos_token, std::string_view eos_token) const {
-  if (!messages.is_array()) return InvalidArgument("chat template: messages must be a JSON array");
-  try {
-    return RenderImpl(ChatContext(messages, add_generation_prompt, bos_token, eos_token));
-  } catch (const nlohmann::json::exception& e) {
-    return InvalidArgument(std::string("chat template: bad messages JSON: ") + e.what());
-  } catch (const std::bad_alloc&) {
-    return OutOfMemory("chat template: out of memory while rendering");
-  }
+  return RenderMessages(messages, add_generation_prompt, bos_token, eos_token,
+                        [this](const auto& context) { return RenderImpl(context); });
 }
 
 }  // namespace coda::text
