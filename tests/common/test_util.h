@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -18,6 +19,19 @@ namespace coda::test {
 
 inline std::string DataDir() { return CODA_TEST_DATA_DIR; }
 inline std::string BinDir() { return CODA_BIN_DIR; }
+
+// True when CODA_REQUIRE_BACKENDS (comma-separated names; scripts/test sets it where it has
+// installed a driver) lists `backend`: that backend's tests must run, not skip.
+inline bool BackendRequired(const std::string& backend) {
+  const char* v = std::getenv("CODA_REQUIRE_BACKENDS");
+  std::string list = v ? v : "";
+  for (size_t at = 0; at <= list.size();) {
+    const size_t comma = std::min(list.find(',', at), list.size());
+    if (list.substr(at, comma - at) == backend) return true;
+    at = comma + 1;
+  }
+  return false;
+}
 
 // A fresh, empty directory under the test temp dir, removed at the end of the test.
 class TempDir {

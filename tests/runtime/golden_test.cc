@@ -4,8 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
 #include <set>
 
+#include "../common/golden_model.h"
 #include "../common/test_util.h"
 #include "coda/runtime.h"
 #include "coda_cpu_backend.h"
@@ -37,33 +41,64 @@ double RelErr(std::span<const float> a, std::span<const float> b) {
   return num / den;
 }
 
-class Golden : public ::testing::TestWithParam<std::string> {
+// The backends every case runs on. A plugin backend is loaded from the build's bin directory;
+// where it is not built or finds no device, its tests skip and say why, unless
+// CODA_REQUIRE_BACKENDS (comma-separated names, set by scripts/test in CI) lists it.
+Context* BackendContext(const std::string& backend, std::string* why) {
+  static std::map<std::string, std::unique_ptr<Context>> contexts;
+  static std::map<std::string, std::string> failures;
+  if (auto it = contexts.find(backend); it != contexts.end()) return it->second.get();
+  if (auto it = failures.find(backend); it != failures.end()) {
+    *why = it->second;
+    return nullptr;
+  }
+  ContextOptions co;
+  co.backends = {coda_cpu_backend_entry};
+  if (backend != "cpu") {
+    const std::string file = test::BinDir() + "/" + BackendFileName(backend);
+    if (!std::filesystem::exists(file)) {
+      failures[backend] = *why = file + " was not built";
+      return nullptr;
+    }
+    co.plugin_files = {file};
+  }
+  auto ctx = Context::Create(co);
+  if (!ctx.ok()) {
+    failures[backend] = *why = ctx.status().message();
+    return nullptr;
+  }
+  return (contexts[backend] = std::move(*ctx)).get();
+}
+
+class Golden : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {
  protected:
   void SetUp() override {
-    c_.name = GetParam();
+    c_.name = std::get<0>(GetParam());
+    backend_ = std::get<1>(GetParam());
+    std::string why;
+    ctx_ = BackendContext(backend_, &why);
+    if (!ctx_) {
+      if (test::BackendRequired(backend_)) FAIL() << "backend " << backend_ << " is required but unavailable: " << why;
+      GTEST_SKIP() << "backend " << backend_ << " unavailable: " << why;
+    }
     const std::string dir = test::DataDir() + "/golden/" + c_.name;
     c_.ref = nlohmann::json::parse(test::ReadFile(dir + "/reference.json"));
-    path_ = ::testing::TempDir() + "/golden_" + c_.name + "_" + std::to_string(::getpid()) + ".coda";
-    Status s = convert::ConvertCheckpoint(dir + "/hf", path_, {});
-    ASSERT_TRUE(s.ok()) << s.message();
-    auto m = Model::Load(path_);
-    ASSERT_TRUE(m.ok()) << m.status().message();
-    c_.model = *m;
-    ContextOptions co;
-    co.backends = {coda_cpu_backend_entry};
-    auto ctx = Context::Create(co);
-    ASSERT_TRUE(ctx.ok()) << ctx.status().message();
-    ctx_ = std::move(*ctx);
+    c_.model = test::GoldenModel(c_.name);
+    ASSERT_TRUE(c_.model);
   }
-  void TearDown() override { std::remove(path_.c_str()); }
 
   std::unique_ptr<Session> NewSession() {
     SessionOptions so;
     so.n_ctx = 128;
     so.kv_dtype = DType::kF32;  // the tolerances assume float32 everywhere
+    so.backends = {backend_};
     auto s = Session::Create(*ctx_, c_.model, so);
     EXPECT_TRUE(s.ok()) << s.status().message();
-    return s.ok() ? std::move(*s) : nullptr;
+    if (!s.ok()) return nullptr;
+    // Every node runs on the backend under test: nothing falls back.
+    for (const std::string& line : (*s)->Placement())
+      EXPECT_NE(line.find("-> " + backend_ + ":"), std::string::npos) << line;
+    return std::move(*s);
   }
   std::vector<float> File(const std::string& name) {
     return ReadF32(test::DataDir() + "/golden/" + c_.name + "/" + name);
@@ -72,8 +107,8 @@ class Golden : public ::testing::TestWithParam<std::string> {
   double Tol() { return c_.ref["tolerance"]["logits"].get<double>(); }
 
   Case c_;
-  std::string path_;
-  std::unique_ptr<Context> ctx_;
+  std::string backend_;
+  Context* ctx_ = nullptr;
 };
 
 TEST_P(Golden, PrefillMatchesLogitsHiddenAndRouting) {
@@ -100,10 +135,10 @@ TEST_P(Golden, PrefillMatchesLogitsHiddenAndRouting) {
   const auto golden = File("logits_prefill.f32");
   ASSERT_EQ(logits->size(), golden.size());
   const double err = RelErr(*logits, golden);
-  std::printf("[%s] prefill logits: max rel error %.3g (tolerance %.3g)\n", c_.name.c_str(), err, Tol());
+  std::printf("[%s/%s] prefill logits: max rel error %.3g (tolerance %.3g)\n", c_.name.c_str(), backend_.c_str(), err, Tol());
   EXPECT_LE(err, Tol());
   const double herr = RelErr(final_norm, File("hidden_final_norm.f32"));
-  std::printf("[%s] final-norm hidden: max rel error %.3g (tolerance %.3g)\n", c_.name.c_str(), herr,
+  std::printf("[%s/%s] final-norm hidden: max rel error %.3g (tolerance %.3g)\n", c_.name.c_str(), backend_.c_str(), herr,
               c_.ref["tolerance"]["hidden"].get<double>());
   EXPECT_LE(herr, c_.ref["tolerance"]["hidden"].get<double>());
 
@@ -139,7 +174,7 @@ TEST_P(Golden, IncrementalDecodeMatches) {
     got.insert(got.end(), step->begin(), step->end());
   }
   const double err = RelErr(got, File("logits_decode.f32"));
-  std::printf("[%s] decode logits: max rel error %.3g\n", c_.name.c_str(), err);
+  std::printf("[%s/%s] decode logits: max rel error %.3g\n", c_.name.c_str(), backend_.c_str(), err);
   EXPECT_LE(err, Tol());
 }
 
@@ -186,7 +221,7 @@ TEST_P(Golden, GreedyContinuationMatches) {
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_EQ(r->tokens, want);
   const double err = RelErr(logits_rows, File("greedy_logits.f32"));
-  std::printf("[%s] greedy logits: max rel error %.3g, tokens %s\n", c_.name.c_str(), err,
+  std::printf("[%s/%s] greedy logits: max rel error %.3g, tokens %s\n", c_.name.c_str(), backend_.c_str(), err,
               r->tokens == want ? "equal" : "DIFFERENT");
   EXPECT_LE(err, Tol());
   for (auto& [layer, got] : routing) {
@@ -208,9 +243,11 @@ TEST_P(Golden, YarnFrequenciesMatchTheReference) {
   EXPECT_TRUE(c_.model->yarn_active());
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, Golden, ::testing::Values("v3-fp8", "v2lite-bf16", "v2-bf16"),
+INSTANTIATE_TEST_SUITE_P(Cases, Golden,
+                         ::testing::Combine(::testing::Values("v3-fp8", "v2lite-bf16", "v2-bf16"),
+                                            ::testing::Values("cpu", "vulkan")),
                          [](const auto& info) {
-                           std::string n = info.param;
+                           std::string n = std::get<0>(info.param) + "_" + std::get<1>(info.param);
                            for (char& ch : n)
                              if (ch == '-') ch = '_';
                            return n;
