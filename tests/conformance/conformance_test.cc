@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 
 #include "../common/test_util.h"
 #include "coda/runtime.h"
@@ -99,6 +100,45 @@ TEST(Conformance, ExampleBackendRunsItsOpsAndDeclinesTheRest) {
   for (const auto& c : j["cases"])
     if (c["case"].get<std::string>().find("[in buffers]") != std::string::npos && c["outcome"] == "pass") ++in_buffers;
   EXPECT_EQ(in_buffers, 18u);  // 12 RmsNorm + 6 Add
+}
+
+// The Vulkan backend (when built, on the device CI installs: Mesa's lavapipe) runs every op and
+// dtype within tolerance: with device memory mapped and through staging copies, with subgroup
+// and with shared-memory reductions.
+TEST(Conformance, VulkanBackendPassesEveryCase) {
+  const std::string lib = test::BinDir() + "/" + BackendFileName("vulkan");
+  std::string why;
+  if (!std::filesystem::exists(lib)) {
+    why = lib + " was not built (needs libvulkan-dev and glslc)";
+  } else {
+    ContextOptions co;
+    co.plugin_files = {lib};
+    if (auto ctx = Context::Create(co); !ctx.ok()) why = ctx.status().message();
+  }
+  if (!why.empty()) {
+    if (test::BackendRequired("vulkan")) FAIL() << "the vulkan backend is required but unavailable: " << why;
+    GTEST_SKIP() << "vulkan backend unavailable: " << why;
+  }
+  for (const std::string env : {"", "CODA_VULKAN_STAGING=1 CODA_VULKAN_NO_SUBGROUP=1 "}) {
+    const auto r = test::RunCommand(env + "CODA_VULKAN_PIPELINE_CACHE=off " + test::Tool("coda-conformance") + " " + lib +
+                                    " --json");
+    ASSERT_EQ(r.exit_code, 0) << env << r.out.substr(0, 4000);
+    const size_t start = r.out.find("{\n");
+    ASSERT_NE(start, std::string::npos) << r.out.substr(0, 2000);
+    const auto j = nlohmann::json::parse(r.out.substr(start));
+    EXPECT_EQ(j["fail"], 0) << env;
+    EXPECT_EQ(j["unsupported"], 0) << env;
+    const auto m = Outcomes(j);
+    for (const std::string& op : conformance::OpNames()) {
+      size_t seen = 0;
+      for (const auto& [key, outcomes] : m)
+        if (key.first == op) {
+          ++seen;
+          EXPECT_EQ(outcomes, std::set<std::string>{"pass"}) << env << op << " " << key.second;
+        }
+      EXPECT_GT(seen, 0u) << op;
+    }
+  }
 }
 
 TEST(Conformance, NoticesAWrongBackend) {

@@ -3,6 +3,7 @@
 // the final-norm hidden states, the routed experts of every token, and the greedy tokens.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -231,6 +232,21 @@ TEST_P(Golden, GreedyContinuationMatches) {
       EXPECT_EQ(std::set<int32_t>(got[i].begin(), got[i].end()), std::set<int32_t>(exp[i].begin(), exp[i].end()))
           << "layer " << layer << " fed token " << i;
   }
+}
+
+// A backend with its own memory keeps the latent cache there: the host copy stays untouched.
+TEST_P(Golden, KvCacheLivesInTheBackendsMemory) {
+  auto s = NewSession();
+  ASSERT_TRUE(s);
+  ASSERT_TRUE(s->Forward(Tokens()).ok());
+  Backend* b = *ctx_->Find(backend_);
+  const LatentKvCache& kv = s->kv_cache();
+  for (uint32_t layer = 0; layer < kv.n_layers(); ++layer) {
+    const auto* p = static_cast<const uint8_t*>(kv.layer_data(layer));
+    const bool host_written = std::any_of(p, p + kv.layer_bytes(), [](uint8_t v) { return v != 0; });
+    EXPECT_EQ(host_written, !b->uses_device_memory()) << "layer " << layer;
+  }
+  EXPECT_EQ(b->uses_device_memory(), backend_ != "cpu");
 }
 
 TEST_P(Golden, YarnFrequenciesMatchTheReference) {

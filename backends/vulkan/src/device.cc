@@ -138,7 +138,10 @@ std::string Device::Create(const DeviceOptions& options, std::unique_ptr<Device>
   }
   ici.enabledExtensionCount = static_cast<uint32_t>(extensions.size());
   ici.ppEnabledExtensionNames = extensions.data();
-  VK_TRY(vkCreateInstance(&ici, nullptr, &d->instance_), "vkCreateInstance");
+  const VkResult ir = vkCreateInstance(&ici, nullptr, &d->instance_);
+  if (ir == VK_ERROR_INCOMPATIBLE_DRIVER)
+    return "no Vulkan driver found (the loader reports none compatible; Mesa's lavapipe is in mesa-vulkan-drivers)";
+  if (ir != VK_SUCCESS) return VkFail(ir, "vkCreateInstance");
 
   uint32_t n = 0;
   VK_TRY(vkEnumeratePhysicalDevices(d->instance_, &n, nullptr), "vkEnumeratePhysicalDevices");

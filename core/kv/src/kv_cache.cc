@@ -1,13 +1,14 @@
 #include "coda/kv_cache.h"
 
-#include <cstdlib>
-#include <cstring>
+#include <sys/mman.h>
+
+#include <algorithm>
 
 #include "coda/checked.h"
 
 namespace coda {
 
-void LatentKvCache::Free::operator()(uint8_t* p) const { std::free(p); }
+void LatentKvCache::Free::operator()(uint8_t* p) const { ::munmap(p, bytes); }
 
 Result<std::unique_ptr<LatentKvCache>> LatentKvCache::Create(const ModelConfig& config, uint32_t n_ctx, DType dtype) {
   if (dtype != DType::kBF16 && dtype != DType::kF32)
@@ -19,15 +20,15 @@ Result<std::unique_ptr<LatentKvCache>> LatentKvCache::Create(const ModelConfig& 
   c->row_ = config.kv_lora_rank + config.qk_rope_head_dim;
   c->dtype_ = dtype;
   const auto total = CheckedMul(c->bytes_per_token(), n_ctx);
-  if (!total) return OutOfRange("KV cache size overflows");
-  // 64-byte aligned, rounded up as aligned_alloc requires.
-  const uint64_t bytes = *CheckedAlignUp(std::max<uint64_t>(*total, 64), 64);
-  auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, static_cast<size_t>(bytes)));
-  if (!p)
+  if (!total || *total > SIZE_MAX) return OutOfRange("KV cache size overflows");
+  // Anonymous pages: zero, page-aligned, and committed only when written, so layers whose
+  // cache lives on a device (and positions never reached) cost no host memory.
+  const size_t bytes = static_cast<size_t>(std::max<uint64_t>(*total, 1));
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED)
     return OutOfMemory("cannot allocate the KV cache: " + std::to_string(bytes) + " bytes for " +
                        std::to_string(n_ctx) + " positions (lower --n-ctx)");
-  std::memset(p, 0, static_cast<size_t>(bytes));
-  c->data_.reset(p);
+  c->data_ = std::unique_ptr<uint8_t, Free>(static_cast<uint8_t*>(p), Free{bytes});
   return c;
 }
 

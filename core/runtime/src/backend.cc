@@ -73,6 +73,12 @@ Result<std::unique_ptr<Backend>> Backend::Create(const BackendLibrary& library, 
     b->api_.destroy = nullptr;  // nothing was created
     return FromCode(code, std::string(b->name()) + ": " + ErrorText(error, "create()"));
   }
+  // A backend whose device is not the host's memory keeps the KV cache in its own buffers.
+  if (b->has_devices() && b->has_buffers()) {
+    auto devices = b->Devices();
+    b->device_memory_ = devices.ok() && options.device < devices->size() &&
+                        (*devices)[options.device].kind != CODA_DEVICE_CPU;
+  }
   return b;
 }
 

@@ -79,14 +79,24 @@ struct Session::Impl {
     void* handle;
   };
   std::vector<Prepared> prepared;
+  // Per layer: the KV cache slab in the buffer of a backend with its own memory (null: the
+  // layer's slab in the host cache is used).
+  struct DeviceKv {
+    Backend* backend = nullptr;
+    coda_buffer buffer = nullptr;
+  };
+  std::vector<DeviceKv> device_kv;
   std::vector<Backend*> used;  // distinct backends with at least one node
   std::map<std::pair<uint32_t, bool>, Plan> plans;
   std::vector<float> arena;
   std::vector<coda_tensor> values;
 
   ~Impl() {
+    for (DeviceKv& d : device_kv)
+      if (d.buffer) d.backend->FreeBuffer(d.buffer);
     for (Prepared& p : prepared) p.backend->Release(p.handle);
   }
+  Status PlaceKvCache(const GraphRef& g);
   Result<const Plan*> GetPlan(const Model& m, uint32_t n, bool all_logits);
 };
 
@@ -166,7 +176,29 @@ Result<std::unique_ptr<Session>> Session::Create(const Context& context, std::sh
       if (im.placement[i].backend == b) im.node_prepared[i] = p.handle;
     im.prepared.push_back(std::move(p));
   }
+  CODA_RETURN_IF_ERROR(im.PlaceKvCache(g));
   return s;
+}
+
+Status Session::Impl::PlaceKvCache(const GraphRef& g) {
+  device_kv.assign(kv->n_layers(), {});
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const GraphNode& node = g.nodes[i];
+    Backend* b = placement[i].backend;
+    if (node.op != kMla || !b->uses_device_memory() || node.layer < 0 ||
+        static_cast<uint32_t>(node.layer) >= kv->n_layers() || device_kv[static_cast<size_t>(node.layer)].buffer)
+      continue;
+    auto buf = b->AllocBuffer(kv->layer_bytes());
+    if (!buf.ok())
+      return buf.status().WithContext("allocating the KV cache of layer " + std::to_string(node.layer) + " on " +
+                                      std::string(b->name()) + " (lower --n-ctx)");
+    device_kv[static_cast<size_t>(node.layer)] = {b, *buf};
+    // Zeroed like the host cache, so positions skipped by JumpTo() hold zeros, not garbage.
+    const std::vector<uint8_t> zeros(static_cast<size_t>(std::min<uint64_t>(kv->layer_bytes(), 4u << 20)));
+    for (uint64_t at = 0; at < kv->layer_bytes(); at += zeros.size())
+      CODA_RETURN_IF_ERROR(b->Upload(*buf, at, zeros.data(), std::min<uint64_t>(zeros.size(), kv->layer_bytes() - at)));
+  }
+  return Status::Ok();
 }
 
 Result<std::vector<NodePlacement>> PlaceGraph(const Context& context, const Model& model,
@@ -319,7 +351,8 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
       op.kv.dtype = static_cast<uint32_t>(im.kv->dtype());
       op.kv.n_ctx = im.kv->n_ctx();
       op.kv.row = im.kv->row();
-      op.kv.data = im.kv->layer_data(static_cast<uint32_t>(node.layer));
+      if (coda_buffer buf = im.device_kv[static_cast<size_t>(node.layer)].buffer) op.kv.buffer = buf;
+      else op.kv.data = im.kv->layer_data(static_cast<uint32_t>(node.layer));
     }
     Backend& b = *im.placement[i].backend;
     Status s = b.Execute(op);

@@ -2,6 +2,7 @@
 // latent (kv_lora_rank values) and the rotated shared rope key (qk_rope_head_dim values).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 
@@ -30,11 +31,13 @@ class LatentKvCache {
 
   // One layer's [n_ctx, row] slab.
   void* layer_data(uint32_t layer) { return data_.get() + static_cast<uint64_t>(layer) * layer_bytes(); }
+  const void* layer_data(uint32_t layer) const { return data_.get() + static_cast<uint64_t>(layer) * layer_bytes(); }
   uint64_t layer_bytes() const { return static_cast<uint64_t>(n_ctx_) * row_ * DTypeSize(dtype_); }
 
  private:
   LatentKvCache() = default;
   struct Free {
+    size_t bytes;
     void operator()(uint8_t* p) const;
   };
   std::unique_ptr<uint8_t, Free> data_;

@@ -114,6 +114,9 @@ class Backend {
   bool has_synchronize() const { return api_.synchronize != nullptr; }
   bool has_buffers() const { return api_.buffer_alloc != nullptr; }
   bool has_events() const { return api_.event_create != nullptr; }
+  // The instance's device has memory apart from the host's (a GPU, or a Vulkan driver on the
+  // CPU): state it keeps across calls, the KV cache, lives in its buffers.
+  bool uses_device_memory() const { return device_memory_; }
 
   Result<std::vector<DeviceInfo>> Devices() const;
   // Without prepare(): Ok and nullptr.
@@ -144,6 +147,7 @@ class Backend {
   coda_host host_{};        // must outlive the instance: the backend may keep the pointer
   LogFn log_;
   void* self_ = nullptr;
+  bool device_memory_ = false;
   mutable std::mutex mu_;
 };
 
