@@ -42,6 +42,17 @@ double RelErr(std::span<const float> a, std::span<const float> b) {
   return num / den;
 }
 
+// "example,vulkan" -> {"example", "vulkan"}
+std::vector<std::string> Names(const std::string& list) {
+  std::vector<std::string> out;
+  for (size_t at = 0; at <= list.size();) {
+    const size_t comma = std::min(list.find(',', at), list.size());
+    out.push_back(list.substr(at, comma - at));
+    at = comma + 1;
+  }
+  return out;
+}
+
 // The backends every case runs on. A plugin backend is loaded from the build's bin directory;
 // where it is not built or finds no device, its tests skip and say why, unless
 // CODA_REQUIRE_BACKENDS (comma-separated names, set by scripts/test in CI) lists it.
@@ -55,13 +66,15 @@ Context* BackendContext(const std::string& backend, std::string* why) {
   }
   ContextOptions co;
   co.backends = {coda_cpu_backend_entry};
-  if (backend != "cpu") {
-    const std::string file = test::BinDir() + "/" + BackendFileName(backend);
+  for (const std::string& name : Names(backend)) {
+    if (name == "cpu") continue;
+    const std::string file = (name == "example" ? std::string(CODA_EXAMPLE_BACKEND_DIR) : test::BinDir()) + "/" +
+                             BackendFileName(name);
     if (!std::filesystem::exists(file)) {
       failures[backend] = *why = file + " was not built";
       return nullptr;
     }
-    co.plugin_files = {file};
+    co.plugin_files.push_back(file);
   }
   auto ctx = Context::Create(co);
   if (!ctx.ok()) {
@@ -79,7 +92,9 @@ class Golden : public ::testing::TestWithParam<std::tuple<std::string, std::stri
     std::string why;
     ctx_ = BackendContext(backend_, &why);
     if (!ctx_) {
-      if (test::BackendRequired(backend_)) FAIL() << "backend " << backend_ << " is required but unavailable: " << why;
+      bool required = false;
+      for (const std::string& name : Names(backend_)) required = required || test::BackendRequired(name);
+      if (required) FAIL() << "backend " << backend_ << " is required but unavailable: " << why;
       GTEST_SKIP() << "backend " << backend_ << " unavailable: " << why;
     }
     const std::string dir = test::DataDir() + "/golden/" + c_.name;
@@ -92,13 +107,16 @@ class Golden : public ::testing::TestWithParam<std::tuple<std::string, std::stri
     SessionOptions so;
     so.n_ctx = 128;
     so.kv_dtype = DType::kF32;  // the tolerances assume float32 everywhere
-    so.backends = {backend_};
+    so.backends = Names(backend_);
     auto s = Session::Create(*ctx_, c_.model, so);
     EXPECT_TRUE(s.ok()) << s.status().message();
     if (!s.ok()) return nullptr;
-    // Every node runs on the backend under test: nothing falls back.
-    for (const std::string& line : (*s)->Placement())
-      EXPECT_NE(line.find("-> " + backend_ + ":"), std::string::npos) << line;
+    // Every node runs on a backend under test: nothing falls back to the CPU.
+    for (const std::string& line : (*s)->Placement()) {
+      bool placed = false;
+      for (const std::string& name : so.backends) placed = placed || line.find("-> " + name + ":") != std::string::npos;
+      EXPECT_TRUE(placed) << line;
+    }
     return std::move(*s);
   }
   std::vector<float> File(const std::string& name) {
@@ -239,14 +257,15 @@ TEST_P(Golden, KvCacheLivesInTheBackendsMemory) {
   auto s = NewSession();
   ASSERT_TRUE(s);
   ASSERT_TRUE(s->Forward(Tokens()).ok());
-  Backend* b = *ctx_->Find(backend_);
+  // The attention nodes run on the last backend listed (the example backend has no attention).
+  Backend* b = *ctx_->Find(Names(backend_).back());
   const LatentKvCache& kv = s->kv_cache();
   for (uint32_t layer = 0; layer < kv.n_layers(); ++layer) {
     const auto* p = static_cast<const uint8_t*>(kv.layer_data(layer));
     const bool host_written = std::any_of(p, p + kv.layer_bytes(), [](uint8_t v) { return v != 0; });
     EXPECT_EQ(host_written, !b->uses_device_memory()) << "layer " << layer;
   }
-  EXPECT_EQ(b->uses_device_memory(), backend_ != "cpu");
+  EXPECT_EQ(b->uses_device_memory(), b->name() == "vulkan");
 }
 
 TEST_P(Golden, YarnFrequenciesMatchTheReference) {
@@ -261,11 +280,13 @@ TEST_P(Golden, YarnFrequenciesMatchTheReference) {
 
 INSTANTIATE_TEST_SUITE_P(Cases, Golden,
                          ::testing::Combine(::testing::Values("v3-fp8", "v2lite-bf16", "v2-bf16"),
-                                            ::testing::Values("cpu", "vulkan")),
+                                            // example,vulkan: activations cross between host
+                                            // and device memory at every norm and residual.
+                                            ::testing::Values("cpu", "vulkan", "example,vulkan")),
                          [](const auto& info) {
                            std::string n = std::get<0>(info.param) + "_" + std::get<1>(info.param);
                            for (char& ch : n)
-                             if (ch == '-') ch = '_';
+                             if (ch == '-' || ch == ',') ch = '_';
                            return n;
                          });
 

@@ -86,12 +86,22 @@ struct Session::Impl {
     coda_buffer buffer = nullptr;
   };
   std::vector<DeviceKv> device_kv;
+  // Activations of nodes on backends with their own memory stay there: per such backend, one
+  // buffer laid out like the host arena (same offsets).
+  struct DeviceArena {
+    coda_buffer buffer = nullptr;
+    uint64_t bytes = 0;
+  };
+  std::map<Backend*, DeviceArena> device_arenas;
   std::vector<Backend*> used;  // distinct backends with at least one node
   std::map<std::pair<uint32_t, bool>, Plan> plans;
   std::vector<float> arena;
-  std::vector<coda_tensor> values;
+  std::vector<coda_tensor> values;  // host views
+  std::vector<bool> host_valid;     // per value: the host arena holds it
 
   ~Impl() {
+    for (auto& [b, a] : device_arenas)
+      if (a.buffer) b->FreeBuffer(a.buffer);
     for (DeviceKv& d : device_kv)
       if (d.buffer) d.backend->FreeBuffer(d.buffer);
     for (Prepared& p : prepared) p.backend->Release(p.handle);
@@ -306,7 +316,24 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
   CODA_ASSIGN_OR_RETURN(const Plan* plan, im.GetPlan(*model_, n, all_logits));
   if (im.arena.size() < plan->arena) im.arena.resize(plan->arena);
   const GraphRef& g = model_->file().graph();
+  // Each value's home: the buffers of the backend that produces it when that backend has its
+  // own memory, else the host arena. A consumer elsewhere reads a host copy, made once.
+  std::vector<Backend*> home(g.n_values, nullptr);
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    if (Backend* b = im.placement[i].backend; b->uses_device_memory())
+      for (uint32_t v : g.nodes[i].outputs) home[v] = b;
+  for (Backend* b : home) {
+    if (!b) continue;
+    Impl::DeviceArena& a = im.device_arenas[b];
+    if (a.bytes >= plan->arena * 4) continue;
+    if (a.buffer) b->FreeBuffer(a.buffer);
+    a = {};
+    auto buf = b->AllocBuffer(plan->arena * 4);
+    if (!buf.ok()) return buf.status().WithContext("allocating activations on " + std::string(b->name()));
+    a = {*buf, plan->arena * 4};
+  }
   im.values.assign(g.n_values, coda_tensor{});
+  im.host_valid.assign(g.n_values, true);
   for (uint32_t v = 0; v < g.n_values; ++v) {
     coda_tensor& t = im.values[v];
     t.dtype = plan->shapes[v].dtype;
@@ -314,17 +341,41 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
     t.shape[0] = plan->shapes[v].rows;
     t.shape[1] = plan->shapes[v].cols;
     t.data = im.arena.data() + plan->offsets[v];
+    im.host_valid[v] = home[v] == nullptr;
   }
   std::memcpy(im.values[0].data, tokens.data(), tokens.size() * sizeof(int32_t));
+  // The value as backend `b` reads or writes it: in b's buffers when that is its home.
+  auto view = [&](uint32_t v, const Backend* b) {
+    coda_tensor t = im.values[v];
+    if (home[v] && home[v] == b) {
+      t.data = nullptr;
+      t.buffer = im.device_arenas[home[v]].buffer;
+      t.offset = plan->offsets[v] * 4;
+    }
+    return t;
+  };
+  auto to_host = [&](uint32_t v) -> Status {
+    if (im.host_valid[v]) return Status::Ok();
+    const coda_tensor& t = im.values[v];
+    CODA_RETURN_IF_ERROR(home[v]->Download(im.device_arenas[home[v]].buffer, plan->offsets[v] * 4, t.data,
+                                           t.shape[0] * t.shape[1] * 4));
+    CODA_RETURN_IF_ERROR(home[v]->Synchronize());
+    im.host_valid[v] = true;
+    return Status::Ok();
+  };
 
   std::vector<coda_tensor> in, out, weights;
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const GraphNode& node = g.nodes[i];
+    Backend& b = *im.placement[i].backend;
     in.clear();
     out.clear();
     weights.clear();
-    for (uint32_t v : node.inputs) in.push_back(im.values[v]);
-    for (uint32_t v : node.outputs) out.push_back(im.values[v]);
+    for (uint32_t v : node.inputs) {
+      if (home[v] != &b) CODA_RETURN_IF_ERROR(to_host(v).WithContext("copying '" + node.name + "' input to the host"));
+      in.push_back(view(v, &b));
+    }
+    for (uint32_t v : node.outputs) out.push_back(view(v, &b));
     for (int32_t w : node.weights) weights.push_back(w >= 0 ? model_->tensor(w) : coda_tensor{});
     coda_op op{};
     op.struct_size = sizeof(coda_op);
@@ -335,7 +386,9 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
     if (node.op == kHead && !all_logits) {
       // Only the last row's logits: feed the head that row alone.
       coda_tensor& x = in[0];
-      x.data = static_cast<float*>(x.data) + static_cast<uint64_t>(n - 1) * x.shape[1];
+      const uint64_t skip = static_cast<uint64_t>(n - 1) * x.shape[1];
+      if (x.data) x.data = static_cast<float*>(x.data) + skip;
+      else x.offset += skip * 4;
       x.shape[0] = 1;
       op.n_tokens = 1;
     }
@@ -354,11 +407,16 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
       if (coda_buffer buf = im.device_kv[static_cast<size_t>(node.layer)].buffer) op.kv.buffer = buf;
       else op.kv.data = im.kv->layer_data(static_cast<uint32_t>(node.layer));
     }
-    Backend& b = *im.placement[i].backend;
     Status s = b.Execute(op);
     if (!s.ok()) return s.WithContext(std::string(OpTypeName(node.op)) + " '" + node.name + "' on " + std::string(b.name()));
-    if (observer_) observer_(node, out);
+    if (observer_) {
+      for (uint32_t v : node.outputs) CODA_RETURN_IF_ERROR(to_host(v));
+      out.clear();
+      for (uint32_t v : node.outputs) out.push_back(im.values[v]);
+      observer_(node, out);
+    }
   }
+  CODA_RETURN_IF_ERROR(to_host(g.logits).WithContext("copying the logits to the host"));
   // Host-memory outputs are complete when execute() returns; this also settles any work a
   // backend still has queued before the cache counts the new positions.
   for (Backend* b : im.used) CODA_RETURN_IF_ERROR(b->Synchronize());
