@@ -50,8 +50,8 @@ coda_status_code Create(const coda_host* host, const coda_backend_options* optio
       CopyError(e, error, error_size);
       return CODA_STATUS_DEVICE_ERROR;
     }
-    in->scratch = std::make_unique<Arena>(in->device.get(), false, 64ull << 20);
-    in->staging = std::make_unique<Arena>(in->device.get(), true, 16ull << 20);
+    in->scratch = std::make_unique<Arena>(in->device.get(), false, 16ull << 20);
+    in->staging = std::make_unique<Arena>(in->device.get(), true, 4ull << 20);
     in->description = in->device->description();
     *self = in.release();
     return CODA_STATUS_OK;

@@ -227,7 +227,7 @@ std::string Device::Create(const DeviceOptions& options, std::unique_ptr<Device>
   if (!e.empty()) return e;
   e = d->Allocate(256, false, &d->dummy_);
   if (!e.empty()) return e;
-  d->staging_ = std::make_unique<Arena>(d.get(), true, 64ull << 20);
+  d->staging_ = std::make_unique<Arena>(d.get(), true, 4ull << 20);
 
   const char* kinds[] = {"other", "integrated GPU", "discrete GPU", "virtual GPU", "CPU"};
   const uint32_t kind = d->props_.deviceType <= 4 ? d->props_.deviceType : 0;

@@ -595,8 +595,14 @@ std::string PrepareWeights(Instance& in, const coda_weights& weights, Prepared* 
   Device& dev = *in.device;
   // Weights share large blocks (a device allows only so many allocations); each tensor starts
   // at a binding-aligned offset.
-  constexpr uint64_t kBlock = 256ull << 20;
   const uint64_t align = dev.binding_alignment();
+  auto padded = [&](const coda_tensor& t) { return ((WeightBytes(t) + 3) / 4 * 4 + align - 1) / align * align; };
+  uint64_t total = 0;  // blocks of at most 256 MiB, smaller when the weights are
+  for (uint32_t i = 0; i < weights.n_tensors; ++i) {
+    total += padded(weights.tensors[i]);
+    if (weights.tensors[i].dtype == CODA_DTYPE_FP8_E4M3 && weights.tensors[i].scale) total += padded(*weights.tensors[i].scale);
+  }
+  const uint64_t kBlock = std::min<uint64_t>(256ull << 20, std::max<uint64_t>(total, align));
   uint64_t used = kBlock;
   auto place = [&](const coda_tensor& t) -> std::string {
     if (!t.data || out->spans.count(t.data)) return "";
