@@ -1,7 +1,9 @@
-// y = x W^T for up to 4 tokens per workgroup and one output row at a time (grid-strided over
-// rows); z indexes independent problems (attention heads) through the *_zoff / w_zrows strides.
-// mode 1: x rows gathered through IDX; mode 2: also y rows scattered through IDX and added,
-// scaled by ALPHA (the routed experts' weighted sum).
+// y = x W^T. A workgroup computes R output rows (T invocations share a row, reading it in
+// interleaved runs) for up to TT tokens, so a row is read once per TT tokens and a reduction
+// costs two barriers per R rows; workgroups stride over the rows. z indexes independent
+// problems (attention heads) through the *_zoff / w_zrows strides.
+// mode 1: x rows gathered through IDX; mode 2: y rows scattered through IDX and added, scaled
+// by ALPHA (the routed experts' weighted sum).
 #version 450
 #include "common.glsl"
 layout(local_size_x = WG) in;
@@ -21,9 +23,18 @@ layout(push_constant) uniform P {
 } p;
 
 #define TT 4u
+#define T 8u
+#define R (WG / T)
+shared float part[TT * WG];
+
+float weight(uint R_, uint k) {
+  float w = LOAD_ELEM(W, p.w_dtype, p.w_off + R_ * p.cols + k);
+  if (p.w_dtype == DT_FP8) w *= S[p.s_off + (R_ / p.block) * p.s_cols + k / p.block];
+  return w;
+}
 
 void main() {
-  const uint l = gl_LocalInvocationIndex, z = gl_WorkGroupID.z;
+  const uint l = gl_LocalInvocationIndex, z = gl_WorkGroupID.z, ri = l / T, ki = l % T;
   const uint t0 = gl_WorkGroupID.y * TT;
   const uint nt = min(TT, p.n - t0);
   uint xrow[TT];
@@ -31,29 +42,31 @@ void main() {
     const uint t = t0 + min(j, nt - 1u);
     xrow[j] = p.x_off + z * p.x_zoff + ((p.mode & 1u) != 0u ? IDX[p.idx_off + t] : t) * p.x_stride;
   }
-  for (uint r = gl_WorkGroupID.x; r < p.rows; r += gl_NumWorkGroups.x) {
-    const uint R = p.w_row0 + z * p.w_zrows + r;
-    const uint wbase = p.w_off + R * p.cols;
+  for (uint r0 = gl_WorkGroupID.x * R; r0 < p.rows; r0 += gl_NumWorkGroups.x * R) {
+    const uint r = r0 + ri;
     float acc[TT] = float[TT](0.0, 0.0, 0.0, 0.0);
-    if (p.w_dtype == DT_FP8) {
-      const uint sbase = p.s_off + (R / p.block) * p.s_cols;
-      for (uint k = l; k < p.cols; k += WG) {
-        const float w = LOAD_ELEM(W, DT_FP8, wbase + k) * S[sbase + k / p.block];
-        for (uint j = 0u; j < TT; ++j) acc[j] += w * X[xrow[j] + k];
-      }
-    } else {
-      for (uint k = l; k < p.cols; k += WG) {
-        const float w = LOAD_ELEM(W, p.w_dtype, wbase + k);
-        for (uint j = 0u; j < TT; ++j) acc[j] += w * X[xrow[j] + k];
+    if (r < p.rows) {
+      const uint R_ = p.w_row0 + z * p.w_zrows + r;
+      if (nt == 1u) {
+        for (uint k = ki; k < p.cols; k += T) acc[0] += weight(R_, k) * X[xrow[0] + k];
+      } else {
+        for (uint k = ki; k < p.cols; k += T) {
+          const float w = weight(R_, k);
+          for (uint j = 0u; j < TT; ++j) acc[j] += w * X[xrow[j] + k];
+        }
       }
     }
-    for (uint j = 0u; j < TT; ++j) {
-      const float v = wg_sum(acc[j]);
-      if (l == 0u && j < nt) {
+    for (uint j = 0u; j < TT; ++j) part[j * WG + l] = acc[j];
+    barrier();
+    if (ki == 0u && r < p.rows) {
+      for (uint j = 0u; j < nt; ++j) {
+        float v = 0.0;
+        for (uint i = 0u; i < T; ++i) v += part[j * WG + l + i];
         const uint t = t0 + j;
         if ((p.mode & 2u) != 0u) Y[p.y_off + IDX[p.idx_off + t] * p.y_stride + r] += ALPHA[p.alpha_off + t] * v;
         else Y[p.y_off + t * p.y_stride + z * p.y_zoff + r] = v;
       }
     }
+    barrier();
   }
 }

@@ -216,7 +216,7 @@ std::string Linear(Call& c, const LinearArgs& a) {
                w.data.elem, a.w_row0, a.w_zrows, w.dtype, w.scale.elem, w.s_cols, w.block, a.mode, a.idx.elem,
                a.alpha.elem};
   return c.dev().Dispatch(kLinear, {a.x.span, w.data.span, w.scale.span, a.y.span, a.idx.span, a.alpha.span}, &p,
-                          sizeof p, std::min(a.rows, kMaxGridX), Ceil(a.n, 4), a.z);
+                          sizeof p, std::min(Ceil(a.rows, 8), kMaxGridX), Ceil(a.n, 4), a.z);
 }
 
 // Plain y = x W^T with contiguous rows.
