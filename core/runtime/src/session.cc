@@ -207,6 +207,7 @@ Status Session::Impl::PlaceKvCache(const GraphRef& g) {
     const std::vector<uint8_t> zeros(static_cast<size_t>(std::min<uint64_t>(kv->layer_bytes(), 4u << 20)));
     for (uint64_t at = 0; at < kv->layer_bytes(); at += zeros.size())
       CODA_RETURN_IF_ERROR(b->Upload(*buf, at, zeros.data(), std::min<uint64_t>(zeros.size(), kv->layer_bytes() - at)));
+    CODA_RETURN_IF_ERROR(b->Synchronize());  // `zeros` must outlive the transfers
   }
   return Status::Ok();
 }
@@ -372,7 +373,8 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
     out.clear();
     weights.clear();
     for (uint32_t v : node.inputs) {
-      if (home[v] != &b) CODA_RETURN_IF_ERROR(to_host(v).WithContext("copying '" + node.name + "' input to the host"));
+      if (home[v] && home[v] != &b)
+        if (Status c = to_host(v); !c.ok()) return c.WithContext("copying an input of '" + node.name + "' to the host");
       in.push_back(view(v, &b));
     }
     for (uint32_t v : node.outputs) out.push_back(view(v, &b));
