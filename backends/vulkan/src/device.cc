@@ -191,6 +191,10 @@ std::string Device::Create(const DeviceOptions& options, std::unique_ptr<Device>
   for (uint32_t i = 0; i < d->memory_.memoryHeapCount; ++i)
     if (d->memory_.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) d->total_memory_ += d->memory_.memoryHeaps[i].size;
   d->binding_alignment_ = std::max<uint64_t>(256, d->props_.limits.minStorageBufferOffsetAlignment);
+  if (d->props_.limits.maxPerStageDescriptorStorageBuffers < kMaxBindings)
+    return std::string(d->props_.deviceName) + " allows " +
+           std::to_string(d->props_.limits.maxPerStageDescriptorStorageBuffers) +
+           " storage buffers per shader stage; the kernels need " + std::to_string(kMaxBindings);
 
   VkPhysicalDeviceSubgroupProperties sub{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
   VkPhysicalDeviceProperties2 props2{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
