@@ -96,14 +96,6 @@ void Arena::Reset() {
   used_ = 0;
 }
 
-void Arena::Trim() {
-  while (blocks_.size() > 1) {
-    device_->Free(*blocks_.back());
-    blocks_.pop_back();
-  }
-  Reset();
-}
-
 // ---- Device ----
 
 std::string Device::Create(const DeviceOptions& options, std::unique_ptr<Device>* out) {
@@ -188,8 +180,6 @@ std::string Device::Create(const DeviceOptions& options, std::unique_ptr<Device>
   d->queue_family_ = usable[options.index].second;
   vkGetPhysicalDeviceProperties(d->physical_, &d->props_);
   vkGetPhysicalDeviceMemoryProperties(d->physical_, &d->memory_);
-  for (uint32_t i = 0; i < d->memory_.memoryHeapCount; ++i)
-    if (d->memory_.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) d->total_memory_ += d->memory_.memoryHeaps[i].size;
   d->binding_alignment_ = std::max<uint64_t>(256, d->props_.limits.minStorageBufferOffsetAlignment);
   if (d->props_.limits.maxPerStageDescriptorStorageBuffers < kMaxBindings)
     return std::string(d->props_.deviceName) + " allows " +

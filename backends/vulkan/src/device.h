@@ -40,8 +40,6 @@ class Arena {
   ~Arena();
   std::string Allocate(uint64_t size, Span* out);
   void Reset();
-  // Frees blocks beyond the first (after an unusually large call).
-  void Trim();
 
  private:
   Device* device_;
@@ -60,8 +58,8 @@ struct DeviceOptions {
 
 class Device {
  public:
-  // Physical devices usable by the backend (Vulkan 1.2+ with a compute queue), in enumeration
-  // order; `error` explains an empty list.
+  // Opens usable device number options.index (Vulkan 1.2+ with a compute queue, in
+  // enumeration order); the error says why none could be.
   static std::string Create(const DeviceOptions& options, std::unique_ptr<Device>* out);
   ~Device();
   Device(const Device&) = delete;
@@ -76,8 +74,6 @@ class Device {
     uint64_t memory;  // bytes of device-local heaps
   };
   const std::vector<Info>& devices() const { return devices_; }
-  VkPhysicalDeviceType type() const { return props_.deviceType; }
-  uint64_t total_memory() const { return total_memory_; }
   uint64_t max_binding() const { return props_.limits.maxStorageBufferRange; }
   uint64_t binding_alignment() const { return binding_alignment_; }
   bool subgroup_reductions() const { return subgroup_; }
@@ -93,7 +89,6 @@ class Device {
   std::string Copy(const Span& src, const Span& dst);
   std::string Fill(const Span& dst, uint32_t value);
   std::string Submit();
-  bool recording() const { return recording_; }
 
   // Host <-> block transfers outside a call's recording: through the mapping or via staging.
   std::string Write(const Span& dst, const void* src, uint64_t size);
@@ -115,7 +110,6 @@ class Device {
   uint32_t queue_family_ = 0;
   VkPhysicalDeviceProperties props_{};
   VkPhysicalDeviceMemoryProperties memory_{};
-  uint64_t total_memory_ = 0;
   uint64_t binding_alignment_ = 256;
   std::vector<Info> devices_;
   bool subgroup_ = false;
