@@ -62,14 +62,15 @@ inline __m512 Exp16(__m512 x) {
 constexpr size_t kHeads = 4;        // heads per register block
 constexpr size_t kBlockRows = 128;  // cache rows per block: reused from L2 by every head group
 
-// Scores of heads [h0, h0 + 4) against rows [p, p + 4): a 4 x 4 block of dot products over the
-// whole row. Heads and rows past the ends are clamped (computed, not stored).
-inline void ScoreBlock(const MlaAttendArgs& a, const uint16_t* qb, size_t kq, const uint16_t* base, size_t len,
-                       size_t h0, size_t p, float* mx) {
+// Scores of heads [h0, h0 + 4) against rows [p, p + 4) of a block of n rows: a 4 x 4 block of
+// dot products over the whole row, into sc[h][p] (row stride kBlockRows), with the heads' maxima.
+// Heads and rows past the ends are clamped (computed, not stored).
+inline void ScoreBlock(const MlaAttendArgs& a, const uint16_t* qb, size_t kq, const uint16_t* rows, size_t n, size_t h0,
+                       size_t p, float* sc, float* mx) {
   const uint16_t* q[kHeads];
   const uint16_t* r[4];
   for (size_t g = 0; g < kHeads; ++g) q[g] = qb + std::min(h0 + g, a.nh - 1) * kq;
-  for (size_t j = 0; j < 4; ++j) r[j] = base + std::min(p + j, len - 1) * a.row;
+  for (size_t j = 0; j < 4; ++j) r[j] = rows + std::min(p + j, n - 1) * a.row;
   __m512 acc[16];
   for (auto& v : acc) v = _mm512_setzero_ps();
   for (size_t k = 0; k < a.row; k += 32) {
@@ -83,10 +84,10 @@ inline void ScoreBlock(const MlaAttendArgs& a, const uint16_t* qb, size_t kq, co
   }
   alignas(64) float s[16];
   _mm512_store_ps(s, _mm512_mul_ps(Reduce16(acc), _mm512_set1_ps(a.scale)));
-  const size_t nj = std::min<size_t>(4, len - p), ng = std::min(kHeads, a.nh - h0);
+  const size_t nj = std::min<size_t>(4, n - p), ng = std::min(kHeads, a.nh - h0);
   for (size_t g = 0; g < ng; ++g)
     for (size_t j = 0; j < nj; ++j) {
-      a.scores[(h0 + g) * len + p + j] = s[g * 4 + j];
+      sc[(h0 + g) * kBlockRows + p + j] = s[g * 4 + j];
       mx[h0 + g] = std::max(mx[h0 + g], s[g * 4 + j]);
     }
 }
@@ -107,58 +108,65 @@ inline void PvPair(const uint16_t* row0, const uint16_t* row1, const __mmask32 (
   }
 }
 
+// One pass over the cache in blocks of rows (online softmax): a block's scores for every head,
+// then its weighted latent sum while the block is still in L2; the partial sums are rescaled
+// when a head's running maximum grows.
 void MlaAttendBf16(const MlaAttendArgs& a) {
   const size_t len = a.end - a.begin, nh = a.nh, c = a.c;
   const uint16_t* base = static_cast<const uint16_t*>(a.cache) + a.begin * a.row;
-  // q as BF16 rows [qabs | qpe | 0 ...] of kq values; weights as BF16 pairs, rows of lw values.
-  const size_t kq = (a.row + 31) / 32 * 32, lw = (len + 16) / 16 * 16, cp = (c + 63) / 64 * 64;
+  // q as BF16 rows [qabs | qpe | 0 ...] of kq values; a block's weights as BF16 pairs.
+  const size_t kq = (a.row + 31) / 32 * 32, lw = kBlockRows + 16, cp = (c + 63) / 64 * 64;
   thread_local std::vector<uint16_t> qb, wb, zeros;
-  thread_local std::vector<float> accp, mx;
+  thread_local std::vector<float> sc, accp, mx, bmx, sum;
   qb.assign(nh * kq, 0);
-  wb.resize(nh * lw);
+  wb.assign(nh * lw, 0);
   zeros.assign(cp, 0);
+  sc.resize(nh * kBlockRows);
   accp.assign(nh * cp, 0.0f);
   mx.assign(nh, -INFINITY);
+  sum.assign(nh, 0.0f);
   for (size_t h = 0; h < nh; ++h) {
     for (size_t i = 0; i < c; ++i) qb[h * kq + i] = F32ToBf16(a.qabs[h * c + i]);
     for (size_t i = 0; i < a.dr; ++i) qb[h * kq + c + i] = F32ToBf16(a.qpe[h * a.qpe_stride + i]);
   }
-
   for (size_t pb = 0; pb < len; pb += kBlockRows) {
-    const size_t pe = std::min(len, pb + kBlockRows);
+    const size_t n = std::min(len - pb, kBlockRows);
+    const uint16_t* rows = base + pb * a.row;
+    bmx.assign(nh, -INFINITY);
     for (size_t h0 = 0; h0 < nh; h0 += kHeads)
-      for (size_t p = pb; p < pe; p += 4) ScoreBlock(a, qb.data(), kq, base, len, h0, p, mx.data());
-  }
-
-  // Softmax, normalized, rounded to BF16 (zero past len, so an odd last pair adds nothing).
-  for (size_t h = 0; h < nh; ++h) {
-    float* s = a.scores + h * len;
-    const __m512 mv = _mm512_set1_ps(mx[h]);
-    __m512 sum = _mm512_setzero_ps();
-    for (size_t p = 0; p < len; p += 16) {
-      const __mmask16 m = Mask16(len - p);
-      const __m512 e = _mm512_maskz_mov_ps(m, Exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + p), mv)));
-      _mm512_mask_storeu_ps(s + p, m, e);
-      sum = _mm512_add_ps(sum, e);
+      for (size_t p = 0; p < n; p += 4) ScoreBlock(a, qb.data(), kq, rows, n, h0, p, sc.data(), bmx.data());
+    // exp(s - running max), summed in F32 and rounded to BF16 pairs (zero past n).
+    for (size_t h = 0; h < nh; ++h) {
+      if (bmx[h] > mx[h]) {
+        const float f = std::exp(mx[h] - bmx[h]);  // 0 on the first block
+        for (size_t i = 0; i < cp; ++i) accp[h * cp + i] *= f;
+        sum[h] *= f;
+        mx[h] = bmx[h];
+      }
+      const float* s = sc.data() + h * kBlockRows;
+      uint16_t* w = wb.data() + h * lw;
+      const __m512 mv = _mm512_set1_ps(mx[h]);
+      __m512 acc = _mm512_setzero_ps();
+      for (size_t p = 0; p < n; p += 16) {
+        const __mmask16 m = Mask16(n - p);
+        const __m512 e = _mm512_maskz_mov_ps(m, Exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + p), mv)));
+        acc = _mm512_add_ps(acc, e);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(w + p), std::bit_cast<__m256i>(_mm512_cvtneps_pbh(e)));
+      }
+      sum[h] += _mm512_reduce_add_ps(acc);
     }
-    const float total = _mm512_reduce_add_ps(sum);
-    if (a.lse) a.lse[h] = mx[h] + std::log(total);
-    const __m512 inv = _mm512_set1_ps(1.0f / total);
-    uint16_t* w = wb.data() + h * lw;
-    for (size_t p = 0; p < lw; p += 16) {
-      const __m512 e = p < len ? _mm512_maskz_loadu_ps(Mask16(len - p), s + p) : _mm512_setzero_ps();
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(w + p),
-                          std::bit_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_mul_ps(e, inv))));
-    }
-  }
-
-  // olat = sum_p w[p] lat[p], two rows per vdpbf16ps, in blocks of rows that stay in L2; the
-  // partial sums live in accp in the interleaved column order until the end.
-  for (size_t pb = 0; pb < len; pb += kBlockRows) {
-    const size_t pe = std::min(len, pb + kBlockRows);
+    // accp += sum_p w[p] lat[p], two rows per vdpbf16ps, kept in the interleaved column order.
+    // Meanwhile the next block is prefetched into L2, a slice per step (one core alone cannot
+    // keep enough misses in flight from the scores loop).
+    const char* next = reinterpret_cast<const char*>(rows + n * a.row);
+    const size_t next_bytes = std::min(len - pb - n, kBlockRows) * a.row * 2;
+    const size_t steps = (c + 63) / 64 * ((nh + kHeads - 1) / kHeads);
+    const size_t slice = (next_bytes / 64 + steps - 1) / steps * 64;
+    size_t pf = 0;
     for (size_t i0 = 0; i0 < c; i0 += 64) {
       const __mmask32 m[2] = {Mask32(i0, c), Mask32(i0 + 32, c)};
       for (size_t h0 = 0; h0 < nh; h0 += kHeads) {
+        for (const size_t e = std::min(next_bytes, pf + slice); pf < e; pf += 64) _mm_prefetch(next + pf, _MM_HINT_T1);
         const uint32_t* w[kHeads];
         __m512 acc[kHeads][4];
         for (size_t g = 0; g < kHeads; ++g) {
@@ -166,25 +174,29 @@ void MlaAttendBf16(const MlaAttendArgs& a) {
           w[g] = reinterpret_cast<const uint32_t*>(wb.data() + h * lw);
           for (int k = 0; k < 4; ++k) acc[g][k] = _mm512_loadu_ps(accp.data() + h * cp + i0 + 16 * k);
         }
-        size_t p = pb;
-        for (; p + 2 <= pe; p += 2) PvPair(base + p * a.row + i0, base + (p + 1) * a.row + i0, m, w, p / 2, acc);
-        if (p < pe) PvPair(base + p * a.row + i0, zeros.data(), m, w, p / 2, acc);
+        size_t p = 0;
+        for (; p + 2 <= n; p += 2) PvPair(rows + p * a.row + i0, rows + (p + 1) * a.row + i0, m, w, p / 2, acc);
+        if (p < n) PvPair(rows + p * a.row + i0, zeros.data(), m, w, p / 2, acc);
         for (size_t g = 0; g < std::min(kHeads, nh - h0); ++g)
           for (int k = 0; k < 4; ++k) _mm512_storeu_ps(accp.data() + (h0 + g) * cp + i0 + 16 * k, acc[g][k]);
       }
     }
   }
-  // Back to column order: per 32 columns, lo = acc[2s] and hi = acc[2s + 1] hold 128-bit lanes
-  // of 4 columns each: [lo0 hi0 lo1 hi1] and [lo2 hi2 lo3 hi3].
+  // Normalized, back in column order: per 32 columns, lo = acc[2s] and hi = acc[2s + 1] hold
+  // 128-bit lanes of 4 columns each: [lo0 hi0 lo1 hi1] and [lo2 hi2 lo3 hi3].
   const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
   const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
-  for (size_t h = 0; h < nh; ++h)
+  for (size_t h = 0; h < nh; ++h) {
+    if (a.lse) a.lse[h] = mx[h] + std::log(sum[h]);
+    const __m512 inv = _mm512_set1_ps(1.0f / sum[h]);
     for (size_t i = 0; i < c; i += 32) {
       const __m512 lo = _mm512_loadu_ps(accp.data() + h * cp + i), hi = _mm512_loadu_ps(accp.data() + h * cp + i + 16);
       float* o = a.olat + h * c + i;
-      _mm512_mask_storeu_ps(o, Mask16(c - i), _mm512_permutex2var_ps(lo, first, hi));
-      if (i + 16 < c) _mm512_mask_storeu_ps(o + 16, Mask16(c - i - 16), _mm512_permutex2var_ps(lo, second, hi));
+      _mm512_mask_storeu_ps(o, Mask16(c - i), _mm512_mul_ps(_mm512_permutex2var_ps(lo, first, hi), inv));
+      if (i + 16 < c)
+        _mm512_mask_storeu_ps(o + 16, Mask16(c - i - 16), _mm512_mul_ps(_mm512_permutex2var_ps(lo, second, hi), inv));
     }
+  }
 }
 
 void MlaAttend(const MlaAttendArgs& a) {
