@@ -1,6 +1,7 @@
 #include "ops.h"
 
 #include <dnnl.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -105,34 +106,44 @@ std::string Linear(Context& ctx, const Weight& w, const float* x, size_t n, floa
     });
     return "";
   }
+  // Each pool thread decodes panels of its own rows and multiplies them with a one-thread
+  // SGEMM: oneDNN's OpenMP team would otherwise spin against the pool's threads around every
+  // call (on 2 cores that halved prefill speed).
   const uint64_t panel_rows = std::max<uint64_t>(16, kPanelBytes / (w.cols * 4));
-  std::vector<float>& panel = ctx.scratch[3];
-  panel.resize(static_cast<size_t>(std::min(panel_rows, w.rows) * w.cols));
-  for (uint64_t r0 = 0; r0 < w.rows; r0 += panel_rows) {
-    const uint64_t r1 = std::min(w.rows, r0 + panel_rows);
-    ctx.pool->ParallelFor(r1 - r0, 4, [&](size_t a, size_t b, unsigned) {
-      ctx.k->dequant_rows(w, r0 + a, r0 + b, panel.data() + a * w.cols);
-    });
-    std::string e = Sgemm(n, r1 - r0, w.cols, x, w.cols, panel.data(), w.cols, y + r0, w.rows);
+  if (ctx.thread_panel.size() < ctx.pool->size()) ctx.thread_panel.resize(ctx.pool->size());
+  std::vector<std::string> errors(ctx.pool->size());
+  ctx.pool->ParallelFor(w.rows, 16, [&](size_t a, size_t b, unsigned ti) {
+    std::vector<float>& panel = ctx.thread_panel[ti];
+    panel.resize(static_cast<size_t>(std::min<uint64_t>(panel_rows, b - a) * w.cols));
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    for (uint64_t r0 = a; r0 < b && errors[ti].empty(); r0 += panel_rows) {
+      const uint64_t r1 = std::min<uint64_t>(b, r0 + panel_rows);
+      ctx.k->dequant_rows(w, r0, r1, panel.data());
+      errors[ti] = Sgemm(n, r1 - r0, w.cols, x, w.cols, panel.data(), w.cols, y + r0, w.rows);
+    }
+    omp_set_num_threads(saved);
+  });
+  for (const std::string& e : errors)
     if (!e.empty()) return e;
-  }
   return "";
 }
 
-std::string LinearBatch(Context& ctx, const std::vector<LinearJob>& jobs) {
-  size_t max_n = 0;
-  std::vector<uint64_t> first_row(jobs.size() + 1, 0);  // prefix sums of rows
-  for (size_t j = 0; j < jobs.size(); ++j) {
-    max_n = std::max(max_n, jobs[j].n);
-    first_row[j + 1] = first_row[j] + jobs[j].w.rows;
-  }
-  if (max_n >= ctx.gemm_min_tokens) {
-    for (const LinearJob& j : jobs) {
-      std::string e = Linear(ctx, j.w, j.x, j.n, j.y);
-      if (!e.empty()) return e;
+std::string LinearBatch(Context& ctx, const std::vector<LinearJob>& all) {
+  // Jobs with enough tokens go through SGEMM one by one; the others still share one region (an
+  // expert with many tokens must not send the few-token ones to a region each).
+  std::vector<LinearJob> jobs;
+  for (const LinearJob& j : all) {
+    if (j.n < ctx.gemm_min_tokens) {
+      jobs.push_back(j);
+      continue;
     }
-    return "";
+    std::string e = Linear(ctx, j.w, j.x, j.n, j.y);
+    if (!e.empty()) return e;
   }
+  if (jobs.empty()) return "";
+  std::vector<uint64_t> first_row(jobs.size() + 1, 0);  // prefix sums of rows
+  for (size_t j = 0; j < jobs.size(); ++j) first_row[j + 1] = first_row[j] + jobs[j].w.rows;
   ctx.pool->ParallelFor(first_row.back(), 16, [&](size_t a, size_t b, unsigned) {
     size_t j = static_cast<size_t>(std::upper_bound(first_row.begin(), first_row.end(), a) - first_row.begin()) - 1;
     for (; a < b; ++j) {
