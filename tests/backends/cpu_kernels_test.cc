@@ -5,6 +5,7 @@
 #include <cmath>
 #include <array>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels.h"
@@ -55,6 +56,8 @@ std::vector<const Kernels*> Builds() {
   if (Avx512Kernels() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl"))
     k.push_back(Avx512Kernels());
+  if (Avx512Bf16Kernels() && !k.empty() && k.back() == Avx512Kernels() && __builtin_cpu_supports("avx512bf16"))
+    k.push_back(Avx512Bf16Kernels());
   return k;
 }
 
@@ -123,13 +126,18 @@ TEST(CpuKernels, SimdBuildsMatchTheReference) {
   }
 }
 
+// q and the cache rounded to BF16 as the avx512bf16 build rounds them; its softmax weights are
+// also rounded to BF16 (2^-9 relative each), which the looser tolerance covers.
+bool RoundsToBf16(const Kernels& k) { return std::string(k.name) == "avx512bf16"; }
+
 TEST(CpuKernels, MlaAttendMatchesTheReference) {
   const auto builds = Builds();
   if (builds.empty()) GTEST_SKIP() << "this CPU has neither AVX2+FMA nor AVX-512: only the reference kernels run";
   std::mt19937 rng(5);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   for (bool bf16 : {true, false}) {
-    for (auto [nh, c, dr, visible] : {std::array<size_t, 4>{6, 40, 16, 37}, {4, 512, 64, 300}, {1, 17, 2, 1}}) {
+    for (auto [nh, c, dr, visible] : {std::array<size_t, 4>{6, 40, 16, 37}, {4, 512, 64, 300}, {1, 17, 2, 1},
+                                      {9, 100, 24, 133}, {16, 64, 32, 2}}) {
       const size_t row = c + dr, qk = 24 + dr;
       std::vector<float> qabs(nh * c), qpe(nh * qk), c32(visible * row);
       std::vector<uint16_t> c16(visible * row);
@@ -139,15 +147,40 @@ TEST(CpuKernels, MlaAttendMatchesTheReference) {
         c16[i] = F32ToBf16(nd(rng));
         c32[i] = Bf16ToF32(c16[i]);
       }
-      auto run = [&](const Kernels& k) {
-        std::vector<float> scores(nh * visible), olat(nh * c, 7.0f);
-        MlaAttendArgs a{qabs.data(), qpe.data(), qk,    nh, bf16 ? static_cast<const void*>(c16.data()) : c32.data(),
-                        bf16,        row,         c,     dr, visible, 0.125f, scores.data(), olat.data()};
+      auto round = [](std::vector<float> v) {
+        for (auto& x : v) x = Bf16ToF32(F32ToBf16(x));
+        return v;
+      };
+      const std::vector<float> qabs16 = round(qabs), qpe16 = round(qpe);
+      // Over rows [begin, end); with lse when `lse` is given.
+      auto run = [&](const Kernels& k, bool rounded, size_t begin, size_t end, std::vector<float>* lse) {
+        std::vector<float> scores(nh * (end - begin)), olat(nh * c, 7.0f);
+        if (lse) lse->assign(nh, 0.0f);
+        MlaAttendArgs a{rounded ? qabs16.data() : qabs.data(), rounded ? qpe16.data() : qpe.data(), qk, nh,
+                        bf16 ? static_cast<const void*>(c16.data()) : c32.data(), bf16, row, c, dr, begin, end, 0.125f,
+                        scores.data(), olat.data(), lse ? lse->data() : nullptr};
         k.mla_attend(a);
         return olat;
       };
-      const auto want = run(ReferenceKernels());
-      for (const Kernels* k : builds) ExpectClose(run(*k), want, 1e-5, std::string(k->name) + " mla_attend");
+      const Kernels& ref = ReferenceKernels();
+      const auto want = run(ref, false, 0, visible, nullptr), want16 = run(ref, true, 0, visible, nullptr);
+      for (const Kernels* k : builds) {
+        const std::string what = std::string(k->name) + " mla_attend, " + (bf16 ? "bf16" : "f32") + " cache";
+        if (bf16 && RoundsToBf16(*k)) ExpectClose(run(*k, false, 0, visible, nullptr), want16, 1e-2, what);
+        else ExpectClose(run(*k, false, 0, visible, nullptr), want, 1e-5, what);
+      }
+      // Two row ranges merged by their log-sum-exp equal the whole.
+      if (visible < 2) continue;
+      const size_t mid = visible / 3 + 1;
+      for (const Kernels* k : std::vector<const Kernels*>{&ref, builds.back()}) {
+        std::vector<float> l0, l1, merged(nh * c);
+        const auto o0 = run(*k, false, 0, mid, &l0), o1 = run(*k, false, mid, visible, &l1);
+        const float* po[2] = {o0.data(), o1.data()};
+        const float* pl[2] = {l0.data(), l1.data()};
+        MergeAttention(2, po, pl, nh, c, merged.data());
+        const bool loose = bf16 && RoundsToBf16(*k);
+        ExpectClose(merged, loose ? want16 : want, loose ? 1e-2 : 1e-5, std::string(k->name) + " split and merged");
+      }
     }
   }
 }

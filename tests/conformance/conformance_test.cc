@@ -45,6 +45,7 @@ TEST(Conformance, CpuBackendMatchesTheScalarReference) {
   ASSERT_TRUE(report.ok()) << report.status().message();
   std::printf("%s", report->Table().c_str());
   EXPECT_EQ(report->Count(Outcome::kFail), 0u) << report->Failures();
+  const bool bf16_kernels = (*cpu)->describe().find("avx512bf16") != std::string::npos;
   std::set<std::string> ops;
   for (const auto& c : report->cases) {
     ops.insert(c.op);
@@ -54,8 +55,10 @@ TEST(Conformance, CpuBackendMatchesTheScalarReference) {
       continue;
     }
     EXPECT_EQ(c.outcome, Outcome::kPass) << c.op << " [" << c.dtype << "] " << c.name << ": " << c.detail;
-    // Far inside the tolerances: only summation order differs from double accumulation.
-    EXPECT_LT(c.error, 1e-5) << c.op << " [" << c.dtype << "] " << c.name;
+    // Far inside the tolerances: only summation order differs from double accumulation; but the
+    // avx512bf16 kernels also round q and the softmax weights to BF16 over a BF16 cache.
+    const bool bf16_dots = bf16_kernels && c.op == "MlaAttention" && c.name.find("KV bf16") != std::string::npos;
+    EXPECT_LT(c.error, bf16_dots ? 1e-2 : 1e-5) << c.op << " [" << c.dtype << "] " << c.name;
   }
   for (const std::string& op : conformance::OpNames()) EXPECT_TRUE(ops.count(op)) << op;
   for (const char* area : {"devices", "buffers", "events", "prepare", "synchronize", "errors"}) EXPECT_TRUE(ops.count(area)) << area;

@@ -29,11 +29,16 @@ struct MlaAttendArgs {
   size_t nh;
   const void* cache;
   bool bf16;
-  size_t row, c, dr, visible;
+  size_t row, c, dr;
+  size_t begin, end;  // the cache rows attended to
   float scale;
-  float* scores;  // scratch [nh, visible]
+  float* scores;  // scratch [nh, end - begin]
   float* olat;    // out [nh, c]
+  // Out [nh] unless null: log of the softmax denominator (max included), so that results over
+  // disjoint row ranges can be merged (split over positions).
+  float* lse;
 };
+
 
 struct Kernels {
   const char* name;
@@ -50,7 +55,7 @@ struct Kernels {
   // The same with a BF16 second operand (the latent cache).
   float (*dot_bf16)(const float* a, const uint16_t* b, size_t n);
   void (*axpy_bf16)(float a, const uint16_t* x, float* y, size_t n);
-  // Absorbed MLA attention of one query position for `nh` heads over cache rows [0, visible):
+  // Absorbed MLA attention of one query position for `nh` heads over cache rows [begin, end):
   // s[h][p] = (qabs[h] . lat[p] + qpe[h] . pe[p]) * scale, p = softmax(s[h]), olat[h] = sum p lat.
   // Cache rows hold `row` values (c latent, then the rope key) in F32 or BF16.
   void (*mla_attend)(const MlaAttendArgs& a);
@@ -59,7 +64,10 @@ struct Kernels {
 const Kernels& ReferenceKernels();
 const Kernels* Avx2Kernels();    // nullptr when not compiled in
 const Kernels* Avx512Kernels();  // nullptr when not compiled in
-// The best set this CPU runs; CODA_CPU_KERNELS=ref|avx2|avx512 forces one (for tests).
+// AVX-512 plus AVX512-BF16 dot products for attention over a BF16 cache (q and the softmax
+// weights rounded to BF16, as the cache already is); nullptr when not compiled in.
+const Kernels* Avx512Bf16Kernels();
+// The best set this CPU runs; CODA_CPU_KERNELS=ref|avx2|avx512|avx512bf16 forces one (for tests).
 const Kernels& SelectKernels();
 
 // Scalar conversions shared by the kernel builds. A backend depends on nothing of Coda but the
@@ -90,6 +98,10 @@ inline bool WithWeightDType(uint32_t dtype, F&& f) {
     default: return false;
   }
 }
+
+// Merges attention over disjoint row ranges: parts[s] = {olat [nh, c], lse [nh]}; out = the
+// softmax over the union.
+void MergeAttention(size_t nparts, const float* const* olat, const float* const* lse, size_t nh, size_t c, float* out);
 
 inline float WeightScale(const Weight& w, uint64_t r, uint64_t c) {
   return w.scales[(r / w.block) * w.scale_cols + c / w.block];

@@ -180,23 +180,25 @@ void Axpy(float a, const float* x, float* y, size_t n) {
 
 // Per head through the dot/axpy kernels above.
 void MlaAttend(const MlaAttendArgs& a) {
-  const uint16_t* c16 = static_cast<const uint16_t*>(a.cache);
-  const float* c32 = static_cast<const float*>(a.cache);
+  const uint16_t* c16 = static_cast<const uint16_t*>(a.cache) + a.begin * a.row;
+  const float* c32 = static_cast<const float*>(a.cache) + a.begin * a.row;
+  const size_t len = a.end - a.begin;
   for (size_t h = 0; h < a.nh; ++h) {
-    float* s = a.scores + h * a.visible;
+    float* s = a.scores + h * len;
     const float* q = a.qabs + h * a.c;
     const float* qpe = a.qpe + h * a.qpe_stride;
     float mx = -INFINITY;
-    for (size_t p = 0; p < a.visible; ++p) {
+    for (size_t p = 0; p < len; ++p) {
       s[p] = (a.bf16 ? DotBf16(q, c16 + p * a.row, a.c) + DotBf16(qpe, c16 + p * a.row + a.c, a.dr)
                      : Dot(q, c32 + p * a.row, a.c) + Dot(qpe, c32 + p * a.row + a.c, a.dr)) * a.scale;
       mx = std::max(mx, s[p]);
     }
     float sum = 0;
-    for (size_t p = 0; p < a.visible; ++p) sum += (s[p] = std::exp(s[p] - mx));
+    for (size_t p = 0; p < len; ++p) sum += (s[p] = std::exp(s[p] - mx));
+    if (a.lse) a.lse[h] = mx + std::log(sum);
     float* o = a.olat + h * a.c;
     std::fill(o, o + a.c, 0.0f);
-    for (size_t p = 0; p < a.visible; ++p) {
+    for (size_t p = 0; p < len; ++p) {
       if (a.bf16) AxpyBf16(s[p] / sum, c16 + p * a.row, o, a.c);
       else Axpy(s[p] / sum, c32 + p * a.row, o, a.c);
     }

@@ -260,51 +260,54 @@ inline __m512 Exp16(__m512 x) {
 // G heads at once: each cache chunk is loaded and converted once for all of them.
 template <int G>
 void MlaAttendGroup(const MlaAttendArgs& a, size_t h0) {
+  const size_t len = a.end - a.begin;
   float mx[G];
   for (int g = 0; g < G; ++g) mx[g] = -INFINITY;
-  for (size_t p = 0; p < a.visible; ++p) {
+  for (size_t p = 0; p < len; ++p) {
     __m512 acc[G];
     for (int g = 0; g < G; ++g) acc[g] = _mm512_setzero_ps();
     for (size_t i = 0; i < a.c; i += 16) {
       const __mmask16 m = TailMask(a.c - i);
-      const __m512 v = CacheLoad(a, p, i, m);
+      const __m512 v = CacheLoad(a, a.begin + p, i, m);
       for (int g = 0; g < G; ++g)
         acc[g] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a.qabs + (h0 + g) * a.c + i), v, acc[g]);
     }
     for (size_t i = 0; i < a.dr; i += 16) {
       const __mmask16 m = TailMask(a.dr - i);
-      const __m512 v = CacheLoad(a, p, a.c + i, m);
+      const __m512 v = CacheLoad(a, a.begin + p, a.c + i, m);
       for (int g = 0; g < G; ++g)
         acc[g] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a.qpe + (h0 + g) * a.qpe_stride + i), v, acc[g]);
     }
     for (int g = 0; g < G; ++g) {
       const float sc = _mm512_reduce_add_ps(acc[g]) * a.scale;
-      a.scores[(h0 + g) * a.visible + p] = sc;
+      a.scores[(h0 + g) * len + p] = sc;
       mx[g] = std::max(mx[g], sc);
     }
   }
   // Softmax weights, normalized in place.
   for (int g = 0; g < G; ++g) {
-    float* s = a.scores + (h0 + g) * a.visible;
+    float* s = a.scores + (h0 + g) * len;
     const __m512 mv = _mm512_set1_ps(mx[g]);
     __m512 sum = _mm512_setzero_ps();
-    for (size_t p = 0; p < a.visible; p += 16) {
-      const __mmask16 m = TailMask(a.visible - p);
+    for (size_t p = 0; p < len; p += 16) {
+      const __mmask16 m = TailMask(len - p);
       const __m512 e = _mm512_maskz_mov_ps(m, Exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + p), mv)));
       _mm512_mask_storeu_ps(s + p, m, e);
       sum = _mm512_add_ps(sum, e);
     }
-    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
-    for (size_t p = 0; p < a.visible; p += 16) {
-      const __mmask16 m = TailMask(a.visible - p);
+    const float total = _mm512_reduce_add_ps(sum);
+    if (a.lse) a.lse[h0 + g] = mx[g] + std::log(total);
+    const __m512 inv = _mm512_set1_ps(1.0f / total);
+    for (size_t p = 0; p < len; p += 16) {
+      const __mmask16 m = TailMask(len - p);
       _mm512_mask_storeu_ps(s + p, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + p), inv));
     }
   }
   // olat[g] = sum_p w[g][p] * lat[p]. Positions go in blocks that stay in L2; within a block,
   // four 16-wide chunks of the latent at a time, every head's partial sums in registers.
   constexpr size_t kRowsPerBlock = 64;
-  for (size_t pb = 0; pb < a.visible; pb += kRowsPerBlock) {
-    const size_t pe = std::min(a.visible, pb + kRowsPerBlock);
+  for (size_t pb = 0; pb < len; pb += kRowsPerBlock) {
+    const size_t pe = std::min(len, pb + kRowsPerBlock);
     for (size_t i0 = 0; i0 < a.c; i0 += 64) {
       __mmask16 m[4];
       for (int k = 0; k < 4; ++k) m[k] = i0 + 16 * k < a.c ? TailMask(a.c - i0 - 16 * k) : 0;
@@ -314,9 +317,9 @@ void MlaAttendGroup(const MlaAttendArgs& a, size_t h0) {
           acc[g][k] = pb == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m[k], a.olat + (h0 + g) * a.c + i0 + 16 * k);
       for (size_t p = pb; p < pe; ++p) {
         __m512 v[4];
-        for (int k = 0; k < 4; ++k) v[k] = CacheLoad(a, p, i0 + 16 * k, m[k]);
+        for (int k = 0; k < 4; ++k) v[k] = CacheLoad(a, a.begin + p, i0 + 16 * k, m[k]);
         for (int g = 0; g < G; ++g) {
-          const __m512 w = _mm512_set1_ps(a.scores[(h0 + g) * a.visible + p]);
+          const __m512 w = _mm512_set1_ps(a.scores[(h0 + g) * len + p]);
           for (int k = 0; k < 4; ++k) acc[g][k] = _mm512_fmadd_ps(w, v[k], acc[g][k]);
         }
       }

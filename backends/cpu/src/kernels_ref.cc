@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string_view>
+#include <vector>
 
 #include "kernels.h"
 
@@ -74,24 +75,27 @@ float CacheValue(const MlaAttendArgs& a, size_t p, size_t i) {
 }
 
 void MlaAttend(const MlaAttendArgs& a) {
+  const size_t len = a.end - a.begin;
   for (size_t h = 0; h < a.nh; ++h) {
-    float* s = a.scores + h * a.visible;
+    float* s = a.scores + h * len;
     const float* q = a.qabs + h * a.c;
     const float* qpe = a.qpe + h * a.qpe_stride;
     float mx = -INFINITY;
-    for (size_t p = 0; p < a.visible; ++p) {
+    for (size_t j = 0; j < len; ++j) {
+      const size_t p = a.begin + j;
       float lat = 0, pe = 0;
       for (size_t i = 0; i < a.c; ++i) lat += q[i] * CacheValue(a, p, i);
       for (size_t i = 0; i < a.dr; ++i) pe += qpe[i] * CacheValue(a, p, a.c + i);
-      s[p] = (lat + pe) * a.scale;
-      mx = std::max(mx, s[p]);
+      s[j] = (lat + pe) * a.scale;
+      mx = std::max(mx, s[j]);
     }
     float sum = 0;
-    for (size_t p = 0; p < a.visible; ++p) sum += (s[p] = std::exp(s[p] - mx));
+    for (size_t j = 0; j < len; ++j) sum += (s[j] = std::exp(s[j] - mx));
+    if (a.lse) a.lse[h] = mx + std::log(sum);
     float* o = a.olat + h * a.c;
     std::fill(o, o + a.c, 0.0f);
-    for (size_t p = 0; p < a.visible; ++p)
-      for (size_t i = 0; i < a.c; ++i) o[i] += s[p] / sum * CacheValue(a, p, i);
+    for (size_t j = 0; j < len; ++j)
+      for (size_t i = 0; i < a.c; ++i) o[i] += s[j] / sum * CacheValue(a, a.begin + j, i);
   }
 }
 
@@ -111,6 +115,22 @@ const Kernels kRef = {"reference", MatmulRows, DequantRows, MatvecT, Dot, Axpy, 
 
 float Fp8ToF32(uint8_t v) { return kFp8[v]; }
 
+void MergeAttention(size_t nparts, const float* const* olat, const float* const* lse, size_t nh, size_t c, float* out) {
+  std::vector<float> w(nparts);
+  for (size_t h = 0; h < nh; ++h) {
+    float mx = -INFINITY, sum = 0;
+    for (size_t s = 0; s < nparts; ++s) mx = std::max(mx, lse[s][h]);
+    for (size_t s = 0; s < nparts; ++s) sum += (w[s] = std::exp(lse[s][h] - mx));
+    float* o = out + h * c;
+    std::fill(o, o + c, 0.0f);
+    for (size_t s = 0; s < nparts; ++s) {
+      const float ws = w[s] / sum;
+      const float* src = olat[s] + h * c;
+      for (size_t i = 0; i < c; ++i) o[i] += ws * src[i];
+    }
+  }
+}
+
 const Kernels& ReferenceKernels() { return kRef; }
 
 const Kernels& SelectKernels() {
@@ -120,7 +140,9 @@ const Kernels& SelectKernels() {
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl");
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
   if (f == "ref") return kRef;
+  if (f != "avx2" && f != "avx512" && bf16 && Avx512Bf16Kernels()) return *Avx512Bf16Kernels();
   if (f != "avx2" && avx512 && Avx512Kernels()) return *Avx512Kernels();
   if (avx2 && Avx2Kernels()) return *Avx2Kernels();
   return kRef;

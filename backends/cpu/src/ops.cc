@@ -1,6 +1,7 @@
 #include "ops.h"
 
 #include <dnnl.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -18,6 +19,8 @@ constexpr uint64_t kPanelBytes = 4u << 20;
 // head's rows are decoded to F32 once and reused by every token.
 constexpr size_t kAbsorbDirectMaxTokens = 4;
 constexpr size_t kHeadGroup = 4;
+// Decode splits the cache by position across threads from this many rows per thread on.
+constexpr size_t kMinSplitRows = 64;
 
 inline float* F(const coda_tensor& t) { return static_cast<float*>(t.data); }
 inline const float* CF(const coda_tensor& t) { return static_cast<const float*>(t.data); }
@@ -103,34 +106,44 @@ std::string Linear(Context& ctx, const Weight& w, const float* x, size_t n, floa
     });
     return "";
   }
+  // Each pool thread decodes panels of its own rows and multiplies them with a one-thread
+  // SGEMM: oneDNN's OpenMP team would otherwise spin against the pool's threads around every
+  // call (on 2 cores that halved prefill speed).
   const uint64_t panel_rows = std::max<uint64_t>(16, kPanelBytes / (w.cols * 4));
-  std::vector<float>& panel = ctx.scratch[3];
-  panel.resize(static_cast<size_t>(std::min(panel_rows, w.rows) * w.cols));
-  for (uint64_t r0 = 0; r0 < w.rows; r0 += panel_rows) {
-    const uint64_t r1 = std::min(w.rows, r0 + panel_rows);
-    ctx.pool->ParallelFor(r1 - r0, 4, [&](size_t a, size_t b, unsigned) {
-      ctx.k->dequant_rows(w, r0 + a, r0 + b, panel.data() + a * w.cols);
-    });
-    std::string e = Sgemm(n, r1 - r0, w.cols, x, w.cols, panel.data(), w.cols, y + r0, w.rows);
+  if (ctx.thread_panel.size() < ctx.pool->size()) ctx.thread_panel.resize(ctx.pool->size());
+  std::vector<std::string> errors(ctx.pool->size());
+  ctx.pool->ParallelFor(w.rows, 16, [&](size_t a, size_t b, unsigned ti) {
+    std::vector<float>& panel = ctx.thread_panel[ti];
+    panel.resize(static_cast<size_t>(std::min<uint64_t>(panel_rows, b - a) * w.cols));
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    for (uint64_t r0 = a; r0 < b && errors[ti].empty(); r0 += panel_rows) {
+      const uint64_t r1 = std::min<uint64_t>(b, r0 + panel_rows);
+      ctx.k->dequant_rows(w, r0, r1, panel.data());
+      errors[ti] = Sgemm(n, r1 - r0, w.cols, x, w.cols, panel.data(), w.cols, y + r0, w.rows);
+    }
+    omp_set_num_threads(saved);
+  });
+  for (const std::string& e : errors)
     if (!e.empty()) return e;
-  }
   return "";
 }
 
-std::string LinearBatch(Context& ctx, const std::vector<LinearJob>& jobs) {
-  size_t max_n = 0;
-  std::vector<uint64_t> first_row(jobs.size() + 1, 0);  // prefix sums of rows
-  for (size_t j = 0; j < jobs.size(); ++j) {
-    max_n = std::max(max_n, jobs[j].n);
-    first_row[j + 1] = first_row[j] + jobs[j].w.rows;
-  }
-  if (max_n >= ctx.gemm_min_tokens) {
-    for (const LinearJob& j : jobs) {
-      std::string e = Linear(ctx, j.w, j.x, j.n, j.y);
-      if (!e.empty()) return e;
+std::string LinearBatch(Context& ctx, const std::vector<LinearJob>& all) {
+  // Jobs with enough tokens go through SGEMM one by one; the others still share one region (an
+  // expert with many tokens must not send the few-token ones to a region each).
+  std::vector<LinearJob> jobs;
+  for (const LinearJob& j : all) {
+    if (j.n < ctx.gemm_min_tokens) {
+      jobs.push_back(j);
+      continue;
     }
-    return "";
+    std::string e = Linear(ctx, j.w, j.x, j.n, j.y);
+    if (!e.empty()) return e;
   }
+  if (jobs.empty()) return "";
+  std::vector<uint64_t> first_row(jobs.size() + 1, 0);  // prefix sums of rows
+  for (size_t j = 0; j < jobs.size(); ++j) first_row[j + 1] = first_row[j] + jobs[j].w.rows;
   ctx.pool->ParallelFor(first_row.back(), 16, [&](size_t a, size_t b, unsigned) {
     size_t j = static_cast<size_t>(std::upper_bound(first_row.begin(), first_row.end(), a) - first_row.begin()) - 1;
     for (; a < b; ++j) {
@@ -199,50 +212,101 @@ std::string MlaAttention(Context& ctx, const coda_op& op) {
   const Kernels& k = *ctx.k;
 
   // Absorbed attention: q_nope is folded through W_UK into the latent space, scores are taken
-  // against the latent cache, and W_UV maps the attended latent to values. Heads go in groups
-  // of kHeadGroup so each cache row is read once per group. Few tokens read kv_b_proj in its
-  // stored dtype; many decode the group's rows once to F32 and reuse them for every token.
+  // against the latent cache, and W_UV maps the attended latent to values.
   attn.resize(n * H * dv);
   const Weight wkvb = ToWeight(w[6]);
-  const bool dequant = n > kAbsorbDirectMaxTokens;
+  if (n <= kAbsorbDirectMaxTokens) {
+    // Few tokens read kv_b_proj in its stored dtype. Per token: q_nope through W_UK for every
+    // head; then all heads at once over the cache, which long contexts split by position so
+    // each thread reads its share of the cache once; then the merge and W_UV.
+    std::vector<float>& qabs = ctx.scratch[4];
+    std::vector<float>& part = ctx.scratch[5];  // per split: olat [H, c]; then lse [splits, H]
+    const size_t threads = ctx.pool->size();
+    qabs.resize(H * c);
+    for (size_t t = 0; t < n; ++t) {
+      const size_t end = start + t + 1;
+      const float* qt = q.data() + t * H * qk;
+      ctx.pool->ParallelFor(H, 1, [&](size_t h0, size_t h1, unsigned) {
+        for (size_t h = h0; h < h1; ++h) {
+          float* qa = qabs.data() + h * c;
+          std::fill(qa, qa + c, 0.0f);
+          k.matvec_t(wkvb, h * (dn + dv), h * (dn + dv) + dn, qt + h * qk, qa);
+        }
+      });
+      const size_t splits = end >= kMinSplitRows * threads ? threads : 1;
+      part.resize(splits * H * (c + 1));
+      float* lse = part.data() + splits * H * c;
+      if (splits > 1) {
+        ctx.pool->ParallelFor(splits, 1, [&](size_t s0, size_t s1, unsigned ti) {
+          for (size_t sp = s0; sp < s1; ++sp) {
+            const size_t b = end * sp / splits, e = end * (sp + 1) / splits;
+            std::vector<float>& sc = ctx.thread_scratch[ti];
+            sc.resize(H * (e - b));
+            k.mla_attend({qabs.data(), qt + dn, qk, H, op.kv.data, bf16, row, c, dr, b, e, hp.softmax_scale, sc.data(),
+                          part.data() + sp * H * c, lse + sp * H});
+          }
+        });
+      } else {
+        ctx.pool->ParallelFor(H, kHeadGroup, [&](size_t h0, size_t h1, unsigned ti) {
+          std::vector<float>& sc = ctx.thread_scratch[ti];
+          sc.resize((h1 - h0) * end);
+          k.mla_attend({qabs.data() + h0 * c, qt + h0 * qk + dn, qk, h1 - h0, op.kv.data, bf16, row, c, dr, 0, end,
+                        hp.softmax_scale, sc.data(), part.data() + h0 * c, nullptr});
+        });
+      }
+      ctx.pool->ParallelFor(H, 1, [&](size_t h0, size_t h1, unsigned ti) {
+        std::vector<float>& sc = ctx.thread_scratch[ti];
+        sc.resize(c + H * (dn + dv));
+        float* merged = sc.data();
+        float* vfull = merged + c;
+        for (size_t h = h0; h < h1; ++h) {
+          const float* ol = part.data() + h * c;
+          if (splits > 1) {
+            std::vector<const float*> po(splits), pl(splits);
+            for (size_t sp = 0; sp < splits; ++sp) {
+              po[sp] = part.data() + sp * H * c + h * c;
+              pl[sp] = lse + sp * H + h;
+            }
+            MergeAttention(splits, po.data(), pl.data(), 1, c, merged);
+            ol = merged;
+          }
+          const uint64_t uv = h * (dn + dv) + dn;
+          k.matmul_rows(wkvb, ol, c, 1, vfull, 0, uv, uv + dv);
+          std::memcpy(attn.data() + (t * H + h) * dv, vfull + uv, dv * sizeof(float));
+        }
+      });
+    }
+    return Linear(ctx, ToWeight(w[7]), attn.data(), n, F(op.outputs[0]));
+  }
+
+  // Many tokens: heads go in groups of kHeadGroup so each cache row is read once per group,
+  // and each group's kv_b_proj rows are decoded to F32 once and reused by every token.
   ctx.pool->ParallelFor(H, kHeadGroup, [&](size_t h0, size_t h1, unsigned ti) {
     std::vector<float>& s = ctx.thread_scratch[ti];
-    const size_t wh_size = dequant ? kHeadGroup * (dn + dv) * c : 0;
-    s.resize(wh_size + 2 * kHeadGroup * c + kHeadGroup * total + H * (dn + dv));
+    const size_t wh_size = kHeadGroup * (dn + dv) * c;
+    s.resize(wh_size + 2 * kHeadGroup * c + kHeadGroup * total);
     float* wh = s.data();
     float* qabs = wh + wh_size;
     float* olat = qabs + kHeadGroup * c;
     float* scores = olat + kHeadGroup * c;
-    float* vfull = scores + kHeadGroup * total;
     for (size_t g0 = h0; g0 < h1; g0 += kHeadGroup) {
       const size_t g1 = std::min(h1, g0 + kHeadGroup), nh = g1 - g0;
-      if (dequant) k.dequant_rows(wkvb, g0 * (dn + dv), g1 * (dn + dv), wh);
+      k.dequant_rows(wkvb, g0 * (dn + dv), g1 * (dn + dv), wh);
       for (size_t t = 0; t < n; ++t) {
         for (size_t h = g0; h < g1; ++h) {
           const float* qh = q.data() + (t * H + h) * qk;
           float* qa = qabs + (h - g0) * c;
           std::fill(qa, qa + c, 0.0f);
-          if (dequant) {
-            const float* uk = wh + (h - g0) * (dn + dv) * c;
-            for (size_t d = 0; d < dn; ++d) k.axpy(qh[d], uk + d * c, qa, c);
-          } else {
-            k.matvec_t(wkvb, h * (dn + dv), h * (dn + dv) + dn, qh, qa);
-          }
+          const float* uk = wh + (h - g0) * (dn + dv) * c;
+          for (size_t d = 0; d < dn; ++d) k.axpy(qh[d], uk + d * c, qa, c);
         }
-        MlaAttendArgs args{qabs, q.data() + (t * H + g0) * qk + dn, qk, nh, op.kv.data, bf16, row, c, dr,
-                           start + t + 1, hp.softmax_scale, scores, olat};
-        k.mla_attend(args);
+        k.mla_attend({qabs, q.data() + (t * H + g0) * qk + dn, qk, nh, op.kv.data, bf16, row, c, dr, 0, start + t + 1,
+                      hp.softmax_scale, scores, olat, nullptr});
         for (size_t h = g0; h < g1; ++h) {
           const float* ol = olat + (h - g0) * c;
           float* out = attn.data() + (t * H + h) * dv;
-          const uint64_t uv = h * (dn + dv) + dn;
-          if (dequant) {
-            const float* wv = wh + ((h - g0) * (dn + dv) + dn) * c;
-            for (size_t v = 0; v < dv; ++v) out[v] = k.dot(wv + v * c, ol, c);
-          } else {
-            k.matmul_rows(wkvb, ol, c, 1, vfull, 0, uv, uv + dv);
-            std::memcpy(out, vfull + uv, dv * sizeof(float));
-          }
+          const float* wv = wh + ((h - g0) * (dn + dv) + dn) * c;
+          for (size_t v = 0; v < dv; ++v) out[v] = k.dot(wv + v * c, ol, c);
         }
       }
     }

@@ -18,7 +18,8 @@ struct Context {
   // SGEMM; below, it streams the weights through the register-decoding kernels.
   size_t gemm_min_tokens = 32;
   std::vector<std::vector<float>> thread_scratch;  // one per pool thread
-  std::vector<float> scratch[4];                   // op-level temporaries
+  std::vector<std::vector<float>> thread_panel;    // one per pool thread: Linear's F32 panels
+  std::vector<float> scratch[6];                   // op-level temporaries
 };
 
 // Errors are returned as a message; empty means success.
