@@ -72,6 +72,39 @@ TEST(Session, RejectsBadInputAndStaysUsable) {
   EXPECT_EQ(ses.n_past(), 0u);
 }
 
+// Weights copied into 2 MB-page memory give bit-identical logits to weights read in place,
+// and none of the copy's tensors points into the file mapping.
+TEST(Model, CopiedWeightsGiveTheSameLogits) {
+  test::TempDir dir;
+  const std::string path = dir / "m.coda";
+  ASSERT_TRUE(convert::ConvertCheckpoint(test::DataDir() + "/golden/v3-fp8/hf", path, {}).ok());
+  auto ctx = CpuContext();
+  std::vector<std::vector<float>> logits;
+  for (bool copy : {false, true}) {
+    ModelLoadOptions lo;
+    lo.copy_weights = copy;
+    auto m = Model::Load(path, lo);
+    ASSERT_TRUE(m.ok()) << m.status().message();
+    const uint8_t* file = (*m)->file().mapping() ? (*m)->file().mapping()->data() : nullptr;
+    const uint64_t size = (*m)->file().file_size();
+    for (const TensorRef& r : (*m)->file().tensors()) {
+      const auto* d = static_cast<const uint8_t*>((*m)->tensor(static_cast<int32_t>(&r - (*m)->file().tensors().data())).data);
+      const bool in_file = file && d >= file && d < file + size;
+      EXPECT_EQ(in_file, !copy) << r.name;
+      EXPECT_EQ(std::memcmp(d, r.data, r.size), 0) << r.name;
+    }
+    SessionOptions so;
+    so.n_ctx = 32;
+    auto s = Session::Create(*ctx, *m, so);
+    ASSERT_TRUE(s.ok()) << s.status().message();
+    const int32_t t[] = {5, 9, 2, 7, 1, 3};
+    auto r = (*s)->Forward(t, true);
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    logits.emplace_back(r->begin(), r->end());
+  }
+  EXPECT_EQ(logits[0], logits[1]);
+}
+
 TEST(Session, RewindGivesTheSameLogitsAsARecompute) {
   auto ctx = CpuContext();
   SessionOptions so;

@@ -32,6 +32,7 @@ Options:
   --tg N               decode steps per depth (default 128)
   --depths LIST        context depths for decoding (default 0,1024,4096)
   --threads N          CPU threads (default: one per core)
+  --copy-weights       copy the weights into 2 MB-page memory instead of reading the file mapping
   --kv-dtype bf16|f32  latent cache precision (default bf16)
   --backend LIST       backends in order of preference (default: cpu)
   --profile            also print where decode time goes, by op type
@@ -112,6 +113,8 @@ int main(int argc, char** argv) {
       if (!number(&tg) || tg == 0) return tools::UsageError(kTool, "--tg needs a positive step count");
     } else if (a == "--threads") {
       if (!number(&lo.n_threads)) return tools::UsageError(kTool, "--threads needs a number");
+    } else if (a == "--copy-weights") {
+      lo.load.copy_weights = true;
     } else if (a == "--depths") {
       if (!value()) return tools::UsageError(kTool, a + " needs a value");
       auto d = tools::ParseIdList(v);

@@ -25,7 +25,7 @@ Result<Loaded> LoadModelSession(const LoadOptions& o) {
   Loaded l;
   CODA_ASSIGN_OR_RETURN(l.context, Context::Create(DefaultContextOptions(o.n_threads)));
   if (!o.tool.empty()) WarnAboutRefusedBackends(o.tool.c_str(), *l.context);
-  CODA_ASSIGN_OR_RETURN(l.model, Model::Load(o.model_path));
+  CODA_ASSIGN_OR_RETURN(l.model, Model::Load(o.model_path, o.load));
   SessionOptions so;
   so.n_ctx = o.n_ctx;
   so.kv_dtype = o.kv_dtype;

@@ -58,6 +58,11 @@ struct ModelLoadOptions {
   // tokens fault the file in page by page. kAuto: when the file takes at most half of the
   // available memory (a model larger than that is left to demand paging).
   enum class Prefault { kAuto, kAlways, kNever } prefault = Prefault::kAuto;
+  // Copy the weights out of the file mapping into anonymous memory backed by 2 MB pages. For a
+  // file the page cache holds in 4 KB pages (copied with cp, or re-read after memory pressure),
+  // where page walks cost decode 30-45%. Needs the file's size in free memory; the default
+  // reads the weights in place.
+  bool copy_weights = false;
 };
 
 // A loaded model: the mapped file plus what the ops need, derived once.
@@ -84,6 +89,7 @@ class Model {
   coda_hparams hparams_{};
   bool yarn_active_ = false;
   uint64_t active_weight_bytes_ = 0;
+  std::shared_ptr<uint8_t> weights_copy_;  // with copy_weights: the tensors' bytes
 };
 
 struct SessionOptions {

@@ -23,6 +23,7 @@ struct LoadOptions {
   uint32_t n_ctx = 4096;
   DType kv_dtype = DType::kBF16;
   uint32_t n_threads = 0;
+  ModelLoadOptions load;
 };
 
 // The CPU backend linked in, plus plugins found next to the executable and in CODA_BACKEND_PATH.
