@@ -38,8 +38,7 @@ Options:
   --max-tokens N        longest answer (default 2048; 0: until the context is full)
   --backend LIST        backends in order of preference (default: cpu)
   --threads N           CPU threads (default: one per core)
-  --copy-weights        copy the weights into 2 MB-page memory instead of reading the file
-                        mapping (faster decode when the page cache holds the file in 4 KB pages)
+  --copy-weights        read weights from a 2 MB-page copy in RAM, not the file mapping
   -h, --help            this help
 
 Ctrl-C stops an answer; Ctrl-C twice or Ctrl-D at the prompt quits. Reasoning

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "backend_util.h"
 #include "coda_backend.h"
 #include "coda_cpu_backend.h"
 #include "ops.h"
@@ -23,13 +24,12 @@ struct coda_buffer_impl {
   void* data;
   uint64_t size;
 };
-// Everything runs synchronously, so an event is always reached; it exists to be a valid handle.
-struct coda_event_impl {
-  int unused;
-};
 
 namespace coda::cpu {
 namespace {
+
+using backend_util::CopyError;
+using backend_util::InRange;
 
 struct Instance {
   std::unique_ptr<ThreadPool> pool;
@@ -37,12 +37,6 @@ struct Instance {
   std::string description;
   std::string cpu_name;
 };
-
-// The host puts the backend's name (and the op) in front of the message.
-void CopyError(const std::string& m, char* error, size_t size) {
-  if (!error || size == 0) return;
-  std::snprintf(error, size, "%s", m.c_str());
-}
 
 std::string CpuModelName() {
   std::ifstream f("/proc/cpuinfo");
@@ -227,8 +221,6 @@ coda_status_code Prepare(void*, const coda_weights*, void** prepared, char*, siz
 }
 void Release(void*, void*) {}
 
-coda_status_code Synchronize(void*, char*, size_t) { return CODA_STATUS_OK; }
-
 coda_status_code BufferAlloc(void*, uint64_t size, coda_buffer* buffer, char* error, size_t error_size) {
   if (!buffer) {
     CopyError("buffer_alloc without a result pointer", error, error_size);
@@ -253,14 +245,6 @@ void BufferFree(void*, coda_buffer buffer) {
   delete buffer;
 }
 
-bool InRange(coda_buffer b, uint64_t offset, uint64_t size, char* error, size_t error_size) {
-  if (b && offset <= b->size && size <= b->size - offset) return true;
-  CopyError("range of " + std::to_string(size) + " bytes at offset " + std::to_string(offset) +
-                (b ? " lies outside a buffer of " + std::to_string(b->size) + " bytes" : " of a NULL buffer"),
-            error, error_size);
-  return false;
-}
-
 coda_status_code Upload(void*, coda_buffer dst, uint64_t off, const void* src, uint64_t size, uint32_t, char* error,
                         size_t error_size) {
   if (!InRange(dst, off, size, error, error_size)) return CODA_STATUS_INVALID_ARGUMENT;
@@ -283,24 +267,14 @@ coda_status_code Copy(void*, coda_buffer src, uint64_t src_off, coda_buffer dst,
   return CODA_STATUS_OK;
 }
 
-coda_status_code EventCreate(void*, coda_event* event, char* error, size_t error_size) {
-  *event = new (std::nothrow) coda_event_impl{0};
-  if (*event) return CODA_STATUS_OK;
-  CopyError("out of memory", error, error_size);
-  return CODA_STATUS_OUT_OF_MEMORY;
-}
-coda_status_code EventRecord(void*, coda_event, uint32_t, char*, size_t) { return CODA_STATUS_OK; }
-coda_status_code EventWait(void*, coda_event, uint32_t, char*, size_t) { return CODA_STATUS_OK; }
-void EventDestroy(void*, coda_event event) { delete event; }
-
 const coda_backend_api kApi = {
     sizeof(coda_backend_api), CODA_BACKEND_ABI_VERSION, "cpu", "0.1.0",
     Create, Destroy, Describe, SupportsOp, Execute,
     DeviceCount, DeviceInfo,
     Prepare, Release,
-    Synchronize,
+    backend_util::Synchronize,
     BufferAlloc, BufferFree, Upload, Download, Copy,
-    EventCreate, EventRecord, EventWait, EventDestroy,
+    backend_util::EventCreate, backend_util::EventRecord, backend_util::EventWait, backend_util::EventDestroy,
 };
 
 }  // namespace

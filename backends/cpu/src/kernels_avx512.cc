@@ -6,6 +6,7 @@
 #include <cmath>
 #include <vector>
 
+#include "exp_avx512.h"
 #include "kernels.h"
 
 namespace coda::cpu {
@@ -239,23 +240,6 @@ inline __m512 CacheLoad(const MlaAttendArgs& a, size_t p, size_t i, __mmask16 m)
   return _mm512_maskz_loadu_ps(m, static_cast<const float*>(a.cache) + p * a.row + i);
 }
 
-// exp(x) for 16 lanes: x = n ln2 + r with |r| <= ln2/2, a degree-6 polynomial for e^r (relative
-// error below 2e-7), and 2^n built in the exponent bits. Inputs here are <= 0 (max-subtracted).
-inline __m512 Exp16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
-  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-  const __m512 rr = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(1.0f));
-  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-}
 
 // G heads at once: each cache chunk is loaded and converted once for all of them.
 template <int G>

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <vector>
 
+#include "exp_avx512.h"
 #include "kernels.h"
 
 namespace coda::cpu {
@@ -42,22 +43,6 @@ inline __m512 Reduce16(const __m512 (&v)[16]) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
 }
 
-// Same tail-safe exp as the AVX-512 build (inputs <= 0).
-inline __m512 Exp16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
-  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-  const __m512 rr = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, rr, _mm512_set1_ps(1.0f));
-  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-}
 
 constexpr size_t kHeads = 4;        // heads per register block
 constexpr size_t kBlockRows = 128;  // cache rows per block: reused from L2 by every head group

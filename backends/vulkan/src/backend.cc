@@ -13,19 +13,15 @@
 #include <new>
 #include <string>
 
+#include "backend_util.h"
 #include "coda_backend.h"
 #include "ops.h"
-
-struct coda_event_impl {
-  int unused;
-};
 
 namespace coda::vk {
 namespace {
 
-void CopyError(const std::string& m, char* error, size_t size) {
-  if (error && size) std::snprintf(error, size, "%s", m.c_str());
-}
+using backend_util::CopyError;
+using backend_util::InRange;
 
 bool EnvFlag(const char* name) {
   const char* v = std::getenv(name);
@@ -167,8 +163,6 @@ void Release(void* self, void* prepared) {
   delete p;
 }
 
-coda_status_code Synchronize(void*, char*, size_t) { return CODA_STATUS_OK; }
-
 coda_status_code BufferAlloc(void* self, uint64_t size, coda_buffer* buffer, char* error, size_t error_size) {
   if (!buffer) {
     CopyError("buffer_alloc without a result pointer", error, error_size);
@@ -193,14 +187,6 @@ void BufferFree(void* self, coda_buffer buffer) {
   if (!buffer) return;
   static_cast<Instance*>(self)->device->Free(buffer->block);
   delete buffer;
-}
-
-bool InRange(coda_buffer b, uint64_t offset, uint64_t size, char* error, size_t error_size) {
-  if (b && offset <= b->size && size <= b->size - offset) return true;
-  CopyError("range of " + std::to_string(size) + " bytes at offset " + std::to_string(offset) +
-                (b ? " lies outside a buffer of " + std::to_string(b->size) + " bytes" : " of a NULL buffer"),
-            error, error_size);
-  return false;
 }
 
 coda_status_code Status(const std::string& e, char* error, size_t error_size) {
@@ -238,24 +224,14 @@ coda_status_code Copy(void* self, coda_buffer src, uint64_t src_off, coda_buffer
   return Status(e, error, error_size);
 }
 
-coda_status_code EventCreate(void*, coda_event* event, char* error, size_t error_size) {
-  *event = new (std::nothrow) coda_event_impl{0};
-  if (*event) return CODA_STATUS_OK;
-  CopyError("out of memory", error, error_size);
-  return CODA_STATUS_OUT_OF_MEMORY;
-}
-coda_status_code EventRecord(void*, coda_event, uint32_t, char*, size_t) { return CODA_STATUS_OK; }
-coda_status_code EventWait(void*, coda_event, uint32_t, char*, size_t) { return CODA_STATUS_OK; }
-void EventDestroy(void*, coda_event event) { delete event; }
-
 const coda_backend_api kApi = {
     sizeof(coda_backend_api), CODA_BACKEND_ABI_VERSION, "vulkan", "0.1.0",
     Create, Destroy, Describe, SupportsOp, Execute,
     DeviceCount, DeviceInfo,
     Prepare, Release,
-    Synchronize,
+    backend_util::Synchronize,
     BufferAlloc, BufferFree, Upload, Download, Copy,
-    EventCreate, EventRecord, EventWait, EventDestroy,
+    backend_util::EventCreate, backend_util::EventRecord, backend_util::EventWait, backend_util::EventDestroy,
 };
 
 }  // namespace

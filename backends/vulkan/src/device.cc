@@ -503,49 +503,43 @@ std::string Device::Submit() {
   return "";
 }
 
-std::string Device::Write(const Span& dst, const void* src, uint64_t size) {
-  if (size == 0) return "";
-  if (uint8_t* p = dst.host()) {
-    std::memcpy(p, src, size);
-    return "";
-  }
+// Host <-> device through staging, in chunks of at most 64 MiB, each submitted and waited for.
+std::string Device::Staged(const Span& dev, uint8_t* host, uint64_t size, bool to_device) {
   std::string e = Submit();
   for (uint64_t done = 0; e.empty() && done < size;) {
     const uint64_t chunk = std::min<uint64_t>(size - done, 64ull << 20);
+    const Span part{dev.block, dev.offset + done, chunk};
     Span st;
     staging_->Reset();
     e = staging_->Allocate(chunk, &st);
     if (!e.empty()) break;
-    std::memcpy(st.host(), static_cast<const uint8_t*>(src) + done, chunk);
-    e = Copy(st, {dst.block, dst.offset + done, chunk});
+    if (to_device) std::memcpy(st.host(), host + done, chunk);
+    e = to_device ? Copy(st, part) : Copy(part, st);
     if (e.empty()) e = Submit();
+    if (e.empty() && !to_device) std::memcpy(host + done, st.host(), chunk);
     done += chunk;
   }
   staging_->Reset();
   return e;
 }
 
-std::string Device::Read(const Span& src, void* dst, uint64_t size) {
+std::string Device::Write(const Span& dst, const void* src, uint64_t size) {
   if (size == 0) return "";
-  std::string e = Submit();
-  if (!e.empty()) return e;
-  if (const uint8_t* p = src.host()) {
-    std::memcpy(dst, p, size);
+  if (uint8_t* p = dst.host()) {
+    std::memcpy(p, src, size);
     return "";
   }
-  for (uint64_t done = 0; e.empty() && done < size;) {
-    const uint64_t chunk = std::min<uint64_t>(size - done, 64ull << 20);
-    Span st;
-    staging_->Reset();
-    e = staging_->Allocate(chunk, &st);
-    if (!e.empty()) break;
-    e = Copy({src.block, src.offset + done, chunk}, st);
-    if (e.empty()) e = Submit();
-    if (e.empty()) std::memcpy(static_cast<uint8_t*>(dst) + done, st.host(), chunk);
-    done += chunk;
+  return Staged(dst, static_cast<uint8_t*>(const_cast<void*>(src)), size, true);
+}
+
+std::string Device::Read(const Span& src, void* dst, uint64_t size) {
+  if (size == 0) return "";
+  if (const uint8_t* p = src.host()) {
+    std::string e = Submit();  // work that writes `src` may still be recorded
+    if (e.empty()) std::memcpy(dst, p, size);
+    return e;
   }
-  staging_->Reset();
-  return e;
+  return Staged(src, static_cast<uint8_t*>(dst), size, false);
 }
 
 }  // namespace coda::vk

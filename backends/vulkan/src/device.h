@@ -98,6 +98,7 @@ class Device {
   Device() = default;
   std::string Begin();
   void Barrier();
+  std::string Staged(const Span& dev, uint8_t* host, uint64_t size, bool to_device);
   std::string AllocateSet(VkDescriptorSet* set);
   std::string CreatePipelines();
   void SavePipelineCache();

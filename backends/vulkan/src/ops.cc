@@ -219,14 +219,18 @@ std::string Linear(Call& c, const LinearArgs& a) {
                           sizeof p, std::min(Ceil(a.rows, 8), kMaxGridX), Ceil(a.n, 4), a.z);
 }
 
-// Plain y = x W^T with contiguous rows.
-std::string LinearRows(Call& c, const WeightView& w, const Bound& x, uint32_t n, const Bound& y) {
+// y = x W^T over n contiguous rows.
+LinearArgs RowArgs(const WeightView& w, const Bound& x, uint32_t n, const Bound& y) {
   LinearArgs a{&w, x, y};
   a.n = n;
   a.rows = U32(w.rows);
   a.x_stride = U32(w.cols);
   a.y_stride = U32(w.rows);
-  return Linear(c, a);
+  return a;
+}
+
+std::string LinearRows(Call& c, const WeightView& w, const Bound& x, uint32_t n, const Bound& y) {
+  return Linear(c, RowArgs(w, x, n, y));
 }
 
 std::string RmsNorm(Call& c, const Bound& x, uint32_t n, uint32_t d, uint32_t x_stride, const Bound& y,
@@ -249,11 +253,7 @@ std::string Swiglu(Call& c, const Bound& g, const Bound& u, uint64_t count) {
 // scattered-added with weights `alpha` (one routed expert).
 std::string SwigluMlp(Call& c, const WeightView& gate, const WeightView& up, const WeightView& down, const Bound& x,
                       uint32_t n, const Bound& y, const Bound* idx, const Bound* alpha, const Bound& g, const Bound& u) {
-  LinearArgs a{&gate, x, g};
-  a.n = n;
-  a.rows = U32(gate.rows);
-  a.x_stride = U32(gate.cols);
-  a.y_stride = U32(gate.rows);
+  LinearArgs a = RowArgs(gate, x, n, g);
   if (idx) {
     a.mode = 1;
     a.idx = *idx;
@@ -264,11 +264,7 @@ std::string SwigluMlp(Call& c, const WeightView& gate, const WeightView& up, con
   if (e.empty()) e = Linear(c, a);
   if (e.empty()) e = Swiglu(c, g, u, static_cast<uint64_t>(n) * gate.rows);
   if (!e.empty()) return e;
-  LinearArgs d{&down, g, y};
-  d.n = n;
-  d.rows = U32(down.rows);
-  d.x_stride = U32(down.cols);
-  d.y_stride = U32(down.rows);
+  LinearArgs d = RowArgs(down, g, n, y);
   if (idx) {
     d.mode = 2;
     d.idx = *idx;
