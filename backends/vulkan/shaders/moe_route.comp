@@ -1,4 +1,4 @@
-// MoE routing, one token per invocation, exactly as the CPU backend: softmax or sigmoid scores,
+// MoE routing, one token per invocation (grid-strided), exactly as the CPU backend: softmax or sigmoid scores,
 // optional selection bias, group-limited selection (topk_group groups by their best score, or
 // the sum of their best two with a bias), top-k with ties to the lower index, optional
 // normalization, routed scaling. SC and SEL are per-token scratch rows of E values.
@@ -19,9 +19,7 @@ layout(push_constant) uniform P {
 
 const float NEG_INF = -1.0 / 0.0;
 
-void main() {
-  const uint t = gl_GlobalInvocationID.x;
-  if (t >= p.n) return;
+void route(uint t) {
   const uint lb = p.l_off + t * p.E, sb = t * p.E;
   if (p.softmax != 0u) {
     float mx = L[lb];
@@ -77,4 +75,8 @@ void main() {
     const float s = SC[sb + IDS[p.ids_off + t * p.K + j]];
     WTS[p.w_off + t * p.K + j] = (p.norm != 0u ? s / sum : s) * p.scaling;
   }
+}
+
+void main() {
+  for (uint t = gl_GlobalInvocationID.x; t < p.n; t += gl_NumWorkGroups.x * WG) route(t);
 }

@@ -486,9 +486,23 @@ std::string Device::Fill(const Span& dst, uint32_t value) {
   return "";
 }
 
+void Device::Discard() {
+  if (!recording_) return;
+  recording_ = false;
+  vkResetCommandBuffer(cmd_, 0);
+  for (size_t i = 0; i <= pool_ && i < pools_.size(); ++i) vkResetDescriptorPool(device_, pools_[i], 0);
+  pool_ = 0;
+}
+
 std::string Device::Submit() {
   if (!recording_) return "";
   recording_ = false;
+  // The fence orders device work only: make its writes visible to host reads of mapped memory.
+  VkMemoryBarrier mb{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
+  mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+  mb.dstAccessMask = VK_ACCESS_HOST_READ_BIT;
+  vkCmdPipelineBarrier(cmd_, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+                       VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, nullptr, 0, nullptr);
   VK_TRY(vkEndCommandBuffer(cmd_), "vkEndCommandBuffer");
   VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
   si.commandBufferCount = 1;

@@ -89,6 +89,8 @@ class Device {
   std::string Copy(const Span& src, const Span& dst);
   std::string Fill(const Span& dst, uint32_t value);
   std::string Submit();
+  // Drops what was recorded and not submitted (a call that failed part-way).
+  void Discard();
 
   // Host <-> block transfers outside a call's recording: through the mapping or via staging.
   std::string Write(const Span& dst, const void* src, uint64_t size);

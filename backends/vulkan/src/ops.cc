@@ -323,10 +323,10 @@ std::string Mla(Call& c, const coda_op& op) {
   const coda_hparams& hp = *op.hparams;
   const uint32_t n = op.n_tokens, H = hp.n_heads, dn = hp.qk_nope_head_dim, dr = hp.qk_rope_head_dim,
                  dv = hp.v_head_dim, cl = hp.kv_lora_rank, qk = dn + dr, row = cl + dr, start = op.start_pos;
-  const uint32_t total = start + n;
-  if (op.kv.n_ctx < total || start > op.kv.n_ctx)
+  if (static_cast<uint64_t>(start) + n > op.kv.n_ctx)
     return "the KV cache holds " + std::to_string(op.kv.n_ctx) + " positions; positions up to " +
            std::to_string(static_cast<uint64_t>(start) + n) + " were asked for";
+  const uint32_t total = start + n;
   if (op.kv.row != row) return "the KV cache row has " + std::to_string(op.kv.row) + " values, not " + std::to_string(row);
   const coda_tensor* wt = op.weights;
   WeightView w[8];
@@ -335,6 +335,10 @@ std::string Mla(Call& c, const coda_op& op) {
       std::string e = c.Weight(wt[i], &w[i]);
       if (!e.empty()) return e;
     }
+  const WeightView& kvb_w = w[6];
+  if (kvb_w.cols != cl || kvb_w.rows != static_cast<uint64_t>(H) * (dn + dv))
+    return "kv_b_proj is " + std::to_string(kvb_w.rows) + "x" + std::to_string(kvb_w.cols) + ", expected " +
+           std::to_string(static_cast<uint64_t>(H) * (dn + dv)) + "x" + std::to_string(cl);
   const bool q_lora = wt[0].data || wt[0].buffer;
   Bound x, out, q, kv, cs, ql, ol, o;
   std::string e = c.BindInput(op.inputs[0], &x);
@@ -395,10 +399,6 @@ std::string Mla(Call& c, const coda_op& op) {
 
   // Absorbed attention: W_UK folded into the queries, scores against the latent cache, W_UV
   // applied to the attended latent, then o_proj.
-  const WeightView& kvb_w = w[6];
-  if (kvb_w.cols != cl || kvb_w.rows != static_cast<uint64_t>(H) * (dn + dv))
-    return "kv_b_proj is " + std::to_string(kvb_w.rows) + "x" + std::to_string(kvb_w.cols) + ", expected " +
-           std::to_string(static_cast<uint64_t>(H) * (dn + dv)) + "x" + std::to_string(cl);
   e = c.BindScratch(4ull * n * H * cl, &ql);
   if (e.empty()) e = c.BindScratch(4ull * n * H * cl, &ol);
   if (e.empty()) e = c.BindScratch(4ull * n * H * dv, &o);
@@ -686,8 +686,9 @@ std::string RunOp(Instance& in, const coda_op& op) {
   if (op.n_tokens == 0) return "";
   Call call(in, static_cast<const Prepared*>(op.prepared));
   e = Run(call, op);
-  if (e.empty()) return call.Finish();
-  (void)in.device->Submit();  // drop what was recorded; the instance stays usable
+  if (e.empty()) e = call.Finish();
+  // Nothing half-recorded may run with the next call: the instance stays usable.
+  if (!e.empty()) in.device->Discard();
   return e;
 }
 
