@@ -39,6 +39,7 @@ coda_status_code Create(const coda_host* host, const coda_backend_options* optio
     o.index = options->device;
   o.allow_map = !EnvFlag("CODA_VULKAN_STAGING");
   o.allow_subgroup = !EnvFlag("CODA_VULKAN_NO_SUBGROUP");
+  o.validation = EnvFlag("CODA_VULKAN_VALIDATION");
   try {
     auto in = std::make_unique<Instance>();
     const std::string e = Device::Create(o, &in->device);

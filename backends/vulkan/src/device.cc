@@ -41,11 +41,6 @@ std::string VkFail(VkResult r, const char* what) {
     if (r_ != VK_SUCCESS) return VkFail(r_, what); \
   } while (0)
 
-bool EnvFlag(const char* name) {
-  const char* v = std::getenv(name);
-  return v && *v && std::strcmp(v, "0") != 0;
-}
-
 // Where compiled pipelines persist between runs: CODA_VULKAN_PIPELINE_CACHE (a file; "off"
 // disables), else $XDG_CACHE_HOME/coda or ~/.cache/coda.
 std::string PipelineCachePath(const VkPhysicalDeviceProperties& p) {
@@ -124,7 +119,7 @@ std::string Device::Create(const DeviceOptions& options, std::unique_ptr<Device>
       ici.flags |= VK_INSTANCE_CREATE_ENUMERATE_PORTABILITY_BIT_KHR;
     }
   const char* validation = "VK_LAYER_KHRONOS_validation";
-  if (EnvFlag("CODA_VULKAN_VALIDATION")) {
+  if (options.validation) {
     ici.enabledLayerCount = 1;
     ici.ppEnabledLayerNames = &validation;
   }
@@ -133,6 +128,8 @@ std::string Device::Create(const DeviceOptions& options, std::unique_ptr<Device>
   const VkResult ir = vkCreateInstance(&ici, nullptr, &d->instance_);
   if (ir == VK_ERROR_INCOMPATIBLE_DRIVER)
     return "no Vulkan driver found (the loader reports none compatible; Mesa's lavapipe is in mesa-vulkan-drivers)";
+  if (ir == VK_ERROR_LAYER_NOT_PRESENT)
+    return "CODA_VULKAN_VALIDATION is set, but the Khronos validation layer is not installed (vulkan-validationlayers)";
   if (ir != VK_SUCCESS) return VkFail(ir, "vkCreateInstance");
 
   uint32_t n = 0;

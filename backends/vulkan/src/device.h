@@ -54,6 +54,7 @@ struct DeviceOptions {
   uint32_t index = 0;
   bool allow_map = true;      // false: never map device memory, always go through staging
   bool allow_subgroup = true; // false: shared-memory reductions even where subgroups work
+  bool validation = false;    // enable VK_LAYER_KHRONOS_validation
 };
 
 class Device {
