@@ -18,16 +18,6 @@ namespace {
 
 std::string ExampleDir() { return CODA_EXAMPLE_BACKEND_DIR; }
 
-// max |a - b| / max |b|
-double RelErr(std::span<const float> a, std::span<const float> b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    num = std::max(num, std::fabs(static_cast<double>(a[i]) - b[i]));
-    den = std::max(den, std::fabs(static_cast<double>(b[i])));
-  }
-  return num / den;
-}
-
 // Sets CODA_BACKEND_PATH for the duration of a scope.
 class ScopedBackendPath {
  public:
@@ -112,7 +102,7 @@ TEST_P(ExampleOnGolden, RunsNormsAndAddsAndMatchesCpuOnly) {
   ASSERT_EQ(runs[0].size(), runs[1].size());
   const size_t vocab = (*model)->config().vocab_size;
   for (size_t row = 0; row < runs[0].size() / vocab; ++row)
-    EXPECT_LE(RelErr(std::span(runs[0]).subspan(row * vocab, vocab), std::span(runs[1]).subspan(row * vocab, vocab)), 1e-5)
+    EXPECT_LE(test::RelErr(std::span(runs[0]).subspan(row * vocab, vocab), std::span(runs[1]).subspan(row * vocab, vocab)), 1e-5)
         << "row " << row;
 }
 
@@ -160,7 +150,7 @@ TEST(ExampleBackend, ToolsSelectItByNameAndShowThePlan) {
   std::vector<float> fx(x.size() / 4), fy(y.size() / 4);
   std::memcpy(fx.data(), x.data(), x.size());
   std::memcpy(fy.data(), y.data(), y.size());
-  EXPECT_LE(RelErr(fx, fy), 1e-5);
+  EXPECT_LE(test::RelErr(fx, fy), 1e-5);
   // Without the path, asking for it names what is available.
   r = test::RunCommand(test::Tool("coda-logits") + " -m " + model + " --tokens 1 -o " + a + " --backend example");
   EXPECT_EQ(r.exit_code, 1) << r.out;

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -12,6 +14,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -20,17 +23,35 @@ namespace coda::test {
 inline std::string DataDir() { return CODA_TEST_DATA_DIR; }
 inline std::string BinDir() { return CODA_BIN_DIR; }
 
+// "a,b,c" -> {"a", "b", "c"} (empty text: one empty name).
+inline std::vector<std::string> SplitCommas(const std::string& list) {
+  std::vector<std::string> out;
+  for (size_t at = 0; at <= list.size();) {
+    const size_t comma = std::min(list.find(',', at), list.size());
+    out.push_back(list.substr(at, comma - at));
+    at = comma + 1;
+  }
+  return out;
+}
+
 // True when CODA_REQUIRE_BACKENDS (comma-separated names; scripts/test sets it where it has
 // installed a driver) lists `backend`: that backend's tests must run, not skip.
 inline bool BackendRequired(const std::string& backend) {
   const char* v = std::getenv("CODA_REQUIRE_BACKENDS");
-  std::string list = v ? v : "";
-  for (size_t at = 0; at <= list.size();) {
-    const size_t comma = std::min(list.find(',', at), list.size());
-    if (list.substr(at, comma - at) == backend) return true;
-    at = comma + 1;
-  }
+  if (!v) return false;
+  for (const std::string& name : SplitCommas(v))
+    if (name == backend) return true;
   return false;
+}
+
+// max |a - b| / max |b|
+inline double RelErr(std::span<const float> a, std::span<const float> b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    num = std::max(num, std::fabs(static_cast<double>(a[i]) - b[i]));
+    den = std::max(den, std::fabs(static_cast<double>(b[i])));
+  }
+  return num / den;
 }
 
 // A fresh, empty directory under the test temp dir, removed at the end of the test.

@@ -32,27 +32,6 @@ std::vector<float> ReadF32(const std::string& path) {
   return v;
 }
 
-// max |a - b| / max |b|
-double RelErr(std::span<const float> a, std::span<const float> b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    num = std::max(num, std::fabs(static_cast<double>(a[i]) - b[i]));
-    den = std::max(den, std::fabs(static_cast<double>(b[i])));
-  }
-  return num / den;
-}
-
-// "example,vulkan" -> {"example", "vulkan"}
-std::vector<std::string> Names(const std::string& list) {
-  std::vector<std::string> out;
-  for (size_t at = 0; at <= list.size();) {
-    const size_t comma = std::min(list.find(',', at), list.size());
-    out.push_back(list.substr(at, comma - at));
-    at = comma + 1;
-  }
-  return out;
-}
-
 // The backends every case runs on. A plugin backend is loaded from the build's bin directory;
 // where it is not built or finds no device, its tests skip and say why, unless
 // CODA_REQUIRE_BACKENDS (comma-separated names, set by scripts/test in CI) lists it.
@@ -66,7 +45,7 @@ Context* BackendContext(const std::string& backend, std::string* why) {
   }
   ContextOptions co;
   co.backends = {coda_cpu_backend_entry};
-  for (const std::string& name : Names(backend)) {
+  for (const std::string& name : test::SplitCommas(backend)) {
     if (name == "cpu") continue;
     const std::string file = (name == "example" ? std::string(CODA_EXAMPLE_BACKEND_DIR) : test::BinDir()) + "/" +
                              BackendFileName(name);
@@ -93,7 +72,7 @@ class Golden : public ::testing::TestWithParam<std::tuple<std::string, std::stri
     ctx_ = BackendContext(backend_, &why);
     if (!ctx_) {
       bool required = false;
-      for (const std::string& name : Names(backend_)) required = required || test::BackendRequired(name);
+      for (const std::string& name : test::SplitCommas(backend_)) required = required || test::BackendRequired(name);
       if (required) FAIL() << "backend " << backend_ << " is required but unavailable: " << why;
       GTEST_SKIP() << "backend " << backend_ << " unavailable: " << why;
     }
@@ -107,7 +86,7 @@ class Golden : public ::testing::TestWithParam<std::tuple<std::string, std::stri
     SessionOptions so;
     so.n_ctx = 128;
     so.kv_dtype = DType::kF32;  // the tolerances assume float32 everywhere
-    so.backends = Names(backend_);
+    so.backends = test::SplitCommas(backend_);
     auto s = Session::Create(*ctx_, c_.model, so);
     EXPECT_TRUE(s.ok()) << s.status().message();
     if (!s.ok()) return nullptr;
@@ -153,10 +132,10 @@ TEST_P(Golden, PrefillMatchesLogitsHiddenAndRouting) {
   ASSERT_TRUE(logits.ok()) << logits.status().message();
   const auto golden = File("logits_prefill.f32");
   ASSERT_EQ(logits->size(), golden.size());
-  const double err = RelErr(*logits, golden);
+  const double err = test::RelErr(*logits, golden);
   std::printf("[%s/%s] prefill logits: max rel error %.3g (tolerance %.3g)\n", c_.name.c_str(), backend_.c_str(), err, Tol());
   EXPECT_LE(err, Tol());
-  const double herr = RelErr(final_norm, File("hidden_final_norm.f32"));
+  const double herr = test::RelErr(final_norm, File("hidden_final_norm.f32"));
   std::printf("[%s/%s] final-norm hidden: max rel error %.3g (tolerance %.3g)\n", c_.name.c_str(), backend_.c_str(), herr,
               c_.ref["tolerance"]["hidden"].get<double>());
   EXPECT_LE(herr, c_.ref["tolerance"]["hidden"].get<double>());
@@ -192,7 +171,7 @@ TEST_P(Golden, IncrementalDecodeMatches) {
     ASSERT_EQ(step->size(), V);
     got.insert(got.end(), step->begin(), step->end());
   }
-  const double err = RelErr(got, File("logits_decode.f32"));
+  const double err = test::RelErr(got, File("logits_decode.f32"));
   std::printf("[%s/%s] decode logits: max rel error %.3g\n", c_.name.c_str(), backend_.c_str(), err);
   EXPECT_LE(err, Tol());
 }
@@ -210,7 +189,7 @@ TEST_P(Golden, ChunkedPrefillMatches) {
     got.insert(got.end(), r->begin(), r->end());
   }
   ASSERT_EQ(got.size(), tokens.size() * V);
-  EXPECT_LE(RelErr(got, File("logits_prefill.f32")), Tol());
+  EXPECT_LE(test::RelErr(got, File("logits_prefill.f32")), Tol());
 }
 
 TEST_P(Golden, GreedyContinuationMatches) {
@@ -239,7 +218,7 @@ TEST_P(Golden, GreedyContinuationMatches) {
   auto r = Generate(*s, *sampler, Tokens(), go, nullptr);
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_EQ(r->tokens, want);
-  const double err = RelErr(logits_rows, File("greedy_logits.f32"));
+  const double err = test::RelErr(logits_rows, File("greedy_logits.f32"));
   std::printf("[%s/%s] greedy logits: max rel error %.3g, tokens %s\n", c_.name.c_str(), backend_.c_str(), err,
               r->tokens == want ? "equal" : "DIFFERENT");
   EXPECT_LE(err, Tol());
@@ -258,7 +237,7 @@ TEST_P(Golden, KvCacheLivesInTheBackendsMemory) {
   ASSERT_TRUE(s);
   ASSERT_TRUE(s->Forward(Tokens()).ok());
   // The attention nodes run on the last backend listed (the example backend has no attention).
-  Backend* b = *ctx_->Find(Names(backend_).back());
+  Backend* b = *ctx_->Find(test::SplitCommas(backend_).back());
   const LatentKvCache& kv = s->kv_cache();
   for (uint32_t layer = 0; layer < kv.n_layers(); ++layer) {
     const auto* p = static_cast<const uint8_t*>(kv.layer_data(layer));
