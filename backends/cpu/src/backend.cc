@@ -29,7 +29,9 @@ namespace coda::cpu {
 namespace {
 
 using backend_util::CopyError;
+using backend_util::DtypeBytes;
 using backend_util::InRange;
+using backend_util::TensorBytes;
 
 struct Instance {
   std::unique_ptr<ThreadPool> pool;
@@ -95,21 +97,6 @@ coda_status_code Create(const coda_host* host, const coda_backend_options* optio
 void Destroy(void* self) { delete static_cast<Instance*>(self); }
 
 const char* Describe(void* self) { return static_cast<Instance*>(self)->description.c_str(); }
-
-uint64_t DtypeBytes(uint32_t dtype) {
-  switch (dtype) {
-    case CODA_DTYPE_F32: case CODA_DTYPE_I32: return 4;
-    case CODA_DTYPE_BF16: case CODA_DTYPE_F16: return 2;
-    case CODA_DTYPE_I64: return 8;
-    default: return 1;
-  }
-}
-
-uint64_t TensorBytes(const coda_tensor& t) {
-  uint64_t n = DtypeBytes(t.dtype);
-  for (uint32_t d = 0; d < t.ndim && d < CODA_MAX_DIMS; ++d) n *= t.shape[d];
-  return n;
-}
 
 // The ops read tensors through data pointers; a tensor in one of our buffers is host memory at
 // buffer->data + offset. Returns an error when the range does not fit the buffer.

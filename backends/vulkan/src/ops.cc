@@ -4,28 +4,19 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend_util.h"
+
 namespace coda::vk {
 
 namespace {
 
+using backend_util::DtypeBytes;
+using backend_util::Elements;
+using backend_util::TensorBytes;
+
 constexpr uint32_t kMaxRow = 2048;  // mla_attend.comp keeps a query row in shared memory
 constexpr uint32_t kMaxGridX = 65535;
 constexpr uint64_t kScoreBytes = 64ull << 20;  // attention scores per dispatch chunk
-
-uint32_t ElemBytes(uint32_t dtype) {
-  switch (dtype) {
-    case CODA_DTYPE_F32: case CODA_DTYPE_I32: return 4;
-    case CODA_DTYPE_BF16: case CODA_DTYPE_F16: return 2;
-    case CODA_DTYPE_I64: return 8;
-    default: return 1;
-  }
-}
-
-uint64_t Elements(const coda_tensor& t) {
-  uint64_t n = 1;
-  for (uint32_t d = 0; d < t.ndim && d < CODA_MAX_DIMS; ++d) n *= t.shape[d];
-  return n;
-}
 
 uint64_t Rows(const coda_tensor& t) { return t.ndim >= 2 ? t.shape[0] : 1; }
 uint64_t Cols(const coda_tensor& t) { return t.ndim >= 2 ? t.shape[1] : t.shape[0]; }
@@ -87,8 +78,8 @@ class Call {
     if (e.empty()) downloads_.push_back({*out, t.data, bytes});
     return e;
   }
-  std::string Input(const coda_tensor& t, Span* out) { return Tensor(t, Elements(t) * ElemBytes(t.dtype), false, out); }
-  std::string Output(const coda_tensor& t, Span* out) { return Tensor(t, Elements(t) * ElemBytes(t.dtype), true, out); }
+  std::string Input(const coda_tensor& t, Span* out) { return Tensor(t, TensorBytes(t), false, out); }
+  std::string Output(const coda_tensor& t, Span* out) { return Tensor(t, TensorBytes(t), true, out); }
   // Host memory the ops fill after the call (the KV cache rows of a host-memory cache).
   void DownloadTo(const Span& src, void* dst) { downloads_.push_back({src, dst, src.size}); }
 
@@ -98,7 +89,7 @@ class Call {
     w->cols = Cols(t);
     Span s;
     std::string e = WeightSpan(t, &s);
-    if (e.empty()) e = Bind(s, ElemBytes(t.dtype), &w->data);
+    if (e.empty()) e = Bind(s, DtypeBytes(t.dtype), &w->data);
     if (!e.empty() || t.dtype != CODA_DTYPE_FP8_E4M3) return e;
     w->block = t.block ? t.block : 128;
     w->s_cols = U32(t.scale->shape[1]);
@@ -122,12 +113,12 @@ class Call {
   std::string BindInput(const coda_tensor& t, Bound* out) {
     Span s;
     std::string e = Input(t, &s);
-    return e.empty() ? Bind(s, ElemBytes(t.dtype), out) : e;
+    return e.empty() ? Bind(s, DtypeBytes(t.dtype), out) : e;
   }
   std::string BindOutput(const coda_tensor& t, Bound* out) {
     Span s;
     std::string e = Output(t, &s);
-    return e.empty() ? Bind(s, ElemBytes(t.dtype), out) : e;
+    return e.empty() ? Bind(s, DtypeBytes(t.dtype), out) : e;
   }
   std::string BindScratch(uint64_t bytes, Bound* out) {
     Span s;
@@ -137,7 +128,7 @@ class Call {
 
   // Small device data the host needs now (routing decisions).
   std::string ReadNow(const coda_tensor& t, std::vector<uint8_t>* out) {
-    out->resize(Elements(t) * ElemBytes(t.dtype));
+    out->resize(TensorBytes(t));
     if (!t.buffer) {
       std::memcpy(out->data(), t.data, out->size());
       return "";
@@ -173,9 +164,9 @@ class Call {
         *out = it->second;
         return "";
       }
-    if (t.buffer) return Tensor(t, WeightBytes(t), false, out);
+    if (t.buffer) return Tensor(t, TensorBytes(t), false, out);
     if (!t.data) return "a weight is missing";
-    return Upload(t.data, WeightBytes(t), out);  // not prepared: this call only
+    return Upload(t.data, TensorBytes(t), out);  // not prepared: this call only
   }
 
   struct Download {
@@ -585,14 +576,12 @@ bool Present(const coda_tensor& t) { return t.data || t.buffer; }
 
 }  // namespace
 
-uint64_t WeightBytes(const coda_tensor& t) { return Elements(t) * ElemBytes(t.dtype); }
-
 std::string PrepareWeights(Instance& in, const coda_weights& weights, Prepared* out) {
   Device& dev = *in.device;
   // Weights share large blocks (a device allows only so many allocations); each tensor starts
   // at a binding-aligned offset.
   const uint64_t align = dev.binding_alignment();
-  auto padded = [&](const coda_tensor& t) { return ((WeightBytes(t) + 3) / 4 * 4 + align - 1) / align * align; };
+  auto padded = [&](const coda_tensor& t) { return ((TensorBytes(t) + 3) / 4 * 4 + align - 1) / align * align; };
   uint64_t total = 0;  // blocks of at most 256 MiB, smaller when the weights are
   for (uint32_t i = 0; i < weights.n_tensors; ++i) {
     total += padded(weights.tensors[i]);
@@ -602,7 +591,7 @@ std::string PrepareWeights(Instance& in, const coda_weights& weights, Prepared* 
   uint64_t used = kBlock;
   auto place = [&](const coda_tensor& t) -> std::string {
     if (!t.data || out->spans.count(t.data)) return "";
-    const uint64_t bytes = std::max<uint64_t>((WeightBytes(t) + 3) / 4 * 4, 4);
+    const uint64_t bytes = std::max<uint64_t>((TensorBytes(t) + 3) / 4 * 4, 4);
     uint64_t at = (used + align - 1) / align * align;
     if (out->blocks.empty() || at + bytes > out->blocks.back()->size) {
       auto b = std::make_unique<Block>();
@@ -611,7 +600,7 @@ std::string PrepareWeights(Instance& in, const coda_weights& weights, Prepared* 
       out->blocks.push_back(std::move(b));
       at = 0;
     }
-    const Span s{out->blocks.back().get(), at, WeightBytes(t)};
+    const Span s{out->blocks.back().get(), at, TensorBytes(t)};
     used = at + bytes;
     out->spans.emplace(t.data, s);
     return dev.Write(s, t.data, s.size);
@@ -639,12 +628,12 @@ std::string CheckOp(const Instance& in, const coda_op& op) {
       const uint64_t b = t.block ? t.block : 128;
       if (t.scale->shape[0] != (t.shape[0] + b - 1) / b || t.scale->shape[1] != (t.shape[1] + b - 1) / b)
         return "FP8 block scales do not match the weight's shape";
-      if (WeightBytes(*t.scale) > dev.max_binding()) return "FP8 scales exceed the device's largest storage binding";
+      if (TensorBytes(*t.scale) > dev.max_binding()) return "FP8 scales exceed the device's largest storage binding";
     } else if (t.dtype != CODA_DTYPE_F32 && t.dtype != CODA_DTYPE_BF16) {
       return "weight dtype " + std::to_string(t.dtype) + " is not supported by the Vulkan backend";
     }
-    if (WeightBytes(t) > dev.max_binding())
-      return "a weight of " + std::to_string(WeightBytes(t)) + " bytes exceeds the device's largest storage binding (" +
+    if (TensorBytes(t) > dev.max_binding())
+      return "a weight of " + std::to_string(TensorBytes(t)) + " bytes exceeds the device's largest storage binding (" +
              std::to_string(dev.max_binding()) + " bytes)";
   }
   for (uint32_t i = 0; i < op.n_inputs; ++i)

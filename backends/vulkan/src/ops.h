@@ -39,7 +39,4 @@ std::string CheckOp(const Instance& in, const coda_op& op);
 // Runs the op; an error message, or empty on success.
 std::string RunOp(Instance& in, const coda_op& op);
 
-// Bytes of a weight tensor in its dtype.
-uint64_t WeightBytes(const coda_tensor& t);
-
 }  // namespace coda::vk
