@@ -93,6 +93,9 @@ struct Session::Impl {
     uint64_t bytes = 0;
   };
   std::map<Backend*, DeviceArena> device_arenas;
+  // Per value: the backend whose buffers hold it (the producer's, when that backend has its own
+  // memory), or null for the host arena. Fixed by the placement.
+  std::vector<Backend*> home;
   std::vector<Backend*> used;  // distinct backends with at least one node
   std::map<std::pair<uint32_t, bool>, Plan> plans;
   std::vector<float> arena;
@@ -187,11 +190,18 @@ Result<std::unique_ptr<Session>> Session::Create(const Context& context, std::sh
     im.prepared.push_back(std::move(p));
   }
   CODA_RETURN_IF_ERROR(im.PlaceKvCache(g));
+  im.home.assign(g.n_values, nullptr);
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    if (Backend* b = im.placement[i].backend; b->uses_device_memory()) {
+      for (uint32_t v : g.nodes[i].outputs) im.home[v] = b;
+      im.device_arenas.emplace(b, Impl::DeviceArena{});
+    }
   return s;
 }
 
 Status Session::Impl::PlaceKvCache(const GraphRef& g) {
   device_kv.assign(kv->n_layers(), {});
+  std::vector<uint8_t> zeros;
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const GraphNode& node = g.nodes[i];
     Backend* b = placement[i].backend;
@@ -204,7 +214,7 @@ Status Session::Impl::PlaceKvCache(const GraphRef& g) {
                                       std::string(b->name()) + " (lower --n-ctx)");
     device_kv[static_cast<size_t>(node.layer)] = {b, *buf};
     // Zeroed like the host cache, so positions skipped by JumpTo() hold zeros, not garbage.
-    const std::vector<uint8_t> zeros(static_cast<size_t>(std::min<uint64_t>(kv->layer_bytes(), 4u << 20)));
+    if (zeros.empty()) zeros.resize(static_cast<size_t>(std::min<uint64_t>(kv->layer_bytes(), 4u << 20)));
     for (uint64_t at = 0; at < kv->layer_bytes(); at += zeros.size())
       CODA_RETURN_IF_ERROR(b->Upload(*buf, at, zeros.data(), std::min<uint64_t>(zeros.size(), kv->layer_bytes() - at)));
     CODA_RETURN_IF_ERROR(b->Synchronize());  // `zeros` must outlive the transfers
@@ -317,15 +327,10 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
   CODA_ASSIGN_OR_RETURN(const Plan* plan, im.GetPlan(*model_, n, all_logits));
   if (im.arena.size() < plan->arena) im.arena.resize(plan->arena);
   const GraphRef& g = model_->file().graph();
-  // Each value's home: the buffers of the backend that produces it when that backend has its
-  // own memory, else the host arena. A consumer elsewhere reads a host copy, made once.
-  std::vector<Backend*> home(g.n_values, nullptr);
-  for (size_t i = 0; i < g.nodes.size(); ++i)
-    if (Backend* b = im.placement[i].backend; b->uses_device_memory())
-      for (uint32_t v : g.nodes[i].outputs) home[v] = b;
-  for (Backend* b : home) {
-    if (!b) continue;
-    Impl::DeviceArena& a = im.device_arenas[b];
+  // A value lives in its home backend's buffers (or the host arena); a consumer elsewhere reads
+  // a host copy, made once.
+  const std::vector<Backend*>& home = im.home;
+  for (auto& [b, a] : im.device_arenas) {
     if (a.bytes >= plan->arena * 4) continue;
     if (a.buffer) b->FreeBuffer(a.buffer);
     a = {};
@@ -350,7 +355,7 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
     coda_tensor t = im.values[v];
     if (home[v] && home[v] == b) {
       t.data = nullptr;
-      t.buffer = im.device_arenas[home[v]].buffer;
+      t.buffer = im.device_arenas.at(home[v]).buffer;
       t.offset = plan->offsets[v] * 4;
     }
     return t;
@@ -358,7 +363,7 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
   auto to_host = [&](uint32_t v) -> Status {
     if (im.host_valid[v]) return Status::Ok();
     const coda_tensor& t = im.values[v];
-    CODA_RETURN_IF_ERROR(home[v]->Download(im.device_arenas[home[v]].buffer, plan->offsets[v] * 4, t.data,
+    CODA_RETURN_IF_ERROR(home[v]->Download(im.device_arenas.at(home[v]).buffer, plan->offsets[v] * 4, t.data,
                                            t.shape[0] * t.shape[1] * 4));
     CODA_RETURN_IF_ERROR(home[v]->Synchronize());
     im.host_valid[v] = true;
