@@ -39,13 +39,16 @@ float fp8_to_f32(uint b) {
 
 shared float sh_red[WG];
 
-float wg_sum(float v) {
+float combine(float a, float b, bool is_max) { return is_max ? max(a, b) : a + b; }
+
+// The sum or the maximum of v over the workgroup, returned to every invocation.
+float wg_reduce(float v, bool is_max) {
 #if USE_SUBGROUP
-  float s = subgroupAdd(v);
+  float s = is_max ? subgroupMax(v) : subgroupAdd(v);
   if (subgroupElect()) sh_red[gl_SubgroupID] = s;
   barrier();
-  float t = 0.0;
-  for (uint i = 0u; i < gl_NumSubgroups; ++i) t += sh_red[i];
+  float t = sh_red[0];
+  for (uint i = 1u; i < gl_NumSubgroups; ++i) t = combine(t, sh_red[i], is_max);
   barrier();
   return t;
 #else
@@ -53,7 +56,7 @@ float wg_sum(float v) {
   sh_red[l] = v;
   barrier();
   for (uint s = WG / 2u; s > 0u; s >>= 1) {
-    if (l < s) sh_red[l] += sh_red[l + s];
+    if (l < s) sh_red[l] = combine(sh_red[l], sh_red[l + s], is_max);
     barrier();
   }
   float t = sh_red[0];
@@ -62,25 +65,5 @@ float wg_sum(float v) {
 #endif
 }
 
-float wg_max(float v) {
-#if USE_SUBGROUP
-  float s = subgroupMax(v);
-  if (subgroupElect()) sh_red[gl_SubgroupID] = s;
-  barrier();
-  float t = sh_red[0];
-  for (uint i = 1u; i < gl_NumSubgroups; ++i) t = max(t, sh_red[i]);
-  barrier();
-  return t;
-#else
-  uint l = gl_LocalInvocationIndex;
-  sh_red[l] = v;
-  barrier();
-  for (uint s = WG / 2u; s > 0u; s >>= 1) {
-    if (l < s) sh_red[l] = max(sh_red[l], sh_red[l + s]);
-    barrier();
-  }
-  float t = sh_red[0];
-  barrier();
-  return t;
-#endif
-}
+float wg_sum(float v) { return wg_reduce(v, false); }
+float wg_max(float v) { return wg_reduce(v, true); }
