@@ -141,8 +141,9 @@ void MlaAttendBf16(const MlaAttendArgs& a) {
       sum[h] += _mm512_reduce_add_ps(acc);
     }
     // accp += sum_p w[p] lat[p], two rows per vdpbf16ps, kept in the interleaved column order.
-    // Meanwhile the next block is prefetched into L2, a slice per step (one core alone cannot
-    // keep enough misses in flight from the scores loop).
+    // Meanwhile the next block is prefetched, a slice per step (one core alone cannot keep
+    // enough misses in flight from the scores loop). Into L1 rather than L2 only: 4-8% faster
+    // over a cache that comes from DRAM, in interleaved same-process runs.
     const char* next = reinterpret_cast<const char*>(rows + n * a.row);
     const size_t next_bytes = std::min(len - pb - n, kBlockRows) * a.row * 2;
     const size_t steps = (c + 63) / 64 * ((nh + kHeads - 1) / kHeads);
@@ -151,7 +152,7 @@ void MlaAttendBf16(const MlaAttendArgs& a) {
     for (size_t i0 = 0; i0 < c; i0 += 64) {
       const __mmask32 m[2] = {Mask32(i0, c), Mask32(i0 + 32, c)};
       for (size_t h0 = 0; h0 < nh; h0 += kHeads) {
-        for (const size_t e = std::min(next_bytes, pf + slice); pf < e; pf += 64) _mm_prefetch(next + pf, _MM_HINT_T1);
+        for (const size_t e = std::min(next_bytes, pf + slice); pf < e; pf += 64) _mm_prefetch(next + pf, _MM_HINT_T0);
         const uint32_t* w[kHeads];
         __m512 acc[kHeads][4];
         for (size_t g = 0; g < kHeads; ++g) {

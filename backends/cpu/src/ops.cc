@@ -254,6 +254,16 @@ std::string MlaAttention(Context& ctx, const coda_op& op) {
                         hp.softmax_scale, sc.data(), part.data() + h0 * c, nullptr});
         });
       }
+      // Each head's parts: po[h * splits + sp], pl likewise.
+      std::vector<const float*>& po = ctx.part_ptrs[0];
+      std::vector<const float*>& pl = ctx.part_ptrs[1];
+      po.resize(H * splits);
+      pl.resize(H * splits);
+      for (size_t h = 0; h < H; ++h)
+        for (size_t sp = 0; sp < splits; ++sp) {
+          po[h * splits + sp] = part.data() + sp * H * c + h * c;
+          pl[h * splits + sp] = lse + sp * H + h;
+        }
       ctx.pool->ParallelFor(H, 1, [&](size_t h0, size_t h1, unsigned ti) {
         std::vector<float>& sc = ctx.thread_scratch[ti];
         sc.resize(c + H * (dn + dv));
@@ -262,12 +272,7 @@ std::string MlaAttention(Context& ctx, const coda_op& op) {
         for (size_t h = h0; h < h1; ++h) {
           const float* ol = part.data() + h * c;
           if (splits > 1) {
-            std::vector<const float*> po(splits), pl(splits);
-            for (size_t sp = 0; sp < splits; ++sp) {
-              po[sp] = part.data() + sp * H * c + h * c;
-              pl[sp] = lse + sp * H + h;
-            }
-            MergeAttention(splits, po.data(), pl.data(), 1, c, merged);
+            MergeAttention(splits, po.data() + h * splits, pl.data() + h * splits, 1, c, merged);
             ol = merged;
           }
           const uint64_t uv = h * (dn + dv) + dn;

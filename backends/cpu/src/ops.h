@@ -20,6 +20,7 @@ struct Context {
   std::vector<std::vector<float>> thread_scratch;  // one per pool thread
   std::vector<std::vector<float>> thread_panel;    // one per pool thread: Linear's F32 panels
   std::vector<float> scratch[6];                   // op-level temporaries
+  std::vector<const float*> part_ptrs[2];          // attention's split parts, merged per head
 };
 
 // Errors are returned as a message; empty means success.
