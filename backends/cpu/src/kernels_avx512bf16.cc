@@ -118,8 +118,23 @@ void MlaAttendBf16(const MlaAttendArgs& a) {
     const size_t n = std::min(len - pb, kBlockRows);
     const uint16_t* rows = base + pb * a.row;
     bmx.assign(nh, -INFINITY);
+    // The next block is prefetched while this one is worked on, a slice per step of both the
+    // scores and the weighted sum (one core alone cannot keep enough misses in flight from the
+    // loops' own loads). Into L1, not L2 only: 4-8% faster over a cache in DRAM, and spreading
+    // it over both phases 2-4% more, in interleaved same-process runs.
+    const char* next = reinterpret_cast<const char*>(rows + n * a.row);
+    const size_t next_bytes = std::min(len - pb - n, kBlockRows) * a.row * 2;
+    const size_t steps = (n + 3) / 4 * ((nh + kHeads - 1) / kHeads) + (c + 63) / 64 * ((nh + kHeads - 1) / kHeads);
+    const size_t slice = (next_bytes / 64 + steps - 1) / steps * 64;
+    size_t pf = 0;
+    auto prefetch_slice = [&] {
+      for (const size_t e = std::min(next_bytes, pf + slice); pf < e; pf += 64) _mm_prefetch(next + pf, _MM_HINT_T0);
+    };
     for (size_t h0 = 0; h0 < nh; h0 += kHeads)
-      for (size_t p = 0; p < n; p += 4) ScoreBlock(a, qb.data(), kq, rows, n, h0, p, sc.data(), bmx.data());
+      for (size_t p = 0; p < n; p += 4) {
+        prefetch_slice();
+        ScoreBlock(a, qb.data(), kq, rows, n, h0, p, sc.data(), bmx.data());
+      }
     // exp(s - running max), summed in F32 and rounded to BF16 pairs (zero past n).
     for (size_t h = 0; h < nh; ++h) {
       if (bmx[h] > mx[h]) {
@@ -141,18 +156,10 @@ void MlaAttendBf16(const MlaAttendArgs& a) {
       sum[h] += _mm512_reduce_add_ps(acc);
     }
     // accp += sum_p w[p] lat[p], two rows per vdpbf16ps, kept in the interleaved column order.
-    // Meanwhile the next block is prefetched, a slice per step (one core alone cannot keep
-    // enough misses in flight from the scores loop). Into L1 rather than L2 only: 4-8% faster
-    // over a cache that comes from DRAM, in interleaved same-process runs.
-    const char* next = reinterpret_cast<const char*>(rows + n * a.row);
-    const size_t next_bytes = std::min(len - pb - n, kBlockRows) * a.row * 2;
-    const size_t steps = (c + 63) / 64 * ((nh + kHeads - 1) / kHeads);
-    const size_t slice = (next_bytes / 64 + steps - 1) / steps * 64;
-    size_t pf = 0;
     for (size_t i0 = 0; i0 < c; i0 += 64) {
       const __mmask32 m[2] = {Mask32(i0, c), Mask32(i0 + 32, c)};
       for (size_t h0 = 0; h0 < nh; h0 += kHeads) {
-        for (const size_t e = std::min(next_bytes, pf + slice); pf < e; pf += 64) _mm_prefetch(next + pf, _MM_HINT_T0);
+        prefetch_slice();
         const uint32_t* w[kHeads];
         __m512 acc[kHeads][4];
         for (size_t g = 0; g < kHeads; ++g) {
