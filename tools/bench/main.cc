@@ -51,7 +51,8 @@ double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::d
 // higher of the figures taken just before and just after it.
 class BandwidthMeter {
  public:
-  explicit BandwidthMeter(unsigned threads) : threads_(threads), buf_((size_t{512} << 20) / 8) {
+  explicit BandwidthMeter(unsigned threads)
+      : threads_(threads), chunk_((size_t{512} << 20) / 8 / threads / 8 * 8), buf_(chunk_ * threads) {
     for (size_t i = 0; i < buf_.size(); i += 512) buf_[i] = i;  // commit the pages now
   }
   double Measure(int passes = 3) {
@@ -62,10 +63,9 @@ class BandwidthMeter {
       std::vector<std::thread> ts;
       for (unsigned t = 0; t < threads_; ++t)
         ts.emplace_back([&, t] {
-          const size_t chunk = buf_.size() / threads_ / 8 * 8;
-          const uint64_t* p = buf_.data() + t * chunk;
+          const uint64_t* p = buf_.data() + t * chunk_;
           uint64_t a[8] = {};  // independent sums: the loads, not the adds, set the pace
-          for (size_t i = 0; i < chunk; i += 8)
+          for (size_t i = 0; i < chunk_; i += 8)
             for (int k = 0; k < 8; ++k) a[k] += p[i + k];
           sums[t] = a[0] + a[1] + a[2] + a[3] + a[4] + a[5] + a[6] + a[7];
         });
@@ -73,7 +73,7 @@ class BandwidthMeter {
       const double s = Seconds(t0, Clock::now());
       volatile uint64_t sink = sums[0];
       (void)sink;
-      best = std::max(best, static_cast<double>(buf_.size() / threads_ / 8 * 8 * threads_ * 8) / s);
+      best = std::max(best, static_cast<double>(buf_.size() * sizeof(uint64_t)) / s);
     }
     highest_ = std::max(highest_, best);
     return best;
@@ -82,6 +82,7 @@ class BandwidthMeter {
 
  private:
   unsigned threads_;
+  size_t chunk_;  // values per thread, a multiple of 8
   std::vector<uint64_t> buf_;
   double highest_ = 0;
 };

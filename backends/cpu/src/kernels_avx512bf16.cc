@@ -124,7 +124,7 @@ void MlaAttendBf16(const MlaAttendArgs& a) {
     // it over both phases 2-4% more, in interleaved same-process runs.
     const char* next = reinterpret_cast<const char*>(rows + n * a.row);
     const size_t next_bytes = std::min(len - pb - n, kBlockRows) * a.row * 2;
-    const size_t steps = (n + 3) / 4 * ((nh + kHeads - 1) / kHeads) + (c + 63) / 64 * ((nh + kHeads - 1) / kHeads);
+    const size_t steps = ((n + 3) / 4 + (c + 63) / 64) * ((nh + kHeads - 1) / kHeads);  // score calls + sum steps
     const size_t slice = (next_bytes / 64 + steps - 1) / steps * 64;
     size_t pf = 0;
     auto prefetch_slice = [&] {
