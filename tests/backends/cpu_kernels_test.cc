@@ -75,7 +75,7 @@ TEST(CpuKernels, SimdBuildsMatchTheReference) {
   std::mt19937 rng(3);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   for (uint32_t dtype : {CODA_DTYPE_F32, CODA_DTYPE_BF16, CODA_DTYPE_FP8_E4M3}) {
-    for (auto [rows, cols] : {std::pair<uint64_t, uint64_t>{37, 200}, {130, 256}, {5, 17}, {260, 129}}) {
+    for (auto [rows, cols] : {std::pair<uint64_t, uint64_t>{37, 200}, {130, 256}, {5, 17}, {260, 129}, {3, 600}}) {
       TestWeight t = MakeWeight(dtype, rows, cols, static_cast<uint32_t>(rows * cols + dtype));
       for (size_t n : {1, 3, 4, 6, 9}) {
         std::vector<float> x(n * cols);
@@ -122,6 +122,22 @@ TEST(CpuKernels, SimdBuildsMatchTheReference) {
       k->axpy_bf16(-1.3f, h.data(), ya.data(), n);
       ref.axpy_bf16(-1.3f, h.data(), yb.data(), n);
       ExpectClose(ya, yb, 1e-6, "axpy_bf16");
+    }
+  }
+  // The SwiGLU gate, including inputs whose e^-x overflows F32.
+  for (size_t n : {1, 16, 37, 1024}) {
+    std::vector<float> g(n), u(n);
+    for (size_t i = 0; i < n; ++i) {
+      g[i] = i % 7 == 0 ? (i % 2 ? 100.0f : -100.0f) : 6.0f * nd(rng);
+      u[i] = nd(rng);
+    }
+    std::vector<float> want = g;
+    ref.silu_mul(want.data(), u.data(), n);
+    for (const Kernels* k : builds) {
+      std::vector<float> got = g;
+      k->silu_mul(got.data(), u.data(), n);
+      for (size_t i = 0; i < n; ++i)
+        ASSERT_NEAR(got[i], want[i], 1e-6 * std::max(1.0f, std::fabs(want[i]))) << k->name << " silu_mul at " << i;
     }
   }
 }

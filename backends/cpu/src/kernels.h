@@ -59,7 +59,12 @@ struct Kernels {
   // s[h][p] = (qabs[h] . lat[p] + qpe[h] . pe[p]) * scale, p = softmax(s[h]), olat[h] = sum p lat.
   // Cache rows hold `row` values (c latent, then the rope key) in F32 or BF16.
   void (*mla_attend)(const MlaAttendArgs& a);
+  // g[i] = silu(g[i]) * u[i], silu(x) = x / (1 + e^-x): the SwiGLU gate.
+  void (*silu_mul)(float* g, const float* u, size_t n);
 };
+
+// The scalar SwiGLU gate, shared by the reference and AVX2 tables.
+void SiluMulScalar(float* g, const float* u, size_t n);
 
 const Kernels& ReferenceKernels();
 const Kernels* Avx2Kernels();    // nullptr when not compiled in

@@ -205,7 +205,7 @@ void MlaAttend(const MlaAttendArgs& a) {
   }
 }
 
-const Kernels kAvx2 = {"avx2", MatmulRows, DequantRows, MatvecT, Dot, Axpy, DotBf16, AxpyBf16, MlaAttend};
+const Kernels kAvx2 = {"avx2", MatmulRows, DequantRows, MatvecT, Dot, Axpy, DotBf16, AxpyBf16, MlaAttend, SiluMulScalar};
 
 }  // namespace
 

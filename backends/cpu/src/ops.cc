@@ -48,18 +48,24 @@ void RmsNormRows(const float* x, size_t ldx, size_t n, size_t d, const coda_tens
   }
 }
 
-// Interleaved-pair rotary embedding on `dr` values at position `pos`.
-void Rope(float* v, size_t dr, uint32_t pos, const float* inv_freq) {
+// cos and sin of each rotary frequency at position `pos`: cs[2i], cs[2i + 1].
+void RopeAngles(uint32_t pos, size_t dr, const float* inv_freq, float* cs) {
   for (size_t i = 0; i < dr / 2; ++i) {
     const double a = static_cast<double>(pos) * inv_freq[i];
-    const float c = static_cast<float>(std::cos(a)), s = static_cast<float>(std::sin(a));
+    cs[2 * i] = static_cast<float>(std::cos(a));
+    cs[2 * i + 1] = static_cast<float>(std::sin(a));
+  }
+}
+
+// Interleaved-pair rotary embedding on `dr` values with the angles from RopeAngles.
+void Rope(float* v, size_t dr, const float* cs) {
+  for (size_t i = 0; i < dr / 2; ++i) {
+    const float c = cs[2 * i], s = cs[2 * i + 1];
     const float x0 = v[2 * i], x1 = v[2 * i + 1];
     v[2 * i] = x0 * c - x1 * s;
     v[2 * i + 1] = x0 * s + x1 * c;
   }
 }
-
-inline float Silu(float x) { return x / (1.0f + std::exp(-x)); }
 
 std::string Sgemm(size_t m, size_t nn, size_t kk, const float* a, size_t lda, const float* b, size_t ldb, float* c,
                   size_t ldc) {
@@ -78,7 +84,7 @@ std::string SwigluMlp(Context& ctx, const Weight& gate, const Weight& up, const 
   tmp_u.resize(n * width);
   std::string e = LinearBatch(ctx, {{gate, x, n, tmp_g.data()}, {up, x, n, tmp_u.data()}});
   if (!e.empty()) return e;
-  for (size_t i = 0; i < n * width; ++i) tmp_g[i] = Silu(tmp_g[i]) * tmp_u[i];
+  ctx.k->silu_mul(tmp_g.data(), tmp_u.data(), n * width);
   return Linear(ctx, down, tmp_g.data(), n, y);
 }
 
@@ -196,10 +202,11 @@ std::string MlaAttention(Context& ctx, const coda_op& op) {
   }
   if (!e.empty()) return e;
   RmsNormRows(kv.data(), row, n, c, w[5], hp.rms_norm_eps, kv.data(), row);
+  std::vector<float> angles(dr);  // shared by the key and every head's query
   for (size_t t = 0; t < n; ++t) {
-    const uint32_t pos = static_cast<uint32_t>(start + t);
-    Rope(kv.data() + t * row + c, dr, pos, hp.rope_inv_freq);
-    for (size_t h = 0; h < H; ++h) Rope(q.data() + (t * H + h) * qk + dn, dr, pos, hp.rope_inv_freq);
+    RopeAngles(static_cast<uint32_t>(start + t), dr, hp.rope_inv_freq, angles.data());
+    Rope(kv.data() + t * row + c, dr, angles.data());
+    for (size_t h = 0; h < H; ++h) Rope(q.data() + (t * H + h) * qk + dn, dr, angles.data());
   }
   // Append [latent | k_pe] to the cache.
   const bool bf16 = op.kv.dtype == CODA_DTYPE_BF16;
@@ -420,7 +427,7 @@ std::string MoeExperts(Context& ctx, const coda_op& op) {
   }
   std::string err = LinearBatch(ctx, up_jobs);
   if (!err.empty()) return err;
-  for (size_t i = 0; i < rows * width; ++i) g[i] = Silu(g[i]) * u[i];
+  ctx.k->silu_mul(g.data(), u.data(), rows * width);
   err = LinearBatch(ctx, down_jobs);
   if (!err.empty()) return err;
   for (const Active& a : active)
