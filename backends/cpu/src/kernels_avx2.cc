@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels.h"
 
@@ -51,48 +52,95 @@ inline float Reduce(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
 }
 
-// Sum over columns [c0, c1) of w[c] * x[t][c] for NT tokens; FP8 results are 2^-8 scaled.
+// FP8 E4M3 for the mat-mul inner loop, raw: sign-extended and shifted into an F32 pattern
+// that is the value times 2^-120 exactly (see kernels_avx512.cc); x carries the block scale
+// and 2^60, the sum another 2^60.
+inline __m256 Fp8Raw8(const uint8_t* p) {
+  const __m256i d = _mm256_slli_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))), 20);
+  return _mm256_castsi256_ps(_mm256_and_si256(d, _mm256_set1_epi32(static_cast<int>(0x87F00000u))));
+}
+constexpr float kTwo60 = 0x1p60f;
+
+template <uint32_t DT>
+inline __m256 LoadDot8(const uint8_t* row, uint64_t c) {
+  if constexpr (DT == CODA_DTYPE_FP8_E4M3) return Fp8Raw8(row + c);
+  else return Load8<DT>(row, c);
+}
+template <uint32_t DT>
+inline float ScalarDot(const uint8_t* row, uint64_t c) {
+  if constexpr (DT == CODA_DTYPE_FP8_E4M3) return Fp8ToF32(row[c]) * 0x1p-60f * 0x1p-60f;
+  else return Scalar<DT>(row, c);
+}
+
+// How far ahead the weight stream is prefetched (see kernels_avx512.cc).
+constexpr uint64_t kWeightPrefetch = 4096;
+
+// y[t] = W[row] . x[t] for NT tokens over one whole row, read start to end (one sequential
+// stream). NA accumulators per token keep four FMA chains in flight.
 template <uint32_t DT, int NT>
-inline void Span(const uint8_t* row, const float* x, size_t ldx, uint64_t c0, uint64_t c1, float* out) {
-  __m256 acc[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
-  uint64_t c = c0;
-  for (; c + 8 <= c1; c += 8) {
-    const __m256 wv = Load8<DT>(row, c);
-    for (int t = 0; t < NT; ++t) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * ldx + c), acc[t]);
+inline void Row(const uint8_t* row, uint64_t cols, const float* x, size_t ldx, float* y, size_t ldy, float mul) {
+  constexpr int NA = NT >= 4 ? 1 : 4 / NT;
+  __m256 acc[NA][NT];
+  for (auto& a : acc)
+    for (auto& v : a) v = _mm256_setzero_ps();
+  uint64_t c = 0;
+  for (; c + 8 * NA <= cols; c += 8 * NA) {
+    _mm_prefetch(reinterpret_cast<const char*>(row + c * ElemSize<DT>() + kWeightPrefetch), _MM_HINT_T0);
+    for (int a = 0; a < NA; ++a) {
+      const __m256 wv = LoadDot8<DT>(row, c + 8 * a);
+      for (int t = 0; t < NT; ++t) acc[a][t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * ldx + c + 8 * a), acc[a][t]);
+    }
+  }
+  for (; c + 8 <= cols; c += 8) {
+    const __m256 wv = LoadDot8<DT>(row, c);
+    for (int t = 0; t < NT; ++t) acc[0][t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * ldx + c), acc[0][t]);
   }
   for (int t = 0; t < NT; ++t) {
-    float s = Reduce(acc[t]);
-    for (uint64_t k = c; k < c1; ++k) s += Scalar<DT>(row, k) * x[t * ldx + k];
-    out[t] = s;
+    __m256 sum = acc[0][t];
+    for (int a = 1; a < NA; ++a) sum = _mm256_add_ps(sum, acc[a][t]);
+    float s = Reduce(sum);
+    for (uint64_t k = c; k < cols; ++k) s += ScalarDot<DT>(row, k) * x[t * ldx + k];
+    y[t * ldy] = s * mul;
   }
 }
 
-template <uint32_t DT, int NT>
-inline void RowDots(const Weight& w, const float* x, size_t ldx, float* y, size_t ldy, uint64_t r) {
-  const uint8_t* row = w.data + r * w.cols * ElemSize<DT>();
-  float total[NT] = {};
-  float part[NT];
-  if constexpr (DT == CODA_DTYPE_FP8_E4M3) {
-    const float* srow = w.scales + (r / w.block) * w.scale_cols;
-    for (uint64_t b0 = 0, bi = 0; b0 < w.cols; b0 += w.block, ++bi) {
-      Span<DT, NT>(row, x, ldx, b0, std::min<uint64_t>(w.cols, b0 + w.block), part);
-      for (int t = 0; t < NT; ++t) total[t] += part[t] * (srow[bi] * 256.0f);
+template <uint32_t DT>
+void Rows(const uint8_t* data, uint64_t cols, const float* x, size_t ldx, size_t n, float* y, size_t ldy, uint64_t r0,
+          uint64_t r1, float mul) {
+  for (uint64_t r = r0; r < r1; ++r) {  // every token group reuses the row from L1
+    const uint8_t* row = data + r * cols * ElemSize<DT>();
+    size_t t = 0;
+    for (; t + 4 <= n; t += 4) Row<DT, 4>(row, cols, x + t * ldx, ldx, y + t * ldy + r, ldy, mul);
+    switch (n - t) {
+      case 3: Row<DT, 3>(row, cols, x + t * ldx, ldx, y + t * ldy + r, ldy, mul); break;
+      case 2: Row<DT, 2>(row, cols, x + t * ldx, ldx, y + t * ldy + r, ldy, mul); break;
+      case 1: Row<DT, 1>(row, cols, x + t * ldx, ldx, y + t * ldy + r, ldy, mul); break;
+      default: break;
     }
-  } else {
-    Span<DT, NT>(row, x, ldx, 0, w.cols, total);
   }
-  for (int t = 0; t < NT; ++t) y[t * ldy + r] = total[t];
 }
 
 template <uint32_t DT>
 void MatmulRowsT(const Weight& w, const float* x, size_t ldx, size_t n, float* y, size_t ldy, uint64_t r0,
                  uint64_t r1) {
-  size_t t = 0;
-  for (; t + 4 <= n; t += 4)
-    for (uint64_t r = r0; r < r1; ++r) RowDots<DT, 4>(w, x + t * ldx, ldx, y + t * ldy, ldy, r);
-  for (; t < n; ++t)
-    for (uint64_t r = r0; r < r1; ++r) RowDots<DT, 1>(w, x + t * ldx, ldx, y + t * ldy, ldy, r);
+  if constexpr (DT != CODA_DTYPE_FP8_E4M3) {
+    Rows<DT>(w.data, w.cols, x, ldx, n, y, ldy, r0, r1, 1.0f);
+  } else {
+    // Per block of rows, the block scales are folded into a copy of x (as in the AVX-512 build).
+    thread_local std::vector<float> scaled;
+    scaled.resize(n * w.cols);
+    for (uint64_t rb = r0; rb < r1;) {
+      const uint64_t re = std::min<uint64_t>(r1, (rb / w.block + 1) * w.block);
+      const float* srow = w.scales + (rb / w.block) * w.scale_cols;
+      for (size_t t = 0; t < n; ++t)
+        for (uint64_t b0 = 0; b0 < w.cols; b0 += w.block) {
+          const float sc = srow[b0 / w.block] * kTwo60;
+          for (uint64_t c = b0; c < std::min<uint64_t>(w.cols, b0 + w.block); ++c) scaled[t * w.cols + c] = x[t * ldx + c] * sc;
+        }
+      Rows<DT>(w.data, w.cols, scaled.data(), w.cols, n, y, ldy, rb, re, kTwo60);
+      rb = re;
+    }
+  }
 }
 
 void MatmulRows(const Weight& w, const float* x, size_t ldx, size_t n, float* y, size_t ldy, uint64_t r0, uint64_t r1) {
