@@ -108,6 +108,20 @@ inline bool WithWeightDType(uint32_t dtype, F&& f) {
 // softmax over the union.
 void MergeAttention(size_t nparts, const float* const* olat, const float* const* lse, size_t nh, size_t c, float* out);
 
+// Calls f(std::integral_constant<int, NT>{}, t) for token groups [t, t + NT) that cover [0, n):
+// groups of four, then one of three, two or one (kernels keep NT tokens' sums in registers).
+template <typename F>
+inline void ForTokenGroups(size_t n, F&& f) {
+  size_t t = 0;
+  for (; t + 4 <= n; t += 4) f(std::integral_constant<int, 4>{}, t);
+  switch (n - t) {
+    case 3: f(std::integral_constant<int, 3>{}, t); break;
+    case 2: f(std::integral_constant<int, 2>{}, t); break;
+    case 1: f(std::integral_constant<int, 1>{}, t); break;
+    default: break;
+  }
+}
+
 inline float WeightScale(const Weight& w, uint64_t r, uint64_t c) {
   return w.scales[(r / w.block) * w.scale_cols + c / w.block];
 }

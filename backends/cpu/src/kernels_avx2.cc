@@ -109,14 +109,7 @@ void Rows(const uint8_t* data, uint64_t cols, const float* x, size_t ldx, size_t
           uint64_t r1, float mul) {
   for (uint64_t r = r0; r < r1; ++r) {  // every token group reuses the row from L1
     const uint8_t* row = data + r * cols * ElemSize<DT>();
-    size_t t = 0;
-    for (; t + 4 <= n; t += 4) Row<DT, 4>(row, cols, x + t * ldx, ldx, y + t * ldy + r, ldy, mul);
-    switch (n - t) {
-      case 3: Row<DT, 3>(row, cols, x + t * ldx, ldx, y + t * ldy + r, ldy, mul); break;
-      case 2: Row<DT, 2>(row, cols, x + t * ldx, ldx, y + t * ldy + r, ldy, mul); break;
-      case 1: Row<DT, 1>(row, cols, x + t * ldx, ldx, y + t * ldy + r, ldy, mul); break;
-      default: break;
-    }
+    ForTokenGroups(n, [&](auto nt, size_t t) { Row<DT, nt()>(row, cols, x + t * ldx, ldx, y + t * ldy + r, ldy, mul); });
   }
 }
 
