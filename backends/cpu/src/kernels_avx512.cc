@@ -182,12 +182,16 @@ inline void MatvecTile(const Weight& w, uint64_t r0, uint64_t r1, const float* x
     const uint8_t* row = w.data + (r * w.cols + c0) * ElemSize<DT>();
     const float xr = x[r - r0] * (DT == CODA_DTYPE_FP8_E4M3 ? kTwo60 : 1.0f);
     __m512 xv = _mm512_set1_ps(DT == CODA_DTYPE_FP8_E4M3 ? xr * WeightScale(w, r, c0) : xr);
+    uint64_t next_block = (c0 / w.block + 1) * w.block;  // a compare per chunk, not a division
 #pragma GCC unroll 16
     for (uint64_t i = 0; i < kChunks; ++i) {
       const uint64_t c = 16 * i;
       if (!kFull && c >= nc) break;
       if constexpr (DT == CODA_DTYPE_FP8_E4M3)
-        if (c > 0 && (c0 + c) % w.block == 0) xv = _mm512_set1_ps(xr * WeightScale(w, r, c0 + c));
+        if (c0 + c == next_block) {
+          xv = _mm512_set1_ps(xr * WeightScale(w, r, c0 + c));
+          next_block += w.block;
+        }
       const __m512 wv = kFull || c + 16 <= nc ? LoadDot16<DT>(row, c) : LoadDot16<DT>(row, c, TailMask(nc - c));
       acc[i] = _mm512_fmadd_ps(wv, xv, acc[i]);
     }
