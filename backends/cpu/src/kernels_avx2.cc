@@ -80,12 +80,15 @@ constexpr uint64_t kWeightPrefetch = 4096;
 template <uint32_t DT, int NT>
 inline void Row(const uint8_t* row, uint64_t cols, const float* x, size_t ldx, float* y, size_t ldy, float mul) {
   constexpr int NA = NT >= 4 ? 1 : 4 / NT;
+  constexpr uint64_t kStepBytes = 8 * NA * ElemSize<DT>();  // a power of two
   __m256 acc[NA][NT];
   for (auto& a : acc)
     for (auto& v : a) v = _mm256_setzero_ps();
   uint64_t c = 0;
   for (; c + 8 * NA <= cols; c += 8 * NA) {
-    _mm_prefetch(reinterpret_cast<const char*>(row + c * ElemSize<DT>() + kWeightPrefetch), _MM_HINT_T0);
+    if (kStepBytes >= 64 || (c * ElemSize<DT>()) % 64 == 0)  // once per 64-byte line
+      for (uint64_t b = 0; b < kStepBytes; b += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(row + c * ElemSize<DT>() + b + kWeightPrefetch), _MM_HINT_T0);
     for (int a = 0; a < NA; ++a) {
       const __m256 wv = LoadDot8<DT>(row, c + 8 * a);
       for (int t = 0; t < NT; ++t) acc[a][t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * ldx + c + 8 * a), acc[a][t]);

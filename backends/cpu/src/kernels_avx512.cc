@@ -172,9 +172,7 @@ void DequantRows(const Weight& w, uint64_t r0, uint64_t r1, float* out) {
     ReferenceKernels().dequant_rows(w, r0, r1, out);
 }
 
-// y += x^T W[r0:r1]: 256 columns at a time stay in 16 registers while the rows stream by
-// (loading and storing y per 16 weights made W_UK's absorption 6x slower than its bytes).
-// FP8 stays raw as in the mat-mul, with x[r] pre-scaled by its block scale and 2^60.
+// acc[i] += sum over rows r of x[r - r0] * W[r][c0 + 16i ...] for one tile of nc <= 256 columns.
 template <uint32_t DT, bool kFull>
 inline void MatvecTile(const Weight& w, uint64_t r0, uint64_t r1, const float* x, uint64_t c0, uint64_t nc, __m512* acc) {
   constexpr uint64_t kChunks = 16;
