@@ -3,10 +3,12 @@
 // Weights stay in their stored dtype; FP8 and BF16 are decoded to F32 in registers.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "coda_backend.h"
 
@@ -119,6 +121,32 @@ inline void ForTokenGroups(size_t n, F&& f) {
     case 2: f(std::integral_constant<int, 2>{}, t); break;
     case 1: f(std::integral_constant<int, 1>{}, t); break;
     default: break;
+  }
+}
+
+// The decode kernels keep FP8 raw (its value times 2^-120, see kernels_avx512.cc); x carries
+// the block scale and this factor, the sum another one, so products stay normal.
+constexpr float kTwo60 = 0x1p60f;
+
+// FP8 decode: per block of rows in [r0, r1), a copy of x (n rows of w.cols) with each column
+// block multiplied by that block's scale and 2^60, passed as rows(scaled, rb, re). Each weight
+// row is then one plain dot product, with no per-block partial sums. A template, so each kernel
+// build compiles (and vectorizes) its own copy.
+template <typename F>
+inline void ForFp8RowBlocks(const Weight& w, const float* x, size_t ldx, size_t n, uint64_t r0, uint64_t r1, F&& rows) {
+  thread_local std::vector<float> scaled;
+  scaled.resize(n * w.cols);
+  for (uint64_t rb = r0; rb < r1;) {
+    const uint64_t re = std::min<uint64_t>(r1, (rb / w.block + 1) * w.block);
+    const float* srow = w.scales + (rb / w.block) * w.scale_cols;
+    for (size_t t = 0; t < n; ++t)
+      for (uint64_t b0 = 0; b0 < w.cols; b0 += w.block) {
+        const float s = srow[b0 / w.block] * kTwo60;
+        const uint64_t b1 = std::min<uint64_t>(w.cols, b0 + w.block);
+        for (uint64_t c = b0; c < b1; ++c) scaled[t * w.cols + c] = x[t * ldx + c] * s;
+      }
+    rows(static_cast<const float*>(scaled.data()), rb, re);
+    rb = re;
   }
 }
 

@@ -54,12 +54,11 @@ inline float Reduce(__m256 v) {
 
 // FP8 E4M3 for the mat-mul inner loop, raw: sign-extended and shifted into an F32 pattern
 // that is the value times 2^-120 exactly (see kernels_avx512.cc); x carries the block scale
-// and 2^60, the sum another 2^60.
+// and kTwo60, the sum another kTwo60.
 inline __m256 Fp8Raw8(const uint8_t* p) {
   const __m256i d = _mm256_slli_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))), 20);
   return _mm256_castsi256_ps(_mm256_and_si256(d, _mm256_set1_epi32(static_cast<int>(0x87F00000u))));
 }
-constexpr float kTwo60 = 0x1p60f;
 
 template <uint32_t DT>
 inline __m256 LoadDot8(const uint8_t* row, uint64_t c) {
@@ -122,20 +121,9 @@ void MatmulRowsT(const Weight& w, const float* x, size_t ldx, size_t n, float* y
   if constexpr (DT != CODA_DTYPE_FP8_E4M3) {
     Rows<DT>(w.data, w.cols, x, ldx, n, y, ldy, r0, r1, 1.0f);
   } else {
-    // Per block of rows, the block scales are folded into a copy of x (as in the AVX-512 build).
-    thread_local std::vector<float> scaled;
-    scaled.resize(n * w.cols);
-    for (uint64_t rb = r0; rb < r1;) {
-      const uint64_t re = std::min<uint64_t>(r1, (rb / w.block + 1) * w.block);
-      const float* srow = w.scales + (rb / w.block) * w.scale_cols;
-      for (size_t t = 0; t < n; ++t)
-        for (uint64_t b0 = 0; b0 < w.cols; b0 += w.block) {
-          const float sc = srow[b0 / w.block] * kTwo60;
-          for (uint64_t c = b0; c < std::min<uint64_t>(w.cols, b0 + w.block); ++c) scaled[t * w.cols + c] = x[t * ldx + c] * sc;
-        }
-      Rows<DT>(w.data, w.cols, scaled.data(), w.cols, n, y, ldy, rb, re, kTwo60);
-      rb = re;
-    }
+    ForFp8RowBlocks(w, x, ldx, n, r0, r1, [&](const float* xs, uint64_t rb, uint64_t re) {
+      Rows<DT>(w.data, w.cols, xs, w.cols, n, y, ldy, rb, re, kTwo60);
+    });
   }
 }
 

@@ -29,7 +29,6 @@ inline __m512 Fp8Raw16(__m128i b) {
   const __m512i d = _mm512_slli_epi32(_mm512_cvtepi8_epi32(b), 20);
   return _mm512_castsi512_ps(_mm512_and_si512(d, _mm512_set1_epi32(static_cast<int>(0x87F00000u))));
 }
-constexpr float kTwo60 = 1152921504606846976.0f;  // 2^60
 // The exact value: the raw pattern times 2^120 (as two exact steps of 2^60).
 inline __m512 Fp8x16(__m128i b) {
   return _mm512_mul_ps(_mm512_mul_ps(Fp8Raw16(b), _mm512_set1_ps(kTwo60)), _mm512_set1_ps(kTwo60));
@@ -117,25 +116,9 @@ void MatmulRowsT(const Weight& w, const float* x, size_t ldx, size_t n, float* y
   if constexpr (DT != CODA_DTYPE_FP8_E4M3) {
     Rows<DT>(w.data, w.cols, x, ldx, n, y, ldy, r0, r1, 1.0f);
   } else {
-    // Per block of rows, the block scales are folded into a copy of x: each row is then one
-    // plain dot product, with no per-block partial sums.
-    thread_local std::vector<float> scaled;
-    scaled.resize(n * w.cols);
-    for (uint64_t rb = r0; rb < r1;) {
-      const uint64_t re = std::min<uint64_t>(r1, (rb / w.block + 1) * w.block);
-      const float* srow = w.scales + (rb / w.block) * w.scale_cols;
-      for (size_t t = 0; t < n; ++t)
-        for (uint64_t b0 = 0; b0 < w.cols; b0 += w.block) {
-          const __m512 s = _mm512_set1_ps(srow[b0 / w.block] * kTwo60);
-          const uint64_t b1 = std::min<uint64_t>(w.cols, b0 + w.block);
-          for (uint64_t c = b0; c < b1; c += 16) {
-            const __mmask16 m = TailMask(b1 - c);
-            _mm512_mask_storeu_ps(scaled.data() + t * w.cols + c, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + t * ldx + c), s));
-          }
-        }
-      Rows<DT>(w.data, w.cols, scaled.data(), w.cols, n, y, ldy, rb, re, kTwo60);
-      rb = re;
-    }
+    ForFp8RowBlocks(w, x, ldx, n, r0, r1, [&](const float* xs, uint64_t rb, uint64_t re) {
+      Rows<DT>(w.data, w.cols, xs, w.cols, n, y, ldy, rb, re, kTwo60);
+    });
   }
 }
 
