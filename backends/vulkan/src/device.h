@@ -12,9 +12,12 @@
 
 namespace coda::vk {
 
-// Every kernel the backend runs; the order matches kKernelSources in pipelines.cc.
+// Every kernel the backend runs: kAdd, kEmbed, ..., from the kernel list in CMakeLists.txt.
 enum Kernel : uint32_t {
-  kAdd, kEmbed, kKvStore, kLinear, kMlaAbsorb, kMlaAttend, kMoeRoute, kRmsNorm, kRope, kSwiglu, kKernelCount
+#define CODA_VK_KERNEL(name, Name) k##Name,
+#include "kernels.inc"
+#undef CODA_VK_KERNEL
+  kKernelCount
 };
 
 // A VkBuffer with its own memory; `mapped` is non-null when the host can address it directly.

@@ -128,7 +128,7 @@ Result<ModelFile> ModelFile::FromBytes(std::span<const uint8_t> bytes, const std
   }
   // FP8 weights carry a scale tensor of the right shape.
   for (const TensorRef& r : f.tensors_) {
-    const bool fp8 = r.dtype == DType::kFP8E4M3;
+    const bool fp8 = r.dtype == DType::kFP8_E4M3;
     if (!fp8 && r.scale < 0) continue;
     const std::string where = "tensor '" + r.name + "'";
     if (!fp8) return fail(where + ": has a scale but is not FP8");

@@ -110,7 +110,7 @@ std::vector<TensorPlan> PlanFromSpecs(const ModelConfig& config, const std::vect
   for (size_t i = 0; i < specs.size(); ++i) {
     const TensorSpec& s = specs[i];
     plan.push_back(TensorPlan{s.name, dtypes[i], s.shape, s.role, s.layer, s.expert, s.mtp, -1});
-    if (dtypes[i] == DType::kFP8E4M3) {
+    if (dtypes[i] == DType::kFP8_E4M3) {
       plan.back().scale = static_cast<int32_t>(plan.size());
       plan.push_back(TensorPlan{ScaleName(s.name), DType::kF32, Fp8ScaleShape(s.shape, config.fp8_block),
                                 TensorRole::kScale, s.layer, s.expert, s.mtp, -1});

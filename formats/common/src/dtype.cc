@@ -1,36 +1,14 @@
 #include "coda/dtype.h"
 
-#include <array>
 #include <cmath>
 
 namespace coda {
 
-uint32_t DTypeSize(DType t) {
-  switch (t) {
-    case DType::kF32: return 4;
-    case DType::kBF16: return 2;
-    case DType::kF16: return 2;
-    case DType::kFP8E4M3: return 1;
-    case DType::kI32: return 4;
-    case DType::kI64: return 8;
-    case DType::kU8: return 1;
-    case DType::kI8: return 1;
-  }
-  return 0;
-}
+uint32_t DTypeSize(DType t) { return coda_dtype_size(static_cast<uint32_t>(t)); }
 
 std::string_view DTypeName(DType t) {
-  switch (t) {
-    case DType::kF32: return "f32";
-    case DType::kBF16: return "bf16";
-    case DType::kF16: return "f16";
-    case DType::kFP8E4M3: return "fp8_e4m3";
-    case DType::kI32: return "i32";
-    case DType::kI64: return "i64";
-    case DType::kU8: return "u8";
-    case DType::kI8: return "i8";
-  }
-  return "?";
+  const char* name = coda_dtype_name(static_cast<uint32_t>(t));
+  return name ? name : "?";
 }
 
 namespace {
@@ -40,7 +18,7 @@ struct StName {
 };
 constexpr StName kSafetensorsNames[] = {
     {"F32", DType::kF32},     {"BF16", DType::kBF16}, {"F16", DType::kF16},
-    {"F8_E4M3", DType::kFP8E4M3}, {"I32", DType::kI32}, {"I64", DType::kI64},
+    {"F8_E4M3", DType::kFP8_E4M3}, {"I32", DType::kI32}, {"I64", DType::kI64},
     {"U8", DType::kU8},       {"I8", DType::kI8},
 };
 }  // namespace
@@ -58,7 +36,7 @@ std::string_view DTypeSafetensorsName(DType t) {
 }
 
 bool IsFloat(DType t) {
-  return t == DType::kF32 || t == DType::kBF16 || t == DType::kF16 || t == DType::kFP8E4M3;
+  return t == DType::kF32 || t == DType::kBF16 || t == DType::kF16 || t == DType::kFP8_E4M3;
 }
 
 float F16ToF32(uint16_t v) {
@@ -93,28 +71,6 @@ uint16_t F32ToF16(float f) {
   r += 0xfffu + ((r >> 13) & 1u);
   return static_cast<uint16_t>(sign | (r >> 13));
 }
-
-namespace {
-std::array<float, 256> MakeFp8Table() {
-  std::array<float, 256> t{};
-  for (int v = 0; v < 256; ++v) {
-    const int sign = v >> 7, exp = (v >> 3) & 0xf, man = v & 7;
-    float f;
-    if (exp == 15 && man == 7) {
-      f = NAN;
-    } else if (exp == 0) {
-      f = std::ldexp(static_cast<float>(man), -9);  // subnormal: man/8 * 2^-6
-    } else {
-      f = std::ldexp(static_cast<float>(8 + man), exp - 10);  // (1 + man/8) * 2^(exp-7)
-    }
-    t[v] = sign ? -f : f;
-  }
-  return t;
-}
-const std::array<float, 256> kFp8Table = MakeFp8Table();
-}  // namespace
-
-float Fp8E4M3ToF32(uint8_t v) { return kFp8Table[v]; }
 
 uint8_t F32ToFp8E4M3(float f) {
   if (std::isnan(f)) return 0x7f;

@@ -66,10 +66,6 @@ struct ModelConfig {
   Status Validate() const;
 };
 
-// Parses a Hugging Face config.json of DeepseekV2ForCausalLM / DeepseekV3ForCausalLM.
-Result<ModelConfig> ParseHfConfig(std::string_view json_text, const std::string& source_name);
-Result<ModelConfig> LoadHfConfig(const std::string& path);
-
 std::string_view ArchName(Arch a);
 std::string_view TopkMethodName(TopkMethod m);
 std::string_view ScoringFuncName(ScoringFunc s);

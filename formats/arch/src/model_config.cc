@@ -1,0 +1,159 @@
+#include "coda/model_config.h"
+
+#include <cmath>
+
+#include "coda/checked.h"
+
+namespace coda {
+
+std::string_view ArchName(Arch a) {
+  return a == Arch::kDeepseekV2 ? "DeepseekV2ForCausalLM" : "DeepseekV3ForCausalLM";
+}
+std::string_view TopkMethodName(TopkMethod m) {
+  switch (m) {
+    case TopkMethod::kGreedy: return "greedy";
+    case TopkMethod::kGroupLimitedGreedy: return "group_limited_greedy";
+    case TopkMethod::kNoauxTc: return "noaux_tc";
+  }
+  return "?";
+}
+std::string_view ScoringFuncName(ScoringFunc s) { return s == ScoringFunc::kSoftmax ? "softmax" : "sigmoid"; }
+
+namespace {
+
+Status Bound(const std::string& src, const char* field, uint64_t v, uint64_t lo, uint64_t hi) {
+  if (v < lo || v > hi)
+    return Unsupported(src + ": " + field + " = " + std::to_string(v) + " is outside the supported range [" +
+                       std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status ModelConfig::Validate() const {
+  const std::string src = "config";
+  CODA_RETURN_IF_ERROR(Bound(src, "vocab_size", vocab_size, 1, 1u << 22));
+  CODA_RETURN_IF_ERROR(Bound(src, "hidden_size", hidden_size, 1, 1u << 16));
+  CODA_RETURN_IF_ERROR(Bound(src, "num_hidden_layers", n_layers, 1, 1024));
+  CODA_RETURN_IF_ERROR(Bound(src, "first_k_dense_replace", n_dense_layers, 0, n_layers));
+  CODA_RETURN_IF_ERROR(Bound(src, "num_attention_heads", n_heads, 1, 1024));
+  CODA_RETURN_IF_ERROR(Bound(src, "q_lora_rank", q_lora_rank, 0, 1u << 16));
+  CODA_RETURN_IF_ERROR(Bound(src, "kv_lora_rank", kv_lora_rank, 1, 1u << 16));
+  CODA_RETURN_IF_ERROR(Bound(src, "qk_nope_head_dim", qk_nope_head_dim, 1, 4096));
+  CODA_RETURN_IF_ERROR(Bound(src, "qk_rope_head_dim", qk_rope_head_dim, 2, 4096));
+  CODA_RETURN_IF_ERROR(Bound(src, "v_head_dim", v_head_dim, 1, 4096));
+  if (qk_rope_head_dim % 2) return Unsupported(src + ": qk_rope_head_dim must be even (RoPE rotates pairs)");
+  if (n_dense_layers > 0) CODA_RETURN_IF_ERROR(Bound(src, "intermediate_size", intermediate_size, 1, 1u << 20));
+  if (n_dense_layers < n_layers) {
+    CODA_RETURN_IF_ERROR(Bound(src, "n_routed_experts", n_routed_experts, 1, 4096));
+    CODA_RETURN_IF_ERROR(Bound(src, "num_experts_per_tok", n_experts_per_tok, 1, n_routed_experts));
+    CODA_RETURN_IF_ERROR(Bound(src, "moe_intermediate_size", moe_intermediate_size, 1, 1u << 20));
+    CODA_RETURN_IF_ERROR(Bound(src, "n_shared_experts", n_shared_experts, 0, 64));
+    CODA_RETURN_IF_ERROR(Bound(src, "n_group", n_group, 1, n_routed_experts));
+    CODA_RETURN_IF_ERROR(Bound(src, "topk_group", topk_group, 1, n_group));
+    if (n_routed_experts % n_group)
+      return Unsupported(src + ": n_routed_experts (" + std::to_string(n_routed_experts) +
+                         ") is not a multiple of n_group (" + std::to_string(n_group) + ")");
+    if (static_cast<uint64_t>(topk_group) * (n_routed_experts / n_group) < n_experts_per_tok)
+      return Unsupported(src + ": topk_group groups hold fewer experts than num_experts_per_tok");
+  }
+  CODA_RETURN_IF_ERROR(Bound(src, "num_nextn_predict_layers", n_mtp_layers, 0, 16));
+  if (!(rms_norm_eps > 0.0f) || !std::isfinite(rms_norm_eps)) return Unsupported(src + ": rms_norm_eps must be > 0");
+  if (!(rope.theta > 0.0)) return Unsupported(src + ": rope_theta must be > 0");
+  if (!std::isfinite(routed_scaling_factor)) return Unsupported(src + ": routed_scaling_factor is not finite");
+  if (rope.yarn) {
+    if (!(rope.factor >= 1.0)) return Unsupported(src + ": rope_scaling.factor must be >= 1");
+    CODA_RETURN_IF_ERROR(Bound(src, "rope_scaling.original_max_position_embeddings",
+                               rope.original_max_position_embeddings, 1, 1u << 30));
+  }
+  if (fp8 && fp8_block != 128)
+    return Unsupported(src + ": FP8 weight_block_size " + std::to_string(fp8_block) + " (only 128x128 is supported)");
+  return Status::Ok();
+}
+
+std::vector<uint64_t> Fp8ScaleShape(const std::vector<uint64_t>& shape, uint32_t block) {
+  return {CeilDiv(shape[0], block), CeilDiv(shape[1], block)};
+}
+
+std::vector<TensorSpec> ExpectedTensors(const ModelConfig& c, bool include_mtp) {
+  std::vector<TensorSpec> out;
+  const uint64_t h = c.hidden_size, H = c.n_heads;
+  auto add = [&](std::string name, std::vector<uint64_t> shape, TensorRole role, int32_t layer = -1,
+                 int32_t expert = -1, bool mtp = false) {
+    out.push_back(TensorSpec{std::move(name), std::move(shape), role, layer, expert, mtp});
+  };
+  auto decoder_layer = [&](uint32_t l, bool mtp) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const int32_t li = static_cast<int32_t>(l);
+    add(p + "input_layernorm.weight", {h}, TensorRole::kNorm, li, -1, mtp);
+    if (c.q_lora_rank) {
+      add(p + "self_attn.q_a_proj.weight", {c.q_lora_rank, h}, TensorRole::kProjection, li, -1, mtp);
+      add(p + "self_attn.q_a_layernorm.weight", {c.q_lora_rank}, TensorRole::kNorm, li, -1, mtp);
+      add(p + "self_attn.q_b_proj.weight", {H * c.qk_head_dim(), c.q_lora_rank}, TensorRole::kProjection, li, -1, mtp);
+    } else {
+      add(p + "self_attn.q_proj.weight", {H * c.qk_head_dim(), h}, TensorRole::kProjection, li, -1, mtp);
+    }
+    add(p + "self_attn.kv_a_proj_with_mqa.weight", {c.kv_lora_rank + c.qk_rope_head_dim, h}, TensorRole::kProjection,
+        li, -1, mtp);
+    add(p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank}, TensorRole::kNorm, li, -1, mtp);
+    add(p + "self_attn.kv_b_proj.weight", {H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank},
+        TensorRole::kProjection, li, -1, mtp);
+    add(p + "self_attn.o_proj.weight", {h, H * c.v_head_dim}, TensorRole::kProjection, li, -1, mtp);
+    add(p + "post_attention_layernorm.weight", {h}, TensorRole::kNorm, li, -1, mtp);
+    auto mlp = [&](const std::string& q, uint64_t width, int32_t expert) {
+      add(q + "gate_proj.weight", {width, h}, TensorRole::kProjection, li, expert, mtp);
+      add(q + "up_proj.weight", {width, h}, TensorRole::kProjection, li, expert, mtp);
+      add(q + "down_proj.weight", {h, width}, TensorRole::kProjection, li, expert, mtp);
+    };
+    if (!c.IsMoeLayer(l)) {
+      mlp(p + "mlp.", c.intermediate_size, -1);
+      return;
+    }
+    add(p + "mlp.gate.weight", {c.n_routed_experts, h}, TensorRole::kRouter, li, -1, mtp);
+    if (c.topk_method == TopkMethod::kNoauxTc)
+      add(p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts}, TensorRole::kRouterBias, li, -1, mtp);
+    if (c.n_shared_experts)
+      mlp(p + "mlp.shared_experts.", static_cast<uint64_t>(c.n_shared_experts) * c.moe_intermediate_size, -1);
+    for (uint32_t e = 0; e < c.n_routed_experts; ++e)
+      mlp(p + "mlp.experts." + std::to_string(e) + ".", c.moe_intermediate_size, static_cast<int32_t>(e));
+  };
+
+  add("model.embed_tokens.weight", {c.vocab_size, h}, TensorRole::kEmbedding);
+  for (uint32_t l = 0; l < c.n_layers; ++l) decoder_layer(l, false);
+  add("model.norm.weight", {h}, TensorRole::kNorm);
+  add("lm_head.weight", {c.vocab_size, h}, TensorRole::kHead);
+  if (include_mtp) {
+    for (uint32_t m = 0; m < c.n_mtp_layers; ++m) {
+      const uint32_t l = c.n_layers + m;
+      const int32_t li = static_cast<int32_t>(l);
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      add(p + "embed_tokens.weight", {c.vocab_size, h}, TensorRole::kEmbedding, li, -1, true);
+      add(p + "enorm.weight", {h}, TensorRole::kNorm, li, -1, true);
+      add(p + "hnorm.weight", {h}, TensorRole::kNorm, li, -1, true);
+      add(p + "eh_proj.weight", {h, 2 * h}, TensorRole::kMtpProjection, li, -1, true);
+      decoder_layer(l, true);
+      add(p + "shared_head.norm.weight", {h}, TensorRole::kNorm, li, -1, true);
+      add(p + "shared_head.head.weight", {c.vocab_size, h}, TensorRole::kHead, li, -1, true);
+    }
+  }
+  return out;
+}
+
+ModelStats ComputeStats(const ModelConfig& c) {
+  ModelStats s;
+  for (const TensorSpec& t : ExpectedTensors(c, /*include_mtp=*/true)) {
+    const uint64_t n = *CheckedElementCount(t.shape);  // bounded by Validate()
+    if (t.mtp) {
+      s.params_mtp += n;
+      continue;
+    }
+    s.params_total += n;
+    const bool input_embedding = t.role == TensorRole::kEmbedding;
+    const bool inactive_expert = t.expert >= static_cast<int32_t>(c.n_experts_per_tok);
+    if (!input_embedding && !inactive_expert) s.params_active += n;
+  }
+  s.kv_bytes_per_token_bf16 = KvBytesPerToken(c, 2);
+  return s;
+}
+
+}  // namespace coda
