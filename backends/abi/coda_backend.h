@@ -24,13 +24,17 @@
  * Threads: the host calls one instance from one thread at a time. Distinct instances are
  * independent.
  *
- * Numbering of dtypes and ops is the same as in formats/schema/coda.fbs.
+ * Element types (coda_dtypes.h) and graph ops (coda_ops.h: numbers, tensor slots, shapes and
+ * exact semantics) are defined in the two headers included here; they are part of this ABI.
  */
 #ifndef CODA_BACKEND_H_
 #define CODA_BACKEND_H_
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "coda_dtypes.h"
+#include "coda_ops.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -59,31 +63,6 @@ typedef enum coda_status_code {
   CODA_STATUS_DEVICE_ERROR = 4,
   CODA_STATUS_INTERNAL = 5
 } coda_status_code;
-
-typedef enum coda_dtype {
-  CODA_DTYPE_F32 = 0,
-  CODA_DTYPE_BF16 = 1,
-  CODA_DTYPE_F16 = 2,
-  CODA_DTYPE_FP8_E4M3 = 3, /* "fn" variant, with F32 block scales (see coda_tensor.scale) */
-  CODA_DTYPE_I32 = 4,
-  CODA_DTYPE_I64 = 5,
-  CODA_DTYPE_U8 = 6,
-  CODA_DTYPE_I8 = 7
-} coda_dtype;
-
-typedef enum coda_op_type {
-  CODA_OP_EMBED = 0,         /* in: token ids [n] I32; w: table [V, h];          out: [n, h] F32 */
-  CODA_OP_RMS_NORM = 1,      /* in: x [n, d];          w: weight [d];            out: [n, d] */
-  CODA_OP_LINEAR = 2,        /* in: x [n, in];         w: W [out, in];           out: x W^T [n, out] */
-  CODA_OP_MLA_ATTENTION = 3, /* in: x [n, h];          w: 8 slots (coda.fbs);    out: [n, h]; uses kv */
-  CODA_OP_MOE_GATE = 4,      /* in: x [n, h];          w: router [E, h], bias [E] or absent;
-                                out: ids [n, k] I32, weights [n, k] F32 */
-  CODA_OP_MOE_EXPERTS = 5,   /* in: x, ids, weights;   w: gate, up, down per expert; out: [n, h] */
-  CODA_OP_MLP = 6,           /* in: x [n, h];          w: gate, up, down (SwiGLU); out: [n, h] */
-  CODA_OP_ADD = 7,           /* in: a, b [n, d];                                  out: a + b */
-  CODA_OP_HEAD = 8,          /* in: x [m, h];          w: lm_head [V, h];         out: [m, V] */
-  CODA_OP_COUNT = 9
-} coda_op_type;
 
 /* Memory owned by a backend (device memory, or host memory it manages). Opaque to the host. */
 typedef struct coda_buffer_impl* coda_buffer;
@@ -155,7 +134,7 @@ typedef struct coda_kv_view {
 
 typedef struct coda_op {
   uint32_t struct_size;
-  uint32_t type;      /* coda_op_type */
+  uint32_t type;      /* coda_op_type; the tensors follow its signature in coda_ops.h */
   int32_t layer;      /* decoder layer, -1 when none */
   uint32_t n_tokens;  /* rows of the activations; 0 in a placement probe */
   uint32_t start_pos; /* position of the first row; rows are consecutive positions */

@@ -18,23 +18,13 @@ struct coda_event_impl {
 
 namespace coda::backend_util {
 
-// Bytes per element of a dtype (FP8 and the 8-bit integers: 1).
-inline uint32_t DtypeBytes(uint32_t dtype) {
-  switch (dtype) {
-    case CODA_DTYPE_F32: case CODA_DTYPE_I32: return 4;
-    case CODA_DTYPE_BF16: case CODA_DTYPE_F16: return 2;
-    case CODA_DTYPE_I64: return 8;
-    default: return 1;
-  }
-}
-
 inline uint64_t Elements(const coda_tensor& t) {
   uint64_t n = 1;
   for (uint32_t d = 0; d < t.ndim && d < CODA_MAX_DIMS; ++d) n *= t.shape[d];
   return n;
 }
 
-inline uint64_t TensorBytes(const coda_tensor& t) { return Elements(t) * DtypeBytes(t.dtype); }
+inline uint64_t TensorBytes(const coda_tensor& t) { return Elements(t) * coda_dtype_size(t.dtype); }
 
 // The host puts the backend's name (and the op) in front of the message.
 inline void CopyError(const std::string& m, char* error, size_t size) {

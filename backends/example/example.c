@@ -28,17 +28,8 @@ static void set_error(char* error, size_t error_size, const char* message) {
   if (error && error_size > 0) snprintf(error, error_size, "%s", message);
 }
 
-static uint64_t dtype_size(uint32_t dtype) {
-  switch (dtype) {
-    case CODA_DTYPE_F32: case CODA_DTYPE_I32: return 4;
-    case CODA_DTYPE_BF16: case CODA_DTYPE_F16: return 2;
-    case CODA_DTYPE_I64: return 8;
-    default: return 1;
-  }
-}
-
 static uint64_t tensor_bytes(const coda_tensor* t) {
-  uint64_t n = dtype_size(t->dtype);
+  uint64_t n = coda_dtype_size(t->dtype);
   uint32_t d;
   for (d = 0; d < t->ndim && d < CODA_MAX_DIMS; ++d) n *= t->shape[d];
   return n;
@@ -51,13 +42,6 @@ static void* tensor_data(const coda_tensor* t) {
   if (!t->buffer) return NULL;
   if (t->offset > t->buffer->size || tensor_bytes(t) > t->buffer->size - t->offset) return NULL;
   return t->buffer->data + t->offset;
-}
-
-static float bf16_to_f32(uint16_t v) {
-  const uint32_t u = (uint32_t)v << 16;
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
 }
 
 static int is_matrix_f32(const coda_tensor* t, uint64_t cols) {
@@ -131,7 +115,7 @@ static void rms_norm(const float* x, const coda_tensor* w, const void* wdata, ui
     for (i = 0; i < d; ++i) ss += (double)xr[i] * xr[i];
     r = 1.0f / sqrtf((float)(ss / (double)d) + eps);
     for (i = 0; i < d; ++i) {
-      const float wi = w->dtype == CODA_DTYPE_F32 ? ((const float*)wdata)[i] : bf16_to_f32(((const uint16_t*)wdata)[i]);
+      const float wi = w->dtype == CODA_DTYPE_F32 ? ((const float*)wdata)[i] : coda_bf16_to_f32(((const uint16_t*)wdata)[i]);
       yr[i] = xr[i] * r * wi;
     }
   }

@@ -30,7 +30,7 @@ TestWeight MakeWeight(uint32_t dtype, uint64_t rows, uint64_t cols, uint32_t see
     const float v = nd(rng);
     if (dtype == CODA_DTYPE_F32) std::memcpy(&t.bytes[4 * i], &v, 4);
     if (dtype == CODA_DTYPE_BF16) {
-      const uint16_t b = F32ToBf16(v);
+      const uint16_t b = coda_f32_to_bf16(v);
       std::memcpy(&t.bytes[2 * i], &b, 2);
     }
     if (dtype == CODA_DTYPE_FP8_E4M3) t.bytes[i] = static_cast<uint8_t>(rng() & 0xff) & 0xfe;  // skip NaN codes
@@ -108,7 +108,7 @@ TEST(CpuKernels, SimdBuildsMatchTheReference) {
     for (size_t i = 0; i < n; ++i) {
       a[i] = nd(rng);
       b[i] = nd(rng);
-      h[i] = F32ToBf16(nd(rng));
+      h[i] = coda_f32_to_bf16(nd(rng));
       y0[i] = y1[i] = nd(rng);
     }
     for (const Kernels* k : builds) {
@@ -160,11 +160,11 @@ TEST(CpuKernels, MlaAttendMatchesTheReference) {
       for (auto& v : qabs) v = nd(rng) * 0.3f;
       for (auto& v : qpe) v = nd(rng) * 0.3f;
       for (size_t i = 0; i < c32.size(); ++i) {
-        c16[i] = F32ToBf16(nd(rng));
-        c32[i] = Bf16ToF32(c16[i]);
+        c16[i] = coda_f32_to_bf16(nd(rng));
+        c32[i] = coda_bf16_to_f32(c16[i]);
       }
       auto round = [](std::vector<float> v) {
-        for (auto& x : v) x = Bf16ToF32(F32ToBf16(x));
+        for (auto& x : v) x = coda_bf16_to_f32(coda_f32_to_bf16(x));
         return v;
       };
       const std::vector<float> qabs16 = round(qabs), qpe16 = round(qpe);

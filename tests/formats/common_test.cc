@@ -89,7 +89,7 @@ TEST(DType, Bf16AndF16RoundTrip) {
   EXPECT_EQ(F32ToBf16(1.0f + 1.0f / 256), F32ToBf16(1.0f));  // tie rounds to even
   for (float f : {0.0f, 1.0f, -2.5f, 65504.0f, 6.1035156e-05f, 5.9604645e-08f})
     EXPECT_EQ(F16ToF32(F32ToF16(f)), f) << f;
-  EXPECT_EQ(*DTypeFromSafetensors("F8_E4M3"), DType::kFP8E4M3);
+  EXPECT_EQ(*DTypeFromSafetensors("F8_E4M3"), DType::kFP8_E4M3);
   EXPECT_FALSE(DTypeFromSafetensors("F4"));
 }
 

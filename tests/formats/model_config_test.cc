@@ -1,4 +1,4 @@
-#include "coda/model_config.h"
+#include "coda/hf_config.h"
 
 #include <gtest/gtest.h>
 

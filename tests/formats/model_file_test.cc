@@ -6,6 +6,7 @@
 #include <random>
 
 #include "../common/test_util.h"
+#include "coda_generated.h"
 #include "convert.h"
 
 namespace coda {
@@ -39,7 +40,7 @@ TEST(ModelFile, RoundTripsARandomModel) {
   }
   const TensorRef* q = f->Find("model.layers.0.self_attn.q_a_proj.weight");
   ASSERT_NE(q, nullptr);
-  EXPECT_EQ(q->dtype, DType::kFP8E4M3);
+  EXPECT_EQ(q->dtype, DType::kFP8_E4M3);
   ASSERT_GE(q->scale, 0);
   EXPECT_EQ(f->tensors()[static_cast<size_t>(q->scale)].name, "model.layers.0.self_attn.q_a_proj.weight_scale_inv");
   EXPECT_FALSE(f->tokenizer_json().empty());
@@ -116,6 +117,91 @@ TEST(ModelFile, SurvivesTruncationAndCorruption) {
   bad = bytes;
   bad[8] = 9;
   EXPECT_NE(ModelFile::FromBytes(span(bad), "m").status().message().find("preamble version 9"), std::string::npos);
+}
+
+// The graph check reads meaning, not only indices: each mutation below keeps every index in range
+// and passes the FlatBuffer verifier, and would make a forward pass read memory it does not own
+// or compute the wrong thing.
+class GraphCheck : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    bytes_ = test::ReadFile(SmallModel());
+    auto f = ModelFile::FromBytes(Span(bytes_), "m");
+    ASSERT_TRUE(f.ok()) << f.status().message();
+    graph_ = f->graph();
+  }
+  static std::span<const uint8_t> Span(const std::string& s) {
+    return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+  }
+  // The first node of an op (after `skip` of them).
+  int NodeOf(uint8_t op, int skip = 0) const {
+    for (size_t i = 0; i < graph_.nodes.size(); ++i)
+      if (graph_.nodes[i].op == op && skip-- == 0) return static_cast<int>(i);
+    return -1;
+  }
+  // Opens a copy of the model after `mutate` edited its FlatBuffer in place; returns the error.
+  template <typename F>
+  std::string Error(F mutate) {
+    std::string b = bytes_;
+    fb::Model* m = fb::GetMutableModel(b.data() + kCodaPreambleSize);
+    mutate(m);
+    auto f = ModelFile::FromBytes(Span(b), "m.coda");
+    return f.ok() ? "(accepted)" : f.status().message();
+  }
+  fb::Node* Node(fb::Model* m, int i) { return m->mutable_graph()->mutable_nodes()->GetMutableObject(static_cast<uint32_t>(i)); }
+
+  std::string bytes_;
+  GraphRef graph_;
+};
+
+TEST_F(GraphCheck, AttentionNeedsItsOwnCacheLayer) {
+  const int mla = NodeOf(CODA_OP_MLA_ATTENTION), mla2 = NodeOf(CODA_OP_MLA_ATTENTION, 1);
+  EXPECT_EQ(Error([&](fb::Model* m) { Node(m, mla)->mutate_layer(-1); }),
+            "m.coda: graph node #" + std::to_string(mla) + " 'model.layers.0.self_attn': MlaAttention without the layer "
+            "whose latent cache it uses");
+  EXPECT_NE(Error([&](fb::Model* m) { Node(m, mla2)->mutate_layer(0); }).find("a second MlaAttention for the latent cache of layer 0"),
+            std::string::npos);
+}
+
+TEST_F(GraphCheck, RequiredWeightsArePresentAndOptionalOnesAbsentWhereTheyMustBe) {
+  const int mla = NodeOf(CODA_OP_MLA_ATTENTION);
+  EXPECT_NE(Error([&](fb::Model* m) {
+              for (uint32_t k = 0; k < 8; ++k) Node(m, mla)->mutable_weights()->Mutate(k, -1);
+            }).find("MlaAttention weight 0 (q_a_proj) is missing"),
+            std::string::npos);
+  // This model has q LoRA: a plain q_proj in slot 3 is refused.
+  EXPECT_NE(Error([&](fb::Model* m) { Node(m, mla)->mutable_weights()->Mutate(3, graph_.nodes[mla].weights[0]); })
+                .find("weight 3 (q_proj) must be absent (q_lora_rank is 192)"),
+            std::string::npos);
+  const int head = NodeOf(CODA_OP_HEAD);
+  EXPECT_NE(Error([&](fb::Model* m) { Node(m, head)->mutable_weights()->Mutate(0, -1); }).find("Head weight 0 (weight) is missing"),
+            std::string::npos);
+  // A weight of the wrong shape: the final norm's slot given an attention projection.
+  const int norm = static_cast<int>(graph_.nodes.size()) - 2;
+  EXPECT_NE(Error([&](fb::Model* m) { Node(m, norm)->mutable_weights()->Mutate(0, graph_.nodes[mla].weights[4]); })
+                .find("RmsNorm weight 0 (weight) has 2 dimensions, expected weight[d]"),
+            std::string::npos);
+}
+
+TEST_F(GraphCheck, ActivationsHaveTheirOpsDtypesAndWidths) {
+  const int add = NodeOf(CODA_OP_ADD);
+  EXPECT_NE(Error([&](fb::Model* m) { Node(m, add)->mutable_inputs()->Mutate(1, 0); }).find("Add input 1 (b) is i32, expected f32"),
+            std::string::npos);
+  // The router's ids (I32, [n, k]) fed to an RmsNorm.
+  const int gate = NodeOf(CODA_OP_MOE_GATE);
+  const int norm = static_cast<int>(graph_.nodes.size()) - 2;
+  EXPECT_NE(Error([&](fb::Model* m) { Node(m, norm)->mutable_inputs()->Mutate(0, graph_.nodes[gate].outputs[0]); })
+                .find("RmsNorm input 0 (x) is i32"),
+            std::string::npos);
+  EXPECT_NE(Error([&](fb::Model* m) { Node(m, add)->mutate_op(200); }).find("unknown op 200"), std::string::npos);
+  EXPECT_NE(Error([&](fb::Model* m) { Node(m, add)->mutate_op(CODA_OP_MLP); }).find("Mlp takes 1 inputs, 3 weights and 1 outputs, not 2, 0 and 1"),
+            std::string::npos);
+}
+
+TEST_F(GraphCheck, LogitsAreTheHeadsOutput) {
+  const uint32_t hidden = graph_.nodes[graph_.nodes.size() - 2].outputs[0];  // the final norm
+  EXPECT_EQ(Error([&](fb::Model* m) { m->mutable_graph()->mutate_logits(hidden); }),
+            "m.coda: graph: the logits value is not F32 [n, vocab_size = 1000]");
 }
 
 TEST(ModelFile, OpenNamesMissingFiles) {

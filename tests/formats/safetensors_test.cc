@@ -38,7 +38,7 @@ TEST(SafetensorsHeader, ParsesAValidFile) {
   EXPECT_EQ(h->metadata.at("format"), "pt");
   EXPECT_EQ(h->tensors[0].name, "a");
   EXPECT_EQ(h->tensors[0].dtype, DType::kBF16);
-  EXPECT_EQ(h->tensors[1].dtype, DType::kFP8E4M3);
+  EXPECT_EQ(h->tensors[1].dtype, DType::kFP8_E4M3);
   EXPECT_EQ(h->data_start % 8, 0u);
 }
 

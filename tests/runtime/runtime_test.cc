@@ -8,6 +8,7 @@
 
 #include "../common/golden_model.h"
 #include "../common/test_util.h"
+#include "coda/hf_config.h"
 #include "coda/runtime.h"
 #include "coda_cpu_backend.h"
 #include "convert.h"
@@ -37,7 +38,7 @@ TEST(KvCache, HoldsExactlyTheLatentPerToken) {
   ASSERT_TRUE(lite.ok());
   EXPECT_EQ((*LatentKvCache::Create(*lite, 1, DType::kBF16))->bytes_per_token(), 31104u);
   EXPECT_FALSE(LatentKvCache::Create(*v3, 0, DType::kBF16).ok());
-  EXPECT_FALSE(LatentKvCache::Create(*v3, 16, DType::kFP8E4M3).ok());
+  EXPECT_FALSE(LatentKvCache::Create(*v3, 16, DType::kFP8_E4M3).ok());
   auto huge = LatentKvCache::Create(*v3, 4'000'000'000u, DType::kF32);
   ASSERT_FALSE(huge.ok());
   EXPECT_EQ(huge.status().code(), StatusCode::kOutOfMemory) << huge.status().message();

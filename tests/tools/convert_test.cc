@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "../common/test_util.h"
+#include "coda/hf_config.h"
 #include "coda/model_file.h"
 #include "coda/safetensors.h"
 #include "convert.h"
@@ -45,7 +46,7 @@ TEST(Convert, GoldenCheckpointsConvertBitExact) {
       const auto src = ref.file->Data(*ref.info);
       ASSERT_EQ(t->size, src.size());
       EXPECT_EQ(std::memcmp(t->data, src.data(), src.size()), 0) << name << " differs";
-      fp8 += t->dtype == DType::kFP8E4M3;
+      fp8 += t->dtype == DType::kFP8_E4M3;
     }
     if (std::string(c) == "v3-fp8") {
       EXPECT_GT(fp8, 100u);

@@ -8,463 +8,16 @@
 #include <random>
 
 #include "reference.h"
+#include "suite.h"
 
 namespace coda::conformance {
 
 namespace {
 
-// ---- Owned tensors and cases. ----
-
-uint64_t DtypeBytes(uint32_t dtype) {
-  switch (dtype) {
-    case CODA_DTYPE_F32: case CODA_DTYPE_I32: return 4;
-    case CODA_DTYPE_BF16: return 2;
-    default: return 1;
-  }
-}
-
-struct Blob {
-  uint32_t dtype = CODA_DTYPE_F32;
-  std::vector<uint64_t> shape;
-  std::vector<uint8_t> bytes;
-  uint64_t count() const {
-    uint64_t n = 1;
-    for (uint64_t d : shape) n *= d;
-    return n;
-  }
-  // The ABI view (data in host memory).
-  coda_tensor View() const {
-    coda_tensor t{};
-    t.dtype = dtype;
-    t.ndim = static_cast<uint32_t>(shape.size());
-    for (size_t i = 0; i < shape.size(); ++i) t.shape[i] = shape[i];
-    t.data = bytes.empty() ? nullptr : const_cast<uint8_t*>(bytes.data());
-    return t;
-  }
-};
-
-Blob Zeros(uint32_t dtype, std::vector<uint64_t> shape) {
-  Blob b;
-  b.dtype = dtype;
-  b.shape = std::move(shape);
-  b.bytes.assign(b.count() * DtypeBytes(dtype), 0);
-  return b;
-}
-
-struct Weight {
-  Blob data;
-  Blob scale;  // FP8 only
-  bool absent = false;
-};
-
-struct Case {
-  uint32_t op = 0;
-  std::string dtype;  // column
-  std::string name;
-  coda_hparams hp{};
-  std::vector<float> inv_freq;
-  std::vector<Weight> weights;
-  std::vector<Blob> inputs;
-  std::vector<Blob> outputs;  // shapes and dtypes; contents ignored
-  uint32_t n_tokens = 0, start_pos = 0;
-  bool has_kv = false;
-  uint32_t kv_dtype = CODA_DTYPE_F32, kv_n_ctx = 0, kv_row = 0;
-  std::vector<uint8_t> kv_init;
-  double tol = 0;
-};
-
-// The coda_tensor/coda_op views of a case, with FP8 scales linked.
-struct Views {
-  std::vector<coda_tensor> weights, scales, inputs, outputs;
-  explicit Views(const Case& c) {
-    scales.resize(c.weights.size());
-    for (size_t i = 0; i < c.weights.size(); ++i) {
-      const Weight& w = c.weights[i];
-      coda_tensor t = w.absent ? coda_tensor{} : w.data.View();
-      if (!w.absent && w.data.dtype == CODA_DTYPE_FP8_E4M3) {
-        scales[i] = w.scale.View();
-        t.scale = &scales[i];
-        t.block = 128;
-      }
-      weights.push_back(t);
-    }
-    for (const Blob& b : c.inputs) inputs.push_back(b.View());
-  }
-};
-
-// ---- Random inputs. ----
-
-class Gen {
- public:
-  explicit Gen(uint64_t seed) : rng_(seed) {}
-  float Normal() { return nd_(rng_); }
-  uint32_t Uniform(uint32_t n) { return static_cast<uint32_t>(rng_() % n); }
-  std::mt19937_64& rng() { return rng_; }
-
-  Blob F32(std::vector<uint64_t> shape, float stddev = 1.0f) {
-    Blob b = Zeros(CODA_DTYPE_F32, std::move(shape));
-    float* p = reinterpret_cast<float*>(b.bytes.data());
-    for (uint64_t i = 0; i < b.count(); ++i) p[i] = Normal() * stddev;
-    return b;
-  }
-
-  // A weight [rows, cols] (or a vector [cols] when rows == 0) in `dtype`, values ~ N(mean, stddev).
-  Weight Make(uint32_t dtype, uint64_t rows, uint64_t cols, float stddev, float mean = 0.0f) {
-    Weight w;
-    const std::vector<uint64_t> shape = rows ? std::vector<uint64_t>{rows, cols} : std::vector<uint64_t>{cols};
-    const uint64_t r = rows ? rows : 1;
-    std::vector<float> v(r * cols);
-    for (float& x : v) x = mean + Normal() * stddev;
-    w.data = Zeros(dtype, shape);
-    if (dtype == CODA_DTYPE_F32) {
-      std::memcpy(w.data.bytes.data(), v.data(), v.size() * 4);
-    } else if (dtype == CODA_DTYPE_BF16) {
-      auto* p = reinterpret_cast<uint16_t*>(w.data.bytes.data());
-      for (size_t i = 0; i < v.size(); ++i) p[i] = F32ToBf16(v[i]);
-    } else {
-      // Block-scaled E4M3 as DeepSeek ships it: scale = max |block| / 448, per 128 x 128 block,
-      // partial blocks at the right and bottom edges.
-      const uint64_t br = (r + 127) / 128, bc = (cols + 127) / 128;
-      w.scale = Zeros(CODA_DTYPE_F32, {br, bc});
-      float* s = reinterpret_cast<float*>(w.scale.bytes.data());
-      for (uint64_t i = 0; i < br; ++i)
-        for (uint64_t j = 0; j < bc; ++j) {
-          float mx = 0;
-          for (uint64_t a = i * 128; a < std::min(r, i * 128 + 128); ++a)
-            for (uint64_t b = j * 128; b < std::min(cols, j * 128 + 128); ++b) mx = std::max(mx, std::fabs(v[a * cols + b]));
-          s[i * bc + j] = mx > 0 ? mx / 448.0f : 1.0f;
-        }
-      for (uint64_t a = 0; a < r; ++a)
-        for (uint64_t b = 0; b < cols; ++b)
-          w.data.bytes[a * cols + b] = EncodeE4M3(v[a * cols + b] / s[(a / 128) * bc + b / 128]);
-    }
-    return w;
-  }
-
- private:
-  std::mt19937_64 rng_;
-  std::normal_distribution<float> nd_{0.0f, 1.0f};
-};
-
-const char* DtypeLabel(uint32_t d) {
-  switch (d) {
-    case CODA_DTYPE_F32: return "F32";
-    case CODA_DTYPE_BF16: return "BF16";
-    case CODA_DTYPE_FP8_E4M3: return "FP8";
-    default: return "-";
-  }
-}
-
-constexpr uint32_t kWeightDtypes[] = {CODA_DTYPE_F32, CODA_DTYPE_BF16, CODA_DTYPE_FP8_E4M3};
-
-std::string Dims(std::initializer_list<uint64_t> d) {
-  std::string s;
-  for (uint64_t v : d) s += (s.empty() ? "" : "x") + std::to_string(v);
-  return s;
-}
-
-coda_hparams BaseHparams() {
-  coda_hparams hp{};
-  hp.struct_size = sizeof hp;
-  hp.rms_norm_eps = 1e-6f;
-  hp.routed_scaling_factor = 1.0f;
-  return hp;
-}
-
-// ---- The cases, op by op. ----
-
-void EmbedCases(Gen& g, std::vector<Case>& out) {
-  for (uint32_t dt : kWeightDtypes)
-    for (uint64_t h : {7u, 200u})
-      for (uint32_t n : {1u, 6u}) {
-        const uint64_t V = 50;
-        Case c;
-        c.op = CODA_OP_EMBED;
-        c.dtype = DtypeLabel(dt);
-        c.name = "table " + Dims({V, h}) + ", " + std::to_string(n) + " tokens";
-        c.hp = BaseHparams();
-        c.n_tokens = n;
-        c.weights.push_back(g.Make(dt, V, h, 1.0f));
-        Blob ids = Zeros(CODA_DTYPE_I32, {n});
-        auto* p = reinterpret_cast<int32_t*>(ids.bytes.data());
-        for (uint32_t t = 0; t < n; ++t) p[t] = t == 0 ? static_cast<int32_t>(V - 1) : static_cast<int32_t>(g.Uniform(V));
-        c.inputs.push_back(ids);
-        c.outputs.push_back(Zeros(CODA_DTYPE_F32, {n, h}));
-        c.tol = Tolerance(dt, CODA_DTYPE_F32);
-        out.push_back(std::move(c));
-      }
-}
-
-void RmsNormCases(Gen& g, std::vector<Case>& out) {
-  // Norm weights are vectors: F32 or BF16 (no block scales exist for them).
-  for (uint32_t dt : {CODA_DTYPE_F32, CODA_DTYPE_BF16})
-    for (uint64_t d : {1u, 37u, 200u})
-      for (uint32_t n : {1u, 5u}) {
-        Case c;
-        c.op = CODA_OP_RMS_NORM;
-        c.dtype = DtypeLabel(dt);
-        c.name = "d " + std::to_string(d) + ", " + std::to_string(n) + " rows";
-        c.hp = BaseHparams();
-        c.n_tokens = n;
-        c.weights.push_back(g.Make(dt, 0, d, 0.2f, 1.0f));
-        c.inputs.push_back(g.F32({n, d}, 3.0f));
-        c.outputs.push_back(Zeros(CODA_DTYPE_F32, {n, d}));
-        c.tol = Tolerance(dt, CODA_DTYPE_F32);
-        out.push_back(std::move(c));
-      }
-}
-
-void LinearCases(Gen& g, std::vector<Case>& out, uint32_t op) {
-  struct Shape {
-    uint64_t rows, cols;
-  };
-  const std::vector<Shape> shapes = op == CODA_OP_LINEAR ? std::vector<Shape>{{1, 1}, {37, 53}, {130, 200}, {257, 384}}
-                                                         : std::vector<Shape>{{129, 64}, {333, 200}};
-  const std::vector<uint32_t> tokens = op == CODA_OP_LINEAR ? std::vector<uint32_t>{1, 5, 33} : std::vector<uint32_t>{1, 4};
-  for (uint32_t dt : kWeightDtypes)
-    for (const Shape& s : shapes)
-      for (uint32_t n : tokens) {
-        Case c;
-        c.op = op;
-        c.dtype = DtypeLabel(dt);
-        c.name = "W " + Dims({s.rows, s.cols}) + ", " + std::to_string(n) + " rows";
-        c.hp = BaseHparams();
-        c.n_tokens = n;
-        c.weights.push_back(g.Make(dt, s.rows, s.cols, 1.0f / std::sqrt(static_cast<float>(s.cols))));
-        c.inputs.push_back(g.F32({n, s.cols}));
-        c.outputs.push_back(Zeros(CODA_DTYPE_F32, {n, s.rows}));
-        c.tol = Tolerance(dt, CODA_DTYPE_F32);
-        out.push_back(std::move(c));
-      }
-}
-
-void MlpCases(Gen& g, std::vector<Case>& out) {
-  for (uint32_t dt : kWeightDtypes)
-    for (auto [h, inter] : {std::pair<uint64_t, uint64_t>{72, 40}, {200, 136}})
-      for (uint32_t n : {1u, 5u, 33u}) {
-        Case c;
-        c.op = CODA_OP_MLP;
-        c.dtype = DtypeLabel(dt);
-        c.name = "hidden " + std::to_string(h) + ", inner " + std::to_string(inter) + ", " + std::to_string(n) + " rows";
-        c.hp = BaseHparams();
-        c.n_tokens = n;
-        c.weights.push_back(g.Make(dt, inter, h, 1.0f / std::sqrt(static_cast<float>(h))));
-        c.weights.push_back(g.Make(dt, inter, h, 1.0f / std::sqrt(static_cast<float>(h))));
-        c.weights.push_back(g.Make(dt, h, inter, 1.0f / std::sqrt(static_cast<float>(inter))));
-        c.inputs.push_back(g.F32({n, h}));
-        c.outputs.push_back(Zeros(CODA_DTYPE_F32, {n, h}));
-        c.tol = Tolerance(dt, CODA_DTYPE_F32);
-        out.push_back(std::move(c));
-      }
-}
-
-void MoeGateCases(Gen& g, std::vector<Case>& out) {
-  struct Router {
-    const char* name;
-    uint32_t E, K, G, TG, scoring, norm;
-    float scale;
-    bool bias;
-    uint64_t h;
-  };
-  const Router routers[] = {
-      {"softmax greedy", 10, 3, 1, 1, 0, 0, 1.0f, false, 72},
-      {"softmax group-limited", 16, 4, 4, 2, 0, 0, 16.0f, false, 200},
-      {"sigmoid noaux_tc", 16, 4, 4, 2, 1, 1, 2.5f, true, 200},
-  };
-  for (uint32_t dt : kWeightDtypes)
-    for (const Router& r : routers)
-      for (uint32_t n : {1u, 5u}) {
-        Case c;
-        c.op = CODA_OP_MOE_GATE;
-        c.dtype = DtypeLabel(dt);
-        c.name = std::string(r.name) + ", " + std::to_string(r.E) + " experts top " + std::to_string(r.K) + ", hidden " +
-                 std::to_string(r.h) + ", " + std::to_string(n) + " tokens";
-        c.hp = BaseHparams();
-        c.hp.hidden_size = static_cast<uint32_t>(r.h);
-        c.hp.n_routed_experts = r.E;
-        c.hp.n_experts_per_tok = r.K;
-        c.hp.n_group = r.G;
-        c.hp.topk_group = r.TG;
-        c.hp.scoring_func = r.scoring;
-        c.hp.norm_topk_prob = r.norm;
-        c.hp.routed_scaling_factor = r.scale;
-        c.n_tokens = n;
-        c.weights.push_back(g.Make(dt, r.E, r.h, 1.0f / std::sqrt(static_cast<float>(r.h))));
-        Weight bias;
-        if (r.bias) bias = g.Make(CODA_DTYPE_F32, 0, r.E, 0.05f);
-        else bias.absent = true;
-        c.weights.push_back(bias);
-        // Routing is a discrete choice: draw inputs whose choice is not within rounding of a tie,
-        // so that any backend within tolerance picks the same experts.
-        Views v(c);
-        for (int attempt = 0; attempt < 100; ++attempt) {
-          Blob x = g.F32({n, r.h});
-          double margin = INFINITY;
-          const float* xp = reinterpret_cast<const float*>(x.bytes.data());
-          for (uint32_t t = 0; t < n; ++t) {
-            std::vector<double> logits(r.E);
-            for (uint32_t e = 0; e < r.E; ++e)
-              for (uint64_t i = 0; i < r.h; ++i) logits[e] += WeightAt(v.weights[0], e, i) * xp[t * r.h + i];
-            margin = std::min(margin, Route(c.hp, logits, r.bias ? &v.weights[1] : nullptr).margin);
-          }
-          c.inputs = {x};
-          if (margin > 2e-3) break;
-        }
-        c.outputs.push_back(Zeros(CODA_DTYPE_I32, {n, r.K}));
-        c.outputs.push_back(Zeros(CODA_DTYPE_F32, {n, r.K}));
-        c.tol = Tolerance(dt, CODA_DTYPE_F32);
-        out.push_back(std::move(c));
-      }
-}
-
-void MoeExpertsCases(Gen& g, std::vector<Case>& out) {
-  struct Shape {
-    uint32_t E, K;
-    uint64_t h, inter;
-  };
-  for (uint32_t dt : kWeightDtypes)
-    for (const Shape& s : {Shape{6, 2, 72, 40}, Shape{5, 3, 130, 33}})
-      for (uint32_t n : {1u, 5u}) {
-        Case c;
-        c.op = CODA_OP_MOE_EXPERTS;
-        c.dtype = DtypeLabel(dt);
-        c.name = std::to_string(s.E) + " experts top " + std::to_string(s.K) + ", hidden " + std::to_string(s.h) +
-                 ", inner " + std::to_string(s.inter) + ", " + std::to_string(n) + " tokens";
-        c.hp = BaseHparams();
-        c.hp.hidden_size = static_cast<uint32_t>(s.h);
-        c.hp.n_routed_experts = s.E;
-        c.hp.n_experts_per_tok = s.K;
-        c.n_tokens = n;
-        for (uint32_t e = 0; e < s.E; ++e) {
-          c.weights.push_back(g.Make(dt, s.inter, s.h, 1.0f / std::sqrt(static_cast<float>(s.h))));
-          c.weights.push_back(g.Make(dt, s.inter, s.h, 1.0f / std::sqrt(static_cast<float>(s.h))));
-          c.weights.push_back(g.Make(dt, s.h, s.inter, 1.0f / std::sqrt(static_cast<float>(s.inter))));
-        }
-        Blob ids = Zeros(CODA_DTYPE_I32, {n, s.K}), wts = Zeros(CODA_DTYPE_F32, {n, s.K});
-        auto* ip = reinterpret_cast<int32_t*>(ids.bytes.data());
-        auto* wp = reinterpret_cast<float*>(wts.bytes.data());
-        for (uint32_t t = 0; t < n; ++t) {
-          std::vector<int32_t> all(s.E);
-          for (uint32_t e = 0; e < s.E; ++e) all[e] = static_cast<int32_t>(e);
-          std::shuffle(all.begin(), all.end(), g.rng());
-          for (uint32_t j = 0; j < s.K; ++j) {
-            ip[t * s.K + j] = all[j];
-            wp[t * s.K + j] = 0.1f + std::fabs(g.Normal());
-          }
-        }
-        c.inputs = {g.F32({n, s.h}), ids, wts};
-        c.outputs.push_back(Zeros(CODA_DTYPE_F32, {n, s.h}));
-        c.tol = Tolerance(dt, CODA_DTYPE_F32);
-        out.push_back(std::move(c));
-      }
-}
-
-void MlaCases(Gen& g, std::vector<Case>& out) {
-  struct Attn {
-    const char* name;
-    uint32_t h, H, q_lora, c, dn, dr, dv;
-  };
-  const Attn shapes[] = {
-      {"plain q", 64, 2, 0, 32, 16, 8, 16},
-      {"q LoRA, odd dims", 200, 3, 136, 144, 24, 10, 20},
-  };
-  struct Steps {
-    uint32_t n, start;
-  };
-  for (uint32_t dt : kWeightDtypes)
-    for (const Attn& a : shapes)
-      for (uint32_t kv : {CODA_DTYPE_BF16, CODA_DTYPE_F32})
-        for (const Steps& st : {Steps{1, 0}, Steps{1, 6}, Steps{3, 2}, Steps{5, 0}, Steps{5, 6}, Steps{1, 300}}) {
-          Case c;
-          c.op = CODA_OP_MLA_ATTENTION;
-          c.dtype = DtypeLabel(dt);
-          c.name = std::string(a.name) + " (" + std::to_string(a.H) + " heads, kv " + std::to_string(a.c) + "+" +
-                   std::to_string(a.dr) + "), KV " + (kv == CODA_DTYPE_BF16 ? "bf16" : "f32") + ", " +
-                   std::to_string(st.n) + " tokens at " + std::to_string(st.start);
-          c.hp = BaseHparams();
-          c.hp.hidden_size = a.h;
-          c.hp.n_heads = a.H;
-          c.hp.q_lora_rank = a.q_lora;
-          c.hp.kv_lora_rank = a.c;
-          c.hp.qk_nope_head_dim = a.dn;
-          c.hp.qk_rope_head_dim = a.dr;
-          c.hp.v_head_dim = a.dv;
-          c.hp.softmax_scale = 1.0f / std::sqrt(static_cast<float>(a.dn + a.dr));
-          for (uint32_t i = 0; i < a.dr / 2; ++i)
-            c.inv_freq.push_back(static_cast<float>(1.0 / std::pow(10000.0, 2.0 * i / a.dr)));
-          c.n_tokens = st.n;
-          c.start_pos = st.start;
-          const uint32_t qk = a.dn + a.dr;
-          const float sh = 1.0f / std::sqrt(static_cast<float>(a.h));
-          // Norm weights stay F32 or BF16 (as DeepSeek's FP8 checkpoints keep them).
-          const uint32_t norm_dt = dt == CODA_DTYPE_F32 ? CODA_DTYPE_F32 : CODA_DTYPE_BF16;
-          Weight absent;
-          absent.absent = true;
-          if (a.q_lora) {
-            c.weights.push_back(g.Make(dt, a.q_lora, a.h, sh));
-            c.weights.push_back(g.Make(norm_dt, 0, a.q_lora, 0.1f, 1.0f));
-            c.weights.push_back(g.Make(dt, uint64_t{a.H} * qk, a.q_lora, 1.0f / std::sqrt(static_cast<float>(a.q_lora))));
-            c.weights.push_back(absent);
-          } else {
-            c.weights.push_back(absent);
-            c.weights.push_back(absent);
-            c.weights.push_back(absent);
-            c.weights.push_back(g.Make(dt, uint64_t{a.H} * qk, a.h, sh));
-          }
-          c.weights.push_back(g.Make(dt, a.c + a.dr, a.h, sh));
-          c.weights.push_back(g.Make(norm_dt, 0, a.c, 0.1f, 1.0f));
-          c.weights.push_back(g.Make(dt, uint64_t{a.H} * (a.dn + a.dv), a.c, 1.0f / std::sqrt(static_cast<float>(a.c))));
-          c.weights.push_back(g.Make(dt, a.h, uint64_t{a.H} * a.dv, 1.0f / std::sqrt(static_cast<float>(a.H * a.dv))));
-          c.inputs.push_back(g.F32({st.n, a.h}));
-          c.outputs.push_back(Zeros(CODA_DTYPE_F32, {st.n, a.h}));
-          c.has_kv = true;
-          c.kv_dtype = kv;
-          c.kv_row = a.c + a.dr;
-          c.kv_n_ctx = st.start + st.n + 2;
-          // Earlier positions hold what earlier steps would have cached: random latents.
-          c.kv_init.assign(uint64_t{c.kv_n_ctx} * c.kv_row * DtypeBytes(kv), 0);
-          for (uint64_t i = 0; i < uint64_t{st.start} * c.kv_row; ++i) {
-            const float v = g.Normal();
-            if (kv == CODA_DTYPE_BF16) {
-              const uint16_t b = F32ToBf16(v);
-              std::memcpy(c.kv_init.data() + 2 * i, &b, 2);
-            } else {
-              std::memcpy(c.kv_init.data() + 4 * i, &v, 4);
-            }
-          }
-          c.tol = Tolerance(dt, kv);
-          out.push_back(std::move(c));
-        }
-}
-
-void AddCases(Gen& g, std::vector<Case>& out) {
-  for (uint64_t d : {1u, 37u, 200u})
-    for (uint32_t n : {1u, 5u}) {
-      Case c;
-      c.op = CODA_OP_ADD;
-      c.dtype = "-";
-      c.name = Dims({n, d});
-      c.hp = BaseHparams();
-      c.n_tokens = n;
-      c.inputs = {g.F32({n, d}), g.F32({n, d})};
-      c.outputs.push_back(Zeros(CODA_DTYPE_F32, {n, d}));
-      c.tol = Tolerance(CODA_DTYPE_F32, CODA_DTYPE_F32);
-      out.push_back(std::move(c));
-    }
-}
-
 std::vector<Case> AllCases(uint64_t seed) {
   Gen g(seed);
   std::vector<Case> cases;
-  EmbedCases(g, cases);
-  RmsNormCases(g, cases);
-  LinearCases(g, cases, CODA_OP_LINEAR);
-  MlaCases(g, cases);
-  MoeGateCases(g, cases);
-  MoeExpertsCases(g, cases);
-  MlpCases(g, cases);
-  AddCases(g, cases);
-  LinearCases(g, cases, CODA_OP_HEAD);
+  for (uint32_t op = 0; op < CODA_OP_COUNT; ++op) SuiteOf(op)->cases(g, cases);
   return cases;
 }
 
@@ -586,64 +139,11 @@ Result<RunOutput> RunCase(const Backend& b, const Case& c, bool buffers) {
 
 // ---- Comparing. ----
 
-std::vector<double> AsDoubles(const std::vector<uint8_t>& bytes, uint32_t dtype, uint64_t first = 0,
-                              uint64_t count = UINT64_MAX) {
-  const uint64_t n = std::min<uint64_t>(count, bytes.size() / DtypeBytes(dtype) - first);
-  std::vector<double> v(n);
-  for (uint64_t i = 0; i < n; ++i) {
-    if (dtype == CODA_DTYPE_BF16) {
-      uint16_t b;
-      std::memcpy(&b, bytes.data() + 2 * (first + i), 2);
-      v[i] = Bf16ToF32(b);
-    } else {
-      float f;
-      std::memcpy(&f, bytes.data() + 4 * (first + i), 4);
-      v[i] = f;
-    }
-  }
-  return v;
-}
-
-// max |a - b| / max |b|; infinity when a is not finite where b is.
-double RelError(const std::vector<double>& a, const std::vector<double>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num = std::max(num, std::fabs(a[i] - b[i]));
-    den = std::max(den, std::fabs(b[i]));
-  }
-  return den > 0 ? num / den : num;
-}
-
-// Error of `got` against `want`; for MoeGate the routing must match exactly (as a set per token).
+// Error of `got` against `want`: the op's own comparison, or each output element by element; and
+// the cache rows an attention step wrote.
 double Compare(const Case& c, const RunOutput& got, const RunOutput& want, std::string* detail) {
   double err = 0;
-  if (c.op == CODA_OP_MOE_GATE) {
-    const uint32_t K = c.hp.n_experts_per_tok;
-    const auto* gi = reinterpret_cast<const int32_t*>(got.outputs[0].data());
-    const auto* wi = reinterpret_cast<const int32_t*>(want.outputs[0].data());
-    const std::vector<double> gw = AsDoubles(got.outputs[1], CODA_DTYPE_F32), ww = AsDoubles(want.outputs[1], CODA_DTYPE_F32);
-    std::vector<double> a, b;
-    for (uint32_t t = 0; t < c.n_tokens; ++t) {
-      std::map<int32_t, double> gm, wm;
-      for (uint32_t j = 0; j < K; ++j) {
-        gm[gi[t * K + j]] = gw[t * K + j];
-        wm[wi[t * K + j]] = ww[t * K + j];
-      }
-      if (gm.size() != wm.size() || !std::equal(gm.begin(), gm.end(), wm.begin(), [](auto& x, auto& y) { return x.first == y.first; })) {
-        std::string g, w;
-        for (auto& [id, _] : gm) g += (g.empty() ? "" : ",") + std::to_string(id);
-        for (auto& [id, _] : wm) w += (w.empty() ? "" : ",") + std::to_string(id);
-        *detail = "token " + std::to_string(t) + " routed to experts {" + g + "}, expected {" + w + "}";
-        return INFINITY;
-      }
-      for (auto& [id, x] : gm) {
-        a.push_back(x);
-        b.push_back(wm[id]);
-      }
-    }
-    return RelError(a, b);
-  }
+  if (const OpSuite* suite = SuiteOf(c.op); suite->compare) return suite->compare(c, got.outputs, want.outputs, detail);
   for (size_t i = 0; i < c.outputs.size(); ++i) {
     const double e = RelError(AsDoubles(got.outputs[i], c.outputs[i].dtype), AsDoubles(want.outputs[i], c.outputs[i].dtype));
     if (e > err) {
@@ -659,7 +159,7 @@ double Compare(const Case& c, const RunOutput& got, const RunOutput& want, std::
       err = e;
       *detail = "KV cache rows written";
     }
-    if (!std::equal(got.kv.begin(), got.kv.begin() + static_cast<long>(first * DtypeBytes(c.kv_dtype)), c.kv_init.begin())) {
+    if (!std::equal(got.kv.begin(), got.kv.begin() + static_cast<long>(first * coda_dtype_size(c.kv_dtype)), c.kv_init.begin())) {
       *detail = "KV cache rows before start_pos were modified";
       return INFINITY;
     }
@@ -667,11 +167,7 @@ double Compare(const Case& c, const RunOutput& got, const RunOutput& want, std::
   return err;
 }
 
-std::string OpName(uint32_t op) {
-  static const char* kNames[] = {"Embed", "RmsNorm", "Linear", "MlaAttention", "MoeGate",
-                                 "MoeExperts", "Mlp", "Add", "Head"};
-  return op < CODA_OP_COUNT ? kNames[op] : "?";
-}
+std::string OpName(uint32_t op) { return coda_op_name(op) ? coda_op_name(op) : "?"; }
 
 // ---- The optional ABI areas. ----
 
@@ -802,9 +298,21 @@ double Tolerance(uint32_t weight_dtype, uint32_t kv_dtype) {
 }
 
 const std::vector<std::string>& OpNames() {
-  static const std::vector<std::string> kNames = {"Embed", "RmsNorm", "Linear", "MlaAttention", "MoeGate",
-                                                  "MoeExperts", "Mlp", "Add", "Head"};
+  static const std::vector<std::string> kNames = [] {
+    std::vector<std::string> names;
+    for (uint32_t op = 0; op < CODA_OP_COUNT; ++op) names.push_back(coda_op_name(op));
+    return names;
+  }();
   return kNames;
+}
+
+const OpSuite* SuiteOf(uint32_t op) {
+  static const OpSuite* const kSuites[] = {
+#define CODA_CONFORMANCE_SUITE_PTR_(NAME, Name, number, flags, signature) &k##Name##Suite,
+      CODA_OP_TABLE(CODA_CONFORMANCE_SUITE_PTR_)
+#undef CODA_CONFORMANCE_SUITE_PTR_
+  };
+  return op < CODA_OP_COUNT ? kSuites[op] : nullptr;
 }
 
 size_t Report::Count(Outcome o) const {
@@ -884,8 +392,11 @@ std::string Report::Json() const {
 
 Result<Report> Run(const Backend& backend, const Backend& reference, const Options& options) {
   for (const std::string& op : options.ops)
-    if (std::find(OpNames().begin(), OpNames().end(), op) == OpNames().end())
-      return InvalidArgument("unknown op '" + op + "' (ops: Embed, RmsNorm, Linear, MlaAttention, MoeGate, MoeExperts, Mlp, Add, Head)");
+    if (std::find(OpNames().begin(), OpNames().end(), op) == OpNames().end()) {
+      std::string known;
+      for (const std::string& name : OpNames()) known += (known.empty() ? "" : ", ") + name;
+      return InvalidArgument("unknown op '" + op + "' (ops: " + known + ")");
+    }
   Report report;
   report.backend = std::string(backend.name()) + (backend.path().empty() ? " (linked in)" : " (" + backend.path() + ")");
   report.reference = std::string(reference.name()) + (reference.path().empty() ? " (linked in)" : " (" + reference.path() + ")");

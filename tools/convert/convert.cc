@@ -11,6 +11,7 @@
 
 #include "coda/checked.h"
 #include "coda/file.h"
+#include "coda/hf_config.h"
 #include "coda/json.h"
 #include "coda/model_file.h"
 #include "coda/safetensors.h"
@@ -61,7 +62,7 @@ void DecodeFloats(const uint8_t* src, size_t n, DType dtype, float* out) {
         out[i] = F16ToF32(v);
         break;
       }
-      case DType::kFP8E4M3: out[i] = Fp8E4M3ToF32(src[i]); break;
+      case DType::kFP8_E4M3: out[i] = Fp8E4M3ToF32(src[i]); break;
       default: out[i] = 0; break;
     }
   }
@@ -212,7 +213,7 @@ Status ConvertCheckpoint(const std::string& hf_dir, const std::string& out_path,
     if (!IsFloat(ref.info->dtype))
       return Unsupported(where + ": dtype " + std::string(DTypeSafetensorsName(ref.info->dtype)) + " is not a float type");
     safetensors::Checkpoint::Ref sref{nullptr, nullptr};
-    if (ref.info->dtype == DType::kFP8E4M3) {
+    if (ref.info->dtype == DType::kFP8_E4M3) {
       if (ref.info->shape.size() != 2) return Corrupt(where + ": FP8 tensors must be 2-D");
       const std::string sname = spec.name + "_scale_inv";
       sref = ckpt.Find(sname);
@@ -248,13 +249,13 @@ Status ConvertCheckpoint(const std::string& hf_dir, const std::string& out_path,
     const auto& ref = refs[i];
     const auto src = ref.file->Data(*ref.info);
     CODA_RETURN_IF_ERROR(writer->BeginTensor(pi++));
-    if (ref.info->dtype == DType::kFP8E4M3 && dtypes[i] != DType::kFP8E4M3) {
+    if (ref.info->dtype == DType::kFP8_E4M3 && dtypes[i] != DType::kFP8_E4M3) {
       const auto& sref = scale_refs[i];
       CODA_RETURN_IF_ERROR(DequantizeFp8(src, sref.file->Data(*sref.info), specs[i].shape, config.fp8_block,
                                          dtypes[i], s));
     } else {
       CODA_RETURN_IF_ERROR(CopyConverted(src, ref.info->dtype, dtypes[i], s));
-      if (dtypes[i] == DType::kFP8E4M3) {  // the scale follows its weight, bit-exact
+      if (dtypes[i] == DType::kFP8_E4M3) {  // the scale follows its weight, bit-exact
         const auto& sref = scale_refs[i];
         CODA_RETURN_IF_ERROR(writer->BeginTensor(pi++));
         CODA_RETURN_IF_ERROR(CopyConverted(sref.file->Data(*sref.info), DType::kF32, DType::kF32, s));
@@ -318,7 +319,7 @@ Status ConvertRandom(const std::string& config_path, const std::string& out_path
   for (const TensorSpec& t : specs) {
     DType d = DType::kBF16;
     if (t.role == TensorRole::kRouterBias) d = DType::kF32;
-    if (t.role == TensorRole::kProjection && config.fp8) d = DType::kFP8E4M3;
+    if (t.role == TensorRole::kProjection && config.fp8) d = DType::kFP8_E4M3;
     dtypes.push_back(TargetDType(d, o.dtype));
   }
   ModelExtras extras;
@@ -342,7 +343,7 @@ Status ConvertRandom(const std::string& config_path, const std::string& out_path
     CODA_RETURN_IF_ERROR(writer->BeginTensor(pi++));
     const uint64_t cols = t.shape.back();
     const uint64_t rows = *CheckedElementCount(t.shape) / cols;
-    if (dtypes[i] != DType::kFP8E4M3) {
+    if (dtypes[i] != DType::kFP8_E4M3) {
       const uint64_t rows_per_chunk = std::max<uint64_t>(1, (kChunkBytes / 4) / cols);
       for (uint64_t r0 = 0; r0 < rows; r0 += rows_per_chunk) {
         const uint64_t n = std::min(rows_per_chunk, rows - r0) * cols;

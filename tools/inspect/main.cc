@@ -6,7 +6,7 @@
 #include <string>
 
 #include "coda/file.h"
-#include "coda/model_config.h"
+#include "coda/hf_config.h"
 #include "coda/model_file.h"
 #include "coda/safetensors.h"
 #include "coda/runtime.h"

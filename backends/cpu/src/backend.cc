@@ -29,7 +29,6 @@ namespace coda::cpu {
 namespace {
 
 using backend_util::CopyError;
-using backend_util::DtypeBytes;
 using backend_util::InRange;
 using backend_util::TensorBytes;
 
@@ -136,7 +135,7 @@ struct ResolvedOp {
       }
     }
     if (!src.kv.data && src.kv.buffer) {
-      const uint64_t bytes = static_cast<uint64_t>(src.kv.n_ctx) * src.kv.row * DtypeBytes(src.kv.dtype);
+      const uint64_t bytes = static_cast<uint64_t>(src.kv.n_ctx) * src.kv.row * coda_dtype_size(src.kv.dtype);
       if (src.kv.offset > src.kv.buffer->size || bytes > src.kv.buffer->size - src.kv.offset)
         return "the KV cache view lies outside its buffer";
       op.kv.data = static_cast<uint8_t*>(src.kv.buffer->data) + src.kv.offset;
@@ -148,11 +147,18 @@ struct ResolvedOp {
   }
 };
 
+// An op from a host of another ABI revision, or one this build does not run, is declined.
+std::string Why(const coda_op* op) {
+  if (!op || op->struct_size < offsetof(coda_op, prepared)) return "op struct from an unknown ABI revision";
+  return CheckOp(*op);
+}
+
 int SupportsOp(void*, const coda_op* op) {
-  if (!op || op->struct_size < offsetof(coda_op, prepared)) return 0;
-  // FP8 rows are only decoded by the matrix kernels; a table lookup (Embed) would read zeros.
-  if (op->type == CODA_OP_EMBED && op->n_weights > 0 && op->weights[0].dtype == CODA_DTYPE_FP8_E4M3) return 0;
-  return CheckOp(*op).empty();
+  try {
+    return Why(op).empty();
+  } catch (const std::exception&) {
+    return 0;
+  }
 }
 
 coda_status_code Execute(void* self, const coda_op* op, char* error, size_t error_size) {
@@ -160,12 +166,11 @@ coda_status_code Execute(void* self, const coda_op* op, char* error, size_t erro
     CopyError("op struct from an unknown ABI revision", error, error_size);
     return CODA_STATUS_INVALID_ARGUMENT;
   }
-  if (!SupportsOp(self, op)) {
-    const std::string why = CheckOp(*op);
-    CopyError("unsupported op: " + (why.empty() ? std::string("FP8 embedding table") : why), error, error_size);
-    return CODA_STATUS_UNSUPPORTED;
-  }
   try {
+    if (std::string why = Why(op); !why.empty()) {
+      CopyError("unsupported op: " + why, error, error_size);
+      return CODA_STATUS_UNSUPPORTED;
+    }
     ResolvedOp r;
     if (std::string e = r.From(*op); !e.empty()) {
       CopyError(e, error, error_size);

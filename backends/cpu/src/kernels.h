@@ -77,22 +77,8 @@ const Kernels* Avx512Bf16Kernels();
 // The best set this CPU runs; CODA_CPU_KERNELS=ref|avx2|avx512|avx512bf16 forces one (for tests).
 const Kernels& SelectKernels();
 
-// Scalar conversions shared by the kernel builds. A backend depends on nothing of Coda but the
-// ABI header, so it carries its own rather than using formats/common.
-inline float Bf16ToF32(uint16_t v) {
-  const uint32_t u = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+// The E4M3 value of each code (coda_e4m3_to_f32, from a table).
 float Fp8ToF32(uint8_t v);
-inline uint16_t F32ToBf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
 
 // Calls f(std::integral_constant<uint32_t, DT>{}) with the weight dtype as a compile-time value;
 // returns false for dtypes the SIMD kernels do not handle (the caller falls back to reference).

@@ -10,11 +10,6 @@
 namespace coda::cpu {
 namespace {
 
-template <uint32_t DT>
-constexpr uint64_t ElemSize() {
-  return DT == CODA_DTYPE_F32 ? 4 : DT == CODA_DTYPE_BF16 ? 2 : 1;
-}
-
 // 8 weights from column c; FP8 comes out 2^-8 times its value (see kernels_avx512.cc).
 template <uint32_t DT>
 inline __m256 Load8(const uint8_t* row, uint64_t c) {
@@ -40,7 +35,7 @@ inline float Scalar(const uint8_t* row, uint64_t c) {
   } else if constexpr (DT == CODA_DTYPE_BF16) {
     uint16_t v;
     std::memcpy(&v, row + 2 * c, 2);
-    return Bf16ToF32(v);
+    return coda_bf16_to_f32(v);
   } else {
     return Fp8ToF32(row[c]) * (1.0f / 256.0f);
   }
@@ -79,15 +74,15 @@ constexpr uint64_t kWeightPrefetch = 4096;
 template <uint32_t DT, int NT>
 inline void Row(const uint8_t* row, uint64_t cols, const float* x, size_t ldx, float* y, size_t ldy, float mul) {
   constexpr int NA = NT >= 4 ? 1 : 4 / NT;
-  constexpr uint64_t kStepBytes = 8 * NA * ElemSize<DT>();  // a power of two
+  constexpr uint64_t kStepBytes = 8 * NA * uint64_t{coda_dtype_size(DT)};  // a power of two
   __m256 acc[NA][NT];
   for (auto& a : acc)
     for (auto& v : a) v = _mm256_setzero_ps();
   uint64_t c = 0;
   for (; c + 8 * NA <= cols; c += 8 * NA) {
-    if (kStepBytes >= 64 || (c * ElemSize<DT>()) % 64 == 0)  // once per 64-byte line
+    if (kStepBytes >= 64 || (c * uint64_t{coda_dtype_size(DT)}) % 64 == 0)  // once per 64-byte line
       for (uint64_t b = 0; b < kStepBytes; b += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(row + c * ElemSize<DT>() + b + kWeightPrefetch), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(row + c * uint64_t{coda_dtype_size(DT)} + b + kWeightPrefetch), _MM_HINT_T0);
     for (int a = 0; a < NA; ++a) {
       const __m256 wv = LoadDot8<DT>(row, c + 8 * a);
       for (int t = 0; t < NT; ++t) acc[a][t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * ldx + c + 8 * a), acc[a][t]);
@@ -110,7 +105,7 @@ template <uint32_t DT>
 void Rows(const uint8_t* data, uint64_t cols, const float* x, size_t ldx, size_t n, float* y, size_t ldy, uint64_t r0,
           uint64_t r1, float mul) {
   for (uint64_t r = r0; r < r1; ++r) {  // every token group reuses the row from L1
-    const uint8_t* row = data + r * cols * ElemSize<DT>();
+    const uint8_t* row = data + r * cols * uint64_t{coda_dtype_size(DT)};
     ForTokenGroups(n, [&](auto nt, size_t t) { Row<DT, nt()>(row, cols, x + t * ldx, ldx, y + t * ldy + r, ldy, mul); });
   }
 }
@@ -135,7 +130,7 @@ void MatmulRows(const Weight& w, const float* x, size_t ldx, size_t n, float* y,
 template <uint32_t DT>
 void DequantRowsT(const Weight& w, uint64_t r0, uint64_t r1, float* out) {
   for (uint64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.data + r * w.cols * ElemSize<DT>();
+    const uint8_t* row = w.data + r * w.cols * uint64_t{coda_dtype_size(DT)};
     float* o = out + (r - r0) * w.cols;
     for (uint64_t c0 = 0; c0 < w.cols; c0 += w.block) {
       const uint64_t c1 = std::min<uint64_t>(w.cols, c0 + w.block);
@@ -156,7 +151,7 @@ void DequantRows(const Weight& w, uint64_t r0, uint64_t r1, float* out) {
 template <uint32_t DT>
 void MatvecTT(const Weight& w, uint64_t r0, uint64_t r1, const float* x, float* y) {
   for (uint64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.data + r * w.cols * ElemSize<DT>();
+    const uint8_t* row = w.data + r * w.cols * uint64_t{coda_dtype_size(DT)};
     for (uint64_t c0 = 0; c0 < w.cols; c0 += w.block) {
       const uint64_t c1 = std::min<uint64_t>(w.cols, c0 + w.block);
       const float s = x[r - r0] * (DT == CODA_DTYPE_FP8_E4M3 ? WeightScale(w, r, c0) * 256.0f : 1.0f);
@@ -183,7 +178,7 @@ float DotBf16(const float* a, const uint16_t* b, size_t n) {
   size_t i = 0;
   for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), Bf16x8(b + i), acc);
   float s = Reduce(acc);
-  for (; i < n; ++i) s += a[i] * Bf16ToF32(b[i]);
+  for (; i < n; ++i) s += a[i] * coda_bf16_to_f32(b[i]);
   return s;
 }
 
@@ -191,7 +186,7 @@ void AxpyBf16(float a, const uint16_t* x, float* y, size_t n) {
   const __m256 av = _mm256_set1_ps(a);
   size_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, Bf16x8(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += a * Bf16ToF32(x[i]);
+  for (; i < n; ++i) y[i] += a * coda_bf16_to_f32(x[i]);
 }
 
 float Dot(const float* a, const float* b, size_t n) {

@@ -16,11 +16,6 @@ inline __mmask16 TailMask(uint64_t remaining) {
   return remaining >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << remaining) - 1);
 }
 
-template <uint32_t DT>
-constexpr uint64_t ElemSize() {
-  return DT == CODA_DTYPE_F32 ? 4 : DT == CODA_DTYPE_BF16 ? 2 : 1;
-}
-
 // FP8 E4M3 to F32 in three integer ops: sign-extend each byte to 32 bits and shift it left by
 // 20, which puts the sign at bit 31 (from the extension), the 4 exponent and 3 mantissa bits at
 // bits 30..20 of an F32 with exponent bias 127 instead of 7; masking keeps just those. The result
@@ -75,15 +70,15 @@ constexpr uint64_t kWeightPrefetch = 4096;
 // four FMA chains in flight, and make each step cover at least one 64-byte line of the row.
 template <uint32_t DT, int NT>
 inline void Row(const uint8_t* row, uint64_t cols, const float* x, size_t ldx, float* y, size_t ldy, float mul) {
-  constexpr int NA = std::max<int>(NT >= 4 ? 1 : 4 / NT, 64 / (16 * ElemSize<DT>()));
-  constexpr uint64_t kStepBytes = 16 * NA * ElemSize<DT>();
+  constexpr int NA = std::max<int>(NT >= 4 ? 1 : 4 / NT, 64 / (16 * uint64_t{coda_dtype_size(DT)}));
+  constexpr uint64_t kStepBytes = 16 * NA * uint64_t{coda_dtype_size(DT)};
   __m512 acc[NA][NT];
   for (auto& a : acc)
     for (auto& v : a) v = _mm512_setzero_ps();
   uint64_t c = 0;
   for (; c + 16 * NA <= cols; c += 16 * NA) {
     for (uint64_t b = 0; b < kStepBytes; b += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(row + c * ElemSize<DT>() + b + kWeightPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(row + c * uint64_t{coda_dtype_size(DT)} + b + kWeightPrefetch), _MM_HINT_T0);
     for (int a = 0; a < NA; ++a) {
       const __m512 wv = LoadDot16<DT>(row, c + 16 * a);
       for (int t = 0; t < NT; ++t) acc[a][t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + t * ldx + c + 16 * a), acc[a][t]);
@@ -105,7 +100,7 @@ template <uint32_t DT>
 void Rows(const uint8_t* data, uint64_t cols, const float* x, size_t ldx, size_t n, float* y, size_t ldy, uint64_t r0,
           uint64_t r1, float mul) {
   for (uint64_t r = r0; r < r1; ++r) {  // every token group reuses the row from L1
-    const uint8_t* row = data + r * cols * ElemSize<DT>();
+    const uint8_t* row = data + r * cols * uint64_t{coda_dtype_size(DT)};
     ForTokenGroups(n, [&](auto nt, size_t t) { Row<DT, nt()>(row, cols, x + t * ldx, ldx, y + t * ldy + r, ldy, mul); });
   }
 }
@@ -142,7 +137,7 @@ inline void ForChunks(const Weight& w, uint64_t r, F&& f) {
 template <uint32_t DT>
 void DequantRowsT(const Weight& w, uint64_t r0, uint64_t r1, float* out) {
   for (uint64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.data + r * w.cols * ElemSize<DT>();
+    const uint8_t* row = w.data + r * w.cols * uint64_t{coda_dtype_size(DT)};
     float* o = out + (r - r0) * w.cols;
     ForChunks<DT>(w, r, [&](uint64_t c, __mmask16 m, float s) {
       _mm512_mask_storeu_ps(o + c, m, _mm512_mul_ps(Load16<DT>(row, c, m), _mm512_set1_ps(s)));
@@ -160,7 +155,7 @@ template <uint32_t DT, bool kFull>
 inline void MatvecTile(const Weight& w, uint64_t r0, uint64_t r1, const float* x, uint64_t c0, uint64_t nc, __m512* acc) {
   constexpr uint64_t kChunks = 16;
   for (uint64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.data + (r * w.cols + c0) * ElemSize<DT>();
+    const uint8_t* row = w.data + (r * w.cols + c0) * uint64_t{coda_dtype_size(DT)};
     const float xr = x[r - r0] * (DT == CODA_DTYPE_FP8_E4M3 ? kTwo60 : 1.0f);
     __m512 xv = _mm512_set1_ps(DT == CODA_DTYPE_FP8_E4M3 ? xr * WeightScale(w, r, c0) : xr);
     uint64_t next_block = (c0 / w.block + 1) * w.block;  // a compare per chunk, not a division

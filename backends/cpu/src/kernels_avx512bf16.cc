@@ -111,8 +111,8 @@ void MlaAttendBf16(const MlaAttendArgs& a) {
   mx.assign(nh, -INFINITY);
   sum.assign(nh, 0.0f);
   for (size_t h = 0; h < nh; ++h) {
-    for (size_t i = 0; i < c; ++i) qb[h * kq + i] = F32ToBf16(a.qabs[h * c + i]);
-    for (size_t i = 0; i < a.dr; ++i) qb[h * kq + c + i] = F32ToBf16(a.qpe[h * a.qpe_stride + i]);
+    for (size_t i = 0; i < c; ++i) qb[h * kq + i] = coda_f32_to_bf16(a.qabs[h * c + i]);
+    for (size_t i = 0; i < a.dr; ++i) qb[h * kq + c + i] = coda_f32_to_bf16(a.qpe[h * a.qpe_stride + i]);
   }
   for (size_t pb = 0; pb < len; pb += kBlockRows) {
     const size_t n = std::min(len - pb, kBlockRows);

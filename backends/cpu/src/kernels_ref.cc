@@ -13,12 +13,7 @@ namespace {
 
 std::array<float, 256> MakeFp8Table() {
   std::array<float, 256> t{};
-  for (int v = 0; v < 256; ++v) {
-    const int exp = (v >> 3) & 0xf, man = v & 7;
-    float f = exp == 0 ? std::ldexp(static_cast<float>(man), -9) : std::ldexp(static_cast<float>(8 + man), exp - 10);
-    if (exp == 15 && man == 7) f = NAN;
-    t[static_cast<size_t>(v)] = (v & 0x80) ? -f : f;
-  }
+  for (int v = 0; v < 256; ++v) t[static_cast<size_t>(v)] = coda_e4m3_to_f32(static_cast<uint8_t>(v));
   return t;
 }
 const std::array<float, 256> kFp8 = MakeFp8Table();
@@ -34,7 +29,7 @@ inline float Load(const Weight& w, uint64_t r, uint64_t c) {
     case CODA_DTYPE_BF16: {
       uint16_t v;
       std::memcpy(&v, w.data + 2 * i, 2);
-      return Bf16ToF32(v);
+      return coda_bf16_to_f32(v);
     }
     case CODA_DTYPE_FP8_E4M3: return kFp8[w.data[i]] * WeightScale(w, r, c);
     default: return 0.0f;
@@ -62,16 +57,16 @@ void MatvecT(const Weight& w, uint64_t r0, uint64_t r1, const float* x, float* y
 
 float DotBf16(const float* a, const uint16_t* b, size_t n) {
   float acc = 0;
-  for (size_t i = 0; i < n; ++i) acc += a[i] * Bf16ToF32(b[i]);
+  for (size_t i = 0; i < n; ++i) acc += a[i] * coda_bf16_to_f32(b[i]);
   return acc;
 }
 
 void AxpyBf16(float a, const uint16_t* x, float* y, size_t n) {
-  for (size_t i = 0; i < n; ++i) y[i] += a * Bf16ToF32(x[i]);
+  for (size_t i = 0; i < n; ++i) y[i] += a * coda_bf16_to_f32(x[i]);
 }
 
 float CacheValue(const MlaAttendArgs& a, size_t p, size_t i) {
-  return a.bf16 ? Bf16ToF32(static_cast<const uint16_t*>(a.cache)[p * a.row + i]) : static_cast<const float*>(a.cache)[p * a.row + i];
+  return a.bf16 ? coda_bf16_to_f32(static_cast<const uint16_t*>(a.cache)[p * a.row + i]) : static_cast<const float*>(a.cache)[p * a.row + i];
 }
 
 void MlaAttend(const MlaAttendArgs& a) {

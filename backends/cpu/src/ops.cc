@@ -28,7 +28,7 @@ inline const float* CF(const coda_tensor& t) { return static_cast<const float*>(
 float LoadElem(const coda_tensor& t, uint64_t i) {
   switch (t.dtype) {
     case CODA_DTYPE_F32: return static_cast<const float*>(t.data)[i];
-    case CODA_DTYPE_BF16: return Bf16ToF32(static_cast<const uint16_t*>(t.data)[i]);
+    case CODA_DTYPE_BF16: return coda_bf16_to_f32(static_cast<const uint16_t*>(t.data)[i]);
     default: return 0.0f;
   }
 }
@@ -212,7 +212,7 @@ std::string MlaAttention(Context& ctx, const coda_op& op) {
   const bool bf16 = op.kv.dtype == CODA_DTYPE_BF16;
   if (bf16) {
     uint16_t* c16 = static_cast<uint16_t*>(op.kv.data);
-    for (size_t i = 0; i < n * row; ++i) c16[start * row + i] = F32ToBf16(kv[i]);
+    for (size_t i = 0; i < n * row; ++i) c16[start * row + i] = coda_f32_to_bf16(kv[i]);
   } else {
     std::memcpy(static_cast<float*>(op.kv.data) + start * row, kv.data(), n * row * sizeof(float));
   }
@@ -439,22 +439,26 @@ std::string MoeExperts(Context& ctx, const coda_op& op) {
 }  // namespace
 
 std::string CheckOp(const coda_op& op) {
-  if (op.type >= CODA_OP_COUNT) return "unknown op " + std::to_string(op.type);
+  switch (static_cast<coda_op_type>(op.type)) {
+    case CODA_OP_EMBED: case CODA_OP_RMS_NORM: case CODA_OP_LINEAR: case CODA_OP_MLA_ATTENTION: case CODA_OP_MOE_GATE:
+    case CODA_OP_MOE_EXPERTS: case CODA_OP_MLP: case CODA_OP_ADD: case CODA_OP_HEAD: case CODA_OP_CONCAT: break;
+    default: return "op " + std::to_string(op.type) + " is not one the CPU backend runs";
+  }
+  if (std::string e = ops::Check(op); !e.empty()) return e;
   for (uint32_t i = 0; i < op.n_weights; ++i) {
     const coda_tensor& t = op.weights[i];
-    if (!t.data) continue;
-    const bool ok = t.dtype == CODA_DTYPE_F32 || t.dtype == CODA_DTYPE_BF16 ||
-                    (t.dtype == CODA_DTYPE_FP8_E4M3 && t.scale && t.ndim == 2 && t.scale->dtype == CODA_DTYPE_F32);
-    if (!ok) return "weight dtype " + std::to_string(t.dtype) + " is not supported by the CPU backend";
+    if (!t.data && !t.buffer) continue;
+    if (t.dtype != CODA_DTYPE_F32 && t.dtype != CODA_DTYPE_BF16 && t.dtype != CODA_DTYPE_FP8_E4M3)
+      return "weight dtype " + std::string(coda_dtype_name(t.dtype)) + " is not supported by the CPU backend";
   }
+  // FP8 rows are only decoded by the matrix kernels; a table lookup reads whole rows.
+  if (op.type == CODA_OP_EMBED && op.weights[0].dtype == CODA_DTYPE_FP8_E4M3) return "an FP8 embedding table";
   if (op.type == CODA_OP_MLA_ATTENTION && op.kv.dtype != CODA_DTYPE_BF16 && op.kv.dtype != CODA_DTYPE_F32)
     return "KV cache dtype must be BF16 or F32";
   return "";
 }
 
 std::string RunOp(Context& ctx, const coda_op& op) {
-  std::string e = CheckOp(op);
-  if (!e.empty()) return e;
   const size_t n = op.n_tokens;
   switch (op.type) {
     case CODA_OP_EMBED: return Embed(op);
@@ -481,8 +485,16 @@ std::string RunOp(Context& ctx, const coda_op& op) {
       for (size_t i = 0; i < count; ++i) y[i] = a[i] + b[i];
       return "";
     }
+    case CODA_OP_CONCAT: {
+      const size_t p = op.inputs[0].shape[1], q = op.inputs[1].shape[1];
+      for (size_t t = 0; t < n; ++t) {
+        std::memcpy(F(op.outputs[0]) + t * (p + q), CF(op.inputs[0]) + t * p, p * sizeof(float));
+        std::memcpy(F(op.outputs[0]) + t * (p + q) + p, CF(op.inputs[1]) + t * q, q * sizeof(float));
+      }
+      return "";
+    }
   }
-  return "unknown op";
+  return "op " + std::to_string(op.type) + " is not one the CPU backend runs";
 }
 
 }  // namespace coda::cpu

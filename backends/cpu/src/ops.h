@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "coda_backend.h"
+#include "coda_ops.hpp"
 #include "kernels.h"
 #include "thread_pool.h"
 
@@ -23,10 +24,11 @@ struct Context {
   std::vector<const float*> part_ptrs[2];          // attention's split parts, merged per head
 };
 
-// Errors are returned as a message; empty means success.
-std::string RunOp(Context& ctx, const coda_op& op);
-// Empty when the op's dtypes and shapes are supported, else the reason.
+// Empty when this backend runs the op with these dtypes and shapes (its signature in coda_ops.h
+// included), else the reason.
 std::string CheckOp(const coda_op& op);
+// Runs an op CheckOp() accepted. Errors are returned as a message; empty means success.
+std::string RunOp(Context& ctx, const coda_op& op);
 
 // y[n, rows] = x[n, cols] W^T (exposed for tests and benchmarks).
 std::string Linear(Context& ctx, const Weight& w, const float* x, size_t n, float* y);

@@ -41,9 +41,10 @@ struct Instance {
 // Uploads the weights (and their FP8 scales) into device memory.
 std::string PrepareWeights(Instance& in, const coda_weights& weights, Prepared* out);
 
-// Empty when the op's dtypes and sizes are supported, else the reason.
+// Empty when this backend runs the op with these dtypes and sizes (its signature in coda_ops.h
+// included), else the reason.
 std::string CheckOp(const Instance& in, const coda_op& op);
-// Runs the op; an error message, or empty on success.
+// Runs an op CheckOp() accepted; an error message, or empty on success.
 std::string RunOp(Instance& in, const coda_op& op);
 
 }  // namespace coda::vk

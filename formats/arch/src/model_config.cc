@@ -1,5 +1,6 @@
 #include "coda/model_config.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "coda/checked.h"
@@ -154,6 +155,53 @@ ModelStats ComputeStats(const ModelConfig& c) {
   }
   s.kv_bytes_per_token_bf16 = KvBytesPerToken(c, 2);
   return s;
+}
+
+std::vector<float> RopeInvFreq(const ModelConfig& c) {
+  const uint32_t dr = c.qk_rope_head_dim;
+  const double theta = c.rope.theta;
+  std::vector<float> f(dr / 2);
+  for (uint32_t i = 0; i < dr / 2; ++i) f[i] = static_cast<float>(1.0 / std::pow(theta, (2.0 * i) / dr));
+  if (!YarnActive(c)) return f;
+  auto correction_dim = [&](double rotations) {
+    return dr * std::log(c.rope.original_max_position_embeddings / (rotations * 2 * M_PI)) / (2 * std::log(theta));
+  };
+  const double low = std::max(std::floor(correction_dim(c.rope.beta_fast)), 0.0);
+  double high = std::min(std::ceil(correction_dim(c.rope.beta_slow)), static_cast<double>(dr - 1));
+  if (low == high) high += 0.001;
+  for (uint32_t i = 0; i < dr / 2; ++i) {
+    const double ramp = std::clamp((i - low) / (high - low), 0.0, 1.0);
+    f[i] = static_cast<float>(f[i] / c.rope.factor * ramp + f[i] * (1.0 - ramp));
+  }
+  return f;
+}
+
+coda_hparams OpHparams(const ModelConfig& c, const std::vector<float>& inv_freq) {
+  double scale = 1.0 / std::sqrt(static_cast<double>(c.qk_nope_head_dim + c.qk_rope_head_dim));
+  if (YarnActive(c) && c.rope.factor > 1.0) {
+    const double ms = 0.1 * c.rope.mscale_all_dim * std::log(c.rope.factor) + 1.0;
+    scale *= ms * ms;
+  }
+  coda_hparams h{};
+  h.struct_size = sizeof(coda_hparams);
+  h.hidden_size = c.hidden_size;
+  h.n_heads = c.n_heads;
+  h.q_lora_rank = c.q_lora_rank;
+  h.kv_lora_rank = c.kv_lora_rank;
+  h.qk_nope_head_dim = c.qk_nope_head_dim;
+  h.qk_rope_head_dim = c.qk_rope_head_dim;
+  h.v_head_dim = c.v_head_dim;
+  h.n_routed_experts = c.n_routed_experts;
+  h.n_experts_per_tok = c.n_experts_per_tok;
+  h.n_group = c.n_group;
+  h.topk_group = c.topk_group;
+  h.scoring_func = c.scoring_func == ScoringFunc::kSigmoid ? 1 : 0;
+  h.norm_topk_prob = c.norm_topk_prob ? 1 : 0;
+  h.routed_scaling_factor = c.routed_scaling_factor;
+  h.rms_norm_eps = c.rms_norm_eps;
+  h.softmax_scale = static_cast<float>(scale);
+  h.rope_inv_freq = inv_freq.empty() ? nullptr : inv_freq.data();
+  return h;
 }
 
 }  // namespace coda

@@ -2,6 +2,30 @@
 
 namespace coda {
 
+// The file stores dtypes by the ABI's numbers (coda_dtypes.h).
+#define CODA_FB_DTYPE_MATCHES_(name, number, size, text)                          \
+  static_assert(static_cast<int>(fb::DType::name) == CODA_DTYPE_##name &&      \
+                    static_cast<int>(DType::k##name) == CODA_DTYPE_##name,     \
+                "coda.fbs DType " #name " differs from coda_dtypes.h");
+CODA_DTYPE_TABLE(CODA_FB_DTYPE_MATCHES_)
+#undef CODA_FB_DTYPE_MATCHES_
+#define CODA_FB_DTYPE_COUNT_(name, number, size, text) +1
+static_assert(static_cast<int>(fb::DType::MAX) + 1 == 0 CODA_DTYPE_TABLE(CODA_FB_DTYPE_COUNT_),
+              "coda.fbs and coda_dtypes.h list different numbers of dtypes");
+#undef CODA_FB_DTYPE_COUNT_
+// The schema's other enums are read by a cast into the architecture description's.
+static_assert(static_cast<int>(fb::Arch::DeepseekV3) == static_cast<int>(Arch::kDeepseekV3) &&
+              static_cast<int>(fb::Arch::MAX) == static_cast<int>(Arch::kDeepseekV3));
+static_assert(static_cast<int>(fb::ScoringFunc::Sigmoid) == static_cast<int>(ScoringFunc::kSigmoid) &&
+              static_cast<int>(fb::ScoringFunc::MAX) == static_cast<int>(ScoringFunc::kSigmoid));
+static_assert(static_cast<int>(fb::TopkMethod::GroupLimitedGreedy) == static_cast<int>(TopkMethod::kGroupLimitedGreedy) &&
+              static_cast<int>(fb::TopkMethod::NoauxTc) == static_cast<int>(TopkMethod::kNoauxTc) &&
+              static_cast<int>(fb::TopkMethod::MAX) == static_cast<int>(TopkMethod::kNoauxTc));
+static_assert(static_cast<int>(fb::TensorRole::Router) == static_cast<int>(TensorRole::kRouter) &&
+              static_cast<int>(fb::TensorRole::Head) == static_cast<int>(TensorRole::kHead) &&
+              static_cast<int>(fb::TensorRole::Scale) == static_cast<int>(TensorRole::kScale) &&
+              static_cast<int>(fb::TensorRole::MAX) == static_cast<int>(TensorRole::kScale));
+
 flatbuffers::Offset<fb::HParams> WriteHParams(flatbuffers::FlatBufferBuilder& b, const ModelConfig& c) {
   auto architecture = b.CreateString(c.architecture);
   auto model_type = b.CreateString(c.model_type);
@@ -91,21 +115,6 @@ Result<ModelConfig> ReadHParams(const fb::HParams& h) {
   c.fp8_block = h.fp8_block();
   CODA_RETURN_IF_ERROR(c.Validate());
   return c;
-}
-
-OpArity ArityOf(fb::OpType op) {
-  switch (op) {
-    case fb::OpType::Embed: return {1, 1, 1};
-    case fb::OpType::RmsNorm: return {1, 1, 1};
-    case fb::OpType::Linear: return {1, 1, 1};
-    case fb::OpType::MlaAttention: return {8, 1, 1};
-    case fb::OpType::MoeGate: return {2, 1, 2};
-    case fb::OpType::MoeExperts: return {-1, 3, 1};
-    case fb::OpType::Mlp: return {3, 1, 1};
-    case fb::OpType::Add: return {0, 2, 1};
-    case fb::OpType::Head: return {1, 1, 1};
-  }
-  return {0, 0, 0};
 }
 
 }  // namespace coda

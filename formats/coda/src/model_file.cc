@@ -4,6 +4,7 @@
 
 #include "coda/checked.h"
 #include "coda/model_file.h"
+#include "coda_ops.hpp"
 #include "hparams.h"
 
 namespace coda {
@@ -25,8 +26,8 @@ std::string_view View(const flatbuffers::String* s) { return s ? std::string_vie
 }  // namespace
 
 std::string_view OpTypeName(uint8_t op) {
-  if (op > static_cast<uint8_t>(fb::OpType::MAX)) return "?";
-  return fb::EnumNameOpType(static_cast<fb::OpType>(op));
+  const char* name = coda_op_name(op);
+  return name ? name : "?";
 }
 
 Result<ModelFile> ModelFile::Open(const std::string& path) {
@@ -168,42 +169,81 @@ Result<ModelFile> ModelFile::FromBytes(std::span<const uint8_t> bytes, const std
     }
   }
 
-  // Graph: ops known, arities right, values defined before use and written once, weights valid.
+  // Graph: values defined before use and written once; every node's tensors as its op's
+  // signature (coda_ops.h) says: counts, activation dtypes and widths, weights present or absent
+  // with their shapes and dtypes. Rows are checked for one token (every value's rows scale
+  // alike); the MLA layers address the latent cache once each.
   const fb::Graph* g = m->graph();
   f.graph_.n_values = g->n_values();
   f.graph_.logits = g->logits();
   if (g->n_values() == 0 || g->n_values() > kMaxNodes * 2) return fail("graph: bad value count");
   if (!g->nodes() || g->nodes()->size() > kMaxNodes) return fail("graph: missing or oversized node list");
+  std::vector<coda_tensor> views(f.tensors_.size());
+  for (size_t i = 0; i < views.size(); ++i) {
+    const TensorRef& r = f.tensors_[i];
+    coda_tensor& t = views[i];
+    t.dtype = static_cast<uint32_t>(r.dtype);
+    t.ndim = static_cast<uint32_t>(r.shape.size());  // a rank above CODA_MAX_DIMS matches no slot
+    for (size_t d = 0; d < r.shape.size() && d < CODA_MAX_DIMS; ++d) t.shape[d] = r.shape[d];
+    t.data = const_cast<uint8_t*>(r.data);
+    t.block = c.fp8_block;
+    if (r.scale >= 0) t.scale = &views[static_cast<size_t>(r.scale)];
+  }
+  const coda_hparams hp = OpHparams(c, {});
+  std::vector<coda_tensor> values(g->n_values());
   std::vector<bool> defined(g->n_values(), false);
-  defined[0] = true;  // token ids
+  values[0].dtype = CODA_DTYPE_I32;  // token ids [n]
+  values[0].ndim = 1;
+  values[0].shape[0] = 1;
+  defined[0] = true;
+  std::vector<bool> kv_layer(c.n_layers, false);
+  std::vector<coda_tensor> in, weights, out;
   for (flatbuffers::uoffset_t i = 0; i < g->nodes()->size(); ++i) {
     const fb::Node* n = g->nodes()->Get(i);
     GraphNode node;
-    const std::string where = "graph node #" + std::to_string(i);
-    if (n->op() > fb::OpType::MAX) return fail(where + ": unknown op " + std::to_string(int(n->op())));
-    node.op = static_cast<uint8_t>(n->op());
+    node.op = n->op();
     node.name = n->name() ? n->name()->str() : "";
     node.layer = n->layer();
     if (n->inputs()) node.inputs.assign(n->inputs()->begin(), n->inputs()->end());
     if (n->outputs()) node.outputs.assign(n->outputs()->begin(), n->outputs()->end());
     if (n->weights()) node.weights.assign(n->weights()->begin(), n->weights()->end());
-    const OpArity a = ArityOf(n->op());
-    const int want_w = a.weights >= 0 ? a.weights : static_cast<int>(3 * c.n_routed_experts);
-    if (static_cast<int>(node.inputs.size()) != a.inputs || static_cast<int>(node.outputs.size()) != a.outputs ||
-        static_cast<int>(node.weights.size()) != want_w)
-      return fail(where + " (" + std::string(OpTypeName(node.op)) + "): wrong number of inputs, outputs or weights");
-    for (uint32_t v : node.inputs)
+    const std::string where = "graph node #" + std::to_string(i) + " '" + node.name + "'";
+    const ops::OpInfo* info = ops::Find(node.op);
+    if (!info) return fail(where + ": unknown op " + std::to_string(node.op) + " (a newer coda-convert?)");
+    in.clear();
+    weights.clear();
+    out.assign(node.outputs.size(), coda_tensor{});
+    for (uint32_t v : node.inputs) {
       if (v >= g->n_values() || !defined[v]) return fail(where + ": input value " + std::to_string(v) + " is not defined before use");
-    for (uint32_t v : node.outputs) {
+      in.push_back(values[v]);
+    }
+    for (int32_t w : node.weights) {
+      if (w < -1 || w >= static_cast<int32_t>(views.size())) return fail(where + ": weight index " + std::to_string(w) + " out of range");
+      weights.push_back(w >= 0 ? views[static_cast<size_t>(w)] : coda_tensor{});
+    }
+    const std::string e = ops::Match({node.op, 1, &hp, in.data(), static_cast<uint32_t>(in.size()), weights.data(),
+                                      static_cast<uint32_t>(weights.size()), out.data(), static_cast<uint32_t>(out.size())},
+                                     /*infer=*/true);
+    if (!e.empty()) return fail(where + ": " + e);
+    for (size_t k = 0; k < node.outputs.size(); ++k) {
+      const uint32_t v = node.outputs[k];
       if (v >= g->n_values() || defined[v]) return fail(where + ": output value " + std::to_string(v) + " is invalid or written twice");
       defined[v] = true;
+      values[v] = out[k];
     }
-    for (int32_t w : node.weights)
-      if (w < -1 || w >= static_cast<int32_t>(f.tensors_.size())) return fail(where + ": weight index out of range");
     if (node.layer < -1 || node.layer >= static_cast<int32_t>(c.n_layers)) return fail(where + ": layer out of range");
+    if (info->flags & CODA_OP_USES_KV) {
+      if (node.layer < 0) return fail(where + ": " + std::string(info->name) + " without the layer whose latent cache it uses");
+      if (kv_layer[static_cast<size_t>(node.layer)])
+        return fail(where + ": a second " + std::string(info->name) + " for the latent cache of layer " + std::to_string(node.layer));
+      kv_layer[static_cast<size_t>(node.layer)] = true;
+    }
     f.graph_.nodes.push_back(std::move(node));
   }
   if (f.graph_.logits >= g->n_values() || !defined[f.graph_.logits]) return fail("graph: logits value is never produced");
+  const coda_tensor& logits = values[f.graph_.logits];
+  if (logits.dtype != CODA_DTYPE_F32 || logits.ndim != 2 || logits.shape[1] != c.vocab_size)
+    return fail("graph: the logits value is not F32 [n, vocab_size = " + std::to_string(c.vocab_size) + "]");
 
   if (const fb::TokenizerData* t = m->tokenizer()) {
     f.tokenizer_json_ = View(t->tokenizer_json());

@@ -20,45 +20,45 @@ class GraphBuilder {
   Result<flatbuffers::Offset<fb::Graph>> Build() {
     const uint32_t tokens = NewValue();
     uint32_t h;
-    CODA_ASSIGN_OR_RETURN(h, Node1(fb::OpType::Embed, "embed", {tokens}, {"model.embed_tokens.weight"}));
+    CODA_ASSIGN_OR_RETURN(h, Node1(CODA_OP_EMBED, "embed", {tokens}, {"model.embed_tokens.weight"}));
     for (uint32_t l = 0; l < c_.n_layers; ++l) {
       const std::string p = "model.layers." + std::to_string(l) + ".";
       const int32_t li = static_cast<int32_t>(l);
       uint32_t x, a, m;
-      CODA_ASSIGN_OR_RETURN(x, Node1(fb::OpType::RmsNorm, p + "input_layernorm", {h}, {p + "input_layernorm.weight"}, li));
+      CODA_ASSIGN_OR_RETURN(x, Node1(CODA_OP_RMS_NORM, p + "input_layernorm", {h}, {p + "input_layernorm.weight"}, li));
       const std::string s = p + "self_attn.";
       std::vector<std::string> mla = {
           c_.q_lora_rank ? s + "q_a_proj.weight" : "", c_.q_lora_rank ? s + "q_a_layernorm.weight" : "",
           c_.q_lora_rank ? s + "q_b_proj.weight" : "", c_.q_lora_rank ? "" : s + "q_proj.weight",
           s + "kv_a_proj_with_mqa.weight",            s + "kv_a_layernorm.weight",
           s + "kv_b_proj.weight",                     s + "o_proj.weight"};
-      CODA_ASSIGN_OR_RETURN(a, Node1(fb::OpType::MlaAttention, p + "self_attn", {x}, mla, li));
-      CODA_ASSIGN_OR_RETURN(h, Node1(fb::OpType::Add, p + "attn_residual", {h, a}, {}, li));
-      CODA_ASSIGN_OR_RETURN(x, Node1(fb::OpType::RmsNorm, p + "post_attention_layernorm", {h},
+      CODA_ASSIGN_OR_RETURN(a, Node1(CODA_OP_MLA_ATTENTION, p + "self_attn", {x}, mla, li));
+      CODA_ASSIGN_OR_RETURN(h, Node1(CODA_OP_ADD, p + "attn_residual", {h, a}, {}, li));
+      CODA_ASSIGN_OR_RETURN(x, Node1(CODA_OP_RMS_NORM, p + "post_attention_layernorm", {h},
                                      {p + "post_attention_layernorm.weight"}, li));
       if (!c_.IsMoeLayer(l)) {
-        CODA_ASSIGN_OR_RETURN(m, Node1(fb::OpType::Mlp, p + "mlp", {x}, Mlp(p + "mlp."), li));
+        CODA_ASSIGN_OR_RETURN(m, Node1(CODA_OP_MLP, p + "mlp", {x}, Mlp(p + "mlp."), li));
       } else {
         const uint32_t ids = NewValue(), weights = NewValue();
         const std::string bias = c_.topk_method == TopkMethod::kNoauxTc ? p + "mlp.gate.e_score_correction_bias" : "";
-        CODA_RETURN_IF_ERROR(Node(fb::OpType::MoeGate, p + "mlp.gate", {x}, {ids, weights},
+        CODA_RETURN_IF_ERROR(Node(CODA_OP_MOE_GATE, p + "mlp.gate", {x}, {ids, weights},
                                   {p + "mlp.gate.weight", bias}, li));
         std::vector<std::string> experts;
         for (uint32_t e = 0; e < c_.n_routed_experts; ++e)
           for (auto& w : Mlp(p + "mlp.experts." + std::to_string(e) + ".")) experts.push_back(w);
-        CODA_ASSIGN_OR_RETURN(m, Node1(fb::OpType::MoeExperts, p + "mlp.experts", {x, ids, weights}, experts, li));
+        CODA_ASSIGN_OR_RETURN(m, Node1(CODA_OP_MOE_EXPERTS, p + "mlp.experts", {x, ids, weights}, experts, li));
         if (c_.n_shared_experts) {
           uint32_t shared;
-          CODA_ASSIGN_OR_RETURN(shared, Node1(fb::OpType::Mlp, p + "mlp.shared_experts", {x},
+          CODA_ASSIGN_OR_RETURN(shared, Node1(CODA_OP_MLP, p + "mlp.shared_experts", {x},
                                               Mlp(p + "mlp.shared_experts."), li));
-          CODA_ASSIGN_OR_RETURN(m, Node1(fb::OpType::Add, p + "mlp.sum", {m, shared}, {}, li));
+          CODA_ASSIGN_OR_RETURN(m, Node1(CODA_OP_ADD, p + "mlp.sum", {m, shared}, {}, li));
         }
       }
-      CODA_ASSIGN_OR_RETURN(h, Node1(fb::OpType::Add, p + "mlp_residual", {h, m}, {}, li));
+      CODA_ASSIGN_OR_RETURN(h, Node1(CODA_OP_ADD, p + "mlp_residual", {h, m}, {}, li));
     }
     uint32_t n, logits;
-    CODA_ASSIGN_OR_RETURN(n, Node1(fb::OpType::RmsNorm, "model.norm", {h}, {"model.norm.weight"}));
-    CODA_ASSIGN_OR_RETURN(logits, Node1(fb::OpType::Head, "lm_head", {n}, {"lm_head.weight"}));
+    CODA_ASSIGN_OR_RETURN(n, Node1(CODA_OP_RMS_NORM, "model.norm", {h}, {"model.norm.weight"}));
+    CODA_ASSIGN_OR_RETURN(logits, Node1(CODA_OP_HEAD, "lm_head", {n}, {"lm_head.weight"}));
     return fb::CreateGraph(b_, n_values_, b_.CreateVector(nodes_), logits);
   }
 
@@ -68,7 +68,7 @@ class GraphBuilder {
   }
   uint32_t NewValue() { return n_values_++; }
 
-  Status Node(fb::OpType op, const std::string& name, const std::vector<uint32_t>& in, const std::vector<uint32_t>& out,
+  Status Node(coda_op_type op, const std::string& name, const std::vector<uint32_t>& in, const std::vector<uint32_t>& out,
               const std::vector<std::string>& weights, int32_t layer = -1) {
     std::vector<int32_t> w;
     for (const std::string& wn : weights) {
@@ -80,11 +80,11 @@ class GraphBuilder {
       if (it == index_.end()) return Internal("graph: tensor '" + wn + "' is not in the plan");
       w.push_back(it->second);
     }
-    nodes_.push_back(fb::CreateNode(b_, op, b_.CreateString(name), b_.CreateVector(in), b_.CreateVector(out),
+    nodes_.push_back(fb::CreateNode(b_, static_cast<uint8_t>(op), b_.CreateString(name), b_.CreateVector(in), b_.CreateVector(out),
                                     b_.CreateVector(w), layer));
     return Status::Ok();
   }
-  Result<uint32_t> Node1(fb::OpType op, const std::string& name, const std::vector<uint32_t>& in,
+  Result<uint32_t> Node1(coda_op_type op, const std::string& name, const std::vector<uint32_t>& in,
                          const std::vector<std::string>& weights, int32_t layer = -1) {
     const uint32_t out = NewValue();
     CODA_RETURN_IF_ERROR(Node(op, name, in, {out}, weights, layer));

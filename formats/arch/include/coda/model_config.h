@@ -8,6 +8,7 @@
 
 #include "coda/dtype.h"
 #include "coda/status.h"
+#include "coda_backend.h"
 
 namespace coda {
 
@@ -111,5 +112,17 @@ ModelStats ComputeStats(const ModelConfig& c);
 inline uint64_t KvBytesPerToken(const ModelConfig& c, uint32_t element_size) {
   return static_cast<uint64_t>(c.n_layers) * (c.kv_lora_rank + c.qk_rope_head_dim) * element_size;
 }
+
+// YaRN applies when the model runs past the positions it was trained on.
+inline bool YarnActive(const ModelConfig& c) {
+  return c.rope.yarn && c.max_position_embeddings > c.rope.original_max_position_embeddings;
+}
+// RoPE inverse frequencies (qk_rope_head_dim / 2 of them), YaRN-corrected as DeepSeek's reference
+// computes them.
+std::vector<float> RopeInvFreq(const ModelConfig& c);
+// The hyper-parameters the ops see (the backend ABI's coda_hparams), with the softmax scale
+// (times mscale^2 under YaRN). rope_inv_freq points into `inv_freq` (RopeInvFreq(c)), which must
+// outlive the result; empty when only shapes matter.
+coda_hparams OpHparams(const ModelConfig& c, const std::vector<float>& inv_freq);
 
 }  // namespace coda
