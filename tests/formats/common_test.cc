@@ -1,9 +1,17 @@
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
+#include <thread>
 
 #include "coda/checked.h"
 #include "coda/dtype.h"
@@ -118,6 +126,136 @@ TEST(AtomicFileWriter, LeavesNothingBehindUnlessCommitted) {
   auto missing = AtomicFileWriter::Create(dir + "/no/such/dir/out.bin");
   ASSERT_FALSE(missing.ok());
   EXPECT_NE(missing.status().message().find("does not exist"), std::string::npos);
+}
+
+// Output paths that are not plain files: the writer never replaces them.
+class OutputPaths : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "/coda_outputs_" + std::to_string(::getpid());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  static std::string Slurp(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  }
+  static Status WriteAll(const std::string& path, const std::string& text) {
+    CODA_ASSIGN_OR_RETURN(auto w, AtomicFileWriter::Create(path));
+    CODA_RETURN_IF_ERROR(w->Write({reinterpret_cast<const uint8_t*>(text.data()), text.size()}));
+    return w->Commit();
+  }
+  // Names in the directory other than those listed (leftover temporary files).
+  std::vector<std::string> Others(std::initializer_list<std::string> known) const {
+    std::vector<std::string> out;
+    for (const auto& e : std::filesystem::directory_iterator(dir_)) {
+      const std::string name = e.path().filename();
+      if (std::find(known.begin(), known.end(), name) == known.end()) out.push_back(name);
+    }
+    return out;
+  }
+  std::string dir_;
+};
+
+TEST_F(OutputPaths, ASymlinkIsWrittenThroughNotReplaced) {
+  const std::string real = dir_ + "/real.bin", link = dir_ + "/link.bin";
+  ASSERT_TRUE(WriteAll(real, "old").ok());
+  std::filesystem::create_symlink("real.bin", link);
+  ASSERT_TRUE(WriteAll(link, "new").ok());
+  EXPECT_TRUE(std::filesystem::is_symlink(link));
+  EXPECT_EQ(Slurp(real), "new");
+  // A dangling link: its target is created.
+  std::filesystem::create_symlink("later.bin", dir_ + "/dangling.bin");
+  ASSERT_TRUE(WriteAll(dir_ + "/dangling.bin", "made").ok());
+  EXPECT_TRUE(std::filesystem::is_symlink(dir_ + "/dangling.bin"));
+  EXPECT_EQ(Slurp(dir_ + "/later.bin"), "made");
+  EXPECT_TRUE(Others({"real.bin", "link.bin", "dangling.bin", "later.bin"}).empty());
+  // A loop is an error, not a hang.
+  std::filesystem::create_symlink("loop2", dir_ + "/loop1");
+  std::filesystem::create_symlink("loop1", dir_ + "/loop2");
+  auto w = AtomicFileWriter::Create(dir_ + "/loop1");
+  ASSERT_FALSE(w.ok());
+  EXPECT_NE(w.status().message().find("too many levels of symbolic links"), std::string::npos);
+}
+
+TEST_F(OutputPaths, AFifoIsWrittenInPlace) {
+  const std::string fifo = dir_ + "/pipe";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  std::string got;
+  std::thread reader([&] { got = Slurp(fifo); });
+  ASSERT_TRUE(WriteAll(fifo, "through the pipe").ok());
+  reader.join();
+  EXPECT_EQ(got, "through the pipe");
+  struct stat st {};
+  ASSERT_EQ(::lstat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+  EXPECT_TRUE(Others({"pipe"}).empty());
+}
+
+TEST_F(OutputPaths, ADeviceIsWrittenInPlace) {
+  // A null device of our own (the machine's /dev/null is not put at risk by a test).
+  const std::string dev = dir_ + "/null";
+  if (::mknod(dev.c_str(), S_IFCHR | 0666, makedev(1, 3)) != 0)
+    GTEST_SKIP() << "cannot make a device node here (" << std::strerror(errno) << "): needs root";
+  ASSERT_TRUE(WriteAll(dev, "discarded").ok());
+  struct stat st {};
+  ASSERT_EQ(::lstat(dev.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISCHR(st.st_mode));
+  EXPECT_TRUE(Others({"null"}).empty());
+}
+
+TEST_F(OutputPaths, ReadOnlyFilesAreRefusedAndPermissionsKept) {
+  const std::string ro = dir_ + "/ro.bin", rw = dir_ + "/rw.bin";
+  ASSERT_TRUE(WriteAll(ro, "keep").ok());
+  ASSERT_EQ(::chmod(ro.c_str(), 0444), 0);
+  const Status s = WriteAll(ro, "overwrite");
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message(), ro + ": is read-only; not replaced");
+  EXPECT_EQ(Slurp(ro), "keep");
+  ASSERT_TRUE(WriteAll(rw, "one").ok());
+  ASSERT_EQ(::chmod(rw.c_str(), 0600), 0);
+  ASSERT_TRUE(WriteAll(rw, "two").ok());
+  struct stat st {};
+  ASSERT_EQ(::stat(rw.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_TRUE(Others({"ro.bin", "rw.bin"}).empty());
+}
+
+TEST_F(OutputPaths, APlantedTemporaryNameIsNeverFollowed) {
+  const std::string victim = dir_ + "/victim", out = dir_ + "/out.bin";
+  ASSERT_TRUE(WriteAll(victim, "precious").ok());
+  // The name the writer tries first, planted as a link to another file.
+  std::filesystem::create_symlink(victim, out + ".tmp." + std::to_string(::getpid()) + ".0");
+  ASSERT_TRUE(WriteAll(out, "output").ok());
+  EXPECT_EQ(Slurp(victim), "precious");
+  EXPECT_EQ(Slurp(out), "output");
+}
+
+// A signal that ends the process takes the temporary file with it; so do exit() and a crash.
+TEST_F(OutputPaths, TemporaryFilesDieWithTheProcess) {
+  enum class End { kSignal, kExit };
+  for (auto [sig, end] : {std::pair{SIGINT, End::kSignal}, {SIGTERM, End::kSignal}, {SIGHUP, End::kSignal},
+                          {SIGSEGV, End::kSignal}, {SIGABRT, End::kSignal}, {0, End::kExit}}) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      auto w = AtomicFileWriter::Create(dir_ + "/out.bin");
+      const uint8_t bytes[] = {1, 2, 3};
+      if (!w.ok() || !(*w)->Write(bytes).ok() || ::access((*w)->temp_path().c_str(), F_OK) != 0) ::_exit(3);
+      if (end == End::kExit) std::exit(0);  // no destructors run
+      ::raise(sig);
+      ::_exit(4);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    if (end == End::kExit) {
+      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+    } else {
+      EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == sig) << "signal " << sig << ", status " << status;
+    }
+    EXPECT_TRUE(Others({}).empty()) << "after signal " << sig << ": " << (Others({}).empty() ? "" : Others({})[0]);
+  }
 }
 
 }  // namespace

@@ -5,10 +5,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <climits>
+#include <signal.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <iterator>
+#include <mutex>
 
 namespace coda {
 
@@ -160,25 +167,151 @@ bool IsDirectory(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+namespace {
+
+// ---- Temporary files removed when a signal ends the process. ----
+//
+// A signal whose action would end the process (it had the default action) removes every
+// temporary file still registered, then ends the process as the signal would have. A signal the
+// program handles itself (coda-chat's Ctrl-C, coda-convert's cancel flag) goes to its handler
+// untouched: the program then finishes or aborts its writers normally. A crash removes them
+// whoever handles it next (a sanitizer's report ends the process too). Process-wide by nature.
+constexpr int kTempSlots = 64;
+std::atomic<const char*> g_temp_files[kTempSlots];
+constexpr int kCleanupSignals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
+constexpr size_t kFirstCrashSignal = 5;  // SIGSEGV onwards
+struct sigaction g_previous[std::size(kCleanupSignals)];
+std::once_flag g_handlers_installed;
+
+void RemoveTempFiles() {
+  for (auto& slot : g_temp_files)
+    if (const char* p = slot.load()) ::unlink(p);
+}
+
+void OnSignal(int sig, siginfo_t* info, void* context) {
+  for (size_t i = 0; i < std::size(kCleanupSignals); ++i) {
+    if (kCleanupSignals[i] != sig) continue;
+    const struct sigaction& prev = g_previous[i];
+    const bool crash = i >= kFirstCrashSignal;
+    const bool info_handler = (prev.sa_flags & SA_SIGINFO) != 0;
+    const bool ignored = !info_handler && prev.sa_handler == SIG_IGN;
+    const bool handled = info_handler ? prev.sa_sigaction != nullptr : prev.sa_handler != SIG_DFL && !ignored;
+    if (ignored && !crash) return;
+    if (crash || !handled) RemoveTempFiles();
+    if (handled) {
+      if (info_handler) return prev.sa_sigaction(sig, info, context);
+      return prev.sa_handler(sig);
+    }
+    ::sigaction(sig, &prev, nullptr);
+    ::raise(sig);  // blocked while this handler runs; delivered, with the default action, on return
+    return;
+  }
+}
+
+void InstallHandlers() {
+  for (size_t i = 0; i < std::size(kCleanupSignals); ++i) {
+    struct sigaction sa {};
+    sa.sa_sigaction = OnSignal;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(kCleanupSignals[i], &sa, &g_previous[i]);
+  }
+  std::atexit(RemoveTempFiles);  // exit() without the writers' destructors
+}
+
+// Registers a temporary file (the string must live until Unregister); false when the table is full.
+bool RegisterTemp(const char* path) {
+  std::call_once(g_handlers_installed, InstallHandlers);
+  for (auto& slot : g_temp_files) {
+    const char* empty = nullptr;
+    if (slot.compare_exchange_strong(empty, path)) return true;
+  }
+  return false;
+}
+
+void UnregisterTemp(const char* path) {
+  for (auto& slot : g_temp_files) {
+    const char* mine = path;
+    if (slot.compare_exchange_strong(mine, nullptr)) return;
+  }
+}
+
+// Follows symbolic links from `path` to the name the output is really written at (which may not
+// exist yet). Relative targets are relative to the link's directory.
+Result<std::string> ResolveLinks(const std::string& path) {
+  std::string p = path;
+  for (int hops = 0; hops < 40; ++hops) {
+    struct stat st {};
+    if (::lstat(p.c_str(), &st) != 0) {
+      if (errno == ENOENT) return p;
+      return IoError(path + ": cannot stat '" + p + "': " + Errno());
+    }
+    if (!S_ISLNK(st.st_mode)) return p;
+    std::string target(PATH_MAX, '\0');
+    const ssize_t n = ::readlink(p.c_str(), target.data(), target.size());
+    if (n < 0 || static_cast<size_t>(n) >= target.size()) return IoError(path + ": cannot read the link '" + p + "'");
+    target.resize(static_cast<size_t>(n));
+    if (target.empty()) return InvalidArgument(path + ": '" + p + "' is an empty symbolic link");
+    if (target[0] != '/') {
+      const auto slash = p.rfind('/');
+      if (slash != std::string::npos) target = p.substr(0, slash + 1) + target;
+    }
+    p = std::move(target);
+  }
+  return InvalidArgument(path + ": too many levels of symbolic links");
+}
+
+}  // namespace
+
 Result<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(const std::string& path) {
-  if (IsDirectory(path)) return InvalidArgument(path + ": is a directory, expected a file name");
-  const auto slash = path.rfind('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  if (path.empty()) return InvalidArgument("empty output path");
+  CODA_ASSIGN_OR_RETURN(const std::string target, ResolveLinks(path));
+  struct stat st {};
+  const bool exists = ::stat(target.c_str(), &st) == 0;
+  if (exists && S_ISDIR(st.st_mode)) return InvalidArgument(path + ": is a directory, expected a file name");
+  if (exists && !S_ISREG(st.st_mode)) {
+    // A device, FIFO or socket is written as it is, like a shell redirection: never replaced.
+    const int fd = ::open(target.c_str(), O_WRONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) return IoError(path + ": cannot open for writing: " + Errno());
+    return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, target, "", fd));
+  }
+  if (exists && (::access(target.c_str(), W_OK) != 0 || (st.st_mode & 0222) == 0))
+    return IoError(path + ": is read-only; not replaced");
+  const auto slash = target.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : target.substr(0, slash));
   if (!IsDirectory(dir)) return NotFound(path + ": output directory '" + dir + "' does not exist");
-  std::string temp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return IoError(path + ": cannot create '" + temp + "': " + Errno());
-  return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, std::move(temp), fd));
+  // A new name of our own in the target's directory: O_EXCL | O_NOFOLLOW never opens something
+  // planted there (a link to another file), and a name taken is skipped.
+  const std::string stem = target + ".tmp." + std::to_string(::getpid()) + ".";
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    std::string temp = stem + std::to_string(attempt);
+    const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0 && errno == EEXIST) continue;
+    if (fd < 0) return IoError(path + ": cannot create '" + temp + "': " + Errno());
+    if (exists && ::fchmod(fd, st.st_mode & 07777) != 0) {
+      // the replacement keeps the file's permissions where it can; the default mode otherwise
+    }
+    auto w = std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, target, std::move(temp), fd));
+    w->registered_ = RegisterTemp(w->temp_path_.c_str());
+    return w;
+  }
+  return IoError(path + ": cannot find a free temporary name beside it");
 }
 
 AtomicFileWriter::~AtomicFileWriter() { Abort(); }
 
 void AtomicFileWriter::Abort() {
-  if (fd_ >= 0) {
-    ::close(fd_);
-    fd_ = -1;
-    ::unlink(temp_path_.c_str());
-  }
+  if (fd_ < 0) return;
+  ::close(fd_);
+  fd_ = -1;
+  if (temp_path_.empty()) return;
+  ::unlink(temp_path_.c_str());
+  Forget();
+}
+
+void AtomicFileWriter::Forget() {
+  if (registered_) UnregisterTemp(temp_path_.c_str());
+  registered_ = false;
 }
 
 Status AtomicFileWriter::FlushBuffer() {
@@ -220,18 +353,33 @@ Status AtomicFileWriter::WriteZeros(uint64_t count) {
 Status AtomicFileWriter::Commit() {
   if (fd_ < 0) return Internal(path_ + ": commit after commit or abort");
   CODA_RETURN_IF_ERROR(FlushBuffer());
+  if (temp_path_.empty()) {
+    // Written in place: devices and FIFOs may not support fsync.
+    const int fd = fd_;
+    fd_ = -1;
+    if (::fsync(fd) != 0 && errno != EINVAL && errno != EROFS && errno != ENOTSUP) {
+      const std::string e = Errno();
+      ::close(fd);
+      return IoError(path_ + ": fsync failed: " + e);
+    }
+    if (::close(fd) != 0) return IoError(path_ + ": close failed: " + Errno());
+    return Status::Ok();
+  }
   if (::fsync(fd_) != 0) return IoError(path_ + ": fsync failed: " + Errno());
   if (::close(fd_) != 0) {
     fd_ = -1;
     ::unlink(temp_path_.c_str());
+    Forget();
     return IoError(path_ + ": close failed: " + Errno());
   }
   fd_ = -1;
-  if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
+  if (::rename(temp_path_.c_str(), target_.c_str()) != 0) {
     Status s = IoError(path_ + ": cannot rename '" + temp_path_ + "' into place: " + Errno());
     ::unlink(temp_path_.c_str());
+    Forget();
     return s;
   }
+  Forget();
   return Status::Ok();
 }
 

@@ -50,8 +50,11 @@ bool FileExists(const std::string& path);
 uint64_t AvailableMemoryBytes();
 bool IsDirectory(const std::string& path);
 
-// Writes `path` through a temporary file in the same directory; the file appears under its
-// name only after Commit(). Destroying an uncommitted writer removes the temporary file.
+// Writes an output file so that it appears only when complete: through a temporary file beside
+// it, renamed over it by Commit(). A symbolic link is followed and its target written; a device,
+// FIFO or socket is written directly, never replaced; a read-only file is refused. The temporary
+// file goes away on every path: Abort(), the destructor, exit(), and any signal that ends the
+// process.
 class AtomicFileWriter {
  public:
   static Result<std::unique_ptr<AtomicFileWriter>> Create(const std::string& path);
@@ -68,16 +71,20 @@ class AtomicFileWriter {
   void Abort();
 
   const std::string& path() const { return path_; }
+  // Empty when the output is written in place (a device or FIFO).
   const std::string& temp_path() const { return temp_path_; }
 
  private:
-  AtomicFileWriter(std::string path, std::string temp_path, int fd)
-      : path_(std::move(path)), temp_path_(std::move(temp_path)), fd_(fd) {}
+  AtomicFileWriter(std::string path, std::string target, std::string temp_path, int fd)
+      : path_(std::move(path)), target_(std::move(target)), temp_path_(std::move(temp_path)), fd_(fd) {}
   Status FlushBuffer();
+  void Forget();  // the temporary file is gone or renamed: no signal may remove it any more
 
-  std::string path_;
+  std::string path_;       // as the caller named it
+  std::string target_;     // after following symbolic links
   std::string temp_path_;
   int fd_ = -1;
+  bool registered_ = false;
   uint64_t offset_ = 0;
   std::unique_ptr<uint8_t[]> buffer_;
   size_t buffered_ = 0;
