@@ -363,6 +363,12 @@ void ExpectError(const json& doc, StatusCode code, std::string_view needle) {
   EXPECT_EQ(s.message().rfind("bad.json: ", 0), 0u) << s.message();
 }
 
+Tokenizer BaseTokenizerOrDie() {
+  auto t = Tokenizer::FromJson(BaseDoc().dump(), "base.json");
+  EXPECT_TRUE(t.ok()) << t.status().message();
+  return std::move(t).value();
+}
+
 TEST(SyntheticTokenizer, BaseDocumentLoads) { EXPECT_TRUE(LoadError(BaseDoc()).ok()); }
 
 TEST(SyntheticTokenizer, RejectsMalformedFiles) {
@@ -494,6 +500,26 @@ TEST(SyntheticTokenizer, RejectsMalformedFiles) {
   d = BaseDoc();
   d["added_tokens"] = "none";
   ExpectError(d, StatusCode::kCorrupt, "added_tokens");
+}
+
+// Small files must not make large tables or deep recursion: ids are bounded by the tokens a file
+// defines, and nesting by a depth limit (both made the model reader take a gigabyte or crash).
+TEST(SyntheticTokenizer, ResourcesAreBoundedByTheFile) {
+  json d = BaseDoc();
+  d["added_tokens"].push_back({{"id", 16777215}, {"content", "<far>"}, {"special", true}});
+  ExpectError(d, StatusCode::kCorrupt, "token id 16777215 is far beyond the");
+  // A normalizer nested 10,000 deep, written by hand (a JSON library would recurse to write it).
+  std::string nested;
+  for (int i = 0; i < 10000; ++i) nested += R"({"type":"Sequence","normalizers":[)";
+  for (int i = 0; i < 10000; ++i) nested += "]}";
+  std::string text = BaseDoc().dump();
+  text.insert(text.find('{') + 1, "\"normalizer\":" + nested + ",");
+  const auto r = Tokenizer::FromJson(text, "deep.json");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(), "deep.json: nested deeper than 64 levels");
+  const auto c = BaseTokenizerOrDie().ApplyTokenizerConfig("[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+                                                            "deep_config.json");
+  EXPECT_EQ(c.message(), "deep_config.json: nested deeper than 64 levels");
 }
 
 TEST(SyntheticTokenizer, AcceptsBothMergeFormatsAndNullFields) {

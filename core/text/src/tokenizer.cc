@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "coda/file.h"
+#include "coda/json.h"
 #include "coda/text/unicode.h"
 #include "pretokenizer.h"
 #include "tokenizer_bpe.h"
@@ -36,6 +37,11 @@ constexpr size_t kMaxTokenBytes = 4096;
 constexpr size_t kMaxTemplateTokens = 64;
 constexpr uint64_t kMaxTokenizerJsonBytes = uint64_t{512} << 20;
 constexpr uint64_t kMaxConfigJsonBytes = uint64_t{64} << 20;
+// Normalizers and pre-tokenizers nest (Sequence of Sequence ...); real files use a few levels.
+constexpr int kMaxJsonDepth = 64;
+// Ids index tables, so they must be about as dense as the tokens a file defines: a handful of
+// tokens may not claim ids in the millions.
+constexpr int64_t kMaxIdGap = 1 << 16;
 
 Status Bad(std::string_view path, std::string_view what) {
   return Corrupt(std::string(path) + ": " + std::string(what));
@@ -476,6 +482,10 @@ Status Tokenizer::Impl::BuildIdTables() {
   TokenId max_id = -1;
   for (const auto& [token, id] : model.vocab()) max_id = std::max(max_id, id);
   for (const auto& t : added) max_id = std::max(max_id, t.id);
+  const int64_t defined = static_cast<int64_t>(model.vocab().size() + added.size());
+  if (max_id >= 2 * defined + kMaxIdGap)
+    return Bad("model.vocab", "token id " + std::to_string(max_id) + " is far beyond the " + std::to_string(defined) +
+                                  " tokens defined (ids must be nearly dense)");
   const size_t n = static_cast<size_t>(max_id + 1);
   id_token.assign(n, std::string());
   id_flags.assign(n, 0);
@@ -598,8 +608,10 @@ Result<Tokenizer> Tokenizer::FromJson(std::string_view json_text, std::string_vi
   auto impl = std::make_shared<Impl>();
   Status st;
   // nlohmann::json throws; nothing may escape this boundary.
+  auto parsed = ParseJson(json_text, std::string(source_name), kMaxJsonDepth);
+  if (!parsed.ok()) return parsed.status();
   try {
-    json doc = json::parse(json_text.begin(), json_text.end());
+    const json& doc = *parsed;
     if (!doc.is_object()) return Corrupt("not a JSON object").WithContext(source_name);
     // The pre-tokenizer decides whether BPE works on bytes, so it is parsed first.
     if (const json* n = Member(doc, "normalizer")) st = impl->ParseNormalizer(*n, "normalizer");
@@ -618,8 +630,6 @@ Result<Tokenizer> Tokenizer::FromJson(std::string_view json_text, std::string_vi
       st = impl->ParseDecoder(d ? *d : json(), "decoder");
     }
     if (st.ok()) st = impl->BuildIdTables();
-  } catch (const json::parse_error& e) {
-    return Corrupt(std::string("not valid JSON: ") + e.what()).WithContext(source_name);
   } catch (const std::bad_alloc&) {
     return OutOfMemory("out of memory while loading the tokenizer").WithContext(source_name);
   } catch (const std::exception& e) {
@@ -643,8 +653,8 @@ Result<Tokenizer> Tokenizer::FromDirectory(const std::string& dir) {
 }
 
 Status Tokenizer::ApplyTokenizerConfig(std::string_view config_json, std::string_view source_name) {
+  CODA_ASSIGN_OR_RETURN(const json doc, ParseJson(config_json, std::string(source_name), kMaxJsonDepth));
   try {
-    const json doc = json::parse(config_json.begin(), config_json.end());
     if (!doc.is_object()) return Corrupt("not a JSON object").WithContext(source_name);
     // Either "text" or {"__type": "AddedToken", "content": "text", ...}.
     auto token_text = [&](const char* key) -> Result<std::optional<std::string>> {
@@ -683,8 +693,6 @@ Status Tokenizer::ApplyTokenizerConfig(std::string_view config_json, std::string
     eos_id_ = eos;
     prefix_ = std::move(prefix);
     suffix_ = std::move(suffix);
-  } catch (const json::parse_error& e) {
-    return Corrupt(std::string("not valid JSON: ") + e.what()).WithContext(source_name);
   } catch (const std::exception& e) {
     return Corrupt(std::string("unexpected content: ") + e.what()).WithContext(source_name);
   }

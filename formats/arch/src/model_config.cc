@@ -76,83 +76,110 @@ std::vector<uint64_t> Fp8ScaleShape(const std::vector<uint64_t>& shape, uint32_t
   return {CeilDiv(shape[0], block), CeilDiv(shape[1], block)};
 }
 
-std::vector<TensorSpec> ExpectedTensors(const ModelConfig& c, bool include_mtp) {
+std::vector<TensorSpec> LayerTensors(const ModelConfig& c, uint32_t l) {
   std::vector<TensorSpec> out;
   const uint64_t h = c.hidden_size, H = c.n_heads;
-  auto add = [&](std::string name, std::vector<uint64_t> shape, TensorRole role, int32_t layer = -1,
-                 int32_t expert = -1, bool mtp = false) {
-    out.push_back(TensorSpec{std::move(name), std::move(shape), role, layer, expert, mtp});
+  const bool mtp = l >= c.n_layers;
+  const int32_t li = static_cast<int32_t>(l);
+  const std::string p = "model.layers." + std::to_string(l) + ".";
+  auto add = [&](std::string name, std::vector<uint64_t> shape, TensorRole role, int32_t expert = -1) {
+    out.push_back(TensorSpec{std::move(name), std::move(shape), role, li, expert, mtp});
   };
-  auto decoder_layer = [&](uint32_t l, bool mtp) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    const int32_t li = static_cast<int32_t>(l);
-    add(p + "input_layernorm.weight", {h}, TensorRole::kNorm, li, -1, mtp);
-    if (c.q_lora_rank) {
-      add(p + "self_attn.q_a_proj.weight", {c.q_lora_rank, h}, TensorRole::kProjection, li, -1, mtp);
-      add(p + "self_attn.q_a_layernorm.weight", {c.q_lora_rank}, TensorRole::kNorm, li, -1, mtp);
-      add(p + "self_attn.q_b_proj.weight", {H * c.qk_head_dim(), c.q_lora_rank}, TensorRole::kProjection, li, -1, mtp);
-    } else {
-      add(p + "self_attn.q_proj.weight", {H * c.qk_head_dim(), h}, TensorRole::kProjection, li, -1, mtp);
-    }
-    add(p + "self_attn.kv_a_proj_with_mqa.weight", {c.kv_lora_rank + c.qk_rope_head_dim, h}, TensorRole::kProjection,
-        li, -1, mtp);
-    add(p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank}, TensorRole::kNorm, li, -1, mtp);
-    add(p + "self_attn.kv_b_proj.weight", {H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank},
-        TensorRole::kProjection, li, -1, mtp);
-    add(p + "self_attn.o_proj.weight", {h, H * c.v_head_dim}, TensorRole::kProjection, li, -1, mtp);
-    add(p + "post_attention_layernorm.weight", {h}, TensorRole::kNorm, li, -1, mtp);
-    auto mlp = [&](const std::string& q, uint64_t width, int32_t expert) {
-      add(q + "gate_proj.weight", {width, h}, TensorRole::kProjection, li, expert, mtp);
-      add(q + "up_proj.weight", {width, h}, TensorRole::kProjection, li, expert, mtp);
-      add(q + "down_proj.weight", {h, width}, TensorRole::kProjection, li, expert, mtp);
-    };
-    if (!c.IsMoeLayer(l)) {
-      mlp(p + "mlp.", c.intermediate_size, -1);
-      return;
-    }
-    add(p + "mlp.gate.weight", {c.n_routed_experts, h}, TensorRole::kRouter, li, -1, mtp);
+  if (mtp) {
+    add(p + "embed_tokens.weight", {c.vocab_size, h}, TensorRole::kEmbedding);
+    add(p + "enorm.weight", {h}, TensorRole::kNorm);
+    add(p + "hnorm.weight", {h}, TensorRole::kNorm);
+    add(p + "eh_proj.weight", {h, 2 * h}, TensorRole::kMtpProjection);
+  }
+  add(p + "input_layernorm.weight", {h}, TensorRole::kNorm);
+  if (c.q_lora_rank) {
+    add(p + "self_attn.q_a_proj.weight", {c.q_lora_rank, h}, TensorRole::kProjection);
+    add(p + "self_attn.q_a_layernorm.weight", {c.q_lora_rank}, TensorRole::kNorm);
+    add(p + "self_attn.q_b_proj.weight", {H * c.qk_head_dim(), c.q_lora_rank}, TensorRole::kProjection);
+  } else {
+    add(p + "self_attn.q_proj.weight", {H * c.qk_head_dim(), h}, TensorRole::kProjection);
+  }
+  add(p + "self_attn.kv_a_proj_with_mqa.weight", {c.kv_lora_rank + c.qk_rope_head_dim, h}, TensorRole::kProjection);
+  add(p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank}, TensorRole::kNorm);
+  add(p + "self_attn.kv_b_proj.weight", {H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank}, TensorRole::kProjection);
+  add(p + "self_attn.o_proj.weight", {h, H * c.v_head_dim}, TensorRole::kProjection);
+  add(p + "post_attention_layernorm.weight", {h}, TensorRole::kNorm);
+  auto mlp = [&](const std::string& q, uint64_t width, int32_t expert) {
+    add(q + "gate_proj.weight", {width, h}, TensorRole::kProjection, expert);
+    add(q + "up_proj.weight", {width, h}, TensorRole::kProjection, expert);
+    add(q + "down_proj.weight", {h, width}, TensorRole::kProjection, expert);
+  };
+  if (!c.IsMoeLayer(l)) {
+    mlp(p + "mlp.", c.intermediate_size, -1);
+  } else {
+    add(p + "mlp.gate.weight", {c.n_routed_experts, h}, TensorRole::kRouter);
     if (c.topk_method == TopkMethod::kNoauxTc)
-      add(p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts}, TensorRole::kRouterBias, li, -1, mtp);
+      add(p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts}, TensorRole::kRouterBias);
     if (c.n_shared_experts)
       mlp(p + "mlp.shared_experts.", static_cast<uint64_t>(c.n_shared_experts) * c.moe_intermediate_size, -1);
     for (uint32_t e = 0; e < c.n_routed_experts; ++e)
       mlp(p + "mlp.experts." + std::to_string(e) + ".", c.moe_intermediate_size, static_cast<int32_t>(e));
-  };
-
-  add("model.embed_tokens.weight", {c.vocab_size, h}, TensorRole::kEmbedding);
-  for (uint32_t l = 0; l < c.n_layers; ++l) decoder_layer(l, false);
-  add("model.norm.weight", {h}, TensorRole::kNorm);
-  add("lm_head.weight", {c.vocab_size, h}, TensorRole::kHead);
-  if (include_mtp) {
-    for (uint32_t m = 0; m < c.n_mtp_layers; ++m) {
-      const uint32_t l = c.n_layers + m;
-      const int32_t li = static_cast<int32_t>(l);
-      const std::string p = "model.layers." + std::to_string(l) + ".";
-      add(p + "embed_tokens.weight", {c.vocab_size, h}, TensorRole::kEmbedding, li, -1, true);
-      add(p + "enorm.weight", {h}, TensorRole::kNorm, li, -1, true);
-      add(p + "hnorm.weight", {h}, TensorRole::kNorm, li, -1, true);
-      add(p + "eh_proj.weight", {h, 2 * h}, TensorRole::kMtpProjection, li, -1, true);
-      decoder_layer(l, true);
-      add(p + "shared_head.norm.weight", {h}, TensorRole::kNorm, li, -1, true);
-      add(p + "shared_head.head.weight", {c.vocab_size, h}, TensorRole::kHead, li, -1, true);
-    }
+  }
+  if (mtp) {
+    add(p + "shared_head.norm.weight", {h}, TensorRole::kNorm);
+    add(p + "shared_head.head.weight", {c.vocab_size, h}, TensorRole::kHead);
   }
   return out;
 }
 
+namespace {
+
+// The tensors outside the decoder layers: embedding first, final norm and lm_head last.
+std::vector<TensorSpec> OuterTensors(const ModelConfig& c) {
+  const uint64_t h = c.hidden_size;
+  return {TensorSpec{"model.embed_tokens.weight", {c.vocab_size, h}, TensorRole::kEmbedding, -1, -1, false},
+          TensorSpec{"model.norm.weight", {h}, TensorRole::kNorm, -1, -1, false},
+          TensorSpec{"lm_head.weight", {c.vocab_size, h}, TensorRole::kHead, -1, -1, false}};
+}
+
+uint32_t LayerCount(const ModelConfig& c, bool include_mtp) { return c.n_layers + (include_mtp ? c.n_mtp_layers : 0); }
+
+}  // namespace
+
+std::vector<TensorSpec> ExpectedTensors(const ModelConfig& c, bool include_mtp) {
+  std::vector<TensorSpec> outer = OuterTensors(c), out;
+  out.push_back(std::move(outer[0]));
+  for (uint32_t l = 0; l < c.n_layers; ++l)
+    for (TensorSpec& t : LayerTensors(c, l)) out.push_back(std::move(t));
+  out.push_back(std::move(outer[1]));
+  out.push_back(std::move(outer[2]));
+  for (uint32_t l = c.n_layers; l < LayerCount(c, include_mtp); ++l)
+    for (TensorSpec& t : LayerTensors(c, l)) out.push_back(std::move(t));
+  return out;
+}
+
+uint64_t ExpectedTensorCount(const ModelConfig& c, bool include_mtp) {
+  // Layers of one kind (dense, MoE, MTP) have the same tensors: count one of each.
+  uint64_t n = OuterTensors(c).size();
+  const uint32_t moe = c.n_layers - c.n_dense_layers;
+  if (c.n_dense_layers) n += uint64_t{c.n_dense_layers} * LayerTensors(c, 0).size();
+  if (moe) n += uint64_t{moe} * LayerTensors(c, c.n_dense_layers).size();
+  if (include_mtp && c.n_mtp_layers) n += uint64_t{c.n_mtp_layers} * LayerTensors(c, c.n_layers).size();
+  return n;
+}
+
 ModelStats ComputeStats(const ModelConfig& c) {
   ModelStats s;
-  for (const TensorSpec& t : ExpectedTensors(c, /*include_mtp=*/true)) {
+  auto count = [&](const TensorSpec& t) {
     const uint64_t n = *CheckedElementCount(t.shape);  // bounded by Validate()
     if (t.mtp) {
       s.params_mtp += n;
-      continue;
+      return;
     }
     s.params_total += n;
     const bool input_embedding = t.role == TensorRole::kEmbedding;
     const bool inactive_expert = t.expert >= static_cast<int32_t>(c.n_experts_per_tok);
     if (!input_embedding && !inactive_expert) s.params_active += n;
-  }
+  };
+  // Layer by layer: a model's tensor list can be millions long.
+  for (const TensorSpec& t : OuterTensors(c)) count(t);
+  for (uint32_t l = 0; l < LayerCount(c, true); ++l)
+    for (const TensorSpec& t : LayerTensors(c, l)) count(t);
   s.kv_bytes_per_token_bf16 = KvBytesPerToken(c, 2);
   return s;
 }

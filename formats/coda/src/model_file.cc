@@ -82,9 +82,12 @@ Result<ModelFile> ModelFile::FromBytes(std::span<const uint8_t> bytes, const std
   f.config_ = std::move(config).value();
   const ModelConfig& c = f.config_;
 
-  // Tensors.
+  // Tensors. The hyper-parameters must fit the table before anything is sized by them.
   const auto* tensors = m->tensors();
   if (tensors->size() > kMaxTensors) return fail("too many tensors");
+  if (const uint64_t need = ExpectedTensorCount(c, /*include_mtp=*/false); need > tensors->size())
+    return fail("the hyper-parameters describe " + std::to_string(need) + " tensors, but the file holds " +
+                std::to_string(tensors->size()));
   const uint8_t* data = p + data_offset;
   f.tensors_.reserve(tensors->size());
   for (flatbuffers::uoffset_t i = 0; i < tensors->size(); ++i) {
@@ -176,8 +179,12 @@ Result<ModelFile> ModelFile::FromBytes(std::span<const uint8_t> bytes, const std
   const fb::Graph* g = m->graph();
   f.graph_.n_values = g->n_values();
   f.graph_.logits = g->logits();
-  if (g->n_values() == 0 || g->n_values() > kMaxNodes * 2) return fail("graph: bad value count");
   if (!g->nodes() || g->nodes()->size() > kMaxNodes) return fail("graph: missing or oversized node list");
+  // Every value but the token ids is some node's output: no more values than outputs.
+  uint64_t n_outputs = 1;
+  for (const fb::Node* n : *g->nodes()) n_outputs += n->outputs() ? n->outputs()->size() : 0;
+  if (g->n_values() == 0 || g->n_values() > n_outputs)
+    return fail("graph: " + std::to_string(g->n_values()) + " values, but its nodes write " + std::to_string(n_outputs - 1));
   std::vector<coda_tensor> views(f.tensors_.size());
   for (size_t i = 0; i < views.size(); ++i) {
     const TensorRef& r = f.tensors_[i];

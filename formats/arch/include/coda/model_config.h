@@ -96,6 +96,10 @@ struct TensorSpec {
 // layer (attention, norms, dense MLP or router + shared experts + routed experts, each expert's
 // gate/up/down together), final norm, lm_head, then MTP modules. Scales are not listed.
 std::vector<TensorSpec> ExpectedTensors(const ModelConfig& c, bool include_mtp = true);
+// The tensors of decoder layer l (MTP layers continue the numbering, with their own extras).
+std::vector<TensorSpec> LayerTensors(const ModelConfig& c, uint32_t layer);
+// ExpectedTensors(c, include_mtp).size(), without building the list (it can be millions long).
+uint64_t ExpectedTensorCount(const ModelConfig& c, bool include_mtp = true);
 
 // Shape of the FP8 block-scale tensor of a projection of shape [out, in].
 std::vector<uint64_t> Fp8ScaleShape(const std::vector<uint64_t>& shape, uint32_t block);
