@@ -6,13 +6,13 @@
 #include <string>
 
 #include "coda/file.h"
+#include "coda/hf_text_files.h"
 #include "coda/model_config.h"
 #include "coda/model_file.h"
-#include "coda/safetensors.h"
 #include "coda/runtime.h"
+#include "coda/safetensors.h"
 #include "coda/tools/cli.h"
 #include "coda/tools/model_session.h"
-#include "convert.h"
 
 namespace {
 
@@ -81,10 +81,9 @@ coda::Result<Report> Inspect(const std::string& path) {
       r.bytes_by_dtype[std::string(DTypeName(ref.info->dtype))] += ref.info->size();
       r.tensors.push_back({name, std::string(DTypeName(ref.info->dtype)), ref.info->shape, ref.info->size()});
     }
-    ModelExtras extras;
-    CODA_RETURN_IF_ERROR(convert::LoadTextAssets(path, &extras));
-    r.has_tokenizer = !extras.tokenizer_json.empty();
-    r.has_chat_template = !extras.chat_template.empty();
+    CODA_ASSIGN_OR_RETURN(HfTextFiles text, ReadHfTextFiles(path));
+    r.has_tokenizer = !text.tokenizer_json.empty();
+    r.has_chat_template = !text.chat_template.empty();
     return r;
   }
   if (EndsWith(path, ".json")) {

@@ -1,6 +1,6 @@
 #include "coda/tools/text_assets.h"
 
-#include "convert.h"
+#include "coda/hf_text_files.h"
 
 namespace coda::tools {
 
@@ -40,10 +40,9 @@ Result<TextAssets> LoadTextAssets(const ModelFile& file) {
 }
 
 Result<TextAssets> LoadTextAssetsFromDir(const std::string& dir) {
-  ModelExtras extras;
-  CODA_RETURN_IF_ERROR(convert::LoadTextAssets(dir, &extras));
-  if (extras.tokenizer_json.empty()) return NotFound(dir + " has no tokenizer.json");
-  return Build(dir, extras.tokenizer_json, extras.tokenizer_config_json, extras.chat_template, -1);
+  CODA_ASSIGN_OR_RETURN(HfTextFiles f, ReadHfTextFiles(dir));
+  if (f.tokenizer_json.empty()) return NotFound(dir + " has no tokenizer.json");
+  return Build(dir, f.tokenizer_json, f.tokenizer_config_json, f.chat_template, -1);
 }
 
 Result<std::string> RenderChat(const TextAssets& assets, const nlohmann::ordered_json& messages,
