@@ -28,7 +28,7 @@ ordered_json Conversation::Messages() const {
 }
 
 Result<std::string> Conversation::Render(bool add_generation_prompt) const {
-  return tools::RenderChat(*assets_, Messages(), add_generation_prompt);
+  return text::RenderChat(*assets_, Messages(), add_generation_prompt);
 }
 
 Status Conversation::Load(const ordered_json& json) {

@@ -10,9 +10,9 @@
 #include <string>
 
 #include "coda/runtime.h"
+#include "coda/text/text_assets.h"
 #include "coda/tools/cli.h"
 #include "coda/tools/model_session.h"
-#include "coda/tools/text_assets.h"
 #include "terminal.h"
 #include "turn.h"
 
@@ -177,7 +177,7 @@ std::optional<int> ParseArgs(int argc, char** argv, Args* a) {
 struct Loaded {
   std::unique_ptr<Context> context;
   std::shared_ptr<Model> model;
-  std::optional<tools::TextAssets> assets;
+  std::optional<text::TextAssets> assets;
   std::unique_ptr<Session> session;
 };
 
@@ -187,7 +187,7 @@ Result<Loaded> Load(const Args& a) {
   load.copy_weights = a.copy_weights;
   CODA_ASSIGN_OR_RETURN(l.model, Model::Load(a.model, load));
   // Refuse a model the chat cannot talk to before spending memory on a KV cache.
-  CODA_ASSIGN_OR_RETURN(tools::TextAssets assets, tools::LoadTextAssets(l.model->file()));
+  CODA_ASSIGN_OR_RETURN(text::TextAssets assets, text::LoadTextAssets(l.model->file()));
   if (!assets.chat_template)
     return NotFound(a.model + " has no chat template, which coda-chat needs to build prompts (convert it from a " +
                     "checkpoint whose tokenizer_config.json has chat_template)");

@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "coda/file.h"
+#include "coda/text/text_assets.h"
 #include "coda/tools/cli.h"
-#include "coda/tools/text_assets.h"
 
 namespace {
 
@@ -46,7 +46,7 @@ Options:
 
 using coda::Result;
 using coda::Status;
-using coda::tools::TextAssets;
+using coda::text::TextAssets;
 using nlohmann::ordered_json;
 
 std::string ReadAll(std::istream& in) { return std::string(std::istreambuf_iterator<char>(in), {}); }
@@ -131,9 +131,9 @@ ordered_json BatchLine(const TextAssets& assets, const std::string& line) {
   if (in.is_object() && in.contains("messages")) {
     auto req = ParseChat(in, false);
     if (!req.ok()) return {{"error", req.status().message()}};
-    auto rendered = coda::tools::RenderChat(assets, req->messages, req->add_generation_prompt);
+    auto rendered = coda::text::RenderChat(assets, req->messages, req->add_generation_prompt);
     if (!rendered.ok()) return {{"error", rendered.status().message()}};
-    auto ids = coda::tools::EncodePrompt(assets, *rendered);
+    auto ids = coda::text::EncodePrompt(assets, *rendered);
     if (!ids.ok()) return {{"error", ids.status().message()}};
     return {{"ids", *ids}, {"rendered", *rendered}};
   }
@@ -198,9 +198,9 @@ int main(int argc, char** argv) {
   if (!model_path.empty()) {
     auto file = ModelFile::Open(model_path);
     if (!file.ok()) return tools::Fail(kTool, file.status());
-    assets = tools::LoadTextAssets(*file);
+    assets = text::LoadTextAssets(*file);
   } else {
-    assets = tools::LoadTextAssetsFromDir(tokenizer_dir);
+    assets = text::LoadTextAssetsFromDir(tokenizer_dir);
   }
   if (!assets.ok()) return tools::Fail(kTool, assets.status());
   const TextAssets& ta = *assets;
@@ -247,13 +247,13 @@ int main(int argc, char** argv) {
     auto req = ParseChat(j, add_gen);
     if (!req.ok()) return tools::Fail(kTool, req.status().WithContext(where));
     // The flag wins over the file's own setting.
-    auto rendered = tools::RenderChat(ta, req->messages, add_gen || req->add_generation_prompt);
+    auto rendered = text::RenderChat(ta, req->messages, add_gen || req->add_generation_prompt);
     if (!rendered.ok()) return tools::Fail(kTool, rendered.status());
     if (!print_ids) {
       PrintText(*rendered);
       return 0;
     }
-    auto ids = tools::EncodePrompt(ta, *rendered);
+    auto ids = text::EncodePrompt(ta, *rendered);
     if (!ids.ok()) return tools::Fail(kTool, ids.status());
     std::printf("%s\n", IdsJson(*ids).c_str());
     return 0;
