@@ -1,6 +1,5 @@
 // coda-conformance: runs the backend conformance suite on one backend library.
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 
 #include "coda/cli/command_line.h"
