@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "coda/cli/values.h"
+
 namespace coda::cli {
 
 namespace {
@@ -12,17 +14,8 @@ constexpr size_t kHelpWidth = 100;  // columns of an option's line in --help
 
 // "-o,--output" -> {"-o", "--output"}.
 std::vector<std::string> Spellings(const std::string& names) {
-  std::vector<std::string> out;
-  size_t at = 0;
-  while (at <= names.size()) {
-    const size_t comma = std::min(names.find(',', at), names.size());
-    std::string name = names.substr(at, comma - at);
-    name.erase(0, name.find_first_not_of(' '));
-    name.erase(name.find_last_not_of(' ') + 1);
-    if (!name.empty()) out.push_back(name);
-    at = comma + 1;
-  }
-  return out;
+  auto list = ParseNameList(names);
+  return list.ok() ? std::move(*list) : std::vector<std::string>{};
 }
 
 // The spelling messages use: the first long one ("--output" of "-o,--output").

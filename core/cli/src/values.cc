@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <type_traits>
 
 namespace coda::cli {
 
@@ -24,10 +25,10 @@ std::vector<std::string> SplitCommas(const std::string& text) {
 }
 
 template <class T>
-std::string Joined(const std::vector<T>& items) {
+std::string Joined(const std::vector<T>& items, char separator = ',') {
   std::string s;
   for (const T& item : items) {
-    if (!s.empty()) s += ',';
+    if (!s.empty()) s += separator;
     if constexpr (std::is_same_v<T, std::string>) s += item;
     else s += std::to_string(item);
   }
@@ -167,8 +168,7 @@ Option& AddNameList(CommandLine& cl, const std::string& names, std::vector<std::
 
 Option& AddChoice(CommandLine& cl, const std::string& names, std::string* out, std::vector<std::string> choices,
                   std::string help) {
-  std::string value_name;
-  for (const std::string& c : choices) value_name += (value_name.empty() ? "" : "|") + c;
+  std::string value_name = Joined(choices, '|');  // before the lambda takes `choices`
   return cl
       .Value(names, std::move(value_name), std::move(help),
              [out, choices = std::move(choices)](const std::string& text) -> Status {
