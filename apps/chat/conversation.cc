@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "coda/file.h"
+#include "coda/json.h"
 
 namespace coda::chat {
 
@@ -28,7 +29,7 @@ ordered_json Conversation::Messages() const {
 }
 
 Result<std::string> Conversation::Render(bool add_generation_prompt) const {
-  return tools::RenderChat(*assets_, Messages(), add_generation_prompt);
+  return text::RenderChat(*assets_, Messages(), add_generation_prompt);
 }
 
 Status Conversation::Load(const ordered_json& json) {
@@ -63,8 +64,7 @@ Status Conversation::Load(const ordered_json& json) {
 
 Status Conversation::LoadFile(const std::string& path) {
   CODA_ASSIGN_OR_RETURN(std::string text, ReadTextFile(path, uint64_t{256} << 20));
-  ordered_json j = ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return InvalidArgument(path + ": not valid JSON");
+  CODA_ASSIGN_OR_RETURN(const ordered_json j, ParseJsonAs<ordered_json>(text, path));
   return Load(j).WithContext(path);
 }
 

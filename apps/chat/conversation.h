@@ -11,7 +11,7 @@
 
 #include "coda/runtime.h"
 #include "coda/status.h"
-#include "coda/tools/text_assets.h"
+#include "coda/text/text_assets.h"
 
 namespace coda::chat {
 
@@ -21,7 +21,7 @@ namespace coda::chat {
 // beside it as "reasoning_content", which the templates ignore, so that /save keeps it.
 class Conversation {
  public:
-  explicit Conversation(const tools::TextAssets& assets) : assets_(&assets) {}
+  explicit Conversation(const text::TextAssets& assets) : assets_(&assets) {}
 
   const std::string& system() const { return system_; }
   void set_system(std::string text) { system_ = std::move(text); }
@@ -46,7 +46,7 @@ class Conversation {
   Status SaveFile(const std::string& path) const;
 
  private:
-  const tools::TextAssets* assets_;
+  const text::TextAssets* assets_;
   std::string system_;
   nlohmann::ordered_json turns_ = nlohmann::ordered_json::array();
 };

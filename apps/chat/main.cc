@@ -1,49 +1,31 @@
 // coda-chat: an interactive chat with a .coda model in the terminal, or one answer with -p.
 #include <unistd.h>
 
-#include <cerrno>
-#include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <optional>
 #include <random>
 #include <string>
 
+#include "coda/cli/command_line.h"
+#include "coda/cli/human_readable.h"
+#include "coda/cli/model_session.h"
+#include "coda/cli/options.h"
 #include "coda/runtime.h"
-#include "coda/tools/cli.h"
-#include "coda/tools/model_session.h"
-#include "coda/tools/text_assets.h"
+#include "coda/text/text_assets.h"
+#include "coda_cpu_backend.h"
 #include "terminal.h"
 #include "turn.h"
 
 namespace {
 
 constexpr char kTool[] = "coda-chat";
-constexpr char kHelp[] = R"(coda-chat: chat with a .coda model (it needs a tokenizer and a chat template).
+constexpr char kAbout[] = R"(coda-chat: chat with a .coda model (it needs a tokenizer and a chat template).
 
 Usage: coda-chat -m model.coda [options]         interactive; type /help inside
-       coda-chat -m model.coda -p "prompt"       print one answer on stdout and exit
+       coda-chat -m model.coda -p "prompt"       print one answer on stdout and exit)";
 
-Options:
-  -m, --model PATH      the .coda model
-  -p, --prompt TEXT     answer TEXT once (exit status 1 on errors)
-  --system TEXT         system prompt
-  --temp T              temperature (default 0.6; 0 is greedy)
-  --top-p P             nucleus sampling threshold (default 0.95; 1 is off)
-  --top-k K             sample among the K likeliest tokens (default 40; 0 is off)
-  --min-p P             drop tokens below P x the likeliest one's probability (default 0)
-  --repeat-penalty R    penalize the last 64 tokens (default 1: off)
-  --seed N              sampling seed (default: random)
-  --n-ctx N             context length in tokens (default 4096, or the model's maximum if lower)
-  --max-tokens N        longest answer (default 2048; 0: until the context is full)
-  --backend LIST        backends in order of preference (default: cpu)
-  --threads N           CPU threads (default: one per core)
-  --copy-weights        read weights from a 2 MB-page copy in RAM, not the file mapping
-  -h, --help            this help
-
-Ctrl-C stops an answer; Ctrl-C twice or Ctrl-D at the prompt quits. Reasoning
-(<think>...</think>) is shown dimmed on a terminal, and goes to stderr otherwise.
-)";
+constexpr char kNotes[] = R"(Ctrl-C stops an answer; Ctrl-C twice or Ctrl-D at the prompt quits. Reasoning
+(<think>...</think>) is shown dimmed on a terminal, and goes to stderr otherwise.)";
 
 constexpr char kCommands[] = R"(Commands:
   /reset          forget the conversation (the system prompt stays)
@@ -83,93 +65,23 @@ struct Args {
   std::vector<std::string> backends = {"cpu"};
 };
 
-Result<double> ParseNumber(const std::string& flag, const std::string& v) {
-  char* end = nullptr;
-  errno = 0;
-  const double d = std::strtod(v.c_str(), &end);
-  if (v.empty() || *end != '\0' || errno || !std::isfinite(d)) return InvalidArgument(flag + " needs a number, not '" + v + "'");
-  return d;
-}
-
-Result<uint64_t> ParseCount(const std::string& flag, const std::string& v, uint64_t max) {
-  char* end = nullptr;
-  errno = 0;
-  const unsigned long long n = std::strtoull(v.c_str(), &end, 10);
-  if (v.empty() || v[0] == '-' || *end != '\0' || errno || n > max)
-    return InvalidArgument(flag + " needs a whole number up to " + std::to_string(max) + ", not '" + v + "'");
-  return n;
-}
-
 // Parses argv into *a; returns an exit code when the program should stop (help, usage error).
 std::optional<int> ParseArgs(int argc, char** argv, Args* a) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string f = argv[i];
-    std::string v;
-    auto value = [&] {
-      if (i + 1 >= argc) return false;
-      v = argv[++i];
-      return true;
-    };
-    auto number = [&](auto* out) -> std::optional<int> {
-      if (!value()) return tools::UsageError(kTool, f + " needs a value");
-      auto d = ParseNumber(f, v);
-      if (!d.ok()) return tools::UsageError(kTool, d.status().message());
-      *out = static_cast<std::remove_pointer_t<decltype(out)>>(*d);
-      return std::nullopt;
-    };
-    auto count = [&](auto* out, uint64_t max) -> std::optional<int> {
-      if (!value()) return tools::UsageError(kTool, f + " needs a value");
-      auto n = ParseCount(f, v, max);
-      if (!n.ok()) return tools::UsageError(kTool, n.status().message());
-      *out = static_cast<std::remove_pointer_t<decltype(out)>>(*n);
-      return std::nullopt;
-    };
-    std::optional<int> stop;
-    if (f == "-h" || f == "--help") {
-      std::fputs(kHelp, stdout);
-      return 0;
-    } else if (f == "-m" || f == "--model") {
-      if (!value()) return tools::UsageError(kTool, f + " needs a value");
-      a->model = v;
-    } else if (f == "-p" || f == "--prompt") {
-      if (!value()) return tools::UsageError(kTool, f + " needs a value");
-      a->prompt = v;
-      a->have_prompt = true;
-    } else if (f == "--system") {
-      if (!value()) return tools::UsageError(kTool, f + " needs a value");
-      a->system = v;
-    } else if (f == "--temp") {
-      stop = number(&a->sampling.temperature);
-    } else if (f == "--top-p") {
-      stop = number(&a->sampling.top_p);
-    } else if (f == "--min-p") {
-      stop = number(&a->sampling.min_p);
-    } else if (f == "--repeat-penalty") {
-      stop = number(&a->sampling.repetition_penalty);
-    } else if (f == "--top-k") {
-      stop = count(&a->sampling.top_k, UINT32_MAX);
-    } else if (f == "--seed") {
-      stop = count(&a->sampling.seed, UINT64_MAX);
-      a->have_seed = true;
-    } else if (f == "--n-ctx") {
-      stop = count(&a->n_ctx, UINT32_MAX);
-      if (!stop && a->n_ctx == 0) return tools::UsageError(kTool, "--n-ctx must be at least 1");
-    } else if (f == "--max-tokens") {
-      stop = count(&a->max_tokens, UINT32_MAX);
-    } else if (f == "--threads") {
-      stop = count(&a->threads, 4096);
-    } else if (f == "--copy-weights") {
-      a->copy_weights = true;
-    } else if (f == "--backend") {
-      if (!value()) return tools::UsageError(kTool, f + " needs a value");
-      a->backends = tools::SplitList(v);
-      if (a->backends.empty()) return tools::UsageError(kTool, "--backend needs at least one name");
-    } else {
-      return tools::UsageError(kTool, "unknown argument '" + f + "'");
-    }
-    if (stop) return stop;
-  }
-  if (a->model.empty()) return tools::UsageError(kTool, "no model given (-m model.coda)");
+  cli::CommandLine cl(kTool, kAbout, kNotes);
+  cli::AddModel(cl, &a->model);
+  cl.Text("-p,--prompt", &a->prompt, "TEXT", "answer TEXT once (exit status 1 on errors)");
+  cl.Text("--system", &a->system, "TEXT", "system prompt");
+  cli::AddSampling(cl, &a->sampling);
+  cli::AddSeed(cl, &a->sampling.seed).DefaultText("random");
+  cli::AddContextLength(cl, &a->n_ctx).DefaultText("4096, or the model's maximum if lower");
+  cli::AddMaxTokens(cl, &a->max_tokens);
+  cli::AddBackends(cl, &a->backends);
+  cli::AddThreads(cl, &a->threads);
+  cli::AddCopyWeights(cl, &a->copy_weights);
+  if (auto code = cl.ParseMain(argc, argv)) return code;
+  a->have_prompt = cl.Given("--prompt");
+  a->have_seed = cl.Given("--seed");
+  if (a->model.empty()) return cl.UsageError("no model given (-m model.coda)");
   return std::nullopt;
 }
 
@@ -177,7 +89,7 @@ std::optional<int> ParseArgs(int argc, char** argv, Args* a) {
 struct Loaded {
   std::unique_ptr<Context> context;
   std::shared_ptr<Model> model;
-  std::optional<tools::TextAssets> assets;
+  std::optional<text::TextAssets> assets;
   std::unique_ptr<Session> session;
 };
 
@@ -187,14 +99,14 @@ Result<Loaded> Load(const Args& a) {
   load.copy_weights = a.copy_weights;
   CODA_ASSIGN_OR_RETURN(l.model, Model::Load(a.model, load));
   // Refuse a model the chat cannot talk to before spending memory on a KV cache.
-  CODA_ASSIGN_OR_RETURN(tools::TextAssets assets, tools::LoadTextAssets(l.model->file()));
+  CODA_ASSIGN_OR_RETURN(text::TextAssets assets, text::LoadTextAssets(l.model->file()));
   if (!assets.chat_template)
     return NotFound(a.model + " has no chat template, which coda-chat needs to build prompts (convert it from a " +
                     "checkpoint whose tokenizer_config.json has chat_template)");
   l.assets = std::move(assets);
   // The linked CPU backend plus plugins found next to the binary and on CODA_BACKEND_PATH.
-  CODA_ASSIGN_OR_RETURN(l.context, Context::Create(tools::DefaultContextOptions(a.threads)));
-  tools::WarnAboutRefusedBackends("coda-chat", *l.context);
+  CODA_ASSIGN_OR_RETURN(l.context, Context::Create(cli::ProgramContextOptions({coda_cpu_backend_entry}, a.threads)));
+  cli::WarnAboutRefusedBackends(kTool, *l.context);
   SessionOptions so;
   const uint32_t max_pos = l.model->config().max_position_embeddings;
   so.n_ctx = a.n_ctx ? a.n_ctx : (max_pos ? std::min<uint32_t>(4096, max_pos) : 4096);
@@ -272,9 +184,9 @@ void PrintStats(const chat::Chat& c, const TurnStats* last) {
   const Session& s = c.session();
   const LatentKvCache& kv = s.kv_cache();
   std::printf("KV cache: %u / %u positions (%.1f%%), %s of %s (%s, %s per position)\n", s.n_past(), s.n_ctx(),
-              100.0 * s.n_past() / s.n_ctx(), tools::HumanBytes(kv.bytes_per_token() * s.n_past()).c_str(),
-              tools::HumanBytes(kv.bytes_total()).c_str(), std::string(DTypeName(kv.dtype())).c_str(),
-              tools::HumanBytes(kv.bytes_per_token()).c_str());
+              100.0 * s.n_past() / s.n_ctx(), cli::HumanBytes(kv.bytes_per_token() * s.n_past()).c_str(),
+              cli::HumanBytes(kv.bytes_total()).c_str(), std::string(DTypeName(kv.dtype())).c_str(),
+              cli::HumanBytes(kv.bytes_per_token()).c_str());
 }
 
 // The note after an answer that did not end by itself; empty when it did.
@@ -305,7 +217,7 @@ int RunOnce(chat::Chat& c, const Args& a, const chat::TurnOptions& opts) {
   AnswerPrinter printer(Style::For(stdout));
   auto r = c.Respond(a.prompt, opts, [&](const Piece& p) { printer(p); });
   printer.End();
-  if (!r.ok()) return tools::Fail(kTool, r.status());
+  if (!r.ok()) return cli::Fail(kTool, r.status());
   const std::string note = EndNote(r->stats.end, a.max_tokens);
   if (!note.empty()) std::fprintf(stderr, "%s: %s\n", kTool, note.c_str());
   return r->stats.end == TurnEnd::kCancelled ? 130 : 0;
@@ -410,7 +322,7 @@ int main(int argc, char** argv) {
   if (auto code = ParseArgs(argc, argv, &a)) return *code;
   if (!a.have_seed) a.sampling.seed = std::random_device{}();
   auto sampler = Sampler::Create(a.sampling);
-  if (!sampler.ok()) return tools::UsageError(kTool, sampler.status().message());
+  if (!sampler.ok()) return cli::UsageError(kTool, sampler.status().message());
   chat::SetUtf8Locale();
 
   std::fprintf(stderr, "loading %s... ", a.model.c_str());
@@ -418,10 +330,10 @@ int main(int argc, char** argv) {
   auto loaded = Load(a);
   if (!loaded.ok()) {
     std::fprintf(stderr, "failed\n");
-    return tools::Fail(kTool, loaded.status());
+    return cli::Fail(kTool, loaded.status());
   }
   const ModelFile& file = loaded->model->file();
-  std::fprintf(stderr, "done (%zu tensors, %s)\n", file.tensors().size(), tools::HumanBytes(file.file_size()).c_str());
+  std::fprintf(stderr, "done (%zu tensors, %s)\n", file.tensors().size(), cli::HumanBytes(file.file_size()).c_str());
   if (!loaded->assets->eos_id)
     std::fprintf(stderr, "%s: warning: the tokenizer names no EOS token; answers end only at --max-tokens\n", kTool);
 
@@ -437,6 +349,6 @@ int main(int argc, char** argv) {
   const Style dim = Style::For(stderr);
   const LatentKvCache& kv = loaded->session->kv_cache();
   std::fprintf(stderr, "%scontext %u tokens (KV cache %s). /help lists commands; Ctrl-D quits.%s\n", dim.dim(),
-               loaded->session->n_ctx(), tools::HumanBytes(kv.bytes_total()).c_str(), dim.reset());
+               loaded->session->n_ctx(), cli::HumanBytes(kv.bytes_total()).c_str(), dim.reset());
   return RunInteractive(c, a, opts);
 }

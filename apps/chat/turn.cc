@@ -37,7 +37,7 @@ Result<TurnResult> Chat::Respond(std::string user_text, const TurnOptions& o,
   };
   auto rendered = conversation_.Render(/*add_generation_prompt=*/true);
   if (!rendered.ok()) return undo(rendered.status());
-  auto prompt = tools::EncodePrompt(*assets_, *rendered);
+  auto prompt = text::EncodePrompt(*assets_, *rendered);
   if (!prompt.ok()) return undo(prompt.status());
   if (prompt->empty()) return undo(InvalidArgument("the chat template rendered an empty prompt"));
   if (prompt->size() > s.n_ctx())

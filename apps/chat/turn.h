@@ -8,7 +8,7 @@
 
 #include "coda/runtime.h"
 #include "coda/sampler.h"
-#include "coda/tools/text_assets.h"
+#include "coda/text/text_assets.h"
 #include "conversation.h"
 #include "reasoning.h"
 
@@ -41,7 +41,7 @@ struct TurnResult {
 // left as it was and the next turn works as usual.
 class Chat {
  public:
-  Chat(const tools::TextAssets& assets, Session& session, Sampler& sampler)
+  Chat(const text::TextAssets& assets, Session& session, Sampler& sampler)
       : assets_(&assets), sampler_(&sampler), conversation_(assets), cache_(session) {}
 
   Result<TurnResult> Respond(std::string user_text, const TurnOptions& options,
@@ -54,7 +54,7 @@ class Chat {
   void Reset();
 
  private:
-  const tools::TextAssets* assets_;
+  const text::TextAssets* assets_;
   Sampler* sampler_;
   Conversation conversation_;
   PromptCache cache_;

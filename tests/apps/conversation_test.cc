@@ -82,11 +82,11 @@ TEST(ReasoningSplitter, InnerWhitespaceIsKept) {
 }
 
 // Text assets of the real DeepSeek-V3 tokenizer directory.
-const tools::TextAssets& Assets() {
-  static const tools::TextAssets* assets = [] {
-    auto a = tools::LoadTextAssetsFromDir(test::TokenizerDir());
+const text::TextAssets& Assets() {
+  static const text::TextAssets* assets = [] {
+    auto a = text::LoadTextAssetsFromDir(test::TokenizerDir());
     EXPECT_TRUE(a.ok()) << a.status().message();
-    return new tools::TextAssets(std::move(*a));
+    return new text::TextAssets(std::move(*a));
   }();
   return *assets;
 }
@@ -141,6 +141,7 @@ TEST(Conversation, LoadRefusesBadInputAndKeepsWhatItHad) {
     EXPECT_EQ(c.Messages()[0]["content"], "keep me");
   };
   fails("not json", "not valid JSON");
+  fails(std::string(300000, '[') + std::string(300000, ']'), "nested deeper than 64 levels");
   fails("{\"role\": \"user\"}", "array of messages");
   fails("[{\"role\": \"wizard\", \"content\": \"x\"}]", "role 'wizard'");
   fails("[{\"role\": \"user\", \"content\": 3}]", "\"content\"");
@@ -157,7 +158,7 @@ struct Bench {
   std::unique_ptr<Context> context;
   std::shared_ptr<Model> model;
   std::unique_ptr<Session> session;
-  std::unique_ptr<tools::TextAssets> assets;
+  std::unique_ptr<text::TextAssets> assets;
   size_t tokens_run = 0;
 
   explicit Bench(uint32_t n_ctx) {
@@ -170,9 +171,9 @@ struct Bench {
     EXPECT_TRUE(m.ok()) << m.status().message();
     if (!m.ok()) return;
     model = *m;
-    auto a = tools::LoadTextAssets(model->file());
+    auto a = text::LoadTextAssets(model->file());
     EXPECT_TRUE(a.ok()) << a.status().message();
-    assets = std::make_unique<tools::TextAssets>(std::move(*a));
+    assets = std::make_unique<text::TextAssets>(std::move(*a));
     SessionOptions so;
     so.n_ctx = n_ctx;
     session = std::move(Session::Create(*context, model, so).value());
@@ -184,8 +185,8 @@ struct Bench {
   bool ok() const { return session != nullptr; }
 };
 
-std::vector<int32_t> Encode(const tools::TextAssets& a, const std::string& rendered) {
-  auto ids = tools::EncodePrompt(a, rendered);
+std::vector<int32_t> Encode(const text::TextAssets& a, const std::string& rendered) {
+  auto ids = text::EncodePrompt(a, rendered);
   EXPECT_TRUE(ids.ok()) << ids.status().message();
   return ids.ok() ? *ids : std::vector<int32_t>{};
 }
@@ -224,7 +225,7 @@ TEST(PromptCache, RewindsToTheCommonPrefix) {
 TEST(PromptCache, SecondTurnPrefillsOnlyTheNewTokens) {
   Bench b(256);
   ASSERT_TRUE(b.ok());
-  const tools::TextAssets& a = *b.assets;
+  const text::TextAssets& a = *b.assets;
   Conversation conv(a);
   PromptCache cache(*b.session);
   conv.set_system("You are helpful.");

@@ -220,7 +220,7 @@ TEST(Convert, BadInputsGiveOneClearErrorAndNoOutput) {
   ExpectConvertFails(dir, dir.str() + "/nothing -o " + out, {"nothing"});
   // Usage errors.
   ExpectConvertFails(dir, GoldenHf("v2-bf16"), {"no output file"});
-  ExpectConvertFails(dir, GoldenHf("v2-bf16") + " -o " + out + " --dtype int4", {"--dtype must be bf16 or f32"});
+  ExpectConvertFails(dir, GoldenHf("v2-bf16") + " -o " + out + " --dtype int4", {"--dtype: 'int4' is not bf16 or f32"});
 }
 
 TEST(Inspect, RejectsCorruptModelFiles) {

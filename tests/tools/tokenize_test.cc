@@ -179,6 +179,26 @@ TEST(Tokenize, InvalidUtf8NamesTheByteOffset) {
   EXPECT_NE(b.out.find("{\"ids\":[633]}"), std::string::npos) << b.out;
 }
 
+// JSON nested 300,000 deep (it crashed each path) is refused with the depth, and a batch goes on.
+TEST(Tokenize, DeepJsonIsRefusedEverywhere) {
+  TempDir dir;
+  const std::string deep = std::string(300000, '[') + std::string(300000, ']');
+  RunResult r = Tokenize(dir, ByDir() + " --decode", deep);
+  EXPECT_EQ(r.exit_code, 1) << r.out.substr(0, 300);
+  EXPECT_NE(r.out.find("nested deeper than 64 levels"), std::string::npos) << r.out.substr(0, 300);
+  r = Tokenize(dir, ByDir() + " --chat -", deep);
+  EXPECT_EQ(r.exit_code, 1) << r.out.substr(0, 300);
+  EXPECT_NE(r.out.find("stdin: nested deeper than 64 levels"), std::string::npos) << r.out.substr(0, 300);
+  r = Tokenize(dir, ByDir() + " --batch", "{\"text\": \"x\"}\n{\"text\": " + deep + "}\n{\"text\": \"ok\"}\n");
+  EXPECT_EQ(r.exit_code, 0) << r.out.substr(0, 300);
+  std::vector<json> out;
+  std::istringstream lines(r.out);
+  for (std::string line; std::getline(lines, line);) out.push_back(json::parse(line));
+  ASSERT_EQ(out.size(), 3u) << r.out.substr(0, 300);
+  EXPECT_EQ(out[1]["error"], "the line: nested deeper than 64 levels");
+  EXPECT_EQ(out[2]["ids"], json({633}));
+}
+
 TEST(Tokenize, MissingTokenizerIsAClearError) {
   TempDir dir;
   const std::string model = test::NoTokenizerModel();

@@ -11,13 +11,17 @@
 #include <thread>
 #include <vector>
 
-#include "coda/tools/cli.h"
-#include "coda/tools/model_session.h"
+#include "coda/cli/command_line.h"
+#include "coda/cli/human_readable.h"
+#include "coda/cli/model_session.h"
+#include "coda/cli/options.h"
+#include "coda/cli/values.h"
+#include "coda_cpu_backend.h"
 
 namespace {
 
 constexpr char kTool[] = "coda-bench";
-constexpr char kHelp[] = R"(coda-bench: prefill and decode speed, and the fraction of the memory-bandwidth bound.
+constexpr char kAbout[] = R"(coda-bench: prefill and decode speed, and the fraction of the memory-bandwidth bound.
 
 Usage:
   coda-bench -m model.coda [options]
@@ -25,21 +29,10 @@ Usage:
 Runs pp<N> (one prefill of N tokens) and tg<M> (M decode steps) at each context depth, and
 measures the machine's read bandwidth just before and after each decode test. The decode bound
 is bandwidth / (active weight bytes + latent-cache bytes read per token), with the higher of
-the two bandwidth figures.
+the two bandwidth figures.)";
 
-Options:
-  -m, --model PATH     the .coda model
-  --pp N               prefill length (default 512)
-  --tg N               decode steps per depth (default 128)
-  --depths LIST        context depths for decoding (default 0,1024,4096)
-  --threads N          CPU threads (default: one per core)
-  --copy-weights       copy the weights into 2 MB-page memory instead of reading the file mapping
-  --kv-dtype bf16|f32  latent cache precision (default bf16)
-  --backend LIST       backends in order of preference (default: cpu)
-  --profile            also print where decode time goes, by op type
-  --json               print one JSON object instead of the table
-  -h, --help           this help
-)";
+// Prefill lengths, decode steps and depths: far beyond any context a benchmark needs.
+constexpr uint32_t kMaxTokens = 1'000'000;
 
 using Clock = std::chrono::steady_clock;
 
@@ -93,72 +86,34 @@ class BandwidthMeter {
 
 int main(int argc, char** argv) {
   using namespace coda;
-  tools::LoadOptions lo;
-  lo.tool = kTool;
+  cli::ModelSessionOptions mo;
+  mo.program = kTool;
+  mo.linked_backends = {coda_cpu_backend_entry};
   uint32_t pp = 512, tg = 128;
   std::vector<int32_t> depths = {0, 1024, 4096};
   bool json = false, profile = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    std::string v;
-    auto value = [&]() {
-      if (i + 1 >= argc) return false;
-      v = argv[++i];
-      return true;
-    };
-    auto number = [&](uint32_t* out) {
-      if (!value()) return false;
-      char* end = nullptr;
-      const unsigned long n = std::strtoul(v.c_str(), &end, 10);
-      if (v.empty() || *end || n > 1'000'000) return false;
-      *out = static_cast<uint32_t>(n);
-      return true;
-    };
-    if (a == "-h" || a == "--help") {
-      std::fputs(kHelp, stdout);
-      return 0;
-    } else if (a == "-m" || a == "--model") {
-      if (!value()) return tools::UsageError(kTool, a + " needs a value");
-      lo.model_path = v;
-    } else if (a == "--pp") {
-      if (!number(&pp)) return tools::UsageError(kTool, "--pp needs a token count");
-    } else if (a == "--tg") {
-      if (!number(&tg) || tg == 0) return tools::UsageError(kTool, "--tg needs a positive step count");
-    } else if (a == "--threads") {
-      if (!number(&lo.n_threads)) return tools::UsageError(kTool, "--threads needs a number");
-    } else if (a == "--copy-weights") {
-      lo.load.copy_weights = true;
-    } else if (a == "--depths") {
-      if (!value()) return tools::UsageError(kTool, a + " needs a value");
-      auto d = tools::ParseIdList(v);
-      if (!d.ok()) return tools::UsageError(kTool, "--depths: " + d.status().message());
-      depths = *d;
-    } else if (a == "--kv-dtype") {
-      if (!value()) return tools::UsageError(kTool, a + " needs a value");
-      auto d = tools::ParseKvDtype(v);
-      if (!d.ok()) return tools::UsageError(kTool, d.status().message());
-      lo.kv_dtype = *d;
-    } else if (a == "--backend") {
-      if (!value()) return tools::UsageError(kTool, a + " needs a value");
-      lo.backends = tools::SplitList(v);
-    } else if (a == "--json") {
-      json = true;
-    } else if (a == "--profile") {
-      profile = true;
-    } else {
-      return tools::UsageError(kTool, "unknown argument '" + a + "'");
-    }
-  }
-  if (lo.model_path.empty()) return tools::UsageError(kTool, "no model given (-m model.coda)");
+  cli::CommandLine cl(kTool, kAbout);
+  cli::AddModel(cl, &mo.model_path);
+  cli::AddWholeNumber(cl, "--pp", &pp, "N", "prefill length in tokens; 0 skips the prefill test", 0, kMaxTokens);
+  cli::AddWholeNumber(cl, "--tg", &tg, "N", "decode steps per depth", 1, kMaxTokens);
+  cli::AddWholeNumberList(cl, "--depths", &depths, "LIST", "context depths for decoding", kMaxTokens);
+  cli::AddThreads(cl, &mo.n_threads);
+  cli::AddCopyWeights(cl, &mo.load.copy_weights);
+  cli::AddKvDtype(cl, &mo.kv_dtype);
+  cli::AddBackends(cl, &mo.backends);
+  cl.Flag("--profile", &profile, "also print where decode time goes, by op type");
+  cl.Flag("--json", &json, "print one JSON object instead of the table");
+  if (auto code = cl.ParseMain(argc, argv)) return *code;
+  if (mo.model_path.empty()) return cl.UsageError("no model given (-m model.coda)");
   const int32_t max_depth = depths.empty() ? 0 : *std::max_element(depths.begin(), depths.end());
-  lo.n_ctx = static_cast<uint32_t>(std::max<int64_t>(pp, max_depth + tg)) + 1;
-  auto loaded = tools::LoadModelSession(lo);
-  if (!loaded.ok()) return tools::Fail(kTool, loaded.status());
+  mo.n_ctx = static_cast<uint32_t>(std::max<int64_t>(pp, int64_t{max_depth} + tg)) + 1;
+  auto loaded = cli::OpenModelSession(mo);
+  if (!loaded.ok()) return cl.Fail(loaded.status());
   Session& s = *loaded->session;
   const Model& m = *loaded->model;
-  const unsigned threads = lo.n_threads ? lo.n_threads : std::max(1u, std::thread::hardware_concurrency());
+  const unsigned threads = mo.n_threads ? mo.n_threads : std::max(1u, std::thread::hardware_concurrency());
   // The first preferred backend (the session would have failed had it not been found).
-  auto preferred = loaded->context->Find(lo.backends.empty() ? "cpu" : lo.backends.front());
+  auto preferred = loaded->context->Find(mo.backends.front());
   const std::string backend = preferred.ok() ? (*preferred)->describe() : "cpu";
 
   std::mt19937 rng(1);
@@ -171,7 +126,7 @@ int main(int argc, char** argv) {
   BandwidthMeter meter(threads);
   meter.Measure();
   nlohmann::ordered_json out;
-  out["model"] = lo.model_path;
+  out["model"] = mo.model_path;
   out["backend"] = backend;
   out["threads"] = threads;
   out["active_weight_bytes"] = m.active_weight_bytes();
@@ -190,13 +145,13 @@ int main(int argc, char** argv) {
   if (pp > 0) {
     // One warm-up prefill (page faults of the mapping, allocation), then the timed one.
     auto warm = random_tokens(std::min<uint32_t>(pp, 16));
-    if (auto r = s.Forward(warm); !r.ok()) return tools::Fail(kTool, r.status());
+    if (auto r = s.Forward(warm); !r.ok()) return cl.Fail(r.status());
     s.Reset();
     const auto t = random_tokens(pp);
     const auto t0 = Clock::now();
     phase = "pp";
     last = t0;
-    if (auto r = s.Forward(t); !r.ok()) return tools::Fail(kTool, r.status());
+    if (auto r = s.Forward(t); !r.ok()) return cl.Fail(r.status());
     phase.clear();
     const double sec = Seconds(t0, Clock::now());
     out["pp"] = {{"tokens", pp}, {"seconds", sec}, {"tokens_per_s", pp / sec}};
@@ -204,16 +159,16 @@ int main(int argc, char** argv) {
   auto& tgs = out["tg"] = nlohmann::json::array();
   for (int32_t depth : depths) {
     s.Reset();
-    if (Status st = s.JumpTo(static_cast<uint32_t>(depth)); !st.ok()) return tools::Fail(kTool, st);
+    if (Status st = s.JumpTo(static_cast<uint32_t>(depth)); !st.ok()) return cl.Fail(st);
     int32_t next = tok(rng);
-    if (auto r = s.Forward(std::span(&next, 1)); !r.ok()) return tools::Fail(kTool, r.status());  // warm-up
+    if (auto r = s.Forward(std::span(&next, 1)); !r.ok()) return cl.Fail(r.status());  // warm-up
     const double bw_before = meter.Measure();
     const auto t0 = Clock::now();
     phase = "tg";
     for (uint32_t i = 0; i < tg; ++i) {
       next = tok(rng);
       last = Clock::now();
-      if (auto r = s.Forward(std::span(&next, 1)); !r.ok()) return tools::Fail(kTool, r.status());
+      if (auto r = s.Forward(std::span(&next, 1)); !r.ok()) return cl.Fail(r.status());
     }
     phase.clear();
     const double sec = Seconds(t0, Clock::now()) / tg;
@@ -250,12 +205,12 @@ int main(int argc, char** argv) {
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
   }
-  std::printf("model       %s\n", lo.model_path.c_str());
+  std::printf("model       %s\n", mo.model_path.c_str());
   std::printf("backend     %s\n", backend.c_str());
   std::printf("bandwidth   %.1f GB/s at best (read, %u threads; measured again around each decode test)\n",
               meter.highest() / 1e9, threads);
   std::printf("weights     %s read per decoded token (active experts, lm_head; embedding row excluded)\n",
-              tools::HumanBytes(m.active_weight_bytes()).c_str());
+              cli::HumanBytes(m.active_weight_bytes()).c_str());
   std::printf("\n%-14s %10s %10s %12s %9s %9s %9s\n", "test", "tokens/s", "ms/token", "bytes/token", "GB/s",
               "bandwidth", "of bound");
   if (out.contains("pp"))
@@ -266,7 +221,7 @@ int main(int argc, char** argv) {
     std::printf("%-14s %10.1f %10.2f %12s %9.1f %9.1f %8.0f%%\n",
                 ("tg" + std::to_string(tg) + " @" + std::to_string(t["depth"].get<int>())).c_str(),
                 t["tokens_per_s"].get<double>(), t["ms_per_token"].get<double>(),
-                tools::HumanBytes(static_cast<uint64_t>(t["bytes_per_token"].get<double>())).c_str(),
+                cli::HumanBytes(static_cast<uint64_t>(t["bytes_per_token"].get<double>())).c_str(),
                 t["achieved_gbs"].get<double>(), t["bandwidth_gbs"].get<double>(), 100 * t["fraction_of_bound"].get<double>());
   return 0;
 }

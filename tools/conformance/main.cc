@@ -1,11 +1,11 @@
 // coda-conformance: runs the backend conformance suite on one backend library.
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 
+#include "coda/cli/command_line.h"
+#include "coda/cli/options.h"
+#include "coda/cli/values.h"
 #include "coda/runtime.h"
-#include "coda/tools/cli.h"
-#include "coda/tools/model_session.h"
 #include "coda_cpu_backend.h"
 #include "conformance.h"
 #include "reference.h"
@@ -13,7 +13,7 @@
 namespace {
 
 constexpr char kTool[] = "coda-conformance";
-constexpr char kHelp[] = R"(coda-conformance: check a backend against the CPU backend, op by op.
+constexpr char kAbout[] = R"(coda-conformance: check a backend against the CPU backend, op by op.
 
 Usage:
   coda-conformance path/to/libcoda-backend-NAME.so [options]
@@ -28,19 +28,7 @@ buffers when it has them. Then checks the optional ABI functions it provides (de
 events, prepare, synchronize) and that it refuses an unknown op with a message.
 
 Prints a table per op and weight dtype: pass, FAIL, or unsupported (supports_op() returned 0),
-then one line per failed case. Exit status: 0 when nothing failed, 1 otherwise.
-
-Options:
-  --against NAME|PATH  the reference: cpu (default), reference (scalar loops in double), or
-                       another backend library; cases it does not support are checked
-                       against the scalar reference
-  --op LIST            only these ops (comma-separated), and no ABI checks
-  --seed N             seed of the random inputs (default 1)
-  --no-buffers         run cases with host memory only
-  --json               the report as JSON on stdout
-  -v, --verbose        name each case on stderr before running it
-  -h, --help           this help
-)";
+then one line per failed case. Exit status: 0 when nothing failed, 1 otherwise.)";
 
 // A backend by linked-in name or library path, in its own context (so that a plugin named
 // "cpu" and the linked-in cpu can be compared with each other).
@@ -58,56 +46,35 @@ int main(int argc, char** argv) {
   using namespace coda;
   std::string target, against = "cpu";
   conformance::Options options;
-  bool json = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&](std::string* out) {
-      if (i + 1 >= argc) return false;
-      *out = argv[++i];
-      return true;
+  bool json = false, verbose = false, no_buffers = false;
+  cli::CommandLine cl(kTool, kAbout);
+  cl.Positional("backend", &target);
+  cl.Text("--against", &against, "NAME|PATH",
+          "the reference: cpu, reference (scalar loops in double), or another backend library; cases it does not "
+          "support are checked against the scalar reference");
+  cli::AddNameList(cl, "--op", &options.ops, "LIST", "only these ops (comma-separated), and no ABI checks");
+  cli::AddSeed(cl, &options.seed);
+  cl.Flag("--no-buffers", &no_buffers, "run cases with host memory only");
+  cl.Flag("--json", &json, "the report as JSON on stdout");
+  cl.Flag("-v,--verbose", &verbose, "name each case on stderr before running it");
+  if (auto code = cl.ParseMain(argc, argv)) return *code;
+  if (target.empty()) return cl.UsageError("no backend given (a libcoda-backend-NAME.so file, cpu or reference)");
+  options.buffers = !no_buffers;
+  if (verbose)
+    options.on_case = [](const std::string& op, const std::string& dtype, const std::string& name) {
+      std::fprintf(stderr, "%s: running %s [%s] %s\n", kTool, op.c_str(), dtype.c_str(), name.c_str());
     };
-    std::string v;
-    if (a == "-h" || a == "--help") {
-      std::fputs(kHelp, stdout);
-      return 0;
-    } else if (a == "--against") {
-      if (!value(&against)) return tools::UsageError(kTool, a + " needs a value");
-    } else if (a == "--op") {
-      if (!value(&v)) return tools::UsageError(kTool, a + " needs a value");
-      options.ops = tools::SplitList(v);
-    } else if (a == "--seed") {
-      if (!value(&v)) return tools::UsageError(kTool, a + " needs a value");
-      char* end = nullptr;
-      options.seed = std::strtoull(v.c_str(), &end, 10);
-      if (v.empty() || *end) return tools::UsageError(kTool, "--seed needs a number");
-    } else if (a == "--no-buffers") {
-      options.buffers = false;
-    } else if (a == "--json") {
-      json = true;
-    } else if (a == "-v" || a == "--verbose") {
-      options.on_case = [](const std::string& op, const std::string& dtype, const std::string& name) {
-        std::fprintf(stderr, "%s: running %s [%s] %s\n", kTool, op.c_str(), dtype.c_str(), name.c_str());
-      };
-    } else if (!a.empty() && a[0] == '-') {
-      return tools::UsageError(kTool, "unknown option '" + a + "'");
-    } else if (target.empty()) {
-      target = a;
-    } else {
-      return tools::UsageError(kTool, "unexpected argument '" + a + "'");
-    }
-  }
-  if (target.empty()) return tools::UsageError(kTool, "no backend given (a libcoda-backend-NAME.so file, cpu or reference)");
   auto tested = Open(target);
-  if (!tested.ok()) return tools::Fail(kTool, tested.status());
+  if (!tested.ok()) return cl.Fail(tested.status());
   auto reference = Open(against);
-  if (!reference.ok()) return tools::Fail(kTool, reference.status().WithContext("--against"));
+  if (!reference.ok()) return cl.Fail(reference.status().WithContext("--against"));
   auto scalar = Open("reference");
-  if (!scalar.ok()) return tools::Fail(kTool, scalar.status());
+  if (!scalar.ok()) return cl.Fail(scalar.status());
   const Backend& b = *(*tested)->backends().front();
   const Backend& r = *(*reference)->backends().front();
   options.fallback = (*scalar)->backends().front().get();
   auto report = conformance::Run(b, r, options);
-  if (!report.ok()) return tools::Fail(kTool, report.status());
+  if (!report.ok()) return cl.Fail(report.status());
   if (json) {
     std::printf("%s\n", report->Json().c_str());
   } else {

@@ -5,13 +5,13 @@
 #include <cstring>
 #include <map>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <set>
 #include <vector>
 
 #include "coda/checked.h"
 #include "coda/file.h"
 #include "coda/hf_config.h"
+#include "coda/hf_text_files.h"
 #include "coda/json.h"
 #include "coda/model_file.h"
 #include "coda/safetensors.h"
@@ -21,7 +21,6 @@ namespace coda::convert {
 namespace {
 
 constexpr uint64_t kChunkBytes = 8u << 20;        // streaming granularity for plain copies
-constexpr uint64_t kMaxTokenizerBytes = 256u << 20;
 
 bool Cancelled(const Options& o) { return o.cancel && o.cancel->load(std::memory_order_relaxed); }
 
@@ -75,50 +74,16 @@ DType TargetDType(DType src, const std::optional<DType>& want) {
   return rank(*want) > rank(src) ? *want : src;
 }
 
-Status ReadOptionalText(const std::string& path, std::string* out) {
-  if (!FileExists(path)) return Status::Ok();
-  CODA_ASSIGN_OR_RETURN(*out, ReadTextFile(path, kMaxTokenizerBytes));
+// The checkpoint's tokenizer, chat template and sampling defaults, to be stored in the file.
+Status AddTextFiles(const std::string& dir, ModelExtras* extras) {
+  CODA_ASSIGN_OR_RETURN(HfTextFiles f, ReadHfTextFiles(dir));
+  extras->tokenizer_json = std::move(f.tokenizer_json);
+  extras->tokenizer_config_json = std::move(f.tokenizer_config_json);
+  extras->chat_template = std::move(f.chat_template);
+  extras->temperature = f.temperature;
+  extras->top_p = f.top_p;
   return Status::Ok();
 }
-
-}  // namespace
-
-Status LoadTextAssets(const std::string& dir, ModelExtras* extras) {
-  CODA_RETURN_IF_ERROR(ReadOptionalText(dir + "/tokenizer.json", &extras->tokenizer_json));
-  CODA_RETURN_IF_ERROR(ReadOptionalText(dir + "/tokenizer_config.json", &extras->tokenizer_config_json));
-  if (!extras->tokenizer_json.empty()) {
-    auto j = ParseJson(extras->tokenizer_json, dir + "/tokenizer.json", 256);
-    if (!j.ok()) return j.status();
-  }
-  if (!extras->tokenizer_config_json.empty()) {
-    const std::string where = dir + "/tokenizer_config.json";
-    CODA_ASSIGN_OR_RETURN(nlohmann::json j, ParseJson(extras->tokenizer_config_json, where));
-    auto t = j.is_object() ? j.find("chat_template") : j.end();
-    if (j.is_object() && t != j.end()) {
-      if (t->is_string()) {
-        extras->chat_template = t->get<std::string>();
-      } else if (t->is_array()) {  // [{"name": "default", "template": "..."}, ...]
-        for (const auto& e : *t)
-          if (e.is_object() && e.value("name", "") == "default" && e.contains("template") && e["template"].is_string())
-            extras->chat_template = e["template"].get<std::string>();
-      }
-    }
-  }
-  std::string jinja;
-  CODA_RETURN_IF_ERROR(ReadOptionalText(dir + "/chat_template.jinja", &jinja));
-  if (!jinja.empty()) extras->chat_template = jinja;
-  std::string gen;
-  CODA_RETURN_IF_ERROR(ReadOptionalText(dir + "/generation_config.json", &gen));
-  if (!gen.empty()) {
-    CODA_ASSIGN_OR_RETURN(nlohmann::json j, ParseJson(gen, dir + "/generation_config.json"));
-    if (j.is_object() && j.contains("temperature") && j["temperature"].is_number())
-      extras->temperature = j["temperature"].get<float>();
-    if (j.is_object() && j.contains("top_p") && j["top_p"].is_number()) extras->top_p = j["top_p"].get<float>();
-  }
-  return Status::Ok();
-}
-
-namespace {
 
 // Streams plan tensors into the writer; `fill(i)` produces tensor i's bytes through `emit`.
 class Streamer {
@@ -240,7 +205,7 @@ Status ConvertCheckpoint(const std::string& hf_dir, const std::string& out_path,
 
   ModelExtras extras;
   extras.source = hf_dir;
-  CODA_RETURN_IF_ERROR(LoadTextAssets(hf_dir, &extras));
+  CODA_RETURN_IF_ERROR(AddTextFiles(hf_dir, &extras));
   std::vector<TensorPlan> plan = PlanFromSpecs(config, specs, dtypes);
   CODA_ASSIGN_OR_RETURN(auto writer, ModelWriter::Create(out_path, config, plan, extras));
   Streamer s(*writer, o);
@@ -326,7 +291,7 @@ Status ConvertRandom(const std::string& config_path, const std::string& out_path
   extras.source = "random (seed " + std::to_string(ro.seed) + ") of " + config_path;
   if (!ro.tokenizer_dir.empty()) {
     if (!IsDirectory(ro.tokenizer_dir)) return NotFound(ro.tokenizer_dir + ": tokenizer directory not found");
-    CODA_RETURN_IF_ERROR(LoadTextAssets(ro.tokenizer_dir, &extras));
+    CODA_RETURN_IF_ERROR(AddTextFiles(ro.tokenizer_dir, &extras));
     if (extras.tokenizer_json.empty()) return NotFound(ro.tokenizer_dir + "/tokenizer.json: no such file");
   }
   std::vector<TensorPlan> plan = PlanFromSpecs(config, specs, dtypes);

@@ -30,10 +30,6 @@ struct Options {
   const std::atomic<bool>* cancel = nullptr;  // set to stop early; the output is removed
 };
 
-// Reads tokenizer.json, tokenizer_config.json (and its chat_template), chat_template.jinja and
-// generation_config.json from `dir` where present.
-Status LoadTextAssets(const std::string& dir, ModelExtras* extras);
-
 // Converts the checkpoint in `hf_dir` (config.json, safetensors, tokenizer files if present).
 Status ConvertCheckpoint(const std::string& hf_dir, const std::string& out_path, const Options& options);
 

@@ -5,20 +5,23 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "coda/cli/command_line.h"
+#include "coda/cli/human_readable.h"
+#include "coda/cli/model_session.h"
+#include "coda/cli/options.h"
 #include "coda/file.h"
 #include "coda/hf_config.h"
+#include "coda/hf_text_files.h"
 #include "coda/model_file.h"
-#include "coda/safetensors.h"
 #include "coda/runtime.h"
-#include "coda/tools/cli.h"
-#include "coda/tools/model_session.h"
-#include "convert.h"
+#include "coda/safetensors.h"
+#include "coda_cpu_backend.h"
 
 namespace {
 
 constexpr char kTool[] = "coda-inspect";
 
-constexpr char kHelp[] = R"(coda-inspect: describe a DeepSeek-family model.
+constexpr char kAbout[] = R"(coda-inspect: describe a DeepSeek-family model.
 
 Usage:
   coda-inspect <model.coda | hf-dir | config.json> [--json] [--tensors]
@@ -34,16 +37,8 @@ latent KV-cache bytes per token (BF16), and whether a tokenizer and chat templat
 (colon-separated), with versions, devices and paths; then the files skipped or refused, and why.
 
 --plan shows where each node of the model's graph would run with the backends of --backend
-(in order of preference; nodes none of them supports fall back to cpu), and why.
-
-Options:
-  -m, --model PATH     the model (also accepted as the first argument)
-  --json               one JSON object on stdout
-  --tensors            also list every tensor (name, dtype, shape, bytes)
-  --backend LIST       backends in order of preference, for --plan (default: cpu)
-  --kv-dtype bf16|f32  latent cache precision assumed by --plan (default bf16)
-  -h, --help           this help
-)";
+(in order of preference; nodes none of them supports fall back to cpu), and why; --kv-dtype is
+the latent cache precision it assumes.)";
 
 struct Report {
   std::string kind;  // "coda", "hf", "config"
@@ -81,10 +76,9 @@ coda::Result<Report> Inspect(const std::string& path) {
       r.bytes_by_dtype[std::string(DTypeName(ref.info->dtype))] += ref.info->size();
       r.tensors.push_back({name, std::string(DTypeName(ref.info->dtype)), ref.info->shape, ref.info->size()});
     }
-    ModelExtras extras;
-    CODA_RETURN_IF_ERROR(convert::LoadTextAssets(path, &extras));
-    r.has_tokenizer = !extras.tokenizer_json.empty();
-    r.has_chat_template = !extras.chat_template.empty();
+    CODA_ASSIGN_OR_RETURN(HfTextFiles text, ReadHfTextFiles(path));
+    r.has_tokenizer = !text.tokenizer_json.empty();
+    r.has_chat_template = !text.chat_template.empty();
     return r;
   }
   if (EndsWith(path, ".json")) {
@@ -167,9 +161,9 @@ void PrintJson(const Report& r, bool tensors) {
 }
 
 void PrintText(const Report& r, bool tensors) {
-  using coda::tools::HumanBytes;
-  using coda::tools::HumanCount;
-  using coda::tools::WithCommas;
+  using coda::cli::HumanBytes;
+  using coda::cli::HumanCount;
+  using coda::cli::WithCommas;
   const coda::ModelConfig& c = r.config;
   const coda::ModelStats st = coda::ComputeStats(c);
   std::printf("%s  (%s)\n", r.path.c_str(),
@@ -211,7 +205,7 @@ void PrintText(const Report& r, bool tensors) {
 }
 
 std::string MemoryText(uint64_t total, uint64_t free) {
-  using coda::tools::HumanBytes;
+  using coda::cli::HumanBytes;
   if (!total && !free) return "memory unknown";
   std::string s = total ? HumanBytes(total) + " total" : "total unknown";
   if (free) s += ", " + HumanBytes(free) + " free";
@@ -233,9 +227,9 @@ std::string Capabilities(const coda::Backend& b) {
 
 int ListBackends(bool json) {
   using namespace coda;
-  const ContextOptions co = tools::DefaultContextOptions();
+  const ContextOptions co = cli::ProgramContextOptions({coda_cpu_backend_entry});
   auto ctx = Context::Create(co);
-  if (!ctx.ok()) return tools::Fail(kTool, ctx.status());
+  if (!ctx.ok()) return cli::Fail(kTool, ctx.status());
   nlohmann::ordered_json j;
   j["search_path"] = co.plugin_dirs;
   j["abi_version"] = CODA_BACKEND_ABI_VERSION;
@@ -295,16 +289,16 @@ int ListBackends(bool json) {
 
 int ShowPlan(const std::string& path, const std::vector<std::string>& backends, coda::DType kv_dtype, bool json) {
   using namespace coda;
-  auto ctx = Context::Create(tools::DefaultContextOptions());
-  if (!ctx.ok()) return tools::Fail(kTool, ctx.status());
-  tools::WarnAboutRefusedBackends(kTool, **ctx);
+  auto ctx = Context::Create(cli::ProgramContextOptions({coda_cpu_backend_entry}));
+  if (!ctx.ok()) return cli::Fail(kTool, ctx.status());
+  cli::WarnAboutRefusedBackends(kTool, **ctx);
   auto model = Model::Load(path);
-  if (!model.ok()) return tools::Fail(kTool, model.status());
+  if (!model.ok()) return cli::Fail(kTool, model.status());
   SessionOptions so;
   so.backends = backends;
   so.kv_dtype = kv_dtype;
   auto plan = PlaceGraph(**ctx, **model, so);
-  if (!plan.ok()) return tools::Fail(kTool, plan.status());
+  if (!plan.ok()) return cli::Fail(kTool, plan.status());
   const GraphRef& g = (*model)->file().graph();
   std::map<std::string, std::map<std::string, int>> counts;  // backend -> op -> nodes
   nlohmann::ordered_json j;
@@ -344,59 +338,32 @@ int ShowPlan(const std::string& path, const std::vector<std::string>& backends, 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string path;
+  using namespace coda;
+  std::string model, path;
   bool json = false, tensors = false, backends = false, plan = false;
   std::vector<std::string> preference = {"cpu"};
-  coda::DType kv_dtype = coda::DType::kBF16;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&](std::string* out) {
-      if (i + 1 >= argc) return false;
-      *out = argv[++i];
-      return true;
-    };
-    std::string v;
-    if (a == "-h" || a == "--help") {
-      std::fputs(kHelp, stdout);
-      return 0;
-    } else if (a == "--backends") {
-      backends = true;
-    } else if (a == "--plan") {
-      plan = true;
-    } else if (a == "-m" || a == "--model") {
-      if (!value(&v)) return coda::tools::UsageError(kTool, a + " needs a value");
-      if (!path.empty()) return coda::tools::UsageError(kTool, "more than one model given");
-      path = v;
-    } else if (a == "--backend") {
-      if (!value(&v)) return coda::tools::UsageError(kTool, a + " needs a value");
-      preference = coda::tools::SplitList(v);
-      if (preference.empty()) return coda::tools::UsageError(kTool, "--backend needs at least one name");
-    } else if (a == "--kv-dtype") {
-      if (!value(&v)) return coda::tools::UsageError(kTool, a + " needs a value");
-      auto d = coda::tools::ParseKvDtype(v);
-      if (!d.ok()) return coda::tools::UsageError(kTool, d.status().message());
-      kv_dtype = *d;
-    } else if (a == "--json") {
-      json = true;
-    } else if (a == "--tensors") {
-      tensors = true;
-    } else if (!a.empty() && a[0] == '-') {
-      return coda::tools::UsageError(kTool, "unknown option '" + a + "'");
-    } else if (path.empty()) {
-      path = a;
-    } else {
-      return coda::tools::UsageError(kTool, "unexpected argument '" + a + "'");
-    }
-  }
-  if (backends && plan) return coda::tools::UsageError(kTool, "--backends and --plan are separate reports");
+  DType kv_dtype = DType::kBF16;
+  cli::CommandLine cl(kTool, kAbout);
+  cl.Positional("model", &path);
+  cli::AddModel(cl, &model);
+  cl.Flag("--json", &json, "one JSON object on stdout");
+  cl.Flag("--tensors", &tensors, "also list every tensor (name, dtype, shape, bytes)");
+  cl.Flag("--backends", &backends, "list the backends found");
+  cl.Flag("--plan", &plan, "show where each node would run");
+  cli::AddBackends(cl, &preference);
+  cli::AddKvDtype(cl, &kv_dtype);
+  if (auto code = cl.ParseMain(argc, argv)) return *code;
+  if (!model.empty() && !path.empty()) return cl.UsageError("more than one model given");
+  if (path.empty()) path = model;
+  if (backends && plan) return cl.UsageError("--backends and --plan are separate reports");
   if (backends) {
-    if (!path.empty()) return coda::tools::UsageError(kTool, "--backends takes no model");
+    if (!path.empty()) return cl.UsageError("--backends takes no model");
     return ListBackends(json);
   }
-  if (path.empty()) return coda::tools::UsageError(kTool, plan ? "--plan needs a model (-m model.coda)" : "no model given");
+  if (path.empty()) return cl.UsageError(plan ? "--plan needs a model (-m model.coda)" : "no model given");
   if (plan) return ShowPlan(path, preference, kv_dtype, json);
   auto r = Inspect(path);
-  if (!r.ok()) return coda::tools::Fail(kTool, r.status());
+  if (!r.ok()) return cl.Fail(r.status());
   if (json) PrintJson(*r, tensors);
   else PrintText(*r, tensors);
   return 0;

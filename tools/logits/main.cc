@@ -1,106 +1,73 @@
 // coda-logits: float32 logits of a token sequence, for comparing against a reference.
 #include <cstdio>
 #include <string>
+#include <vector>
 
+#include "coda/cli/command_line.h"
+#include "coda/cli/model_session.h"
+#include "coda/cli/options.h"
+#include "coda/cli/values.h"
 #include "coda/file.h"
-#include "coda/tools/cli.h"
-#include "coda/tools/model_session.h"
+#include "coda_cpu_backend.h"
 
 namespace {
 
 constexpr char kTool[] = "coda-logits";
-constexpr char kHelp[] = R"(coda-logits: write the logits of a token sequence as raw float32.
+constexpr char kAbout[] = R"(coda-logits: write the logits of a token sequence as raw float32.
 
 Usage:
   coda-logits -m model.coda --tokens 1,2,3 [--decode-from K] -o out.f32 [options]
 
 Output: little-endian float32, row-major [n_tokens, vocab_size], no header. Without
 --decode-from, all rows come from one prefill of every token; with it, rows < K come from one
-prefill of the first K tokens and each later row from a decode step of one token.
-
-Options:
-  -m, --model PATH       the .coda model
-  --tokens LIST          comma-separated token ids
-  --decode-from K        prefill K tokens, then decode the rest one by one
-  -o, --output PATH      output file (written atomically)
-  --backend LIST         backends in order of preference (default: cpu)
-  --kv-dtype f32|bf16    latent cache precision (default f32, as references are computed)
-  --threads N            CPU threads (default: one per core)
-  -h, --help             this help
-)";
+prefill of the first K tokens and each later row from a decode step of one token. The latent
+cache is F32 by default, as references are computed.)";
 
 }  // namespace
 
 int main(int argc, char** argv) {
   using namespace coda;
-  tools::LoadOptions lo;
-  lo.tool = kTool;
-  lo.kv_dtype = DType::kF32;
-  std::string tokens_text, output, decode_from_text;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&](std::string* out) {
-      if (i + 1 >= argc) return false;
-      *out = argv[++i];
-      return true;
-    };
-    std::string v;
-    if (a == "-h" || a == "--help") {
-      std::fputs(kHelp, stdout);
-      return 0;
-    } else if (a == "-m" || a == "--model") {
-      if (!value(&lo.model_path)) return tools::UsageError(kTool, a + " needs a value");
-    } else if (a == "--tokens") {
-      if (!value(&tokens_text)) return tools::UsageError(kTool, a + " needs a value");
-    } else if (a == "--decode-from") {
-      if (!value(&decode_from_text)) return tools::UsageError(kTool, a + " needs a value");
-    } else if (a == "-o" || a == "--output") {
-      if (!value(&output)) return tools::UsageError(kTool, a + " needs a value");
-    } else if (a == "--backend") {
-      if (!value(&v)) return tools::UsageError(kTool, a + " needs a value");
-      lo.backends = tools::SplitList(v);
-    } else if (a == "--kv-dtype") {
-      if (!value(&v)) return tools::UsageError(kTool, a + " needs a value");
-      auto d = tools::ParseKvDtype(v);
-      if (!d.ok()) return tools::UsageError(kTool, d.status().message());
-      lo.kv_dtype = *d;
-    } else if (a == "--threads") {
-      if (!value(&v)) return tools::UsageError(kTool, a + " needs a value");
-      lo.n_threads = static_cast<uint32_t>(std::strtoul(v.c_str(), nullptr, 10));
-    } else {
-      return tools::UsageError(kTool, "unknown argument '" + a + "'");
-    }
-  }
-  if (lo.model_path.empty()) return tools::UsageError(kTool, "no model given (-m model.coda)");
-  if (tokens_text.empty()) return tools::UsageError(kTool, "no tokens given (--tokens 1,2,3)");
-  if (output.empty()) return tools::UsageError(kTool, "no output file given (-o out.f32)");
-  auto tokens = tools::ParseIdList(tokens_text);
-  if (!tokens.ok()) return tools::UsageError(kTool, "--tokens: " + tokens.status().message());
-  size_t decode_from = tokens->size();
-  if (!decode_from_text.empty()) {
-    auto d = tools::ParseIdList(decode_from_text);
-    if (!d.ok() || d->size() != 1 || (*d)[0] < 1 || static_cast<size_t>((*d)[0]) > tokens->size())
-      return tools::UsageError(kTool, "--decode-from must be between 1 and the number of tokens");
-    decode_from = static_cast<size_t>((*d)[0]);
-  }
-  lo.n_ctx = static_cast<uint32_t>(std::max<size_t>(tokens->size(), 1));
+  cli::ModelSessionOptions mo;
+  mo.program = kTool;
+  mo.linked_backends = {coda_cpu_backend_entry};
+  mo.kv_dtype = DType::kF32;
+  std::vector<int32_t> tokens;
+  uint32_t decode_from = 0;
+  std::string output;
+  cli::CommandLine cl(kTool, kAbout);
+  cli::AddModel(cl, &mo.model_path);
+  cli::AddWholeNumberList(cl, "--tokens", &tokens, "LIST", "comma-separated token ids", INT32_MAX);
+  cli::AddWholeNumber(cl, "--decode-from", &decode_from, "K", "prefill K tokens, then decode the rest one by one", 1,
+                      INT32_MAX)
+      .DefaultText("every token in one prefill");
+  cl.Text("-o,--output", &output, "PATH", "output file (written atomically)");
+  cli::AddBackends(cl, &mo.backends);
+  cli::AddKvDtype(cl, &mo.kv_dtype);
+  cli::AddThreads(cl, &mo.n_threads);
+  if (auto code = cl.ParseMain(argc, argv)) return *code;
+  if (mo.model_path.empty()) return cl.UsageError("no model given (-m model.coda)");
+  if (tokens.empty()) return cl.UsageError("no tokens given (--tokens 1,2,3)");
+  if (output.empty()) return cl.UsageError("no output file given (-o out.f32)");
+  if (!cl.Given("--decode-from")) decode_from = static_cast<uint32_t>(tokens.size());
+  if (decode_from > tokens.size()) return cl.UsageError("--decode-from must be between 1 and the number of tokens");
+  mo.n_ctx = static_cast<uint32_t>(tokens.size());
 
-  auto loaded = tools::LoadModelSession(lo);
-  if (!loaded.ok()) return tools::Fail(kTool, loaded.status());
+  auto loaded = cli::OpenModelSession(mo);
+  if (!loaded.ok()) return cl.Fail(loaded.status());
   Session& s = *loaded->session;
   auto out = AtomicFileWriter::Create(output);
-  if (!out.ok()) return tools::Fail(kTool, out.status());
+  if (!out.ok()) return cl.Fail(out.status());
   auto write = [&](std::span<const float> rows) {
     return (*out)->Write({reinterpret_cast<const uint8_t*>(rows.data()), rows.size() * sizeof(float)});
   };
-  auto first = s.Forward(std::span(*tokens).first(decode_from), /*all_logits=*/true);
-  if (!first.ok()) return tools::Fail(kTool, first.status());
-  if (Status st = write(*first); !st.ok()) return tools::Fail(kTool, st);
-  for (size_t p = decode_from; p < tokens->size(); ++p) {
-    auto step = s.Forward(std::span(*tokens).subspan(p, 1));
-    if (!step.ok()) return tools::Fail(kTool, step.status());
-    if (Status st = write(*step); !st.ok()) return tools::Fail(kTool, st);
+  auto first = s.Forward(std::span(tokens).first(decode_from), /*all_logits=*/true);
+  if (!first.ok()) return cl.Fail(first.status());
+  if (Status st = write(*first); !st.ok()) return cl.Fail(st);
+  for (size_t p = decode_from; p < tokens.size(); ++p) {
+    auto step = s.Forward(std::span(tokens).subspan(p, 1));
+    if (!step.ok()) return cl.Fail(step.status());
+    if (Status st = write(*step); !st.ok()) return cl.Fail(st);
   }
-  if (Status st = (*out)->Commit(); !st.ok()) return tools::Fail(kTool, st);
+  if (Status st = (*out)->Commit(); !st.ok()) return cl.Fail(st);
   return 0;
 }

@@ -9,14 +9,16 @@
 #include <string>
 #include <vector>
 
+#include "coda/cli/command_line.h"
+#include "coda/cli/options.h"
 #include "coda/file.h"
-#include "coda/tools/cli.h"
-#include "coda/tools/text_assets.h"
+#include "coda/json.h"
+#include "coda/text/text_assets.h"
 
 namespace {
 
 constexpr char kTool[] = "coda-tokenize";
-constexpr char kHelp[] = R"(coda-tokenize: text <-> token ids with a model's tokenizer and chat template.
+constexpr char kAbout[] = R"(coda-tokenize: text <-> token ids with a model's tokenizer and chat template.
 
 Usage:
   coda-tokenize -m model.coda < text.txt            print the ids of stdin as a JSON array
@@ -28,25 +30,11 @@ The text is encoded as given (no BOS unless --add-special). --chat renders a JSO
 {"role", "content"} messages (or {"messages": [...]}) with the chat template and prints the
 prompt; '-' reads it from stdin. --batch lines are {"text": "..."} -> {"ids": [...]} or
 {"messages": [...], "add_generation_prompt": true} -> {"ids": [...], "rendered": "..."};
-a bad line gets {"error": "..."} and the rest go on.
-
-Options:
-  -m, --model PATH         tokenizer and chat template of a .coda model
-  --tokenizer DIR          those of DIR/tokenizer.json, tokenizer_config.json
-  -t, --text TEXT          encode TEXT instead of stdin
-  --add-special            add the tokenizer's BOS/EOS around encoded text
-  --decode                 ids -> text
-  --skip-special           with --decode: leave out special tokens
-  --chat FILE              render messages with the chat template
-  --add-generation-prompt  with --chat: end with the assistant's turn opener
-  --ids                    with --chat: print the prompt's ids instead of its text
-  --batch                  JSON lines mode
-  -h, --help               this help
-)";
+a bad line gets {"error": "..."} and the rest go on.)";
 
 using coda::Result;
 using coda::Status;
-using coda::tools::TextAssets;
+using coda::text::TextAssets;
 using nlohmann::ordered_json;
 
 std::string ReadAll(std::istream& in) { return std::string(std::istreambuf_iterator<char>(in), {}); }
@@ -60,7 +48,9 @@ void PrintText(const std::string& text) {
 }
 
 Result<std::vector<int32_t>> ParseIds(const std::string& json_text) {
-  ordered_json j = ordered_json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  auto parsed = coda::ParseJsonAs<ordered_json>(json_text, "input");
+  if (!parsed.ok()) return coda::InvalidArgument("expected a JSON array of token ids; " + parsed.status().message());
+  const ordered_json& j = *parsed;
   if (!j.is_array()) return coda::InvalidArgument("expected a JSON array of token ids");
   std::vector<int32_t> ids;
   for (size_t i = 0; i < j.size(); ++i) {
@@ -102,21 +92,11 @@ Result<ChatRequest> ParseChat(const ordered_json& j, bool default_gen) {
   return r;
 }
 
-// nlohmann's message without its "[json.exception.parse_error.101] " prefix.
-std::string JsonErrorText(const std::exception& e) {
-  std::string m = e.what();
-  if (m.starts_with("[json.exception.")) m.erase(0, m.find("] ") == std::string::npos ? 0 : m.find("] ") + 2);
-  return m;
-}
-
 // One --batch line; the error, if any, goes into that line's output.
 ordered_json BatchLine(const TextAssets& assets, const std::string& line) {
-  ordered_json in;
-  try {
-    in = ordered_json::parse(line);
-  } catch (const ordered_json::parse_error& e) {
-    return {{"error", std::string("not JSON: ") + JsonErrorText(e)}};
-  }
+  auto parsed = coda::ParseJsonAs<ordered_json>(line, "the line");
+  if (!parsed.ok()) return {{"error", parsed.status().message()}};
+  ordered_json& in = *parsed;
   if (in.is_object() && in.contains("text")) {
     if (!in["text"].is_string()) return {{"error", "\"text\" must be a string"}};
     bool add_special = false;
@@ -131,9 +111,9 @@ ordered_json BatchLine(const TextAssets& assets, const std::string& line) {
   if (in.is_object() && in.contains("messages")) {
     auto req = ParseChat(in, false);
     if (!req.ok()) return {{"error", req.status().message()}};
-    auto rendered = coda::tools::RenderChat(assets, req->messages, req->add_generation_prompt);
+    auto rendered = coda::text::RenderChat(assets, req->messages, req->add_generation_prompt);
     if (!rendered.ok()) return {{"error", rendered.status().message()}};
-    auto ids = coda::tools::EncodePrompt(assets, *rendered);
+    auto ids = coda::text::EncodePrompt(assets, *rendered);
     if (!ids.ok()) return {{"error", ids.status().message()}};
     return {{"ids", *ids}, {"rendered", *rendered}};
   }
@@ -148,61 +128,36 @@ std::string DumpLine(const ordered_json& j) { return j.dump(-1, ' ', false, orde
 int main(int argc, char** argv) {
   using namespace coda;
   std::string model_path, tokenizer_dir, chat_path, text_arg;
-  bool have_text = false, decode = false, skip_special = false, add_gen = false, print_ids = false, batch = false,
-       add_special = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&](std::string* out) {
-      if (i + 1 >= argc) return false;
-      *out = argv[++i];
-      return true;
-    };
-    if (a == "-h" || a == "--help") {
-      std::fputs(kHelp, stdout);
-      return 0;
-    } else if (a == "-m" || a == "--model") {
-      if (!value(&model_path)) return tools::UsageError(kTool, a + " needs a value");
-    } else if (a == "--tokenizer") {
-      if (!value(&tokenizer_dir)) return tools::UsageError(kTool, a + " needs a directory");
-    } else if (a == "-t" || a == "--text") {
-      if (!value(&text_arg)) return tools::UsageError(kTool, a + " needs a value");
-      have_text = true;
-    } else if (a == "--chat") {
-      if (!value(&chat_path)) return tools::UsageError(kTool, a + " needs a file ('-' for stdin)");
-    } else if (a == "--decode") {
-      decode = true;
-    } else if (a == "--skip-special") {
-      skip_special = true;
-    } else if (a == "--add-special") {
-      add_special = true;
-    } else if (a == "--add-generation-prompt") {
-      add_gen = true;
-    } else if (a == "--ids") {
-      print_ids = true;
-    } else if (a == "--batch") {
-      batch = true;
-    } else {
-      return tools::UsageError(kTool, "unknown argument '" + a + "'");
-    }
-  }
-  if (model_path.empty() == tokenizer_dir.empty())
-    return tools::UsageError(kTool, "give either -m model.coda or --tokenizer DIR");
+  bool decode = false, skip_special = false, add_gen = false, print_ids = false, batch = false, add_special = false;
+  cli::CommandLine cl(kTool, kAbout);
+  cli::AddModel(cl, &model_path);
+  cl.Text("--tokenizer", &tokenizer_dir, "DIR", "the tokenizer and chat template of DIR (tokenizer.json, tokenizer_config.json)");
+  cl.Text("-t,--text", &text_arg, "TEXT", "encode TEXT instead of stdin");
+  cl.Flag("--add-special", &add_special, "add the tokenizer's BOS/EOS around encoded text");
+  cl.Flag("--decode", &decode, "ids -> text");
+  cl.Flag("--skip-special", &skip_special, "with --decode: leave out special tokens");
+  cl.Text("--chat", &chat_path, "FILE", "render messages with the chat template");
+  cl.Flag("--add-generation-prompt", &add_gen, "with --chat: end with the assistant's turn opener");
+  cl.Flag("--ids", &print_ids, "with --chat: print the prompt's ids instead of its text");
+  cl.Flag("--batch", &batch, "JSON lines mode");
+  if (auto code = cl.ParseMain(argc, argv)) return *code;
+  const bool have_text = cl.Given("--text");
+  if (model_path.empty() == tokenizer_dir.empty()) return cl.UsageError("give either -m model.coda or --tokenizer DIR");
   if (int(decode) + int(!chat_path.empty()) + int(batch) > 1)
-    return tools::UsageError(kTool, "--decode, --chat and --batch are separate modes; pick one");
+    return cl.UsageError("--decode, --chat and --batch are separate modes; pick one");
   if ((add_gen || print_ids) && chat_path.empty())
-    return tools::UsageError(kTool, "--add-generation-prompt and --ids go with --chat");
-  if (have_text && (decode || batch || !chat_path.empty()))
-    return tools::UsageError(kTool, "--text only applies to encoding");
+    return cl.UsageError("--add-generation-prompt and --ids go with --chat");
+  if (have_text && (decode || batch || !chat_path.empty())) return cl.UsageError("--text only applies to encoding");
 
   Result<TextAssets> assets = NotFound("");
   if (!model_path.empty()) {
     auto file = ModelFile::Open(model_path);
-    if (!file.ok()) return tools::Fail(kTool, file.status());
-    assets = tools::LoadTextAssets(*file);
+    if (!file.ok()) return cl.Fail(file.status());
+    assets = text::LoadTextAssets(*file);
   } else {
-    assets = tools::LoadTextAssetsFromDir(tokenizer_dir);
+    assets = text::LoadTextAssetsFromDir(tokenizer_dir);
   }
-  if (!assets.ok()) return tools::Fail(kTool, assets.status());
+  if (!assets.ok()) return cl.Fail(assets.status());
   const TextAssets& ta = *assets;
 
   if (batch) {
@@ -221,9 +176,9 @@ int main(int argc, char** argv) {
 
   if (decode) {
     auto ids = ParseIds(ReadAll(std::cin));
-    if (!ids.ok()) return tools::Fail(kTool, ids.status().WithContext("stdin"));
+    if (!ids.ok()) return cl.Fail(ids.status().WithContext("stdin"));
     auto text = ta.tokenizer.Decode(*ids, skip_special);
-    if (!text.ok()) return tools::Fail(kTool, text.status());
+    if (!text.ok()) return cl.Fail(text.status());
     PrintText(*text);
     return 0;
   }
@@ -234,34 +189,30 @@ int main(int argc, char** argv) {
       json_text = ReadAll(std::cin);
     } else {
       auto r = ReadTextFile(chat_path, uint64_t{1} << 30);
-      if (!r.ok()) return tools::Fail(kTool, r.status());
+      if (!r.ok()) return cl.Fail(r.status());
       json_text = std::move(*r);
     }
     const std::string where = chat_path == "-" ? "stdin" : chat_path;
-    ordered_json j;
-    try {
-      j = ordered_json::parse(json_text);
-    } catch (const ordered_json::parse_error& e) {
-      return tools::Fail(kTool, InvalidArgument(where + ": not JSON: " + JsonErrorText(e)));
-    }
-    auto req = ParseChat(j, add_gen);
-    if (!req.ok()) return tools::Fail(kTool, req.status().WithContext(where));
+    auto j = coda::ParseJsonAs<ordered_json>(json_text, where);
+    if (!j.ok()) return cl.Fail(j.status());
+    auto req = ParseChat(*j, add_gen);
+    if (!req.ok()) return cl.Fail(req.status().WithContext(where));
     // The flag wins over the file's own setting.
-    auto rendered = tools::RenderChat(ta, req->messages, add_gen || req->add_generation_prompt);
-    if (!rendered.ok()) return tools::Fail(kTool, rendered.status());
+    auto rendered = text::RenderChat(ta, req->messages, add_gen || req->add_generation_prompt);
+    if (!rendered.ok()) return cl.Fail(rendered.status());
     if (!print_ids) {
       PrintText(*rendered);
       return 0;
     }
-    auto ids = tools::EncodePrompt(ta, *rendered);
-    if (!ids.ok()) return tools::Fail(kTool, ids.status());
+    auto ids = text::EncodePrompt(ta, *rendered);
+    if (!ids.ok()) return cl.Fail(ids.status());
     std::printf("%s\n", IdsJson(*ids).c_str());
     return 0;
   }
 
   const std::string text = have_text ? text_arg : ReadAll(std::cin);
   auto ids = ta.tokenizer.Encode(text, add_special);
-  if (!ids.ok()) return tools::Fail(kTool, ids.status().WithContext(have_text ? "--text" : "stdin"));
+  if (!ids.ok()) return cl.Fail(ids.status().WithContext(have_text ? "--text" : "stdin"));
   std::printf("%s\n", IdsJson(*ids).c_str());
   return 0;
 }

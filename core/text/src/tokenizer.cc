@@ -37,8 +37,6 @@ constexpr size_t kMaxTokenBytes = 4096;
 constexpr size_t kMaxTemplateTokens = 64;
 constexpr uint64_t kMaxTokenizerJsonBytes = uint64_t{512} << 20;
 constexpr uint64_t kMaxConfigJsonBytes = uint64_t{64} << 20;
-// Normalizers and pre-tokenizers nest (Sequence of Sequence ...); real files use a few levels.
-constexpr int kMaxJsonDepth = 64;
 // Ids index tables, so they must be about as dense as the tokens a file defines: a handful of
 // tokens may not claim ids in the millions.
 constexpr int64_t kMaxIdGap = 1 << 16;
@@ -608,7 +606,7 @@ Result<Tokenizer> Tokenizer::FromJson(std::string_view json_text, std::string_vi
   auto impl = std::make_shared<Impl>();
   Status st;
   // nlohmann::json throws; nothing may escape this boundary.
-  auto parsed = ParseJson(json_text, std::string(source_name), kMaxJsonDepth);
+  auto parsed = ParseJson(json_text, std::string(source_name));
   if (!parsed.ok()) return parsed.status();
   try {
     const json& doc = *parsed;
@@ -653,7 +651,7 @@ Result<Tokenizer> Tokenizer::FromDirectory(const std::string& dir) {
 }
 
 Status Tokenizer::ApplyTokenizerConfig(std::string_view config_json, std::string_view source_name) {
-  CODA_ASSIGN_OR_RETURN(const json doc, ParseJson(config_json, std::string(source_name), kMaxJsonDepth));
+  CODA_ASSIGN_OR_RETURN(const json doc, ParseJson(config_json, std::string(source_name)));
   try {
     if (!doc.is_object()) return Corrupt("not a JSON object").WithContext(source_name);
     // Either "text" or {"__type": "AddedToken", "content": "text", ...}.

@@ -4,18 +4,10 @@ namespace coda {
 
 using nlohmann::json;
 
-Result<json> ParseJson(std::string_view text, const std::string& what, int max_depth) {
-  bool too_deep = false;
-  json::parser_callback_t cb = [&](int depth, json::parse_event_t ev, json&) {
-    if ((ev == json::parse_event_t::object_start || ev == json::parse_event_t::array_start) &&
-        depth > max_depth)
-      too_deep = true;
-    return !too_deep;
-  };
-  json j = json::parse(text.begin(), text.end(), cb, /*allow_exceptions=*/false);
-  if (too_deep) return Corrupt(what + ": nested deeper than " + std::to_string(max_depth) + " levels");
-  if (j.is_discarded()) return Corrupt(what + ": not valid JSON");
-  return j;
+std::string JsonErrorText(const std::exception& e) {
+  std::string m = e.what();
+  if (m.starts_with("[json.exception.")) m.erase(0, m.find("] ") == std::string::npos ? 0 : m.find("] ") + 2);
+  return m;
 }
 
 Result<uint64_t> JsonToU64(const json& v, const std::string& what) {

@@ -1,6 +1,7 @@
-// What the text tools need from a model: its tokenizer, chat template and BOS/EOS, loaded from a
-// .coda file or a Hugging Face tokenizer directory, plus the one way prompts are rendered and
-// encoded (shared by coda-tokenize and coda-chat so that both produce the same ids).
+// What a program that reads or writes text needs from a model: its tokenizer, chat template and
+// BOS/EOS, loaded from a .coda file or a Hugging Face tokenizer directory, plus the one way
+// prompts are rendered and encoded (coda-tokenize and coda-chat share it, so both produce the
+// same ids).
 #pragma once
 
 #include <cstdint>
@@ -15,11 +16,11 @@
 #include "coda/text/chat_template.h"
 #include "coda/text/tokenizer.h"
 
-namespace coda::tools {
+namespace coda::text {
 
 struct TextAssets {
-  text::Tokenizer tokenizer;
-  std::optional<text::ChatTemplate> chat_template;  // absent when the model ships none
+  Tokenizer tokenizer;
+  std::optional<ChatTemplate> chat_template;  // absent when the model ships none
   std::string bos_token, eos_token;                 // token texts handed to the template
   std::optional<int32_t> eos_id;
   std::string source;  // the model file or directory, for messages
@@ -29,8 +30,8 @@ struct TextAssets {
 // NotFound, naming the file, when it carries no tokenizer; a template that does not parse is an
 // error too (InvalidArgument) rather than a surprise at the first render.
 Result<TextAssets> LoadTextAssets(const ModelFile& file);
-// The same from <dir>/tokenizer.json, tokenizer_config.json and chat_template.jinja, read the way
-// coda-convert reads them.
+// The same from <dir>/tokenizer.json, tokenizer_config.json and chat_template.jinja, read as
+// coda-convert reads them (ReadHfTextFiles).
 Result<TextAssets> LoadTextAssetsFromDir(const std::string& dir);
 
 // Renders `messages` (a JSON array of {role, content, ...}) with the chat template.
@@ -41,4 +42,4 @@ Result<std::string> RenderChat(const TextAssets& assets, const nlohmann::ordered
 // byte offset.
 Result<std::vector<int32_t>> EncodePrompt(const TextAssets& assets, std::string_view rendered);
 
-}  // namespace coda::tools
+}  // namespace coda::text

@@ -1,19 +1,19 @@
-#include "coda/tools/text_assets.h"
+#include "coda/text/text_assets.h"
 
-#include "convert.h"
+#include "coda/hf_text_files.h"
 
-namespace coda::tools {
+namespace coda::text {
 
 namespace {
 
 Result<TextAssets> Build(const std::string& source, std::string_view tokenizer_json, std::string_view config_json,
                          std::string_view chat_template, int64_t config_eos_id) {
-  CODA_ASSIGN_OR_RETURN(text::Tokenizer tok, text::Tokenizer::FromJson(tokenizer_json, source + ": tokenizer.json"));
+  CODA_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::FromJson(tokenizer_json, source + ": tokenizer.json"));
   if (!config_json.empty())
     CODA_RETURN_IF_ERROR(tok.ApplyTokenizerConfig(config_json, source + ": tokenizer_config.json"));
   TextAssets a{std::move(tok), std::nullopt, "", "", std::nullopt, source};
   if (!chat_template.empty()) {
-    auto t = text::ChatTemplate::Parse(chat_template);
+    auto t = ChatTemplate::Parse(chat_template);
     if (!t.ok()) return t.status().WithContext(source);
     a.chat_template = std::move(*t);
   }
@@ -40,10 +40,9 @@ Result<TextAssets> LoadTextAssets(const ModelFile& file) {
 }
 
 Result<TextAssets> LoadTextAssetsFromDir(const std::string& dir) {
-  ModelExtras extras;
-  CODA_RETURN_IF_ERROR(convert::LoadTextAssets(dir, &extras));
-  if (extras.tokenizer_json.empty()) return NotFound(dir + " has no tokenizer.json");
-  return Build(dir, extras.tokenizer_json, extras.tokenizer_config_json, extras.chat_template, -1);
+  CODA_ASSIGN_OR_RETURN(HfTextFiles f, ReadHfTextFiles(dir));
+  if (f.tokenizer_json.empty()) return NotFound(dir + " has no tokenizer.json");
+  return Build(dir, f.tokenizer_json, f.tokenizer_config_json, f.chat_template, -1);
 }
 
 Result<std::string> RenderChat(const TextAssets& assets, const nlohmann::ordered_json& messages,
@@ -53,10 +52,10 @@ Result<std::string> RenderChat(const TextAssets& assets, const nlohmann::ordered
 }
 
 Result<std::vector<int32_t>> EncodePrompt(const TextAssets& assets, std::string_view rendered) {
-  text::EncodeOptions o;
+  EncodeOptions o;
   o.add_special_tokens = false;
-  o.invalid_utf8 = text::InvalidUtf8Policy::kError;
+  o.invalid_utf8 = InvalidUtf8Policy::kError;
   return assets.tokenizer.Encode(rendered, o);
 }
 
-}  // namespace coda::tools
+}  // namespace coda::text

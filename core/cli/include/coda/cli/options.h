@@ -1,0 +1,42 @@
+// The options Coda's programs share, each defined once: names, help text, range and error
+// message, with the value the program set before declaring it shown as the default. A program
+// adds one with one call: AddThreads(cl, &options.n_threads).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "coda/cli/command_line.h"
+#include "coda/dtype.h"
+#include "coda/sampler.h"
+
+namespace coda::cli {
+
+inline constexpr uint32_t kMaxThreads = 1024;      // more is a typo, not a machine
+inline constexpr uint32_t kMaxContext = 1u << 20;  // positions; DeepSeek-V3 has 163,840
+// A positive temperature below this is refused: it is greedy in effect, and 1/T overflows.
+inline constexpr double kMinTemperature = 0.01;
+inline constexpr double kMaxTemperature = 100;
+
+// -m, --model PATH
+Option& AddModel(CommandLine& cl, std::string* path);
+// --backend LIST: backend names in order of preference.
+Option& AddBackends(CommandLine& cl, std::vector<std::string>* names);
+// --threads N: 1 to kMaxThreads, or 0 for one per core.
+Option& AddThreads(CommandLine& cl, uint32_t* n_threads);
+// --kv-dtype bf16|f32
+Option& AddKvDtype(CommandLine& cl, DType* dtype);
+// --n-ctx N: 1 to kMaxContext.
+Option& AddContextLength(CommandLine& cl, uint32_t* n_ctx);
+// --copy-weights
+Option& AddCopyWeights(CommandLine& cl, bool* copy);
+// --seed N
+Option& AddSeed(CommandLine& cl, uint64_t* seed);
+// --max-tokens N: up to kMaxContext; 0 runs until the context is full.
+Option& AddMaxTokens(CommandLine& cl, uint32_t* n);
+// --temp, --top-p, --top-k, --min-p, --repeat-penalty: every SamplerOptions field but the seed,
+// whose default differs by program (AddSeed).
+void AddSampling(CommandLine& cl, SamplerOptions* options);
+
+}  // namespace coda::cli
