@@ -317,7 +317,7 @@ int RunInteractive(chat::Chat& c, const Args& a, const chat::TurnOptions& opts) 
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int Main(int argc, char** argv) {
   Args a;
   if (auto code = ParseArgs(argc, argv, &a)) return *code;
   if (!a.have_seed) a.sampling.seed = std::random_device{}();
@@ -352,3 +352,5 @@ int main(int argc, char** argv) {
                loaded->session->n_ctx(), cli::HumanBytes(kv.bytes_total()).c_str(), dim.reset());
   return RunInteractive(c, a, opts);
 }
+
+int main(int argc, char** argv) { return coda::cli::RunMain(kTool, argc, argv, Main); }

@@ -103,6 +103,24 @@ TEST(ModelConfig, RejectsWhatItCannotRun) {
   expect(ParseWith("quantization_config", {{"quant_method", "awq"}}), "quantization 'awq");
   expect(ParseWith("rope_scaling", {{"type", "linear"}, {"factor", 2}}), "rope_scaling type 'linear'");
   expect(ParseHfConfig("{", "config.json").status(), "not valid JSON");
+  // Numbers that would make RoPE, YaRN, the softmax scale or routing non-finite.
+  const nlohmann::json yarn = {{"type", "yarn"}, {"factor", 40}, {"original_max_position_embeddings", 4096},
+                               {"beta_fast", 32}, {"beta_slow", 1}, {"mscale", 1.0}, {"mscale_all_dim", 1.0}};
+  expect(ParseWith("rope_theta", 1), "rope_theta = 1 is outside the supported range (1, 1e+12]");
+  expect(ParseWith("rope_theta", -10000), "rope_theta");
+  expect(ParseWith("routed_scaling_factor", 3e38), "routed_scaling_factor = 3e+38 is outside");
+  expect(ParseWith("routed_scaling_factor", 0), "routed_scaling_factor");
+  expect(ParseWith("rms_norm_eps", 0), "rms_norm_eps");
+  nlohmann::json bad = yarn;
+  bad["beta_fast"] = -32;
+  expect(ParseWith("rope_scaling", bad), "rope_scaling.beta_fast = -32");
+  bad = yarn;
+  bad["factor"] = 1e300;
+  expect(ParseWith("rope_scaling", bad), "rope_scaling.factor");
+  bad = yarn;
+  bad["mscale_all_dim"] = 1e300;
+  expect(ParseWith("rope_scaling", bad), "rope_scaling.mscale_all_dim");
+  EXPECT_TRUE(ParseWith("rope_scaling", yarn).ok());
 }
 
 }  // namespace

@@ -114,6 +114,11 @@ TEST(Checkpoint, ReportsMissingShardsAndIndexMismatches) {
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("'b' listed in model.safetensors.index.json is not in this shard"), std::string::npos);
 
+  // An index listing nothing (it crashed the converter).
+  test::WriteFile(dir / "model.safetensors.index.json", R"({"weight_map":{}})");
+  c = Checkpoint::Open(dir.str());
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("'weight_map' lists no tensors"), std::string::npos) << c.status().message();
   test::WriteFile(dir / "model.safetensors.index.json", R"({"weight_map":{"a":"../etc/passwd"}})");
   c = Checkpoint::Open(dir.str());
   ASSERT_FALSE(c.ok());

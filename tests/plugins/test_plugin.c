@@ -17,6 +17,8 @@
 #define KIND_FAILCREATE 8 /* create() fails (no device) */
 #define KIND_FLAKY 9      /* runs Add, but fails from layer 1 on: an error mid-graph */
 #define KIND_WRONG 10     /* runs Add, slightly wrong: the conformance suite must notice */
+#define KIND_NOTERM 11    /* create() fills the whole error buffer, no terminator */
+#define KIND_DEVICES 12   /* device_count() claims four billion devices */
 
 #ifndef PLUGIN_KIND
 #error "define PLUGIN_KIND"
@@ -34,6 +36,10 @@ static coda_status_code plugin_create(const coda_host* host, const coda_backend_
 #if PLUGIN_KIND == KIND_FAILCREATE
   (void)self;
   snprintf(error, error_size, "no compatible device found");
+  return CODA_STATUS_DEVICE_ERROR;
+#elif PLUGIN_KIND == KIND_NOTERM
+  (void)self;
+  memset(error, 'x', error_size);
   return CODA_STATUS_DEVICE_ERROR;
 #else
   (void)error;
@@ -81,6 +87,22 @@ static coda_status_code plugin_execute(void* self, const coda_op* op, char* erro
 }
 #endif
 
+#if PLUGIN_KIND == KIND_DEVICES
+static uint32_t plugin_device_count(void* self) {
+  (void)self;
+  return 0xffffffffu;
+}
+static coda_status_code plugin_device_info(void* self, uint32_t device, coda_device_info* info, char* error,
+                                           size_t error_size) {
+  (void)self;
+  (void)error;
+  (void)error_size;
+  snprintf(info->name, sizeof info->name, "device %u", device);
+  info->kind = CODA_DEVICE_GPU;
+  return CODA_STATUS_OK;
+}
+#endif
+
 #if PLUGIN_KIND == KIND_PARTIAL
 static coda_status_code plugin_buffer_alloc(void* self, uint64_t size, coda_buffer* buffer, char* error,
                                             size_t error_size) {
@@ -116,7 +138,11 @@ static const coda_backend_api plugin_api = {
 #else
     plugin_execute,
 #endif
+#if PLUGIN_KIND == KIND_DEVICES
+    plugin_device_count, plugin_device_info,
+#else
     NULL, NULL, /* devices */
+#endif
     NULL, NULL, /* prepare, release */
     NULL,       /* synchronize */
 #if PLUGIN_KIND == KIND_PARTIAL

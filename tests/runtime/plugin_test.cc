@@ -1,6 +1,7 @@
 // Backend plugins loaded at run time: every way a library file can be wrong is one clear line
 // naming the file, the good ones still load, and a backend failing mid-graph is an error value.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -107,6 +108,33 @@ TEST(Plugins, AnExplicitlyRequestedBrokenFileIsAnError) {
   ASSERT_FALSE(ctx.ok());
   EXPECT_NE(ctx.status().message().find(Plugin("noentry") + ": does not export coda_backend_entry"), std::string::npos)
       << ctx.status().message();
+}
+
+// What a plugin hands the host is bounded by the host: an error message without a terminator, a
+// device count in the billions, a FIFO where a library should be (dlopen would wait forever).
+TEST(Plugins, HostileTablesAndFilesAreBounded) {
+  ContextOptions o = CpuAnd({});
+  o.plugin_files = {Plugin("noterm")};
+  auto ctx = Context::Create(o);
+  ASSERT_FALSE(ctx.ok());
+  EXPECT_NE(ctx.status().message().find(": noterm: " + std::string(1023, 'x')), std::string::npos);
+  EXPECT_EQ(ctx.status().message().find(std::string(1024, 'x')), std::string::npos);
+
+  o.plugin_files = {Plugin("devices")};
+  ctx = Context::Create(o);
+  ASSERT_TRUE(ctx.ok()) << ctx.status().message();
+  auto devices = (*(*ctx)->Find("devices"))->Devices();
+  ASSERT_FALSE(devices.ok());
+  EXPECT_NE(devices.status().message().find("device_count() says 4294967295 devices (at most 64"), std::string::npos)
+      << devices.status().message();
+
+  test::TempDir dir;
+  const std::string fifo = dir / "libcoda-backend-fifo.so";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  ctx = Context::Create(CpuAnd({dir.str()}));
+  ASSERT_TRUE(ctx.ok()) << ctx.status().message();
+  ASSERT_EQ((*ctx)->notes().size(), 1u);
+  EXPECT_EQ((*ctx)->notes()[0].Line(), fifo + ": not a regular file");
 }
 
 TEST(Plugins, FirstOfANameWinsAndTheLinkedCpuIsNeverLoadedTwice) {

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <random>
 #include <thread>
 
 #include "../common/golden_model.h"
@@ -104,6 +105,74 @@ TEST(Model, CopiedWeightsGiveTheSameLogits) {
     logits.emplace_back(r->begin(), r->end());
   }
   EXPECT_EQ(logits[0], logits[1]);
+}
+
+// A model whose numbers overflow fails the forward pass, naming the position; nothing samples NaN.
+TEST(Session, NonFiniteLogitsAreAnErrorNamingThePosition) {
+  test::TempDir dir;
+  const std::string path = dir / "m.coda";
+  ASSERT_TRUE(convert::ConvertCheckpoint(test::DataDir() + "/golden/v3-fp8/hf", path, {}).ok());
+  std::string bytes = test::ReadFile(path);
+  {
+    auto f = ModelFile::FromBytes({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, "m");
+    ASSERT_TRUE(f.ok());
+    const TensorRef* norm = f->Find("model.norm.weight");
+    ASSERT_NE(norm, nullptr);
+    // The final norm's weights become BF16 infinities (bytes of the copy, not of the file).
+    const size_t at = static_cast<size_t>(norm->data - reinterpret_cast<const uint8_t*>(bytes.data()));
+    for (size_t i = 0; i + 1 < norm->size; i += 2) {
+      bytes[at + i] = 0;
+      bytes[at + i + 1] = static_cast<char>(0x7f);
+      if (norm->dtype == DType::kBF16) bytes[at + i] = static_cast<char>(0x80);
+    }
+  }
+  auto f = ModelFile::FromBytes({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, "m");
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  auto m = Model::FromFile(std::move(*f));
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  auto ctx = CpuContext();
+  SessionOptions so;
+  so.n_ctx = 16;
+  auto s = Session::Create(*ctx, *m, so);
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  const int32_t t[] = {5, 9, 2};
+  auto r = (*s)->Forward(t);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("the logits at position 2 are not finite"), std::string::npos) << r.status().message();
+  EXPECT_EQ((*s)->n_past(), 0u);  // the failed pass does not count
+}
+
+// Byte flips in the metadata that the reader accepts give a model that runs: whatever passes
+// validation touches only memory it owns (this runs under ASan in CI).
+TEST(Session, AcceptedCorruptionsRun) {
+  test::TempDir dir;
+  const std::string path = dir / "m.coda";
+  convert::RandomOptions ro;
+  ro.seed = 11;
+  ASSERT_TRUE(convert::ConvertRandom(test::DataDir() + "/configs/fuzz-seed.json", path, ro).ok());
+  const std::string bytes = test::ReadFile(path);
+  uint64_t fb_size = 0;
+  std::memcpy(&fb_size, bytes.data() + 24, 8);
+  auto ctx = CpuContext();
+  std::mt19937_64 rng(5);
+  int ran = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    std::string b = bytes;
+    for (int k = 0, flips = 1 + static_cast<int>(rng() % 3); k < flips; ++k)
+      b[64 + rng() % fb_size] ^= static_cast<char>(1 + rng() % 255);
+    auto f = ModelFile::FromBytes({reinterpret_cast<const uint8_t*>(b.data()), b.size()}, "m");
+    if (!f.ok()) continue;
+    auto m = Model::FromFile(std::move(*f));
+    if (!m.ok()) continue;
+    SessionOptions so;
+    so.n_ctx = 8;
+    auto s = Session::Create(*ctx, *m, so);
+    if (!s.ok()) continue;
+    const int32_t t[] = {1, 2, 3};
+    (void)(*s)->Forward(t, true);
+    ++ran;
+  }
+  EXPECT_GT(ran, 0);  // some flips land in names and values the checks cannot tell apart
 }
 
 TEST(Session, RewindGivesTheSameLogitsAsARecompute) {
@@ -325,6 +394,15 @@ TEST(Sampler, GreedyAndSeededSampling) {
   EXPECT_EQ(pen.Sample(logits, recent), 2);
   rp.top_p = 0.0f;
   EXPECT_FALSE(Sampler::Create(rp).ok());
+  // A temperature too small to divide by is greedy (it sampled NaN-driven, seed-independent
+  // tokens), for any seed.
+  for (uint64_t seed : {1u, 2u, 3u}) {
+    SamplerOptions tiny;
+    tiny.temperature = 1e-45f;
+    tiny.seed = seed;
+    auto t = std::move(Sampler::Create(tiny).value());
+    for (int i = 0; i < 20; ++i) EXPECT_EQ(t.Sample(logits), 1);
+  }
 }
 
 TEST(Logits, ToolMatchesTheGoldenDecodeAndRefusesBadTokens) {

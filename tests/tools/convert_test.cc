@@ -245,6 +245,20 @@ TEST(Inspect, RejectsCorruptModelFiles) {
   EXPECT_EQ(r.exit_code, 2);
 }
 
+// A model converted honestly from a directory whose name is not UTF-8 carries that name; the
+// JSON report replaces the bytes instead of aborting (it died with SIGABRT).
+TEST(Inspect, JsonOfANonUtf8SourceName) {
+  TempDir dir;
+  const std::string odd = dir / "ckpt-\xff\xfe";
+  std::filesystem::copy(GoldenHf("v2lite-bf16"), odd);
+  const std::string out = dir / "m.coda";
+  ASSERT_EQ(RunCommand(Tool("coda-convert") + " -q '" + odd + "' -o " + out).exit_code, 0);
+  auto r = RunCommand(Tool("coda-inspect") + " --json " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(nlohmann::json::accept(r.out)) << r.out.substr(0, 400);
+  EXPECT_NE(r.out.find("ckpt-\xef\xbf\xbd"), std::string::npos) << r.out.substr(0, 400);  // U+FFFD
+}
+
 TEST(Inspect, RealConfigsReportThePublishedFigures) {
   auto r = RunCommand(Tool("coda-inspect") + " --json " + test::DataDir() + "/configs/deepseek-v3.json");
   ASSERT_EQ(r.exit_code, 0) << r.out;

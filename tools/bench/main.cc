@@ -84,7 +84,7 @@ class BandwidthMeter {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int Main(int argc, char** argv) {
   using namespace coda;
   cli::ModelSessionOptions mo;
   mo.program = kTool;
@@ -202,7 +202,7 @@ int main(int argc, char** argv) {
     }
   }
   if (json) {
-    std::printf("%s\n", out.dump(2).c_str());
+    std::printf("%s\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return 0;
   }
   std::printf("model       %s\n", mo.model_path.c_str());
@@ -225,3 +225,5 @@ int main(int argc, char** argv) {
                 t["achieved_gbs"].get<double>(), t["bandwidth_gbs"].get<double>(), 100 * t["fraction_of_bound"].get<double>());
   return 0;
 }
+
+int main(int argc, char** argv) { return coda::cli::RunMain(kTool, argc, argv, Main); }

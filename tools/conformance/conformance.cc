@@ -387,7 +387,7 @@ std::string Report::Json() const {
                     {"error", std::isfinite(c.error) ? nlohmann::json(c.error) : nlohmann::json(nullptr)},
                     {"tolerance", c.tolerance}, {"against", c.against}, {"detail", c.detail}});
   j["cases"] = std::move(list);
-  return j.dump(2);
+  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 Result<Report> Run(const Backend& backend, const Backend& reference, const Options& options) {

@@ -42,7 +42,7 @@ coda::Result<std::unique_ptr<coda::Context>> Open(const std::string& what) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int Main(int argc, char** argv) {
   using namespace coda;
   std::string target, against = "cpu";
   conformance::Options options;
@@ -89,3 +89,5 @@ int main(int argc, char** argv) {
   }
   return report->Count(conformance::Outcome::kFail) ? 1 : 0;
 }
+
+int main(int argc, char** argv) { return coda::cli::RunMain(kTool, argc, argv, Main); }

@@ -151,6 +151,11 @@ Status CopyConverted(std::span<const uint8_t> src, DType from, DType to, Streame
 Status ConvertCheckpoint(const std::string& hf_dir, const std::string& out_path, const Options& o) {
   CODA_ASSIGN_OR_RETURN(ModelConfig config, LoadHfConfig(hf_dir + "/config.json"));
   CODA_ASSIGN_OR_RETURN(safetensors::Checkpoint ckpt, safetensors::Checkpoint::Open(hf_dir));
+  // The config must roughly fit the checkpoint before a list of its tensors is made (a small
+  // config.json can describe millions of them); small differences are named tensor by tensor below.
+  if (const uint64_t need = ExpectedTensorCount(config, /*include_mtp=*/false); need > 2 * ckpt.tensor_names().size() + 1024)
+    return Corrupt(hf_dir + ": config.json describes " + std::to_string(need) + " tensors, but the checkpoint holds " +
+                   std::to_string(ckpt.tensor_names().size()));
 
   std::vector<TensorSpec> specs = ExpectedTensors(config, /*include_mtp=*/true);
   // MTP modules are optional: some checkpoints ship without them.

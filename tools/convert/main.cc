@@ -36,7 +36,7 @@ void OnSignal(int) { g_cancel.store(true); }
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int Main(int argc, char** argv) {
   using namespace coda;
   std::string input, output, random_config, tokenizer_dir, dtype_name;
   uint64_t seed = 1;
@@ -97,3 +97,5 @@ int main(int argc, char** argv) {
   }
   return 0;
 }
+
+int main(int argc, char** argv) { return coda::cli::RunMain(kTool, argc, argv, Main); }

@@ -157,7 +157,7 @@ void PrintJson(const Report& r, bool tensors) {
     auto& a = j["tensors"] = nlohmann::json::array();
     for (const auto& t : r.tensors) a.push_back({{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape}, {"bytes", t.bytes}});
   }
-  std::printf("%s\n", j.dump(2).c_str());
+  std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
 }
 
 void PrintText(const Report& r, bool tensors) {
@@ -272,7 +272,7 @@ int ListBackends(bool json) {
   j["skipped"] = std::move(skipped);
   j["refused"] = std::move(refused);
   if (json) {
-    std::printf("%s\n", j.dump(2).c_str());
+    std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return 0;
   }
   for (auto kind : {BackendNote::Kind::kSkipped, BackendNote::Kind::kRefused}) {
@@ -319,7 +319,7 @@ int ShowPlan(const std::string& path, const std::vector<std::string>& backends, 
   auto& summary = j["summary"] = nlohmann::json::object();
   for (const auto& [backend, ops] : counts) summary[backend] = ops;
   if (json) {
-    std::printf("%s\n", j.dump(2).c_str());
+    std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return 0;
   }
   std::printf("\n");
@@ -337,7 +337,7 @@ int ShowPlan(const std::string& path, const std::vector<std::string>& backends, 
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int Main(int argc, char** argv) {
   using namespace coda;
   std::string model, path;
   bool json = false, tensors = false, backends = false, plan = false;
@@ -368,3 +368,5 @@ int main(int argc, char** argv) {
   else PrintText(*r, tensors);
   return 0;
 }
+
+int main(int argc, char** argv) { return coda::cli::RunMain(kTool, argc, argv, Main); }

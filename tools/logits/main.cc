@@ -25,7 +25,7 @@ cache is F32 by default, as references are computed.)";
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int Main(int argc, char** argv) {
   using namespace coda;
   cli::ModelSessionOptions mo;
   mo.program = kTool;
@@ -71,3 +71,5 @@ int main(int argc, char** argv) {
   if (Status st = (*out)->Commit(); !st.ok()) return cl.Fail(st);
   return 0;
 }
+
+int main(int argc, char** argv) { return coda::cli::RunMain(kTool, argc, argv, Main); }

@@ -125,7 +125,7 @@ std::string DumpLine(const ordered_json& j) { return j.dump(-1, ' ', false, orde
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int Main(int argc, char** argv) {
   using namespace coda;
   std::string model_path, tokenizer_dir, chat_path, text_arg;
   bool decode = false, skip_special = false, add_gen = false, print_ids = false, batch = false, add_special = false;
@@ -216,3 +216,5 @@ int main(int argc, char** argv) {
   std::printf("%s\n", IdsJson(*ids).c_str());
   return 0;
 }
+
+int main(int argc, char** argv) { return coda::cli::RunMain(kTool, argc, argv, Main); }

@@ -81,14 +81,21 @@ coda_status_code Create(const coda_host* host, const coda_backend_options* optio
     CopyError("out of memory", error, error_size);
     return CODA_STATUS_OUT_OF_MEMORY;
   }
-  inst->pool = std::make_unique<ThreadPool>(threads);
-  inst->ctx.k = &SelectKernels();
-  inst->ctx.pool = inst->pool.get();
-  inst->ctx.thread_scratch.resize(inst->pool->size());
-  // For measuring the two Linear paths against each other (coda-bench); not a user setting.
-  if (const char* g = std::getenv("CODA_CPU_GEMM_MIN_TOKENS")) inst->ctx.gemm_min_tokens = std::strtoul(g, nullptr, 10);
-  inst->description = "CPU, " + std::to_string(inst->pool->size()) + " threads, " + inst->ctx.k->name + " kernels";
-  inst->cpu_name = CpuModelName();
+  // Nothing may throw across the C boundary: the system may refuse a thread, memory may run out.
+  try {
+    inst->pool = std::make_unique<ThreadPool>(threads);
+    inst->ctx.k = &SelectKernels();
+    inst->ctx.pool = inst->pool.get();
+    inst->ctx.thread_scratch.resize(inst->pool->size());
+    // For measuring the two Linear paths against each other (coda-bench); not a user setting.
+    if (const char* g = std::getenv("CODA_CPU_GEMM_MIN_TOKENS")) inst->ctx.gemm_min_tokens = std::strtoul(g, nullptr, 10);
+    inst->description = "CPU, " + std::to_string(inst->pool->size()) + " threads, " + inst->ctx.k->name + " kernels";
+    inst->cpu_name = CpuModelName();
+  } catch (const std::exception& e) {
+    delete inst;
+    CopyError("cannot start " + std::to_string(threads) + " threads: " + e.what(), error, error_size);
+    return CODA_STATUS_OUT_OF_MEMORY;
+  }
   *self = inst;
   return CODA_STATUS_OK;
 }

@@ -19,16 +19,24 @@ constexpr auto kSpin = std::chrono::microseconds(200);
 
 ThreadPool::ThreadPool(unsigned n_threads) {
   const unsigned n = std::max(1u, n_threads);
-  for (unsigned i = 1; i < n; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  try {
+    for (unsigned i = 1; i < n; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  } catch (...) {
+    Stop();  // the threads that did start (the system refused one more)
+    throw;
+  }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { Stop(); }
+
+void ThreadPool::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_.store(true);
   }
   wake_.notify_all();
   for (auto& t : workers_) t.join();
+  workers_.clear();
 }
 
 void ThreadPool::WorkerLoop(unsigned index) {

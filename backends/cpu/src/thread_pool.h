@@ -17,6 +17,7 @@ namespace coda::cpu {
 
 class ThreadPool {
  public:
+  // Throws std::system_error when the system refuses a thread (none is left running then).
   explicit ThreadPool(unsigned n_threads);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
@@ -30,6 +31,7 @@ class ThreadPool {
 
  private:
   void WorkerLoop(unsigned index);
+  void Stop();
 
   std::vector<std::thread> workers_;
   std::mutex mu_;

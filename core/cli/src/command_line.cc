@@ -3,6 +3,9 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <new>
 
 #include "coda/cli/values.h"
 
@@ -50,6 +53,40 @@ std::string WithoutTrailingNewlines(std::string s) {
 }
 
 }  // namespace
+
+namespace {
+const char* g_program = "coda";  // for the terminate handler, which gets no arguments
+
+[[noreturn]] void OnTerminate() {
+  std::string what = "an unknown exception";
+  if (std::exception_ptr e = std::current_exception()) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      what = ex.what();
+    } catch (...) {
+    }
+  } else {
+    what = "std::terminate";
+  }
+  std::fprintf(stderr, "%s: error: internal error: %s\n", g_program, what.c_str());
+  std::abort();  // as terminate would: temporary files are removed on SIGABRT
+}
+}  // namespace
+
+int RunMain(const char* program, int argc, char** argv, int (*body)(int argc, char** argv)) {
+  g_program = program;
+  std::set_terminate(OnTerminate);
+  try {
+    return body(argc, argv);
+  } catch (const std::bad_alloc&) {
+    return Fail(program, OutOfMemory("out of memory"));
+  } catch (const std::exception& e) {
+    return Fail(program, Internal(std::string("internal error: ") + e.what()));
+  } catch (...) {
+    return Fail(program, Internal("internal error: an unknown exception"));
+  }
+}
 
 int Fail(const std::string& program, const Status& status) {
   std::fprintf(stderr, "%s: error: %s\n", program.c_str(), status.message().c_str());

@@ -9,7 +9,12 @@
 namespace coda {
 
 namespace {
+// A backend writes at most kErrorSize - 1 bytes of its message: the last byte stays the
+// terminator whatever it writes.
 constexpr size_t kErrorSize = 1024;
+// Strings and counts a backend hands out are bounded before use.
+constexpr size_t kMaxDescription = 1024;
+constexpr uint32_t kMaxDevices = 64;
 
 Status FromCode(coda_status_code code, std::string message) {
   switch (code) {
@@ -68,7 +73,7 @@ Result<std::unique_ptr<Backend>> Backend::Create(const BackendLibrary& library, 
               },
               HostAlloc, HostFree};
   char error[kErrorSize] = {};
-  const coda_status_code code = b->api_.create(&b->host_, &options, &b->self_, error, sizeof error);
+  const coda_status_code code = b->api_.create(&b->host_, &options, &b->self_, error, kErrorSize - 1);
   if (code != CODA_STATUS_OK) {
     b->api_.destroy = nullptr;  // nothing was created
     return FromCode(code, std::string(b->name()) + ": " + ErrorText(error, "create()"));
@@ -89,7 +94,7 @@ Backend::~Backend() {
 std::string Backend::describe() const {
   std::lock_guard<std::mutex> lock(mu_);
   const char* d = api_.describe(self_);
-  return d ? d : "";
+  return d ? std::string(d, strnlen(d, kMaxDescription)) : "";
 }
 
 bool Backend::Supports(const coda_op& op) const {
@@ -100,7 +105,7 @@ bool Backend::Supports(const coda_op& op) const {
 Status Backend::Execute(const coda_op& op) const {
   std::lock_guard<std::mutex> lock(mu_);
   char error[kErrorSize] = {};
-  const coda_status_code code = api_.execute(self_, &op, error, sizeof error);
+  const coda_status_code code = api_.execute(self_, &op, error, kErrorSize - 1);
   if (code == CODA_STATUS_OK) return Status::Ok();
   return FromCode(code, error[0] ? std::string(error) : "backend reported failure without a message");
 }
@@ -118,11 +123,14 @@ Result<std::vector<DeviceInfo>> Backend::Devices() const {
   if (!has_devices()) return Missing("device information");
   std::vector<DeviceInfo> out;
   const uint32_t n = api_.device_count(self_);
+  if (n > kMaxDevices)
+    return Internal(std::string(name()) + ": device_count() says " + std::to_string(n) + " devices (at most " +
+                    std::to_string(kMaxDevices) + " are believed)");
   for (uint32_t i = 0; i < n; ++i) {
     coda_device_info info{};
     info.struct_size = sizeof info;
     char error[kErrorSize] = {};
-    const coda_status_code code = api_.device_info(self_, i, &info, error, sizeof error);
+    const coda_status_code code = api_.device_info(self_, i, &info, error, kErrorSize - 1);
     if (code != CODA_STATUS_OK) return Error(code, error, "device_info()");
     info.name[sizeof info.name - 1] = '\0';  // never trust a backend to terminate it
     out.push_back({info.name, static_cast<coda_device_kind>(std::min<uint32_t>(info.kind, CODA_DEVICE_OTHER)),
@@ -136,7 +144,7 @@ Result<void*> Backend::Prepare(const coda_weights& weights) const {
   if (!has_prepare()) return static_cast<void*>(nullptr);
   void* prepared = nullptr;
   char error[kErrorSize] = {};
-  const coda_status_code code = api_.prepare(self_, &weights, &prepared, error, sizeof error);
+  const coda_status_code code = api_.prepare(self_, &weights, &prepared, error, kErrorSize - 1);
   if (code != CODA_STATUS_OK) return Error(code, error, "prepare()");
   return prepared;
 }
@@ -150,7 +158,7 @@ Status Backend::Synchronize() const {
   std::lock_guard<std::mutex> lock(mu_);
   if (!has_synchronize()) return Status::Ok();
   char error[kErrorSize] = {};
-  const coda_status_code code = api_.synchronize(self_, error, sizeof error);
+  const coda_status_code code = api_.synchronize(self_, error, kErrorSize - 1);
   return code == CODA_STATUS_OK ? Status::Ok() : Error(code, error, "synchronize()");
 }
 
@@ -159,7 +167,7 @@ Result<coda_buffer> Backend::AllocBuffer(uint64_t size) const {
   if (!has_buffers()) return Missing("buffers");
   coda_buffer b = nullptr;
   char error[kErrorSize] = {};
-  const coda_status_code code = api_.buffer_alloc(self_, size, &b, error, sizeof error);
+  const coda_status_code code = api_.buffer_alloc(self_, size, &b, error, kErrorSize - 1);
   if (code != CODA_STATUS_OK) return Error(code, error, "buffer_alloc()");
   if (!b) return Internal(std::string(name()) + ": buffer_alloc() succeeded without a buffer");
   return b;
@@ -174,7 +182,7 @@ Status Backend::Upload(coda_buffer dst, uint64_t dst_offset, const void* src, ui
   std::lock_guard<std::mutex> lock(mu_);
   if (!has_buffers()) return Missing("buffers");
   char error[kErrorSize] = {};
-  const coda_status_code code = api_.buffer_upload(self_, dst, dst_offset, src, size, queue, error, sizeof error);
+  const coda_status_code code = api_.buffer_upload(self_, dst, dst_offset, src, size, queue, error, kErrorSize - 1);
   return code == CODA_STATUS_OK ? Status::Ok() : Error(code, error, "buffer_upload()");
 }
 
@@ -182,7 +190,7 @@ Status Backend::Download(coda_buffer src, uint64_t src_offset, void* dst, uint64
   std::lock_guard<std::mutex> lock(mu_);
   if (!has_buffers()) return Missing("buffers");
   char error[kErrorSize] = {};
-  const coda_status_code code = api_.buffer_download(self_, src, src_offset, dst, size, queue, error, sizeof error);
+  const coda_status_code code = api_.buffer_download(self_, src, src_offset, dst, size, queue, error, kErrorSize - 1);
   return code == CODA_STATUS_OK ? Status::Ok() : Error(code, error, "buffer_download()");
 }
 
@@ -192,7 +200,7 @@ Status Backend::Copy(coda_buffer src, uint64_t src_offset, coda_buffer dst, uint
   if (!has_buffers()) return Missing("buffers");
   char error[kErrorSize] = {};
   const coda_status_code code =
-      api_.buffer_copy(self_, src, src_offset, dst, dst_offset, size, queue, error, sizeof error);
+      api_.buffer_copy(self_, src, src_offset, dst, dst_offset, size, queue, error, kErrorSize - 1);
   return code == CODA_STATUS_OK ? Status::Ok() : Error(code, error, "buffer_copy()");
 }
 
@@ -201,7 +209,7 @@ Result<coda_event> Backend::CreateEvent() const {
   if (!has_events()) return Missing("events");
   coda_event e = nullptr;
   char error[kErrorSize] = {};
-  const coda_status_code code = api_.event_create(self_, &e, error, sizeof error);
+  const coda_status_code code = api_.event_create(self_, &e, error, kErrorSize - 1);
   if (code != CODA_STATUS_OK) return Error(code, error, "event_create()");
   if (!e) return Internal(std::string(name()) + ": event_create() succeeded without an event");
   return e;
@@ -211,7 +219,7 @@ Status Backend::RecordEvent(coda_event event, coda_queue queue) const {
   std::lock_guard<std::mutex> lock(mu_);
   if (!has_events()) return Missing("events");
   char error[kErrorSize] = {};
-  const coda_status_code code = api_.event_record(self_, event, queue, error, sizeof error);
+  const coda_status_code code = api_.event_record(self_, event, queue, error, kErrorSize - 1);
   return code == CODA_STATUS_OK ? Status::Ok() : Error(code, error, "event_record()");
 }
 
@@ -219,7 +227,7 @@ Status Backend::WaitEvent(coda_event event, coda_queue queue) const {
   std::lock_guard<std::mutex> lock(mu_);
   if (!has_events()) return Missing("events");
   char error[kErrorSize] = {};
-  const coda_status_code code = api_.event_wait(self_, event, queue, error, sizeof error);
+  const coda_status_code code = api_.event_wait(self_, event, queue, error, kErrorSize - 1);
   return code == CODA_STATUS_OK ? Status::Ok() : Error(code, error, "event_wait()");
 }
 

@@ -42,8 +42,13 @@ Result<std::shared_ptr<uint8_t>> CopyWeights(const std::vector<TensorRef>& refs,
 }  // namespace
 
 Result<std::shared_ptr<Model>> Model::Load(const std::string& path, const ModelLoadOptions& options) {
+  CODA_ASSIGN_OR_RETURN(ModelFile file, ModelFile::Open(path));
+  return FromFile(std::move(file), options);
+}
+
+Result<std::shared_ptr<Model>> Model::FromFile(ModelFile file, const ModelLoadOptions& options) {
   std::shared_ptr<Model> m(new Model());
-  CODA_ASSIGN_OR_RETURN(m->file_, ModelFile::Open(path));
+  m->file_ = std::move(file);
   const uint64_t available = AvailableMemoryBytes();
   const bool prefault = options.prefault == ModelLoadOptions::Prefault::kAlways ||
                         (options.prefault == ModelLoadOptions::Prefault::kAuto && available > 0 &&

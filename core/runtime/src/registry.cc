@@ -1,9 +1,12 @@
 // Finding and opening backend libraries. Everything a plugin file can get wrong becomes a
 // recorded refusal with one line naming the file; nothing here aborts or trusts a table blindly.
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -150,6 +153,14 @@ Status BackendRegistry::LoadFile(const std::string& path) { return Load(path, ""
 
 Status BackendRegistry::Load(const std::string& path, std::string_view expected_name, bool discovered) {
   using Kind = BackendNote::Kind;
+  // Only a regular file is handed to dlopen(), which would wait forever on a FIFO. Opened
+  // non-blocking, so that checking a FIFO does not wait either.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return AddNote(Kind::kRefused, path, expected_name, std::string("cannot open: ") + std::strerror(errno));
+  struct stat st {};
+  const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  ::close(fd);
+  if (!regular) return AddNote(Kind::kRefused, path, expected_name, "not a regular file");
   // RTLD_NOW: an unresolved symbol fails here, with a message, instead of at first call.
   // RTLD_LOCAL: a plugin's symbols never interpose on the program's or another plugin's.
   dlerror();

@@ -2,6 +2,7 @@
 // value lives, and the execution of forward plans. A plan (plan.h) is bound to this session's
 // memory once, as a list of ready coda_ops; a forward pass then only sets positions and runs them.
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -32,6 +33,25 @@ struct Step {
   std::vector<uint32_t> fetch;
   uint32_t first_row = 0;
 };
+
+// Index of the first NaN or infinity, or v.size(). Integer compares on the exponent bits, so the
+// scan vectorizes (it runs on every token's logits).
+size_t FirstNonFinite(std::span<const float> v) {
+  constexpr size_t kBlock = 1024;
+  for (size_t b = 0; b < v.size(); b += kBlock) {
+    const size_t e = std::min(v.size(), b + kBlock);
+    uint32_t any = 0;
+    for (size_t i = b; i < e; ++i) {
+      uint32_t u;
+      std::memcpy(&u, &v[i], 4);
+      any |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    if (any)
+      for (size_t i = b; i < e; ++i)
+        if (!std::isfinite(v[i])) return i;
+  }
+  return v.size();
+}
 
 }  // namespace
 
@@ -350,10 +370,19 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
   // Host-memory outputs are complete when execute() returns; this also settles any work a
   // backend still has queued before the cache counts the new positions.
   for (Backend* b : im.used) CODA_RETURN_IF_ERROR(b->Synchronize());
+  const coda_tensor& shape = plan.values[g.logits];
+  const std::span<const float> logits(reinterpret_cast<const float*>(im.arena.data.get() + plan.offsets[g.logits]),
+                                      shape.shape[0] * shape.shape[1]);
+  // Nothing may sample from NaN: a model whose numbers overflow fails here, naming where.
+  if (const size_t bad = FirstNonFinite(logits); bad < logits.size()) {
+    const uint64_t row = bad / shape.shape[1];
+    const uint64_t position = start + (shape.shape[0] == n ? row : n - 1);
+    return Internal("the logits at position " + std::to_string(position) + " are not finite (token " +
+                    std::to_string(bad % shape.shape[1]) + " is " + std::to_string(logits[bad]) +
+                    "): the model's numbers overflow");
+  }
   im.kv->set_n_past(start + n);
-  const coda_tensor& logits = plan.values[g.logits];
-  return std::span<const float>(reinterpret_cast<const float*>(im.arena.data.get() + plan.offsets[g.logits]),
-                                logits.shape[0] * logits.shape[1]);
+  return logits;
 }
 
 }  // namespace coda

@@ -37,12 +37,15 @@ int32_t Sampler::Sample(std::span<const float> logits, std::span<const int32_t> 
   auto by_logit = [&](int32_t a, int32_t b) { return work_[static_cast<size_t>(a)] > work_[static_cast<size_t>(b)]; };
   const size_t k = options_.top_k > 0 && options_.top_k < V ? options_.top_k : V;
   if (k < V) std::nth_element(idx_.begin(), idx_.begin() + static_cast<long>(k), idx_.end(), by_logit);
-  const float inv_t = 1.0f / options_.temperature;
+  // exp((l - max) / T) in double: finite for any positive float T, so a temperature too small
+  // to divide by gives all the probability to the largest logit (greedy), never NaN.
+  const double t = options_.temperature;
   float mx = -INFINITY;
-  for (size_t i = 0; i < k; ++i) mx = std::max(mx, work_[static_cast<size_t>(idx_[i])] * inv_t);
+  for (size_t i = 0; i < k; ++i) mx = std::max(mx, work_[static_cast<size_t>(idx_[i])]);
+  auto weight = [&](size_t i) { return std::exp((static_cast<double>(work_[static_cast<size_t>(idx_[i])]) - mx) / t); };
   double z = 0;
-  for (size_t i = 0; i < k; ++i) z += std::exp(work_[static_cast<size_t>(idx_[i])] * inv_t - mx);
-  auto prob = [&](size_t i) { return static_cast<float>(std::exp(work_[static_cast<size_t>(idx_[i])] * inv_t - mx) / z); };
+  for (size_t i = 0; i < k; ++i) z += weight(i);
+  auto prob = [&](size_t i) { return static_cast<float>(weight(i) / z); };
   size_t sorted = 0;
   auto sort_prefix = [&](size_t m) {
     m = std::min(m, k);

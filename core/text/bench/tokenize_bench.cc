@@ -76,7 +76,7 @@ std::string MakeText(size_t bytes) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int Main(int argc, char** argv) {
   std::string dir = CODA_BENCH_TOKENIZER_DIR;
   float megabytes = 4;
   coda::cli::CommandLine cl(kProgram, kAbout);
@@ -112,3 +112,5 @@ int main(int argc, char** argv) {
   }
   return 0;
 }
+
+int main(int argc, char** argv) { return coda::cli::RunMain(kProgram, argc, argv, Main); }

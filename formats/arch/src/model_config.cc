@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "coda/checked.h"
 
@@ -59,14 +60,35 @@ Status ModelConfig::Validate() const {
       return Unsupported(src + ": topk_group groups hold fewer experts than num_experts_per_tok");
   }
   CODA_RETURN_IF_ERROR(Bound(src, "num_nextn_predict_layers", n_mtp_layers, 0, 16));
-  if (!(rms_norm_eps > 0.0f) || !std::isfinite(rms_norm_eps)) return Unsupported(src + ": rms_norm_eps must be > 0");
-  if (!(rope.theta > 0.0)) return Unsupported(src + ": rope_theta must be > 0");
-  if (!std::isfinite(routed_scaling_factor)) return Unsupported(src + ": routed_scaling_factor is not finite");
+  // Numbers in ranges where RoPE, YaRN, the softmax scale and routing stay finite; the written
+  // comparisons also refuse NaN.
+  auto in = [&](const char* field, double v, double lo, double hi, bool lo_open) -> Status {
+    if ((lo_open ? v > lo : v >= lo) && v <= hi) return Status::Ok();
+    auto g = [](double x) {
+      char b[32];
+      std::snprintf(b, sizeof b, "%g", x);
+      return std::string(b);
+    };
+    return Unsupported(src + ": " + field + " = " + g(v) + " is outside the supported range " + (lo_open ? "(" : "[") +
+                       g(lo) + ", " + g(hi) + "]");
+  };
+  CODA_RETURN_IF_ERROR(in("rms_norm_eps", rms_norm_eps, 0.0, 1.0, true));
+  CODA_RETURN_IF_ERROR(in("rope_theta", rope.theta, 1.0, 1e12, true));
+  CODA_RETURN_IF_ERROR(in("routed_scaling_factor", routed_scaling_factor, 0.0, 1e4, true));
   if (rope.yarn) {
-    if (!(rope.factor >= 1.0)) return Unsupported(src + ": rope_scaling.factor must be >= 1");
+    CODA_RETURN_IF_ERROR(in("rope_scaling.factor", rope.factor, 1.0, 1e6, false));
     CODA_RETURN_IF_ERROR(Bound(src, "rope_scaling.original_max_position_embeddings",
                                rope.original_max_position_embeddings, 1, 1u << 30));
+    CODA_RETURN_IF_ERROR(in("rope_scaling.beta_fast", rope.beta_fast, 0.0, 1e6, true));
+    CODA_RETURN_IF_ERROR(in("rope_scaling.beta_slow", rope.beta_slow, 0.0, 1e6, true));
+    CODA_RETURN_IF_ERROR(in("rope_scaling.mscale", rope.mscale, 0.0, 1e3, false));
+    CODA_RETURN_IF_ERROR(in("rope_scaling.mscale_all_dim", rope.mscale_all_dim, 0.0, 1e3, false));
   }
+  // What the ops compute from them, checked rather than argued.
+  for (float f : RopeInvFreq(*this))
+    if (!std::isfinite(f) || !(f > 0.0f)) return Unsupported(src + ": the RoPE frequencies these settings give are not finite and positive");
+  const float scale = OpHparams(*this, {}).softmax_scale;
+  if (!std::isfinite(scale) || !(scale > 0.0f)) return Unsupported(src + ": the attention softmax scale these settings give is not finite");
   if (fp8 && fp8_block != 128)
     return Unsupported(src + ": FP8 weight_block_size " + std::to_string(fp8_block) + " (only 128x128 is supported)");
   return Status::Ok();

@@ -150,6 +150,7 @@ Result<Checkpoint> Checkpoint::Open(const std::string& dir) {
         shard_names.push_back(shard);
       }
     }
+    if (weight_map.empty()) return Corrupt(index_path + ": 'weight_map' lists no tensors");
   } else if (FileExists(single_path)) {
     shard_names.push_back("model.safetensors");
   } else {

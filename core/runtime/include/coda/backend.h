@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -99,7 +100,7 @@ class Backend {
   Backend& operator=(const Backend&) = delete;
 
   std::string_view name() const { return api_.name; }
-  std::string_view version() const { return api_.version ? api_.version : ""; }
+  std::string_view version() const { return api_.version ? std::string_view(api_.version, strnlen(api_.version, 256)) : ""; }
   uint32_t abi_version() const { return api_.abi_version; }
   uint32_t table_size() const { return api_.struct_size; }
   // The library file; empty when linked into the program.

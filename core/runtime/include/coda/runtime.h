@@ -69,6 +69,8 @@ struct ModelLoadOptions {
 class Model {
  public:
   static Result<std::shared_ptr<Model>> Load(const std::string& path, const ModelLoadOptions& options = {});
+  // A model file already opened (and validated), e.g. from bytes in memory; they must outlive it.
+  static Result<std::shared_ptr<Model>> FromFile(ModelFile file, const ModelLoadOptions& options = {});
 
   const ModelConfig& config() const { return file_.config(); }
   const ModelFile& file() const { return file_; }

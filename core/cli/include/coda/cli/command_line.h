@@ -34,6 +34,11 @@ int UsageError(const std::string& program, const std::string& message);
 // "<option>: ", so it names the value and what was expected ("'abc' is not a whole number ...").
 using ApplyFn = std::function<Status(const std::string& text)>;
 
+// Runs a program's main body so that no exception ends it uncaught: one thrown by the body
+// becomes "<program>: error: ..." and exit 1; one thrown on another thread reaches
+// std::terminate, which prints the same line before the process aborts.
+int RunMain(const char* program, int argc, char** argv, int (*body)(int argc, char** argv));
+
 // One declared option, as --help shows it.
 class Option {
  public:
