@@ -344,7 +344,7 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
   CODA_RETURN_IF_ERROR(im.Reserve(plan.arena_bytes));
   if (bp->generation != im.memory_generation) im.Bind(*bp);
   const GraphRef& g = model_->file().graph();
-  im.host_valid.assign(g.n_values, true);
+  im.host_valid.resize(g.n_values);
   for (uint32_t v = 0; v < g.n_values; ++v) im.host_valid[v] = im.home[v] == nullptr;
   std::memcpy(im.arena.data.get() + plan.offsets[0], tokens.data(), tokens.size() * sizeof(int32_t));
 
