@@ -68,6 +68,9 @@ class Golden : public ::testing::TestWithParam<std::tuple<std::string, std::stri
   void SetUp() override {
     c_.name = std::get<0>(GetParam());
     backend_ = std::get<1>(GetParam());
+    // "+offload": the model's routed experts come from an expert store holding a quarter of them.
+    const bool offload = backend_.ends_with("+offload");
+    if (offload) backend_.resize(backend_.size() - std::string("+offload").size());
     std::string why;
     ctx_ = BackendContext(backend_, &why);
     if (!ctx_) {
@@ -78,7 +81,11 @@ class Golden : public ::testing::TestWithParam<std::tuple<std::string, std::stri
     }
     const std::string dir = test::DataDir() + "/golden/" + c_.name;
     c_.ref = nlohmann::json::parse(test::ReadFile(dir + "/reference.json"));
-    c_.model = test::GoldenModel(c_.name);
+    c_.model = test::GoldenModel(c_.name, offload);
+    if (offload) {
+      ASSERT_TRUE(c_.model && c_.model->expert_store());
+      c_.model->expert_store()->ResetStats();
+    }
     ASSERT_TRUE(c_.model);
   }
 
@@ -261,11 +268,11 @@ INSTANTIATE_TEST_SUITE_P(Cases, Golden,
                          ::testing::Combine(::testing::Values("v3-fp8", "v2lite-bf16", "v2-bf16"),
                                             // example,vulkan: activations cross between host
                                             // and device memory at every norm and residual.
-                                            ::testing::Values("cpu", "vulkan", "example,vulkan")),
+                                            ::testing::Values("cpu", "vulkan", "example,vulkan", "cpu+offload")),
                          [](const auto& info) {
                            std::string n = std::get<0>(info.param) + "_" + std::get<1>(info.param);
                            for (char& ch : n)
-                             if (ch == '-' || ch == ',') ch = '_';
+                             if (ch == '-' || ch == ',' || ch == '+') ch = '_';
                            return n;
                          });
 

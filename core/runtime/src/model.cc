@@ -1,5 +1,9 @@
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 
@@ -39,6 +43,53 @@ Result<std::shared_ptr<uint8_t>> CopyWeights(const std::vector<TensorRef>& refs,
   return std::shared_ptr<uint8_t>(start, [keep](uint8_t* q) { ::munmap(q, keep); });
 }
 
+bool IsStored(const ExpertStore& store, const TensorRef& r) { return r.expert >= 0 && store.Serves(r.layer); }
+
+// Every tensor the expert store does not serve, read from the file (not through the mapping,
+// so that a file that shrinks is an error here, not a crash later) into memory laid out like
+// the file; `*base` is the mapping address the copy stands for.
+Result<std::shared_ptr<uint8_t>> ReadOtherWeights(const ModelFile& file, const ExpertStore& store, const uint8_t** base) {
+  const uint8_t* lo = nullptr;
+  const uint8_t* hi = nullptr;
+  for (const TensorRef& r : file.tensors()) {
+    if (IsStored(store, r)) continue;
+    if (!lo || r.data < lo) lo = r.data;
+    if (!hi || r.data + r.size > hi) hi = r.data + r.size;
+  }
+  *base = lo;
+  if (!lo) return std::shared_ptr<uint8_t>();
+  // Reserved for the span, but only the pages of the tensors read in are ever touched.
+  const size_t span = static_cast<size_t>(hi - lo);
+  void* p = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) return OutOfMemory("cannot reserve " + std::to_string(span) + " bytes for the weights");
+  std::shared_ptr<uint8_t> copy(static_cast<uint8_t*>(p), [span](uint8_t* q) { ::munmap(q, span); });
+#ifdef MADV_HUGEPAGE
+  ::madvise(p, span, MADV_HUGEPAGE);
+#endif
+  const int fd = ::open(file.path().c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return IoError(file.path() + ": cannot open: " + std::strerror(errno));
+  const uint8_t* start = file.mapping()->data();
+  for (const TensorRef& r : file.tensors()) {
+    if (IsStored(store, r) || r.size == 0) continue;
+    uint8_t* dst = copy.get() + (r.data - lo);
+    const uint64_t at = static_cast<uint64_t>(r.data - start);
+    for (uint64_t done = 0; done < r.size;) {
+      const ssize_t n = ::pread(fd, dst + done, r.size - done, static_cast<off_t>(at + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        const std::string why = n == 0 ? "the file ends early (it shrank?)" : std::strerror(errno);
+        ::close(fd);
+        return IoError(file.path() + ": reading tensor '" + r.name + "': " + why);
+      }
+      done += static_cast<uint64_t>(n);
+    }
+    // Our copy is what is used: the page cache need not keep the file's.
+    ::posix_fadvise(fd, static_cast<off_t>(at), static_cast<off_t>(r.size), POSIX_FADV_DONTNEED);
+  }
+  ::close(fd);
+  return copy;
+}
+
 }  // namespace
 
 Result<std::shared_ptr<Model>> Model::Load(const std::string& path, const ModelLoadOptions& options) {
@@ -49,16 +100,40 @@ Result<std::shared_ptr<Model>> Model::Load(const std::string& path, const ModelL
 Result<std::shared_ptr<Model>> Model::FromFile(ModelFile file, const ModelLoadOptions& options) {
   std::shared_ptr<Model> m(new Model());
   m->file_ = std::move(file);
-  const uint64_t available = AvailableMemoryBytes();
-  const bool prefault = options.prefault == ModelLoadOptions::Prefault::kAlways ||
-                        (options.prefault == ModelLoadOptions::Prefault::kAuto && available > 0 &&
-                         m->file_.file_size() <= available / 2);
-  if (prefault && !options.copy_weights && m->file_.mapping()) m->file_.mapping()->Populate();
   const ModelConfig& c = m->file_.config();
   const auto& refs = m->file_.tensors();
+  const uint64_t available = MemoryAvailableToProcess();
+  uint64_t expert_bytes = 0;
+  for (const ExpertBlockRef& b : m->file_.expert_blocks()) expert_bytes += b.stride * b.n_experts;
+  const uint64_t other_bytes = m->file_.file_size() - std::min(m->file_.file_size(), expert_bytes);
+  // Offload when the file would not fit with room to spare (the KV cache, activations, the rest of
+  // the system): a tenth of what is available, at least 512 MB.
+  const uint64_t margin = std::max<uint64_t>(available / 10, uint64_t{512} << 20);
+  const bool offload =
+      m->file_.mapping() && expert_bytes > 0 &&
+      (options.offload == ModelLoadOptions::Offload::kOn ||
+       (options.offload == ModelLoadOptions::Offload::kAuto && available > 0 && m->file_.file_size() + margin > available));
+  if (options.offload == ModelLoadOptions::Offload::kOn && !offload)
+    return InvalidArgument(m->file_.path() + ": nothing to offload (the model has no routed experts, or is not a file)");
   const uint8_t* base = nullptr;
-  if (options.copy_weights) {
-    CODA_ASSIGN_OR_RETURN(m->weights_copy_, CopyWeights(refs, &base));
+  if (offload) {
+    ExpertStoreOptions so;
+    so.policy = options.eviction;
+    so.ram_budget = options.expert_budget;
+    if (so.ram_budget == 0) {
+      const uint64_t need = other_bytes + margin;
+      so.ram_budget = available > need ? available - need : 0;
+    }
+    CODA_ASSIGN_OR_RETURN(m->experts_, ExpertStore::Create(m->file_, so));
+    CODA_ASSIGN_OR_RETURN(m->weights_copy_, ReadOtherWeights(m->file_, *m->experts_, &base));
+  } else {
+    const bool prefault = options.prefault == ModelLoadOptions::Prefault::kAlways ||
+                          (options.prefault == ModelLoadOptions::Prefault::kAuto && available > 0 &&
+                           m->file_.file_size() <= available / 2);
+    if (prefault && !options.copy_weights && m->file_.mapping()) m->file_.mapping()->Populate();
+    if (options.copy_weights) {
+      CODA_ASSIGN_OR_RETURN(m->weights_copy_, CopyWeights(refs, &base));
+    }
   }
   m->tensors_.resize(refs.size());
   for (size_t i = 0; i < refs.size(); ++i) {
@@ -67,8 +142,11 @@ Result<std::shared_ptr<Model>> Model::FromFile(ModelFile file, const ModelLoadOp
     t.dtype = static_cast<uint32_t>(r.dtype);
     t.ndim = static_cast<uint32_t>(std::min<size_t>(r.shape.size(), CODA_MAX_DIMS));
     for (uint32_t d = 0; d < t.ndim; ++d) t.shape[d] = r.shape[d];
-    // The ABI passes weights as void*; backends never write them.
-    t.data = m->weights_copy_ ? m->weights_copy_.get() + (r.data - base) : const_cast<uint8_t*>(r.data);
+    // The ABI passes weights as void*; backends never write them. With an expert store, routed
+    // experts keep their place in the mapping, which nothing reads: a session hands backends the
+    // store's copy of the experts a token routes to.
+    const bool copied = m->weights_copy_ && !(m->experts_ && IsStored(*m->experts_, r));
+    t.data = copied ? m->weights_copy_.get() + (r.data - base) : const_cast<uint8_t*>(r.data);
     t.block = c.fp8_block;
   }
   for (size_t i = 0; i < refs.size(); ++i)

@@ -49,7 +49,14 @@ Result<std::vector<NodePlacement>> PlaceGraph(const Context& context, const Mode
     }
     NodePlacement p;
     std::string declined;
+    // Offloaded experts are handed over as host memory for each pass: a backend that keeps its
+    // own copy of the weights cannot run them (yet).
+    const bool offloaded = model.expert_store() && ops::Find(node.op)->signature.repeat >= 0;
     for (Backend* b : preferred) {
+      if (offloaded && b->uses_device_memory()) {
+        declined += (declined.empty() ? "" : ", ") + std::string(b->name()) + " (experts offloaded)";
+        continue;
+      }
       if (b->Supports(probe)) {
         p.backend = b;
         break;

@@ -12,6 +12,7 @@
 
 #include "coda/backend.h"
 #include "coda/dtype.h"
+#include "coda/expert_store.h"
 #include "coda/kv_cache.h"
 #include "coda/model_config.h"
 #include "coda/model_file.h"
@@ -63,6 +64,14 @@ struct ModelLoadOptions {
   // where page walks cost decode 30-45%. Needs the file's size in free memory; the default
   // reads the weights in place.
   bool copy_weights = false;
+  // Routed experts in an expert store (core/moe: a RAM cache filled by direct reads of the file)
+  // instead of the file mapping, for models larger than memory. kAuto: when the file does not
+  // fit in the memory this process can get (cgroup limits included), less a margin. The rest of
+  // the weights are then read into memory at load.
+  enum class Offload { kAuto, kOn, kOff } offload = Offload::kAuto;
+  // Bytes of expert cache; 0: what is available after the other weights, less a margin.
+  uint64_t expert_budget = 0;
+  EvictionPolicy eviction = EvictionPolicy::kFrequency;
 };
 
 // A loaded model: the mapped file plus what the ops need, derived once.
@@ -82,6 +91,8 @@ class Model {
   bool yarn_active() const { return yarn_active_; }
   // Bytes of weights the main forward pass reads for one token (active experts only).
   uint64_t active_weight_bytes() const { return active_weight_bytes_; }
+  // The store serving the routed experts, or null when they are read from the file mapping.
+  ExpertStore* expert_store() const { return experts_.get(); }
 
  private:
   Model() = default;
@@ -91,7 +102,8 @@ class Model {
   coda_hparams hparams_{};
   bool yarn_active_ = false;
   uint64_t active_weight_bytes_ = 0;
-  std::shared_ptr<uint8_t> weights_copy_;  // with copy_weights: the tensors' bytes
+  std::shared_ptr<uint8_t> weights_copy_;  // with copy_weights or an expert store: the tensors' bytes
+  std::unique_ptr<ExpertStore> experts_;   // null: every weight from the file mapping (or its copy)
 };
 
 struct SessionOptions {
@@ -114,6 +126,14 @@ Result<std::vector<NodePlacement>> PlaceGraph(const Context& context, const Mode
 
 // Called after each graph node (for tests and diagnostics): the node and its outputs.
 using NodeObserver = std::function<void(const GraphNode& node, std::span<const coda_tensor> outputs)>;
+
+// How offloading went (a session whose model has an expert store).
+struct OffloadStats {
+  ExpertStoreStats store;         // the model's store (shared by its sessions)
+  uint64_t predicted_total = 0;   // experts used in layers a prediction was made for
+  uint64_t predicted_hits = 0;    // ... of which the prediction named
+  uint64_t predicted_issued = 0;  // experts predicted
+};
 
 class Session {
  public:
@@ -140,6 +160,7 @@ class Session {
   void set_observer(NodeObserver observer) { observer_ = std::move(observer); }
   // Which backend runs each node, and why (for --plan style reports).
   std::vector<std::string> Placement() const;
+  OffloadStats offload_stats() const;
 
  private:
   struct Impl;
