@@ -24,8 +24,7 @@ constexpr char kAbout[] = R"(coda-chat: chat with a .coda model (it needs a toke
 Usage: coda-chat -m model.coda [options]         interactive; type /help inside
        coda-chat -m model.coda -p "prompt"       print one answer on stdout and exit)";
 
-constexpr char kNotes[] = R"(Ctrl-C stops an answer; Ctrl-C twice or Ctrl-D at the prompt quits. Reasoning
-(<think>...</think>) is shown dimmed on a terminal, and goes to stderr otherwise.)";
+constexpr char kNotes[] = R"(Ctrl-C stops an answer, twice (or Ctrl-D at the prompt) quits; reasoning is shown dimmed.)";
 
 constexpr char kCommands[] = R"(Commands:
   /reset          forget the conversation (the system prompt stays)
@@ -61,7 +60,7 @@ struct Args {
   uint32_t n_ctx = 0;  // 0: default
   uint32_t max_tokens = 2048;
   uint32_t threads = 0;
-  bool copy_weights = false;
+  ModelLoadOptions load;
   std::vector<std::string> backends = {"cpu"};
 };
 
@@ -73,11 +72,12 @@ std::optional<int> ParseArgs(int argc, char** argv, Args* a) {
   cl.Text("--system", &a->system, "TEXT", "system prompt");
   cli::AddSampling(cl, &a->sampling);
   cli::AddSeed(cl, &a->sampling.seed).DefaultText("random");
-  cli::AddContextLength(cl, &a->n_ctx).DefaultText("4096, or the model's maximum if lower");
+  cli::AddContextLength(cl, &a->n_ctx).DefaultText("4096 or the model's maximum");
   cli::AddMaxTokens(cl, &a->max_tokens);
   cli::AddBackends(cl, &a->backends);
   cli::AddThreads(cl, &a->threads);
-  cli::AddCopyWeights(cl, &a->copy_weights);
+  cli::AddCopyWeights(cl, &a->load.copy_weights);
+  cli::AddRamBudget(cl, &a->load);
   if (auto code = cl.ParseMain(argc, argv)) return code;
   a->have_prompt = cl.Given("--prompt");
   a->have_seed = cl.Given("--seed");
@@ -95,9 +95,7 @@ struct Loaded {
 
 Result<Loaded> Load(const Args& a) {
   Loaded l;
-  ModelLoadOptions load;
-  load.copy_weights = a.copy_weights;
-  CODA_ASSIGN_OR_RETURN(l.model, Model::Load(a.model, load));
+  CODA_ASSIGN_OR_RETURN(l.model, Model::Load(a.model, a.load));
   // Refuse a model the chat cannot talk to before spending memory on a KV cache.
   CODA_ASSIGN_OR_RETURN(text::TextAssets assets, text::LoadTextAssets(l.model->file()));
   if (!assets.chat_template)
@@ -187,6 +185,16 @@ void PrintStats(const chat::Chat& c, const TurnStats* last) {
               100.0 * s.n_past() / s.n_ctx(), cli::HumanBytes(kv.bytes_per_token() * s.n_past()).c_str(),
               cli::HumanBytes(kv.bytes_total()).c_str(), std::string(DTypeName(kv.dtype())).c_str(),
               cli::HumanBytes(kv.bytes_per_token()).c_str());
+  if (const ExpertStore* store = s.model().expert_store()) {
+    const OffloadStats o = s.offload_stats();
+    const ExpertStoreStats& st = o.store;
+    std::printf("experts: %u cached (%s), %.1f%% hits, %s read from the model file (%s of it on demand), "
+                "%.2f s waiting for reads, next-layer prediction %.0f%% right\n",
+                store->capacity(), cli::HumanBytes(uint64_t{store->capacity()} * store->slot_bytes()).c_str(),
+                st.requests ? 100.0 * st.hits / st.requests : 100.0, cli::HumanBytes(st.bytes_read).c_str(),
+                cli::HumanBytes(st.bytes_demand).c_str(), st.stall_seconds,
+                o.predicted_total ? 100.0 * o.predicted_hits / o.predicted_total : 0.0);
+  }
 }
 
 // The note after an answer that did not end by itself; empty when it did.

@@ -68,6 +68,33 @@ TEST(SharedOptions, ModelBackendsKvDtypeCopyWeights) {
   EXPECT_EQ(Refusal(add, {"-m"}), "--model needs a value");
 }
 
+TEST(SharedOptions, RamBudgetAndEviction) {
+  ModelLoadOptions load;
+  auto add = [&](CommandLine& cl) {
+    AddRamBudget(cl, &load);
+    AddExpertEviction(cl, &load);
+  };
+  EXPECT_EQ(Refusal(add, {"--ram-budget", "2G"}), "");
+  EXPECT_EQ(load.offload, ModelLoadOptions::Offload::kOn);
+  EXPECT_EQ(load.expert_budget, uint64_t{2} << 30);
+  EXPECT_EQ(Refusal(add, {"--ram-budget", "512m", "--expert-eviction", "lru"}), "");
+  EXPECT_EQ(load.expert_budget, uint64_t{512} << 20);
+  EXPECT_EQ(load.eviction, EvictionPolicy::kLru);
+  EXPECT_EQ(Refusal(add, {"--ram-budget", "123456"}), "");
+  EXPECT_EQ(load.expert_budget, 123456u);
+  EXPECT_EQ(Refusal(add, {"--ram-budget", "off"}), "");
+  EXPECT_EQ(load.offload, ModelLoadOptions::Offload::kOff);
+  EXPECT_EQ(Refusal(add, {"--ram-budget", "auto"}), "");
+  EXPECT_EQ(load.offload, ModelLoadOptions::Offload::kAuto);
+  for (const char* bad : {"abc", "2Q", "-1G", "1.5G", "G", "99999999999T"})
+    EXPECT_EQ(Refusal(add, {"--ram-budget", bad}),
+              "--ram-budget: '" + std::string(bad) + "' is not a size (bytes, or a number with K, M, G or T)")
+        << bad;
+  EXPECT_EQ(Refusal(add, {"--ram-budget", "0"}), "--ram-budget: '0' is not a size above 0");
+  EXPECT_EQ(Refusal(add, {"--expert-eviction", "fifo"}), "--expert-eviction: 'fifo' is not frequency or lru");
+  EXPECT_NE(HelpOf(add).find("(default: auto)"), std::string::npos) << HelpOf(add);
+}
+
 TEST(SharedOptions, ContextLengthMaxTokensSeed) {
   uint32_t n_ctx = 4096, max_tokens = 2048;
   uint64_t seed = 1;

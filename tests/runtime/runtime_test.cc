@@ -1,6 +1,7 @@
 // The runtime's contracts: KV-cache sizing, errors for bad input, backends that refuse or fail,
 // generation stops, and samplers.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
@@ -173,6 +174,49 @@ TEST(Session, AcceptedCorruptionsRun) {
     ++ran;
   }
   EXPECT_GT(ran, 0);  // some flips land in names and values the checks cannot tell apart
+}
+
+// Offloading refuses a budget below one layer's active experts, naming the minimum; and a model
+// file that shrinks after loading makes the next read an error, not a crash (the other weights
+// were read at load, and nothing reads the mapping of the experts).
+TEST(Offload, BadBudgetsAndAShrunkFileAreErrors) {
+  test::TempDir dir;
+  const std::string path = dir / "m.coda";
+  ASSERT_TRUE(convert::ConvertCheckpoint(test::DataDir() + "/golden/v3-fp8/hf", path, {}).ok());
+  ModelLoadOptions lo;
+  lo.offload = ModelLoadOptions::Offload::kOn;
+  lo.expert_budget = 1000;
+  auto small = Model::Load(path, lo);
+  ASSERT_FALSE(small.ok());
+  EXPECT_NE(small.status().message().find("cannot hold one layer's active experts: at least"), std::string::npos)
+      << small.status().message();
+
+  auto f = ModelFile::Open(path);
+  ASSERT_TRUE(f.ok());
+  const uint64_t slot = ExpertStore::SlotBytes(*f);
+  const uint64_t first_expert = f->data_offset() + f->expert_blocks().front().offset;
+  lo.expert_budget = slot * f->config().n_experts_per_tok;
+  auto m = Model::Load(path, lo);
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  ASSERT_EQ((*m)->expert_store()->capacity(), f->config().n_experts_per_tok);
+  auto ctx = CpuContext();
+  SessionOptions so;
+  so.n_ctx = 16;
+  auto s = Session::Create(*ctx, *m, so);
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  const int32_t t[] = {5, 9, 2};
+  ASSERT_TRUE((*s)->Forward(t).ok());
+  ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(first_expert + 100)), 0);
+  (*s)->Reset();
+  Status failed;
+  for (int32_t tok = 0; tok < 64 && failed.ok(); ++tok) {  // until a token needs an expert not cached
+    const int32_t one[] = {tok};
+    auto r = (*s)->Forward(one);
+    if (!r.ok()) failed = r.status();
+  }
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(failed.message().find("reading expert"), std::string::npos) << failed.message();
+  EXPECT_NE(failed.message().find("shrank"), std::string::npos) << failed.message();
 }
 
 TEST(Session, RewindGivesTheSameLogitsAsARecompute) {

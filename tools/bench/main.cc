@@ -1,7 +1,13 @@
 // coda-bench: prefill and decode speed of a model, against the memory bandwidth measured in the
 // same run (decode reads every active weight once per token: it is bandwidth-bound).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -82,6 +88,34 @@ class BandwidthMeter {
   double highest_ = 0;
 };
 
+// The model file's direct-read bandwidth, as the expert store reads it: 4 MB page-aligned reads
+// at random places, several in flight, bypassing the page cache (so nothing cached helps).
+double MeasureDiskRead(const std::string& path, uint64_t bytes, unsigned threads) {
+  constexpr uint64_t kRead = 4u << 20;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+  if (fd < 0) return 0;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < 2 * kRead) {
+    ::close(fd);
+    return 0;
+  }
+  const uint64_t places = static_cast<uint64_t>(st.st_size) / kRead - 1;
+  std::atomic<uint64_t> done{0};
+  const auto t0 = Clock::now();
+  std::vector<std::thread> ts;
+  for (unsigned t = 0; t < threads; ++t)
+    ts.emplace_back([&, t] {
+      void* buf = std::aligned_alloc(4096, kRead);
+      std::mt19937_64 rng(t + 1);
+      while (buf && done.fetch_add(kRead) < bytes)
+        if (::pread(fd, buf, kRead, static_cast<off_t>((rng() % places) * kRead)) <= 0) break;
+      std::free(buf);
+    });
+  for (auto& t : ts) t.join();
+  ::close(fd);
+  return static_cast<double>(std::min<uint64_t>(done.load(), bytes)) / Seconds(t0, Clock::now());
+}
+
 }  // namespace
 
 static int Main(int argc, char** argv) {
@@ -99,6 +133,8 @@ static int Main(int argc, char** argv) {
   cli::AddWholeNumberList(cl, "--depths", &depths, "LIST", "context depths for decoding", kMaxTokens);
   cli::AddThreads(cl, &mo.n_threads);
   cli::AddCopyWeights(cl, &mo.load.copy_weights);
+  cli::AddRamBudget(cl, &mo.load);
+  cli::AddExpertEviction(cl, &mo.load);
   cli::AddKvDtype(cl, &mo.kv_dtype);
   cli::AddBackends(cl, &mo.backends);
   cl.Flag("--profile", &profile, "also print where decode time goes, by op type");
@@ -107,11 +143,15 @@ static int Main(int argc, char** argv) {
   if (mo.model_path.empty()) return cl.UsageError("no model given (-m model.coda)");
   const int32_t max_depth = depths.empty() ? 0 : *std::max_element(depths.begin(), depths.end());
   mo.n_ctx = static_cast<uint32_t>(std::max<int64_t>(pp, int64_t{max_depth} + tg)) + 1;
+  const unsigned threads = mo.n_threads ? mo.n_threads : std::max(1u, std::thread::hardware_concurrency());
+  // The meter's buffer exists before the model loads, so that an expert budget sized from the
+  // memory left (under a cgroup cap) counts it.
+  BandwidthMeter meter(threads);
   auto loaded = cli::OpenModelSession(mo);
   if (!loaded.ok()) return cl.Fail(loaded.status());
   Session& s = *loaded->session;
   const Model& m = *loaded->model;
-  const unsigned threads = mo.n_threads ? mo.n_threads : std::max(1u, std::thread::hardware_concurrency());
+  ExpertStore* store = m.expert_store();
   // The first preferred backend (the session would have failed had it not been found).
   auto preferred = loaded->context->Find(mo.backends.front());
   const std::string backend = preferred.ok() ? (*preferred)->describe() : "cpu";
@@ -123,14 +163,18 @@ static int Main(int argc, char** argv) {
     for (auto& x : t) x = tok(rng);
     return t;
   };
-  BandwidthMeter meter(threads);
   meter.Measure();
+  double disk = 0;  // direct reads of the model file, best seen
+  if (store) disk = MeasureDiskRead(mo.model_path, 256u << 20, 4);
   nlohmann::ordered_json out;
   out["model"] = mo.model_path;
   out["backend"] = backend;
   out["threads"] = threads;
   out["active_weight_bytes"] = m.active_weight_bytes();
   out["kv_bytes_per_token"] = s.kv_cache().bytes_per_token();
+  if (store)
+    out["expert_store"] = {{"slots", store->capacity()}, {"slot_bytes", store->slot_bytes()},
+                           {"budget_bytes", uint64_t{store->capacity()} * store->slot_bytes()}};
 
   // Per-op wall time, by phase: the observer runs after each node.
   std::map<std::string, std::map<std::string, double>> op_seconds;  // phase -> op -> seconds
@@ -163,6 +207,8 @@ static int Main(int argc, char** argv) {
     int32_t next = tok(rng);
     if (auto r = s.Forward(std::span(&next, 1)); !r.ok()) return cl.Fail(r.status());  // warm-up
     const double bw_before = meter.Measure();
+    if (store) store->ResetStats();
+    const OffloadStats before = s.offload_stats();
     const auto t0 = Clock::now();
     phase = "tg";
     for (uint32_t i = 0; i < tg; ++i) {
@@ -184,6 +230,27 @@ static int Main(int argc, char** argv) {
                    {"achieved_gbs", bytes / sec / 1e9},
                    {"bandwidth_gbs", bandwidth / 1e9},
                    {"fraction_of_bound", bytes / sec / bandwidth}});
+    if (store) {
+      // Offloaded: the bound adds the reads the cache could not avoid (the misses) at the
+      // disk's direct-read bandwidth to the in-memory decode time.
+      const OffloadStats o = s.offload_stats();
+      disk = std::max(disk, MeasureDiskRead(mo.model_path, 256u << 20, 4));
+      const double per = tg;
+      const double demand = static_cast<double>(o.store.bytes_demand) / per;
+      const double bound_sec = demand / std::max(disk, 1.0) + bytes / bandwidth;
+      const uint64_t predicted = o.predicted_total - before.predicted_total;
+      auto& t = tgs.back();
+      t["fraction_of_bound"] = bound_sec / sec;
+      t["offload"] = {
+          {"hit_rate", o.store.requests ? static_cast<double>(o.store.hits) / o.store.requests : 1.0},
+          {"bytes_read_per_token", static_cast<double>(o.store.bytes_read) / per},
+          {"bytes_missed_per_token", demand},
+          {"disk_gbs", disk / 1e9},
+          {"stall_ms_per_token", o.store.stall_seconds / per * 1e3},
+          {"prefetch_recall", predicted ? static_cast<double>(o.predicted_hits - before.predicted_hits) / predicted : 0.0},
+          {"prefetch_wasted_per_token", static_cast<double>(o.store.prefetch_wasted) / per},
+          {"bound_ms_per_token", bound_sec * 1e3}};
+    }
   }
   out["bandwidth_gbs"] = meter.highest() / 1e9;
   if (profile) {
@@ -217,12 +284,25 @@ static int Main(int argc, char** argv) {
     std::printf("%-14s %10.1f %10.2f %12s %9s %9s %9s\n", ("pp" + std::to_string(pp)).c_str(),
                 out["pp"]["tokens_per_s"].get<double>(), 1e3 / out["pp"]["tokens_per_s"].get<double>(), "-", "-", "-",
                 "-");
+  if (store)
+    std::printf("offload     expert store of %u experts (%s); the bound adds the missed experts' bytes at %.2f GB/s "
+                "(direct reads of the file)\n",
+                store->capacity(), cli::HumanBytes(uint64_t{store->capacity()} * store->slot_bytes()).c_str(), disk / 1e9);
   for (const auto& t : out["tg"])
     std::printf("%-14s %10.1f %10.2f %12s %9.1f %9.1f %8.0f%%\n",
                 ("tg" + std::to_string(tg) + " @" + std::to_string(t["depth"].get<int>())).c_str(),
                 t["tokens_per_s"].get<double>(), t["ms_per_token"].get<double>(),
                 cli::HumanBytes(static_cast<uint64_t>(t["bytes_per_token"].get<double>())).c_str(),
                 t["achieved_gbs"].get<double>(), t["bandwidth_gbs"].get<double>(), 100 * t["fraction_of_bound"].get<double>());
+  for (const auto& t : out["tg"]) {
+    if (!t.contains("offload")) continue;
+    const auto& o = t["offload"];
+    std::printf("  @%-5d hits %5.1f%%, read %s/token (missed %s), stall %.1f ms/token, prefetch recall %.0f%%\n",
+                t["depth"].get<int>(), 100 * o["hit_rate"].get<double>(),
+                cli::HumanBytes(static_cast<uint64_t>(o["bytes_read_per_token"].get<double>())).c_str(),
+                cli::HumanBytes(static_cast<uint64_t>(o["bytes_missed_per_token"].get<double>())).c_str(),
+                o["stall_ms_per_token"].get<double>(), 100 * o["prefetch_recall"].get<double>());
+  }
   return 0;
 }
 

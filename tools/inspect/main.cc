@@ -287,12 +287,13 @@ int ListBackends(bool json) {
   return 0;
 }
 
-int ShowPlan(const std::string& path, const std::vector<std::string>& backends, coda::DType kv_dtype, bool json) {
+int ShowPlan(const std::string& path, const std::vector<std::string>& backends, coda::DType kv_dtype,
+             const coda::ModelLoadOptions& load, bool json) {
   using namespace coda;
   auto ctx = Context::Create(cli::ProgramContextOptions({coda_cpu_backend_entry}));
   if (!ctx.ok()) return cli::Fail(kTool, ctx.status());
   cli::WarnAboutRefusedBackends(kTool, **ctx);
-  auto model = Model::Load(path);
+  auto model = Model::Load(path, load);
   if (!model.ok()) return cli::Fail(kTool, model.status());
   SessionOptions so;
   so.backends = backends;
@@ -318,6 +319,26 @@ int ShowPlan(const std::string& path, const std::vector<std::string>& backends, 
   }
   auto& summary = j["summary"] = nlohmann::json::object();
   for (const auto& [backend, ops] : counts) summary[backend] = ops;
+  // Offloading: what the cache holds, and what a token then reads from the file when routing is
+  // uniform (real routers favour some experts: the measured figures, coda-bench's, are better).
+  std::string offload_line;
+  if (const ExpertStore* store = (*model)->expert_store()) {
+    uint64_t experts = 0, routed_layers = 0;
+    for (const ExpertBlockRef& b : (*model)->file().expert_blocks())
+      if (store->Serves(b.layer)) {
+        experts += b.n_experts;
+        ++routed_layers;
+      }
+    const double held = std::min(1.0, static_cast<double>(store->capacity()) / static_cast<double>(experts));
+    const double per_token = (1.0 - held) * static_cast<double>((*model)->config().n_experts_per_tok) *
+                             static_cast<double>(routed_layers) * static_cast<double>(store->slot_bytes());
+    j["offload"] = {{"slots", store->capacity()}, {"experts", experts}, {"slot_bytes", store->slot_bytes()},
+                    {"expected_bytes_read_per_token", per_token}};
+    offload_line = "experts: offloaded, " + std::to_string(store->capacity()) + " of " + std::to_string(experts) +
+                   " cached (" + cli::HumanBytes(uint64_t{store->capacity()} * store->slot_bytes()) + "); about " +
+                   cli::HumanBytes(static_cast<uint64_t>(per_token)) +
+                   " read from the file per token if routing were uniform\n";
+  }
   if (json) {
     std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return 0;
@@ -332,6 +353,7 @@ int ShowPlan(const std::string& path, const std::vector<std::string>& backends, 
     }
     std::printf("%s: %d nodes (%s)\n", backend.c_str(), total, detail.c_str());
   }
+  std::printf("%s", offload_line.c_str());
   return 0;
 }
 
@@ -352,6 +374,8 @@ static int Main(int argc, char** argv) {
   cl.Flag("--plan", &plan, "show where each node would run");
   cli::AddBackends(cl, &preference);
   cli::AddKvDtype(cl, &kv_dtype);
+  ModelLoadOptions load;
+  cli::AddRamBudget(cl, &load);
   if (auto code = cl.ParseMain(argc, argv)) return *code;
   if (!model.empty() && !path.empty()) return cl.UsageError("more than one model given");
   if (path.empty()) path = model;
@@ -361,7 +385,7 @@ static int Main(int argc, char** argv) {
     return ListBackends(json);
   }
   if (path.empty()) return cl.UsageError(plan ? "--plan needs a model (-m model.coda)" : "no model given");
-  if (plan) return ShowPlan(path, preference, kv_dtype, json);
+  if (plan) return ShowPlan(path, preference, kv_dtype, load, json);
   auto r = Inspect(path);
   if (!r.ok()) return cl.Fail(r.status());
   if (json) PrintJson(*r, tensors);

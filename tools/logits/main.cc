@@ -44,6 +44,7 @@ static int Main(int argc, char** argv) {
   cli::AddBackends(cl, &mo.backends);
   cli::AddKvDtype(cl, &mo.kv_dtype);
   cli::AddThreads(cl, &mo.n_threads);
+  cli::AddRamBudget(cl, &mo.load);
   if (auto code = cl.ParseMain(argc, argv)) return *code;
   if (mo.model_path.empty()) return cl.UsageError("no model given (-m model.coda)");
   if (tokens.empty()) return cl.UsageError("no tokens given (--tokens 1,2,3)");

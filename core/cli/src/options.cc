@@ -40,7 +40,36 @@ Option& AddContextLength(CommandLine& cl, uint32_t* n_ctx) {
 }
 
 Option& AddCopyWeights(CommandLine& cl, bool* copy) {
-  return cl.Flag("--copy-weights", copy, "copy the weights into 2 MB-page memory instead of reading the file mapping");
+  return cl.Flag("--copy-weights", copy, "copy the weights into 2 MB-page memory at load");
+}
+
+Option& AddRamBudget(CommandLine& cl, ModelLoadOptions* load) {
+  return cl
+      .Value("--ram-budget", "SIZE",
+             "memory for routed experts (K, M, G, T), or auto, off",
+             [load](const std::string& text) -> Status {
+               if (text == "auto" || text == "off") {
+                 load->offload = text == "auto" ? ModelLoadOptions::Offload::kAuto : ModelLoadOptions::Offload::kOff;
+                 load->expert_budget = 0;
+                 return Status::Ok();
+               }
+               CODA_ASSIGN_OR_RETURN(load->expert_budget, ParseBytes(text));
+               if (load->expert_budget == 0) return InvalidArgument("'" + text + "' is not a size above 0");
+               load->offload = ModelLoadOptions::Offload::kOn;
+               return Status::Ok();
+             })
+      .DefaultText("auto");
+}
+
+Option& AddExpertEviction(CommandLine& cl, ModelLoadOptions* load) {
+  return cl
+      .Value("--expert-eviction", "frequency|lru", "which cached experts the expert store lets go first",
+             [load](const std::string& text) -> Status {
+               CODA_ASSIGN_OR_RETURN(std::string name, ParseChoice(text, {"frequency", "lru"}));
+               load->eviction = name == "lru" ? EvictionPolicy::kLru : EvictionPolicy::kFrequency;
+               return Status::Ok();
+             })
+      .DefaultText("frequency");
 }
 
 Option& AddSeed(CommandLine& cl, uint64_t* seed) {

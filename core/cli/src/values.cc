@@ -50,6 +50,22 @@ Result<uint64_t> ParseWholeNumber(const std::string& text, uint64_t min, uint64_
   return static_cast<uint64_t>(n);
 }
 
+Result<uint64_t> ParseBytes(const std::string& text) {
+  const std::string units = "KMGT";
+  std::string digits = text;
+  uint64_t scale = 1;
+  if (!digits.empty()) {
+    const auto u = units.find(static_cast<char>(std::toupper(static_cast<unsigned char>(digits.back()))));
+    if (u != std::string::npos) {
+      digits.pop_back();
+      scale = uint64_t{1} << (10 * (u + 1));
+    }
+  }
+  auto n = ParseWholeNumber(digits, 0, UINT64_MAX / scale);
+  if (!n.ok()) return InvalidArgument("'" + text + "' is not a size (bytes, or a number with K, M, G or T)");
+  return *n * scale;
+}
+
 bool Interval::Contains(double v) const {
   return (min_open ? v > min : v >= min) && (max_open ? v < max : v <= max);
 }

@@ -9,6 +9,7 @@
 
 #include "coda/cli/command_line.h"
 #include "coda/dtype.h"
+#include "coda/runtime.h"
 #include "coda/sampler.h"
 
 namespace coda::cli {
@@ -31,6 +32,10 @@ Option& AddKvDtype(CommandLine& cl, DType* dtype);
 Option& AddContextLength(CommandLine& cl, uint32_t* n_ctx);
 // --copy-weights
 Option& AddCopyWeights(CommandLine& cl, bool* copy);
+// --ram-budget SIZE|auto|off: memory for routed experts (offloading).
+Option& AddRamBudget(CommandLine& cl, ModelLoadOptions* load);
+// --expert-eviction frequency|lru: what the expert cache lets go first (for measurements).
+Option& AddExpertEviction(CommandLine& cl, ModelLoadOptions* load);
 // --seed N
 Option& AddSeed(CommandLine& cl, uint64_t* seed);
 // --max-tokens N: up to kMaxContext; 0 runs until the context is full.

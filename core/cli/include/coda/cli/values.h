@@ -31,6 +31,8 @@ Result<std::vector<uint64_t>> ParseWholeNumberList(const std::string& text, uint
 Result<std::vector<std::string>> ParseNameList(const std::string& text);
 // One of `choices`.
 Result<std::string> ParseChoice(const std::string& text, const std::vector<std::string>& choices);
+// A size in bytes: digits with an optional K, M, G or T (powers of 1024), "2G", "512M".
+Result<uint64_t> ParseBytes(const std::string& text);
 
 // "0.6", "1e-06": numbers as help and messages show them.
 std::string NumberText(double v);
