@@ -160,6 +160,9 @@ Result<ModelFile> ModelFile::FromBytes(std::span<const uint8_t> bytes, const std
       const auto end = span ? CheckedAdd(e.offset, *span) : std::nullopt;
       if (!end || *end > *CheckedAlignUp(data_size, kCodaTensorAlignment) || e.n_experts > 1'000'000)
         return fail(where + ": range lies outside the data section");
+      // One block per layer: readers (the expert store) find a layer's experts by it.
+      for (const ExpertBlockRef& other : f.experts_)
+        if (other.layer == e.layer) return fail(where + ": listed twice");
       f.experts_.push_back(e);
     }
     for (const TensorRef& r : f.tensors_) {
