@@ -20,7 +20,6 @@ namespace {
 
 constexpr char kTool[] = "coda-chat";
 constexpr char kAbout[] = R"(coda-chat: chat with a .coda model (it needs a tokenizer and a chat template).
-
 Usage: coda-chat -m model.coda [options]         interactive; type /help inside
        coda-chat -m model.coda -p "prompt"       print one answer on stdout and exit)";
 
@@ -61,6 +60,7 @@ struct Args {
   uint32_t max_tokens = 2048;
   uint32_t threads = 0;
   ModelLoadOptions load;
+  uint64_t device_memory = 0;
   std::vector<std::string> backends = {"cpu"};
 };
 
@@ -78,6 +78,7 @@ std::optional<int> ParseArgs(int argc, char** argv, Args* a) {
   cli::AddThreads(cl, &a->threads);
   cli::AddCopyWeights(cl, &a->load.copy_weights);
   cli::AddRamBudget(cl, &a->load);
+  cli::AddDeviceMemory(cl, &a->device_memory);
   if (auto code = cl.ParseMain(argc, argv)) return code;
   a->have_prompt = cl.Given("--prompt");
   a->have_seed = cl.Given("--seed");
@@ -109,6 +110,7 @@ Result<Loaded> Load(const Args& a) {
   const uint32_t max_pos = l.model->config().max_position_embeddings;
   so.n_ctx = a.n_ctx ? a.n_ctx : (max_pos ? std::min<uint32_t>(4096, max_pos) : 4096);
   so.backends = a.backends;
+  so.device_memory = a.device_memory;
   CODA_ASSIGN_OR_RETURN(l.session, Session::Create(*l.context, l.model, so));
   return l;
 }
@@ -195,6 +197,12 @@ void PrintStats(const chat::Chat& c, const TurnStats* last) {
                 cli::HumanBytes(st.bytes_demand).c_str(), st.stall_seconds,
                 o.predicted_total ? 100.0 * o.predicted_hits / o.predicted_total : 0.0);
   }
+  if (const OffloadStats::Device d = s.offload_stats().device; !d.backend.empty())
+    std::printf("device experts: %u of %u in %s memory (%s), %.1f%% hits, %s uploaded (%s missed), "
+                "%llu experts run on the cpu\n",
+                d.capacity, d.total, d.backend.c_str(), cli::HumanBytes(uint64_t{d.capacity} * d.slot_bytes).c_str(),
+                d.requests ? 100.0 * d.hits / d.requests : 100.0, cli::HumanBytes(d.bytes_uploaded).c_str(),
+                cli::HumanBytes(d.bytes_missed).c_str(), static_cast<unsigned long long>(d.cpu_experts));
 }
 
 // The note after an answer that did not end by itself; empty when it did.

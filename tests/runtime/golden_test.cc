@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -69,8 +70,17 @@ class Golden : public ::testing::TestWithParam<std::tuple<std::string, std::stri
     c_.name = std::get<0>(GetParam());
     backend_ = std::get<1>(GetParam());
     // "+offload": the model's routed experts come from an expert store holding a quarter of them.
-    const bool offload = backend_.ends_with("+offload");
-    if (offload) backend_.resize(backend_.size() - std::string("+offload").size());
+    // "+devmem": the device's memory holds the other weights, the KV cache and a quarter of them.
+    bool offload = false;
+    for (bool more = true; more;) {
+      more = false;
+      for (const char* suffix : {"+offload", "+devmem"})
+        if (backend_.ends_with(suffix)) {
+          (std::string(suffix) == "+offload" ? offload : devmem_) = true;
+          backend_.resize(backend_.size() - std::strlen(suffix));
+          more = true;
+        }
+    }
     std::string why;
     ctx_ = BackendContext(backend_, &why);
     if (!ctx_) {
@@ -87,11 +97,41 @@ class Golden : public ::testing::TestWithParam<std::tuple<std::string, std::stri
       c_.model->expert_store()->ResetStats();
     }
     ASSERT_TRUE(c_.model);
+    if (devmem_) {
+      // What the runtime counts (session.cc, PlanDeviceTier): each weight of the graph but the
+      // routed experts, and its FP8 scales, at 256-byte granularity; the F32 latent cache; then
+      // slots of the largest expert's range, rounded to 256 bytes.
+      const auto& refs = c_.model->file().tensors();
+      const GraphRef& g = c_.model->file().graph();
+      std::set<int32_t> weights;
+      uint64_t kv = 0, stride = 0;
+      for (const GraphNode& node : g.nodes) {
+        if (node.op == CODA_OP_MLA_ATTENTION) ++kv;
+        for (int32_t w : node.weights)
+          if (w >= 0 && refs[static_cast<size_t>(w)].expert < 0) {
+            weights.insert(w);
+            if (refs[static_cast<size_t>(w)].scale >= 0) weights.insert(refs[static_cast<size_t>(w)].scale);
+          }
+      }
+      uint64_t bytes = 0;
+      for (int32_t w : weights) bytes += (refs[static_cast<size_t>(w)].size + 255) / 256 * 256;
+      const ModelConfig& mc = c_.model->config();
+      kv *= uint64_t{kNCtx} * (mc.kv_lora_rank + mc.qk_rope_head_dim) * 4;
+      for (const GraphNode& node : g.nodes) {  // MTP layers' experts are not in the graph
+        if (node.op != CODA_OP_MOE_EXPERTS) continue;
+        experts_ += node.weights.size() / 3;
+        for (const ExpertBlockRef& b : c_.model->file().expert_blocks())
+          if (b.layer == node.layer) stride = std::max(stride, b.stride);
+      }
+      slots_ = std::max<uint64_t>(mc.n_experts_per_tok, experts_ / 4);
+      device_memory_ = bytes + kv + slots_ * ((stride + 255) / 256 * 256);
+    }
   }
 
   std::unique_ptr<Session> NewSession() {
     SessionOptions so;
-    so.n_ctx = 128;
+    so.n_ctx = kNCtx;
+    so.device_memory = device_memory_;
     so.kv_dtype = DType::kF32;  // the tolerances assume float32 everywhere
     so.backends = test::SplitCommas(backend_);
     auto s = Session::Create(*ctx_, c_.model, so);
@@ -111,9 +151,12 @@ class Golden : public ::testing::TestWithParam<std::tuple<std::string, std::stri
   std::vector<int32_t> Tokens() { return c_.ref["tokens"].get<std::vector<int32_t>>(); }
   double Tol() { return c_.ref["tolerance"]["logits"].get<double>(); }
 
+  static constexpr uint32_t kNCtx = 128;
   Case c_;
   std::string backend_;
   Context* ctx_ = nullptr;
+  bool devmem_ = false;
+  uint64_t device_memory_ = 0, experts_ = 0, slots_ = 0;
 };
 
 TEST_P(Golden, PrefillMatchesLogitsHiddenAndRouting) {
@@ -254,6 +297,33 @@ TEST_P(Golden, KvCacheLivesInTheBackendsMemory) {
   EXPECT_EQ(b->uses_device_memory(), b->name() == "vulkan");
 }
 
+// The offloading cases do offload: the device cache holds the quarter asked for, and experts
+// were moved or computed on the CPU (the other cases prove the results the same).
+TEST_P(Golden, OffloadTiersAreUsed) {
+  if (!devmem_ && !c_.model->expert_store()) GTEST_SKIP() << "no offloading in this case";
+  auto s = NewSession();
+  ASSERT_TRUE(s);
+  ASSERT_TRUE(s->Forward(Tokens()).ok());
+  const int32_t next = 1;
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(s->Forward(std::span(&next, 1)).ok());
+  const OffloadStats o = s->offload_stats();
+  if (devmem_) {
+    EXPECT_EQ(o.device.backend, "vulkan");
+    EXPECT_EQ(o.device.capacity, slots_);
+    EXPECT_EQ(o.device.total, experts_);
+    EXPECT_GT(o.device.requests, 0u);
+    EXPECT_LT(o.device.hits, o.device.requests);
+    EXPECT_GT(o.device.uploads + o.device.cpu_experts, 0u);
+    std::printf("[%s/%s] device cache %u of %u experts: %llu used, %llu hits, %llu uploaded, %llu on the cpu\n",
+                c_.name.c_str(), backend_.c_str(), o.device.capacity, o.device.total,
+                static_cast<unsigned long long>(o.device.requests), static_cast<unsigned long long>(o.device.hits),
+                static_cast<unsigned long long>(o.device.uploads), static_cast<unsigned long long>(o.device.cpu_experts));
+  }
+  if (c_.model->expert_store()) {
+    EXPECT_GT(o.store.requests, 0u);
+  }
+}
+
 TEST_P(Golden, YarnFrequenciesMatchTheReference) {
   const auto& derived = c_.ref["reference"]["derived"];
   const auto want = derived["rope_inverse_frequencies"].get<std::vector<double>>();
@@ -264,11 +334,43 @@ TEST_P(Golden, YarnFrequenciesMatchTheReference) {
   EXPECT_TRUE(c_.model->yarn_active());
 }
 
+// A device budget below the other weights, the KV cache and one layer's active experts is
+// refused with the minimum named; at that minimum the session opens and runs.
+TEST(DeviceOffload, ABudgetTooSmallIsRefusedNamingTheMinimum) {
+  std::string why;
+  Context* ctx = BackendContext("vulkan", &why);
+  if (!ctx) {
+    if (test::BackendRequired("vulkan")) FAIL() << why;
+    GTEST_SKIP() << "backend vulkan unavailable: " << why;
+  }
+  auto model = test::GoldenModel("v3-fp8");
+  ASSERT_TRUE(model);
+  SessionOptions so;
+  so.n_ctx = 64;
+  so.backends = {"vulkan"};
+  so.device_memory = 4096;
+  auto s = Session::Create(*ctx, model, so);
+  ASSERT_FALSE(s.ok());
+  const std::string m = s.status().message();
+  EXPECT_NE(m.find("cannot hold one layer's active experts"), std::string::npos) << m;
+  const size_t at = m.find("at least ");
+  ASSERT_NE(at, std::string::npos) << m;
+  so.device_memory = std::stoull(m.substr(at + 9));
+  s = Session::Create(*ctx, model, so);
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  EXPECT_EQ((*s)->offload_stats().device.capacity, model->config().n_experts_per_tok);
+  const int32_t token = 1;
+  EXPECT_TRUE((*s)->Forward(std::span(&token, 1)).ok());
+  so.device_memory -= 1;
+  EXPECT_FALSE(Session::Create(*ctx, model, so).ok());
+}
+
 INSTANTIATE_TEST_SUITE_P(Cases, Golden,
                          ::testing::Combine(::testing::Values("v3-fp8", "v2lite-bf16", "v2-bf16"),
                                             // example,vulkan: activations cross between host
                                             // and device memory at every norm and residual.
-                                            ::testing::Values("cpu", "vulkan", "example,vulkan", "cpu+offload")),
+                                            ::testing::Values("cpu", "vulkan", "example,vulkan", "cpu+offload",
+                                                              "vulkan+devmem", "vulkan+devmem+offload")),
                          [](const auto& info) {
                            std::string n = std::get<0>(info.param) + "_" + std::get<1>(info.param);
                            for (char& ch : n)

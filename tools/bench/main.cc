@@ -44,6 +44,24 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
+// The device tier's work between two snapshots, per token: hits, what moved, and the minimum
+// (the bytes of the experts that were not resident when needed).
+nlohmann::ordered_json DeviceTier(const coda::OffloadStats::Device& a, const coda::OffloadStats::Device& b, double tokens) {
+  const uint64_t requests = b.requests - a.requests;
+  return {{"backend", b.backend},
+          {"cached_experts", b.capacity},
+          {"experts", b.total},
+          {"hit_rate", requests ? static_cast<double>(b.hits - a.hits) / static_cast<double>(requests) : 1.0},
+          {"bytes_uploaded_per_token", static_cast<double>(b.bytes_uploaded - a.bytes_uploaded) / tokens},
+          {"bytes_missed_per_token", static_cast<double>(b.bytes_missed - a.bytes_missed) / tokens},
+          {"uploads_per_token", static_cast<double>((b.uploads + b.promotions) - (a.uploads + a.promotions)) / tokens},
+          {"cpu_experts_per_token", static_cast<double>(b.cpu_experts - a.cpu_experts) / tokens},
+          {"upload_ms_per_token", (b.upload_seconds - a.upload_seconds) / tokens * 1e3},
+          {"cpu_ms_per_token", (b.cpu_seconds - a.cpu_seconds) / tokens * 1e3},
+          {"upload_gbs", b.upload_gbs},
+          {"cpu_gbs", b.cpu_gbs}};
+}
+
 // The machine's read bandwidth: the best of a few passes, all threads summing their share of a
 // buffer far larger than the caches. It is measured again around every decode test, because
 // on a shared host it moves by tens of percent within a minute; each test is compared with the
@@ -134,6 +152,7 @@ static int Main(int argc, char** argv) {
   cli::AddThreads(cl, &mo.n_threads);
   cli::AddCopyWeights(cl, &mo.load.copy_weights);
   cli::AddRamBudget(cl, &mo.load);
+  cli::AddDeviceMemory(cl, &mo.device_memory);
   cli::AddExpertEviction(cl, &mo.load);
   cli::AddKvDtype(cl, &mo.kv_dtype);
   cli::AddBackends(cl, &mo.backends);
@@ -192,6 +211,7 @@ static int Main(int argc, char** argv) {
     if (auto r = s.Forward(warm); !r.ok()) return cl.Fail(r.status());
     s.Reset();
     const auto t = random_tokens(pp);
+    const OffloadStats pp_before = s.offload_stats();
     const auto t0 = Clock::now();
     phase = "pp";
     last = t0;
@@ -199,6 +219,8 @@ static int Main(int argc, char** argv) {
     phase.clear();
     const double sec = Seconds(t0, Clock::now());
     out["pp"] = {{"tokens", pp}, {"seconds", sec}, {"tokens_per_s", pp / sec}};
+    if (const OffloadStats o = s.offload_stats(); !o.device.backend.empty())
+      out["pp"]["device_offload"] = DeviceTier(pp_before.device, o.device, pp);
   }
   auto& tgs = out["tg"] = nlohmann::json::array();
   for (int32_t depth : depths) {
@@ -230,6 +252,8 @@ static int Main(int argc, char** argv) {
                    {"achieved_gbs", bytes / sec / 1e9},
                    {"bandwidth_gbs", bandwidth / 1e9},
                    {"fraction_of_bound", bytes / sec / bandwidth}});
+    if (const OffloadStats o = s.offload_stats(); !o.device.backend.empty())
+      tgs.back()["device_offload"] = DeviceTier(before.device, o.device, tg);
     if (store) {
       // Offloaded: the bound adds the reads the cache could not avoid (the misses) at the
       // disk's direct-read bandwidth to the in-memory decode time.
@@ -294,6 +318,22 @@ static int Main(int argc, char** argv) {
                 t["tokens_per_s"].get<double>(), t["ms_per_token"].get<double>(),
                 cli::HumanBytes(static_cast<uint64_t>(t["bytes_per_token"].get<double>())).c_str(),
                 t["achieved_gbs"].get<double>(), t["bandwidth_gbs"].get<double>(), 100 * t["fraction_of_bound"].get<double>());
+  std::vector<std::pair<std::string, nlohmann::ordered_json>> tiers;
+  if (out.contains("pp") && out["pp"].contains("device_offload")) tiers.emplace_back("pp", out["pp"]["device_offload"]);
+  for (const auto& t : out["tg"])
+    if (t.contains("device_offload")) tiers.emplace_back("@" + std::to_string(t["depth"].get<int>()), t["device_offload"]);
+  if (!tiers.empty())
+    std::printf("device      %s holds %u of %u routed experts; the rest upload (%.1f GB/s) or run on the cpu "
+                "(%.1f GB/s), whichever is sooner\n",
+                tiers[0].second["backend"].get<std::string>().c_str(), tiers[0].second["cached_experts"].get<unsigned>(),
+                tiers[0].second["experts"].get<unsigned>(), tiers.back().second["upload_gbs"].get<double>(),
+                tiers.back().second["cpu_gbs"].get<double>());
+  for (const auto& [name, d] : tiers)
+    std::printf("  %-6s device hits %5.1f%%, uploaded %s/token (missed %s), %.1f experts/token on the cpu\n",
+                name.c_str(), 100 * d["hit_rate"].get<double>(),
+                cli::HumanBytes(static_cast<uint64_t>(d["bytes_uploaded_per_token"].get<double>())).c_str(),
+                cli::HumanBytes(static_cast<uint64_t>(d["bytes_missed_per_token"].get<double>())).c_str(),
+                d["cpu_experts_per_token"].get<double>());
   for (const auto& t : out["tg"]) {
     if (!t.contains("offload")) continue;
     const auto& o = t["offload"];

@@ -287,17 +287,14 @@ int ListBackends(bool json) {
   return 0;
 }
 
-int ShowPlan(const std::string& path, const std::vector<std::string>& backends, coda::DType kv_dtype,
-             const coda::ModelLoadOptions& load, bool json) {
+int ShowPlan(const std::string& path, const coda::SessionOptions& so, const coda::ModelLoadOptions& load, bool json) {
   using namespace coda;
   auto ctx = Context::Create(cli::ProgramContextOptions({coda_cpu_backend_entry}));
   if (!ctx.ok()) return cli::Fail(kTool, ctx.status());
   cli::WarnAboutRefusedBackends(kTool, **ctx);
   auto model = Model::Load(path, load);
   if (!model.ok()) return cli::Fail(kTool, model.status());
-  SessionOptions so;
-  so.backends = backends;
-  so.kv_dtype = kv_dtype;
+  const std::vector<std::string>& backends = so.backends;
   auto plan = PlaceGraph(**ctx, **model, so);
   if (!plan.ok()) return cli::Fail(kTool, plan.status());
   const GraphRef& g = (*model)->file().graph();
@@ -339,6 +336,28 @@ int ShowPlan(const std::string& path, const std::vector<std::string>& backends, 
                    cli::HumanBytes(static_cast<uint64_t>(per_token)) +
                    " read from the file per token if routing were uniform\n";
   }
+  // The device tier: what each device backend holds and, under uniform routing, the bytes of
+  // experts a token finds missing there (each uploaded or run on the CPU).
+  auto tiers = PlanDeviceExperts(**model, *plan, so);
+  if (!tiers.ok()) return cli::Fail(kTool, tiers.status());
+  auto& devices = j["device_offload"] = nlohmann::json::array();
+  for (const DeviceExpertPlan& d : *tiers) {
+    uint64_t routed_layers = 0;
+    for (size_t i = 0; i < g.nodes.size(); ++i)
+      if ((*plan)[i].backend == d.backend && g.nodes[i].op == CODA_OP_MOE_EXPERTS) ++routed_layers;
+    const double held = static_cast<double>(d.capacity) / static_cast<double>(d.experts);
+    const double per_token = (1.0 - held) * static_cast<double>((*model)->config().n_experts_per_tok) *
+                             static_cast<double>(routed_layers) * static_cast<double>(d.slot_bytes);
+    devices.push_back({{"backend", d.backend->name()}, {"budget", d.budget}, {"weights_bytes", d.other_bytes},
+                       {"kv_bytes", d.kv_bytes}, {"slots", d.capacity}, {"experts", d.experts},
+                       {"slot_bytes", d.slot_bytes}, {"expected_bytes_missed_per_token", per_token}});
+    offload_line += "experts on " + std::string(d.backend->name()) + ": " + std::to_string(d.capacity) + " of " +
+                    std::to_string(d.experts) + " in device memory (" +
+                    cli::HumanBytes(uint64_t{d.capacity} * d.slot_bytes) + " of " + cli::HumanBytes(d.budget) +
+                    ", after weights " + cli::HumanBytes(d.other_bytes) + " and KV cache " + cli::HumanBytes(d.kv_bytes) +
+                    "); about " + cli::HumanBytes(static_cast<uint64_t>(per_token)) +
+                    " of experts per token uploaded or run on the cpu if routing were uniform\n";
+  }
   if (json) {
     std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return 0;
@@ -376,6 +395,10 @@ static int Main(int argc, char** argv) {
   cli::AddKvDtype(cl, &kv_dtype);
   ModelLoadOptions load;
   cli::AddRamBudget(cl, &load);
+  uint32_t n_ctx = SessionOptions{}.n_ctx;
+  uint64_t device_memory = 0;
+  cli::AddDeviceMemory(cl, &device_memory);
+  cli::AddContextLength(cl, &n_ctx);
   if (auto code = cl.ParseMain(argc, argv)) return *code;
   if (!model.empty() && !path.empty()) return cl.UsageError("more than one model given");
   if (path.empty()) path = model;
@@ -385,7 +408,14 @@ static int Main(int argc, char** argv) {
     return ListBackends(json);
   }
   if (path.empty()) return cl.UsageError(plan ? "--plan needs a model (-m model.coda)" : "no model given");
-  if (plan) return ShowPlan(path, preference, kv_dtype, load, json);
+  if (plan) {
+    SessionOptions so;
+    so.backends = preference;
+    so.kv_dtype = kv_dtype;
+    so.n_ctx = n_ctx;
+    so.device_memory = device_memory;
+    return ShowPlan(path, so, load, json);
+  }
   auto r = Inspect(path);
   if (!r.ok()) return cl.Fail(r.status());
   if (json) PrintJson(*r, tensors);

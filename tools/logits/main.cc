@@ -45,6 +45,7 @@ static int Main(int argc, char** argv) {
   cli::AddKvDtype(cl, &mo.kv_dtype);
   cli::AddThreads(cl, &mo.n_threads);
   cli::AddRamBudget(cl, &mo.load);
+  cli::AddDeviceMemory(cl, &mo.device_memory);
   if (auto code = cl.ParseMain(argc, argv)) return *code;
   if (mo.model_path.empty()) return cl.UsageError("no model given (-m model.coda)");
   if (tokens.empty()) return cl.UsageError("no tokens given (--tokens 1,2,3)");

@@ -27,6 +27,7 @@ Result<ModelSession> OpenModelSession(const ModelSessionOptions& o) {
   so.n_ctx = o.n_ctx;
   so.kv_dtype = o.kv_dtype;
   so.backends = o.backends;
+  so.device_memory = o.device_memory;
   CODA_ASSIGN_OR_RETURN(m.session, Session::Create(*m.context, m.model, so));
   return m;
 }

@@ -61,6 +61,18 @@ Option& AddRamBudget(CommandLine& cl, ModelLoadOptions* load) {
       .DefaultText("auto");
 }
 
+Option& AddDeviceMemory(CommandLine& cl, uint64_t* bytes) {
+  return cl
+      .Value("--device-memory", "SIZE",
+             "device memory for the weights (K, M, G, T)",
+             [bytes](const std::string& text) -> Status {
+               CODA_ASSIGN_OR_RETURN(*bytes, ParseBytes(text));
+               if (*bytes == 0) return InvalidArgument("'" + text + "' is not a size above 0");
+               return Status::Ok();
+             })
+      .DefaultText("free memory");
+}
+
 Option& AddExpertEviction(CommandLine& cl, ModelLoadOptions* load) {
   return cl
       .Value("--expert-eviction", "frequency|lru", "which cached experts the expert store lets go first",
@@ -99,7 +111,7 @@ void AddSampling(CommandLine& cl, SamplerOptions* o) {
   AddNumber(cl, "--top-p", &o->top_p, "P", "nucleus sampling threshold in (0, 1]; 1 is off", {0, 1, true, false});
   AddWholeNumber(cl, "--top-k", &o->top_k, "K",
                  "sample among the K likeliest tokens, up to " + std::to_string(kMaxTopK) + "; 0 is off", 0, kMaxTopK);
-  AddNumber(cl, "--min-p", &o->min_p, "P", "drop tokens below P x the likeliest one's probability, in [0, 1)",
+  AddNumber(cl, "--min-p", &o->min_p, "P", "drop tokens below P x the likeliest's probability, in [0, 1)",
             {0, 1, false, true});
   AddNumber(cl, "--repeat-penalty", &o->repetition_penalty, "R",
             "penalize the last " + std::to_string(GenerateOptions{}.repetition_window) +

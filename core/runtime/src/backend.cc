@@ -83,6 +83,10 @@ Result<std::unique_ptr<Backend>> Backend::Create(const BackendLibrary& library, 
     auto devices = b->Devices();
     b->device_memory_ = devices.ok() && options.device < devices->size() &&
                         (*devices)[options.device].kind != CODA_DEVICE_CPU;
+    if (b->device_memory_) {
+      const DeviceInfo& d = (*devices)[options.device];
+      b->memory_bytes_ = d.free_memory ? d.free_memory : d.total_memory;
+    }
   }
   return b;
 }

@@ -49,14 +49,7 @@ Result<std::vector<NodePlacement>> PlaceGraph(const Context& context, const Mode
     }
     NodePlacement p;
     std::string declined;
-    // Offloaded experts are handed over as host memory for each pass: a backend that keeps its
-    // own copy of the weights cannot run them (yet).
-    const bool offloaded = model.expert_store() && ops::Find(node.op)->signature.repeat >= 0;
     for (Backend* b : preferred) {
-      if (offloaded && b->uses_device_memory()) {
-        declined += (declined.empty() ? "" : ", ") + std::string(b->name()) + " (experts offloaded)";
-        continue;
-      }
       if (b->Supports(probe)) {
         p.backend = b;
         break;
@@ -70,6 +63,82 @@ Result<std::vector<NodePlacement>> PlaceGraph(const Context& context, const Mode
     else if (cpu_added && p.backend == preferred.back()) p.reason = "fallback to cpu: not supported by " + declined;
     else p.reason = "not supported by " + declined;
     out.push_back(std::move(p));
+  }
+  return out;
+}
+
+}  // namespace coda
+
+namespace coda {
+
+Result<std::vector<DeviceExpertPlan>> PlanDeviceExperts(const Model& model, const std::vector<NodePlacement>& placement,
+                                                        const SessionOptions& options) {
+  const GraphRef& g = model.file().graph();
+  const auto& refs = model.file().tensors();
+  const ModelConfig& c = model.config();
+  const ExpertStore* store = model.expert_store();
+  const uint64_t kv_layer = static_cast<uint64_t>(options.n_ctx) * (c.kv_lora_rank + c.qk_rope_head_dim) *
+                            DTypeSize(options.kv_dtype);
+  auto round = [](uint64_t v) { return (v + 255) / 256 * 256; };
+  std::vector<Backend*> devices;
+  for (const NodePlacement& p : placement)
+    if (p.backend->uses_device_memory() && std::find(devices.begin(), devices.end(), p.backend) == devices.end())
+      devices.push_back(p.backend);
+  std::vector<DeviceExpertPlan> out;
+  for (Backend* b : devices) {
+    DeviceExpertPlan dp;
+    dp.backend = b;
+    uint64_t expert_bytes = 0;
+    bool stored = false;
+    std::vector<bool> seen(refs.size());
+    auto add = [&](int32_t w) {
+      if (w < 0 || seen[static_cast<size_t>(w)]) return;
+      seen[static_cast<size_t>(w)] = true;
+      dp.other_bytes += round(refs[static_cast<size_t>(w)].size);
+    };
+    for (size_t i = 0; i < g.nodes.size(); ++i) {
+      if (placement[i].backend != b) continue;
+      const GraphNode& node = g.nodes[i];
+      if (ops::Find(node.op)->flags & CODA_OP_USES_KV) dp.kv_bytes += kv_layer;
+      // Routed experts, each in its layer's expert block (the reader checks the ranges), can
+      // stay off the device; anything else goes there whole.
+      bool routed = ops::Find(node.op)->signature.repeat >= 0;
+      for (int32_t w : node.weights) routed = routed && w >= 0 && refs[static_cast<size_t>(w)].expert >= 0;
+      if (!routed) {
+        for (int32_t w : node.weights) {
+          add(w);
+          if (w >= 0) add(refs[static_cast<size_t>(w)].scale);
+        }
+        continue;
+      }
+      const size_t group = static_cast<size_t>(ops::Find(node.op)->signature.weights.size);
+      for (size_t e = 0; e * group < node.weights.size(); ++e) {
+        const TensorRef& r = refs[static_cast<size_t>(node.weights[e * group])];
+        for (const ExpertBlockRef& blk : model.file().expert_blocks())
+          if (blk.layer == r.layer) {
+            expert_bytes += round(blk.stride);
+            dp.slot_bytes = std::max(dp.slot_bytes, round(blk.stride));
+          }
+        ++dp.experts;
+        stored = stored || (store && store->Serves(r.layer));
+      }
+    }
+    if (dp.experts == 0) continue;
+    dp.budget = options.device_memory ? options.device_memory : b->memory_bytes();
+    const uint64_t fixed = dp.other_bytes + dp.kv_bytes;
+    if (!stored && (dp.budget == 0 || fixed + expert_bytes <= dp.budget)) continue;  // everything fits
+    const uint64_t fit = dp.budget == 0 ? dp.experts : (dp.budget > fixed ? (dp.budget - fixed) / dp.slot_bytes : 0);
+    dp.capacity = static_cast<uint32_t>(std::min<uint64_t>(fit, dp.experts));
+    if (dp.capacity < c.n_experts_per_tok) {
+      const uint64_t need = fixed + uint64_t{c.n_experts_per_tok} * dp.slot_bytes;
+      return InvalidArgument("device memory of " + std::to_string(dp.budget) + " bytes on " + std::string(b->name()) +
+                             " cannot hold one layer's active experts beside the other weights and the KV cache: at least " +
+                             std::to_string(need) + " bytes (" + std::to_string((need + (1 << 20) - 1) >> 20) +
+                             " MiB: weights " + std::to_string(dp.other_bytes) + ", KV cache " +
+                             std::to_string(dp.kv_bytes) + ", " + std::to_string(c.n_experts_per_tok) + " experts of " +
+                             std::to_string(dp.slot_bytes) + ")");
+    }
+    out.push_back(dp);
   }
   return out;
 }

@@ -57,9 +57,11 @@ Result<std::unique_ptr<Session>> Session::Create(const Context& context, std::sh
     for (int32_t w : g.nodes[i].weights) im.weights[i].push_back(w >= 0 ? s->model_->tensor(w) : coda_tensor{});
   for (const NodePlacement& p : im.placement)
     if (std::find(im.used.begin(), im.used.end(), p.backend) == im.used.end()) im.used.push_back(p.backend);
+  if (auto cpu = context.Find("cpu"); cpu.ok()) im.cpu = *cpu;
+  CODA_RETURN_IF_ERROR(im.PlanDeviceTier(options));
   CODA_RETURN_IF_ERROR(im.PrepareWeights());
   CODA_RETURN_IF_ERROR(im.PlaceKvCache());
-  if (s->model_->expert_store()) im.FindExpertNodes();
+  if (s->model_->expert_store() || !im.device_caches.empty()) CODA_RETURN_IF_ERROR(im.FindExpertNodes());
   im.home.assign(g.n_values, nullptr);
   for (size_t i = 0; i < g.nodes.size(); ++i)
     if (Backend* b = im.placement[i].backend; b->uses_device_memory()) {
@@ -69,9 +71,11 @@ Result<std::unique_ptr<Session>> Session::Create(const Context& context, std::sh
   return s;
 }
 
-// Hands each backend the weights of the nodes it runs, once.
+// Hands each backend the weights of the nodes it runs, once (routed experts of device-tier
+// nodes excepted: the device's expert cache holds those).
 Status Session::Impl::PrepareWeights() {
   const GraphRef& g = model->file().graph();
+  const auto& refs = model->file().tensors();
   node_prepared.assign(g.nodes.size(), nullptr);
   for (Backend* b : used) {
     if (!b->has_prepare()) continue;
@@ -80,7 +84,7 @@ Status Session::Impl::PrepareWeights() {
     for (size_t i = 0; i < g.nodes.size(); ++i)
       if (placement[i].backend == b)
         for (int32_t w : g.nodes[i].weights)
-          if (w >= 0 && !seen[static_cast<size_t>(w)]) {
+          if (w >= 0 && !seen[static_cast<size_t>(w)] && !(device_tier[i] && refs[static_cast<size_t>(w)].expert >= 0)) {
             seen[static_cast<size_t>(w)] = true;
             p.weights.push_back(model->tensor(w));
           }
@@ -286,7 +290,9 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
     for (uint32_t v : s.fetch)
       if (Status st = im.ToHost(plan, v); !st.ok()) return st.WithContext("copying an input of '" + node.name + "' to the host");
     s.op.start_pos = start + s.first_row;
-    Status st = im.experts.empty() || im.experts[i].key.empty() ? s.backend->Execute(s.op) : im.RunExperts(i, s);
+    Status st = im.experts.empty() || im.experts[i].key.empty() ? s.backend->Execute(s.op)
+                : im.experts[i].device                       ? im.RunDeviceExperts(i, s, plan)
+                                                             : im.RunExperts(i, s);
     if (!st.ok()) return st.WithContext(std::string(OpTypeName(node.op)) + " '" + node.name + "' on " + std::string(s.backend->name()));
     if (observer_) {
       observed.clear();

@@ -1,5 +1,6 @@
 // The session's internals, shared by its parts: session.cc (memory, binding plans, running
-// them) and offload.cc (handing offloaded experts to backends). Private to core/runtime.
+// them) and offload.cc (handing offloaded experts to backends: from the RAM store, and through
+// a device backend's expert cache). Private to core/runtime.
 #pragma once
 
 #include <cstdlib>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "coda/runtime.h"
+#include "device_experts.h"
 #include "plan.h"
 
 namespace coda {
@@ -78,18 +80,33 @@ struct Session::Impl {
   };
   std::map<std::pair<uint32_t, bool>, BoundPlan> plans;
   std::vector<bool> host_valid;  // per value, during a forward pass: the host arena holds it
-  // Nodes whose routed experts the model's expert store serves (offloading).
+  // Nodes whose routed experts are offloaded: served by the model's expert store (RAM tier),
+  // or by a device backend's expert cache (device tier), or both.
   struct ExpertNode {
     std::vector<std::pair<int32_t, int32_t>> key;  // per expert: (layer, expert) in the store; layer -1: not stored
     int32_t next_gate = -1;     // the next router: applied to this node's input, it predicts ...
     int32_t next_experts = -1;  // ... which experts this node will need
     std::vector<int32_t> predicted;  // what the last prediction for this node said
+    // Device tier: per expert, its cache key, where its range starts in the data section, and
+    // its bytes in host memory (null: in the store, acquired when needed).
+    runtime::DeviceExpertCache* device = nullptr;
+    struct Range {
+      uint64_t key = 0, offset = 0, bytes = 0;
+      const uint8_t* host = nullptr;
+    };
+    std::vector<Range> range;
+    std::vector<coda_tensor> device_weights, device_scales;  // the node's weights as its backend gets them
   };
   std::vector<ExpertNode> experts;  // per node; empty key: not served
+  std::vector<bool> device_tier;    // per node: its routed experts stay off its backend's prepared weights
+  std::map<Backend*, std::unique_ptr<runtime::DeviceExpertCache>> device_caches;
+  Backend* cpu = nullptr;           // runs experts the device tier leaves to the CPU
+  double cpu_bytes_per_second = 20e9;  // the CPU's rate on experts, measured as it runs them
   std::vector<std::vector<coda_tensor>> expert_scales;  // per node: FP8 scales of the experts handed over
   OffloadStats offload;
 
   ~Impl() {
+    device_caches.clear();
     for (auto& [b, a] : device_arenas)
       if (a.buffer) b->FreeBuffer(a.buffer);
     for (DeviceKv& d : device_kv)
@@ -103,8 +120,11 @@ struct Session::Impl {
   void Bind(BoundPlan& b);
   coda_tensor View(const runtime::ForwardPlan& p, uint32_t v, const Backend* b) const;
   Status ToHost(const runtime::ForwardPlan& p, uint32_t v);
-  void FindExpertNodes();
+  Status PlanDeviceTier(const SessionOptions& options);
+  Status FindExpertNodes();
   Status RunExperts(size_t i, Step& s);
+  Status RunDeviceExperts(size_t i, Step& s, const runtime::ForwardPlan& p);
+  Status LoadExperts(ExpertNode& en, std::span<const std::pair<int32_t, int32_t>> slots_for);
   Status RunWithExperts(size_t i, Step& s, std::span<const int32_t> experts, bool predict);
   void Predict(size_t i, const Step& s);
 };

@@ -118,6 +118,9 @@ class Backend {
   // The instance's device has memory apart from the host's (a GPU, or a Vulkan driver on the
   // CPU): state it keeps across calls, the KV cache, lives in its buffers.
   bool uses_device_memory() const { return device_memory_; }
+  // With uses_device_memory(): the bytes its device reported free at creation (else its total;
+  // 0: unknown).
+  uint64_t memory_bytes() const { return memory_bytes_; }
 
   Result<std::vector<DeviceInfo>> Devices() const;
   // Without prepare(): Ok and nullptr.
@@ -149,6 +152,7 @@ class Backend {
   LogFn log_;
   void* self_ = nullptr;
   bool device_memory_ = false;
+  uint64_t memory_bytes_ = 0;
   mutable std::mutex mu_;
 };
 

@@ -111,6 +111,11 @@ struct SessionOptions {
   DType kv_dtype = DType::kBF16;
   // Backend names in order of preference; ops none of them supports run on "cpu".
   std::vector<std::string> backends = {"cpu"};
+  // Bytes of its memory a device backend may fill with weights and the KV cache (activations
+  // come on top); 0: what the device reports free. When the weights placed on it do not fit, its
+  // routed experts stay in host memory and a cache of them fills what is left (expert offloading,
+  // device tier); a budget that cannot hold one layer's active experts is refused.
+  uint64_t device_memory = 0;
 };
 
 // Where one graph node runs, and why there.
@@ -124,6 +129,24 @@ struct NodePlacement {
 Result<std::vector<NodePlacement>> PlaceGraph(const Context& context, const Model& model,
                                               const SessionOptions& options);
 
+// The device tier of expert offloading, for one device backend whose memory cannot hold the
+// weights of the nodes placed on it, their KV cache and every routed expert (or whose model has
+// its experts in the RAM store): the routed experts stay in host memory and a cache of
+// `capacity` of them fills what is left.
+struct DeviceExpertPlan {
+  Backend* backend = nullptr;
+  uint64_t budget = 0;        // bytes it may hold (options.device_memory, or what it reports)
+  uint64_t other_bytes = 0;   // weights but routed experts (each rounded to 256 bytes)
+  uint64_t kv_bytes = 0;      // the latent cache of its layers
+  uint64_t slot_bytes = 0;    // one expert's range of the file, rounded to 256 bytes
+  uint32_t experts = 0;       // routed experts of its nodes
+  uint32_t capacity = 0;      // ... of which its cache holds
+};
+// One plan per device backend that needs the tier; a budget that cannot hold one layer's
+// active experts beside the rest is an error naming the minimum.
+Result<std::vector<DeviceExpertPlan>> PlanDeviceExperts(const Model& model, const std::vector<NodePlacement>& placement,
+                                                        const SessionOptions& options);
+
 // Called after each graph node (for tests and diagnostics): the node and its outputs.
 using NodeObserver = std::function<void(const GraphNode& node, std::span<const coda_tensor> outputs)>;
 
@@ -133,6 +156,23 @@ struct OffloadStats {
   uint64_t predicted_total = 0;   // experts used in layers a prediction was made for
   uint64_t predicted_hits = 0;    // ... of which the prediction named
   uint64_t predicted_issued = 0;  // experts predicted
+  // The device tier: routed experts of nodes on a device backend, cached in its memory.
+  struct Device {
+    std::string backend;             // empty: no device tier
+    uint32_t capacity = 0;           // experts the device cache holds
+    uint32_t total = 0;              // routed experts of the nodes it serves
+    uint64_t slot_bytes = 0;
+    uint64_t requests = 0;           // experts used by device nodes
+    uint64_t hits = 0;               // ... resident when needed
+    uint64_t uploads = 0;            // experts uploaded because a call needed them
+    uint64_t promotions = 0;         // experts uploaded after running on the CPU, being used often
+    uint64_t bytes_uploaded = 0;     // both kinds
+    uint64_t cpu_experts = 0;        // experts computed on the CPU instead (hybrid execution)
+    uint64_t bytes_missed = 0;       // the minimum to move: bytes of the experts not resident when needed
+    double upload_gbs = 0;           // the transfer rate the cost model uses (measured)
+    double cpu_gbs = 0;              // the CPU's rate on experts the cost model uses (measured)
+    double upload_seconds = 0, cpu_seconds = 0;
+  } device;
 };
 
 class Session {

@@ -26,6 +26,7 @@ struct ModelSessionOptions {
   uint32_t n_ctx = 4096;
   DType kv_dtype = DType::kBF16;
   uint32_t n_threads = 0;  // 0: one per core
+  uint64_t device_memory = 0;  // SessionOptions::device_memory
   ModelLoadOptions load;
 };
 

@@ -34,6 +34,8 @@ Option& AddContextLength(CommandLine& cl, uint32_t* n_ctx);
 Option& AddCopyWeights(CommandLine& cl, bool* copy);
 // --ram-budget SIZE|auto|off: memory for routed experts (offloading).
 Option& AddRamBudget(CommandLine& cl, ModelLoadOptions* load);
+// --device-memory SIZE: what a device backend may hold (offloading experts beyond it).
+Option& AddDeviceMemory(CommandLine& cl, uint64_t* bytes);
 // --expert-eviction frequency|lru: what the expert cache lets go first (for measurements).
 Option& AddExpertEviction(CommandLine& cl, ModelLoadOptions* load);
 // --seed N
