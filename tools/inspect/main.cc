@@ -342,6 +342,16 @@ int ShowPlan(const std::string& path, const coda::SessionOptions& so, const coda
   if (!tiers.ok()) return cli::Fail(kTool, tiers.status());
   auto& devices = j["device_offload"] = nlohmann::json::array();
   for (const DeviceExpertPlan& d : *tiers) {
+    if (!d.offload) {
+      devices.push_back({{"backend", d.backend->name()}, {"budget", d.budget}, {"weights_bytes", d.other_bytes},
+                         {"kv_bytes", d.kv_bytes}, {"slots", d.capacity}, {"experts", d.experts},
+                         {"slot_bytes", d.slot_bytes}, {"offload", false}});
+      offload_line += "experts on " + std::string(d.backend->name()) + ": all " + std::to_string(d.experts) +
+                      " in device memory (weights " + cli::HumanBytes(d.other_bytes) + ", KV cache " +
+                      cli::HumanBytes(d.kv_bytes) + ", experts " + cli::HumanBytes(uint64_t{d.experts} * d.slot_bytes) +
+                      (d.budget ? " of " + cli::HumanBytes(d.budget) : std::string()) + ")\n";
+      continue;
+    }
     uint64_t routed_layers = 0;
     for (size_t i = 0; i < g.nodes.size(); ++i)
       if ((*plan)[i].backend == d.backend && g.nodes[i].op == CODA_OP_MOE_EXPERTS) ++routed_layers;
@@ -350,7 +360,7 @@ int ShowPlan(const std::string& path, const coda::SessionOptions& so, const coda
                              static_cast<double>(routed_layers) * static_cast<double>(d.slot_bytes);
     devices.push_back({{"backend", d.backend->name()}, {"budget", d.budget}, {"weights_bytes", d.other_bytes},
                        {"kv_bytes", d.kv_bytes}, {"slots", d.capacity}, {"experts", d.experts},
-                       {"slot_bytes", d.slot_bytes}, {"expected_bytes_missed_per_token", per_token}});
+                       {"slot_bytes", d.slot_bytes}, {"offload", true}, {"expected_bytes_missed_per_token", per_token}});
     offload_line += "experts on " + std::string(d.backend->name()) + ": " + std::to_string(d.capacity) + " of " +
                     std::to_string(d.experts) + " in device memory (" +
                     cli::HumanBytes(uint64_t{d.capacity} * d.slot_bytes) + " of " + cli::HumanBytes(d.budget) +

@@ -133,7 +133,7 @@ Status DeviceExpertCache::OrderCompute() {
   return backend_.WaitEvent(loaded_, CODA_QUEUE_COMPUTE);
 }
 
-Status DeviceExpertCache::Settle() {
+Status DeviceExpertCache::Settle(bool measure) {
   if (pending_bytes_ == 0) return Status::Ok();
   const double t0 = Now();
   if (loaded_) {
@@ -144,7 +144,7 @@ Status DeviceExpertCache::Settle() {
   }
   // What the transfers cost the caller: time in the upload calls plus the wait for the rest.
   const double seconds = pending_since_ + (Now() - t0);
-  if (seconds > 0) upload_bps_ = 0.8 * upload_bps_ + 0.2 * (static_cast<double>(pending_bytes_) / seconds);
+  if (measure && seconds > 0) upload_bps_ = 0.8 * upload_bps_ + 0.2 * (static_cast<double>(pending_bytes_) / seconds);
   pending_bytes_ = 0;
   return Status::Ok();
 }

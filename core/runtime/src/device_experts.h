@@ -45,18 +45,19 @@ class DeviceExpertCache {
   // Empties `slot` and pins it for a Load() later in this call.
   void Claim(int32_t slot);
   // Copies `bytes` (at most slot_bytes) from host memory into `slot` on the transfer queue, for
-  // `key`; pins it. The host bytes must stay until Settle().
+  // `key`; pins it. The host bytes must stay until Settle() (or any synchronize).
   Status Load(int32_t slot, uint64_t key, const uint8_t* src, uint64_t bytes);
   // Makes the compute queue wait for the loads issued so far (an event, or a synchronize).
   Status OrderCompute();
-  // Waits for every load issued so far (their host bytes may then be released).
-  Status Settle();
+  // Waits for every load issued so far (their host bytes may then be released). `measure`: the
+  // loads were issued just before, so the time they took updates the transfer rate.
+  Status Settle(bool measure);
   // Where a slot's bytes are.
   coda_buffer buffer(int32_t slot) const { return buffers_[static_cast<size_t>(slot) / per_buffer_]; }
   uint64_t offset(int32_t slot) const { return static_cast<uint64_t>(slot) % per_buffer_ * slot_bytes_; }
 
-  // Bytes per second the transfer reached (calibrated at creation, then measured on loads that
-  // had to be waited for).
+  // Bytes per second the transfer reached (calibrated at creation, then measured on loads waited
+  // for right away).
   double upload_bytes_per_second() const { return upload_bps_; }
 
  private:

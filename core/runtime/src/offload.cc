@@ -45,6 +45,7 @@ Status Session::Impl::PlanDeviceTier(const SessionOptions& options) {
   device_tier.assign(g.nodes.size(), false);
   CODA_ASSIGN_OR_RETURN(std::vector<DeviceExpertPlan> plans, PlanDeviceExperts(*model, placement, options));
   for (const DeviceExpertPlan& dp : plans) {
+    if (!dp.offload) continue;
     if (dp.capacity < dp.experts && !cpu)
       return Unsupported("offloading experts from " + std::string(dp.backend->name()) + " needs the cpu backend to run the rest");
     CODA_ASSIGN_OR_RETURN(auto cache, runtime::DeviceExpertCache::Create(*dp.backend, dp.capacity, dp.slot_bytes));
@@ -126,7 +127,7 @@ Status Session::Impl::FindExpertNodes() {
       const ExpertNode::Range& r = experts[static_cast<size_t>(i)].range[static_cast<size_t>(e)];
       CODA_RETURN_IF_ERROR(cache->Load(cache->Victim(), r.key, r.host, r.bytes).WithContext("filling the expert cache"));
     }
-    CODA_RETURN_IF_ERROR(cache->Settle());
+    CODA_RETURN_IF_ERROR(cache->Settle(/*measure=*/true));
   }
   // Each expert node's predictor: the first router after it, and the expert node after that.
   for (size_t i = 0; i < experts.size(); ++i) {
@@ -350,8 +351,10 @@ Status Session::Impl::LoadExperts(ExpertNode& en, std::span<const std::pair<int3
       st = cache.Load(slot, r.key, src, r.bytes);
       if (st.ok()) offload.device.bytes_uploaded += r.bytes;
     }
-    // The store's copies must stay until the transfers have read them.
-    if (Status s = cache.Settle(); st.ok()) st = s;
+    // The store's copies must stay until the transfers have read them; host memory stays anyway
+    // (the transfers then overlap with what follows, up to the next call).
+    if (!acquired.empty() || !st.ok())
+      if (Status s = cache.Settle(/*measure=*/true); st.ok()) st = s;
     release();
     CODA_RETURN_IF_ERROR(st.WithContext("uploading experts to " + std::string(cache.backend().name())));
   }
@@ -386,7 +389,8 @@ Status Session::Impl::RunDeviceExperts(size_t i, Step& s, const runtime::Forward
   }
   std::sort(used.begin(), used.end());
 
-  // Resident, uploaded, or on the CPU.
+  // Resident, uploaded, or on the CPU. The last call's uploads are done by now.
+  CODA_RETURN_IF_ERROR(cache.Settle(/*measure=*/false));
   cache.BeginCall();
   std::vector<int32_t> on_device, on_cpu;
   std::vector<std::pair<int32_t, int32_t>> uploads;  // (expert, slot)

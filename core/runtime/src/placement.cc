@@ -126,7 +126,12 @@ Result<std::vector<DeviceExpertPlan>> PlanDeviceExperts(const Model& model, cons
     if (dp.experts == 0) continue;
     dp.budget = options.device_memory ? options.device_memory : b->memory_bytes();
     const uint64_t fixed = dp.other_bytes + dp.kv_bytes;
-    if (!stored && (dp.budget == 0 || fixed + expert_bytes <= dp.budget)) continue;  // everything fits
+    dp.capacity = dp.experts;
+    dp.offload = stored || (dp.budget != 0 && fixed + expert_bytes > dp.budget);
+    if (!dp.offload) {  // everything fits
+      out.push_back(dp);
+      continue;
+    }
     const uint64_t fit = dp.budget == 0 ? dp.experts : (dp.budget > fixed ? (dp.budget - fixed) / dp.slot_bytes : 0);
     dp.capacity = static_cast<uint32_t>(std::min<uint64_t>(fit, dp.experts));
     if (dp.capacity < c.n_experts_per_tok) {

@@ -129,10 +129,10 @@ struct NodePlacement {
 Result<std::vector<NodePlacement>> PlaceGraph(const Context& context, const Model& model,
                                               const SessionOptions& options);
 
-// The device tier of expert offloading, for one device backend whose memory cannot hold the
-// weights of the nodes placed on it, their KV cache and every routed expert (or whose model has
-// its experts in the RAM store): the routed experts stay in host memory and a cache of
-// `capacity` of them fills what is left.
+// What a device backend running routed experts holds. When its memory cannot hold the weights of
+// the nodes placed on it, their KV cache and every routed expert (or the model has its experts in
+// the RAM store), the device tier of expert offloading serves them: they stay in host memory and
+// a cache of `capacity` of them fills what is left.
 struct DeviceExpertPlan {
   Backend* backend = nullptr;
   uint64_t budget = 0;        // bytes it may hold (options.device_memory, or what it reports)
@@ -140,10 +140,11 @@ struct DeviceExpertPlan {
   uint64_t kv_bytes = 0;      // the latent cache of its layers
   uint64_t slot_bytes = 0;    // one expert's range of the file, rounded to 256 bytes
   uint32_t experts = 0;       // routed experts of its nodes
-  uint32_t capacity = 0;      // ... of which its cache holds
+  uint32_t capacity = 0;      // ... of which it holds
+  bool offload = false;       // the device tier serves them (else all are prepared on it)
 };
-// One plan per device backend that needs the tier; a budget that cannot hold one layer's
-// active experts beside the rest is an error naming the minimum.
+// One plan per device backend with routed experts; a budget that cannot hold one layer's active
+// experts beside the rest is an error naming the minimum.
 Result<std::vector<DeviceExpertPlan>> PlanDeviceExperts(const Model& model, const std::vector<NodePlacement>& placement,
                                                         const SessionOptions& options);
 
