@@ -88,7 +88,9 @@
  *   The k (id, weight) pairs of a token may come in any order.
  *
  * MoeExperts  y[t] = sum_j weights[t][j] * Mlp_e(x[t]), e = ids[t][j], Mlp_e the SwiGLU of
- *   expert e's (gate, up, down): weight slots 3e, 3e + 1, 3e + 2.
+ *   expert e's (gate, up, down): weight slots 3e, 3e + 1, 3e + 2. A token's ids may repeat,
+ *   each pair adding its term: offloading sends the routes it computes elsewhere to an expert
+ *   the call has, at weight 0. Only experts some pair names are read.
  */
 #ifndef CODA_OPS_H_
 #define CODA_OPS_H_

@@ -482,7 +482,14 @@ std::string MoeExperts(Call& c, const coda_op& op) {
       std::memcpy(&id, ids_raw.data() + 4 * (static_cast<size_t>(t) * K + j), 4);
       std::memcpy(&a, wts_raw.data() + 4 * (static_cast<size_t>(t) * K + j), 4);
       if (id < 0 || static_cast<uint32_t>(id) >= E) return "expert id " + std::to_string(id) + " out of range";
-      tokens[static_cast<uint32_t>(id)].push_back(t);
+      // A token listed twice for one expert would have two kernel rows add into its output at
+      // once: a repeated pair's weight joins the first one's instead.
+      std::vector<uint32_t>& list = tokens[static_cast<uint32_t>(id)];
+      if (!list.empty() && list.back() == t) {
+        alphas[static_cast<uint32_t>(id)].back() += a;
+        continue;
+      }
+      list.push_back(t);
       alphas[static_cast<uint32_t>(id)].push_back(a);
     }
   std::vector<uint32_t> lists;

@@ -369,30 +369,54 @@ void ExpertStore::ResetStats() {
   impl_->stats = {};
 }
 
+namespace {
+
+// Room a cgroup's memory limit leaves, or UINT64_MAX without a limit: the limit less what is in
+// use, page cache excepted (it counts against the limit but can be reclaimed).
+uint64_t CgroupRoom(const std::string& dir, const char* limit_file, const char* usage_file, const char* cache_key) {
+  std::ifstream max_f(dir + "/" + limit_file), cur_f(dir + "/" + usage_file), stat_f(dir + "/memory.stat");
+  std::string max_s;
+  uint64_t current = 0;
+  if (!(max_f >> max_s) || max_s == "max" || !(cur_f >> current)) return UINT64_MAX;
+  const uint64_t limit = std::strtoull(max_s.c_str(), nullptr, 10);
+  uint64_t file = 0, v = 0;
+  std::string key;
+  while (stat_f >> key >> v)
+    if (key == cache_key) file = v;
+  const uint64_t used = current > file ? current - file : 0;
+  return limit > used ? limit - used : 0;
+}
+
+}  // namespace
+
 uint64_t MemoryAvailableToProcess() {
   uint64_t avail = AvailableMemoryBytes();
-  // Inside a cgroup with a memory limit (containers, memcap), what it still allows; its page
-  // cache counts against the limit but can be reclaimed.
+  // Inside cgroups with memory limits (containers, memcap): the least room any of the process's
+  // groups or their ancestors leaves. cgroup v2 ("0::/path"), or v1's memory controller
+  // ("N:memory:/path", or a list of controllers naming it).
   std::ifstream cg("/proc/self/cgroup");
-  std::string line, path;
-  while (std::getline(cg, line))
-    if (line.rfind("0::", 0) == 0) path = line.substr(3);
-  if (!path.empty()) {
-    const std::string dir = "/sys/fs/cgroup" + path;
-    std::ifstream max_f(dir + "/memory.max"), cur_f(dir + "/memory.current"), stat_f(dir + "/memory.stat");
-    std::string max_s;
-    uint64_t current = 0, file = 0;
-    if (max_f >> max_s && max_s != "max" && cur_f >> current) {
-      std::string key;
-      uint64_t v;
-      while (stat_f >> key >> v)
-        if (key == "file") file = v;
-      const uint64_t limit = std::strtoull(max_s.c_str(), nullptr, 10);
-      const uint64_t used = current > file ? current - file : 0;
-      const uint64_t room = limit > used ? limit - used : 0;
-      avail = avail ? std::min(avail, room) : room;
+  std::string line;
+  uint64_t room = UINT64_MAX;
+  while (std::getline(cg, line)) {
+    const size_t c1 = line.find(':'), c2 = c1 == std::string::npos ? c1 : line.find(':', c1 + 1);
+    if (c2 == std::string::npos) continue;
+    const std::string controllers = line.substr(c1 + 1, c2 - c1 - 1);
+    std::string path = line.substr(c2 + 1);
+    const bool v2 = controllers.empty();
+    bool v1 = false;
+    for (std::stringstream list(controllers); std::getline(list, line, ',');) v1 = v1 || line == "memory";
+    if (!v1 && !v2) continue;
+    const std::string root = v2 ? "/sys/fs/cgroup" : "/sys/fs/cgroup/memory";
+    for (;;) {  // the group, then each ancestor: a parent's limit binds its children too
+      const std::string dir = root + (path == "/" ? "" : path);
+      room = std::min(room, v2 ? CgroupRoom(dir, "memory.max", "memory.current", "file")
+                               : CgroupRoom(dir, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_cache"));
+      if (path.empty() || path == "/") break;
+      path = path.substr(0, path.rfind('/'));
+      if (path.empty()) path = "/";
     }
   }
+  if (room != UINT64_MAX) avail = avail ? std::min(avail, room) : room;
   return avail;
 }
 

@@ -107,8 +107,8 @@ Result<std::shared_ptr<Model>> Model::FromFile(ModelFile file, const ModelLoadOp
   for (const ExpertBlockRef& b : m->file_.expert_blocks()) expert_bytes += b.stride * b.n_experts;
   const uint64_t other_bytes = m->file_.file_size() - std::min(m->file_.file_size(), expert_bytes);
   // Offload when the file would not fit with room to spare (the KV cache, activations, the rest of
-  // the system): a tenth of what is available, at least 512 MB.
-  const uint64_t margin = std::max<uint64_t>(available / 10, uint64_t{512} << 20);
+  // the system): a tenth of what is available, at least 512 MB (a quarter when that is less).
+  const uint64_t margin = std::max<uint64_t>(available / 10, std::min<uint64_t>(uint64_t{512} << 20, available / 4));
   const bool offload =
       m->file_.mapping() && expert_bytes > 0 &&
       (options.offload == ModelLoadOptions::Offload::kOn ||

@@ -16,12 +16,16 @@ void Cases(Gen& g, std::vector<Case>& out) {
   };
   for (uint32_t dt : kWeightDtypes)
     for (const Shape& s : {Shape{6, 2, 72, 40}, Shape{5, 3, 130, 33}})
-      for (uint32_t n : {1u, 5u}) {
+      for (uint32_t n : {1u, 5u, 6u}) {
+        // 6 tokens: ids repeat within a token, some at weight 0 (the executor's offloading
+        // sends routes it computes elsewhere to an expert at weight 0); each pair still adds.
+        const bool repeat = n == 6;
         Case c;
         c.op = CODA_OP_MOE_EXPERTS;
         c.dtype = DtypeLabel(dt);
         c.name = std::to_string(s.E) + " experts top " + std::to_string(s.K) + ", hidden " + std::to_string(s.h) +
-                 ", inner " + std::to_string(s.inter) + ", " + std::to_string(n) + " tokens";
+                 ", inner " + std::to_string(s.inter) + ", " + std::to_string(n) + " tokens" +
+                 (repeat ? ", ids repeated" : "");
         c.hp = BaseHparams();
         c.hp.hidden_size = static_cast<uint32_t>(s.h);
         c.hp.n_routed_experts = s.E;
@@ -42,6 +46,10 @@ void Cases(Gen& g, std::vector<Case>& out) {
           for (uint32_t j = 0; j < s.K; ++j) {
             ip[t * s.K + j] = all[j];
             wp[t * s.K + j] = 0.1f + std::fabs(g.Normal());
+            if (repeat && j > 0 && (t + j) % 2 == 0) {
+              ip[t * s.K + j] = ip[t * s.K];
+              if (t % 3 != 0) wp[t * s.K + j] = 0.0f;
+            }
           }
         }
         c.inputs = {g.F32({n, s.h}), ids, wts};
