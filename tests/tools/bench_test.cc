@@ -19,7 +19,7 @@ TEST(Bench, ReportsEveryDepthAgainstABandwidthMeasuredAroundIt) {
   const std::string model = dir / "m.coda";
   auto r = RunCommand(Tool("coda-convert") + " " + test::DataDir() + "/golden/v3-fp8/hf -o " + model);
   ASSERT_EQ(r.exit_code, 0) << r.out;
-  r = RunCommand("timeout 300 " + Tool("coda-bench") + " -m " + model + " --pp 8 --tg 3 --depths 0,20 --json");
+  r = RunCommand("timeout 300 " + Tool("coda-bench") + " -m " + model + " --pp 8 --tg 3 --depths 0,20 --repetitions 3 --json");
   ASSERT_EQ(r.exit_code, 0) << r.out;
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["pp"]["tokens"], 8);
@@ -33,6 +33,12 @@ TEST(Bench, ReportsEveryDepthAgainstABandwidthMeasuredAroundIt) {
     const double bw = t["bandwidth_gbs"].get<double>(), achieved = t["achieved_gbs"].get<double>();
     EXPECT_GT(bw, 0);
     EXPECT_NEAR(t["fraction_of_bound"].get<double>(), achieved / bw, 1e-9);
+    // The median of the repetitions, between the slowest and the fastest.
+    EXPECT_EQ(t["repetitions"], 3);
+    EXPECT_LE(t["tokens_per_s_min"].get<double>(), t["tokens_per_s"].get<double>());
+    EXPECT_GE(t["tokens_per_s_max"].get<double>(), t["tokens_per_s"].get<double>());
+    EXPECT_GE(t["voluntary_switches_per_token"].get<double>(), 0);
+    EXPECT_GE(t["involuntary_switches_per_token"].get<double>(), 0);
     // Bytes per token: the active weights plus the cache rows read, which grow with depth.
     EXPECT_GT(t["bytes_per_token"].get<double>(), j["active_weight_bytes"].get<double>());
     highest = std::max(highest, bw);
@@ -42,7 +48,7 @@ TEST(Bench, ReportsEveryDepthAgainstABandwidthMeasuredAroundIt) {
 }
 
 TEST(Bench, BadArgumentsFailWithOneLine) {
-  for (const std::string args : {"", "-m /nonexistent.coda", "-m x --tg 0", "-m x --depths 1,a", "--frobnicate"}) {
+  for (const std::string args : {"", "-m /nonexistent.coda", "-m x --tg 0", "-m x --depths 1,a", "-m x --repetitions 0", "--frobnicate"}) {
     const auto r = RunCommand(Tool("coda-bench") + " " + args);
     EXPECT_NE(r.exit_code, 0) << args;
     EXPECT_NE(r.out.find("coda-bench"), std::string::npos) << args << ": " << r.out;

@@ -1,6 +1,7 @@
 // coda-bench: prefill and decode speed of a model, against the memory bandwidth measured in the
 // same run (decode reads every active weight once per token: it is bandwidth-bound).
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -35,7 +36,8 @@ Usage:
 Runs pp<N> (one prefill of N tokens) and tg<M> (M decode steps) at each context depth, and
 measures the machine's read bandwidth just before and after each decode test. The decode bound
 is bandwidth / (active weight bytes + latent-cache bytes read per token), with the higher of
-the two bandwidth figures.)";
+the two bandwidth figures. Each decode test runs --repetitions times: the table shows the median,
+the slowest and fastest (min..max tokens/s) and the context switches per token (all threads).)";
 
 // Prefill lengths, decode steps and depths: far beyond any context a benchmark needs.
 constexpr uint32_t kMaxTokens = 1'000'000;
@@ -141,13 +143,15 @@ static int Main(int argc, char** argv) {
   cli::ModelSessionOptions mo;
   mo.program = kTool;
   mo.linked_backends = {coda_cpu_backend_entry};
-  uint32_t pp = 512, tg = 128;
+  uint32_t pp = 512, tg = 128, repetitions = 3;
   std::vector<int32_t> depths = {0, 1024, 4096};
   bool json = false, profile = false;
   cli::CommandLine cl(kTool, kAbout);
   cli::AddModel(cl, &mo.model_path);
   cli::AddWholeNumber(cl, "--pp", &pp, "N", "prefill length in tokens; 0 skips the prefill test", 0, kMaxTokens);
   cli::AddWholeNumber(cl, "--tg", &tg, "N", "decode steps per depth", 1, kMaxTokens);
+  cli::AddWholeNumber(cl, "--repetitions", &repetitions, "N",
+                      "decode tests per depth, 1 to 100: the median is reported, with the spread", 1, 100);
   cli::AddWholeNumberList(cl, "--depths", &depths, "LIST", "context depths for decoding", kMaxTokens);
   cli::AddThreads(cl, &mo.n_threads);
   cli::AddCopyWeights(cl, &mo.load.copy_weights);
@@ -231,15 +235,27 @@ static int Main(int argc, char** argv) {
     const double bw_before = meter.Measure();
     if (store) store->ResetStats();
     const OffloadStats before = s.offload_stats();
-    const auto t0 = Clock::now();
-    phase = "tg";
-    for (uint32_t i = 0; i < tg; ++i) {
-      next = tok(rng);
-      last = Clock::now();
-      if (auto r = s.Forward(std::span(&next, 1)); !r.ok()) return cl.Fail(r.status());
+    // Each repetition decodes the same positions; context switches (every thread of the
+    // process) show how often decoding gave up a core.
+    std::vector<double> rep_sec;
+    rusage ru0{}, ru1{};
+    ::getrusage(RUSAGE_SELF, &ru0);
+    for (uint32_t rep = 0; rep < repetitions; ++rep) {
+      if (Status st = s.Rewind(static_cast<uint32_t>(depth) + 1); !st.ok()) return cl.Fail(st);
+      const auto t0 = Clock::now();
+      phase = "tg";
+      for (uint32_t i = 0; i < tg; ++i) {
+        next = tok(rng);
+        last = Clock::now();
+        if (auto r = s.Forward(std::span(&next, 1)); !r.ok()) return cl.Fail(r.status());
+      }
+      phase.clear();
+      rep_sec.push_back(Seconds(t0, Clock::now()) / tg);
     }
-    phase.clear();
-    const double sec = Seconds(t0, Clock::now()) / tg;
+    ::getrusage(RUSAGE_SELF, &ru1);
+    std::sort(rep_sec.begin(), rep_sec.end());
+    const double sec = rep_sec[rep_sec.size() / 2];
+    const double steps = static_cast<double>(tg) * repetitions;
     const double bandwidth = std::max(bw_before, meter.Measure());
     // Average cache depth read during the steps.
     const double kv = static_cast<double>(s.kv_cache().bytes_per_token()) * (depth + 1 + tg / 2.0);
@@ -251,15 +267,20 @@ static int Main(int argc, char** argv) {
                    {"bytes_per_token", bytes},
                    {"achieved_gbs", bytes / sec / 1e9},
                    {"bandwidth_gbs", bandwidth / 1e9},
-                   {"fraction_of_bound", bytes / sec / bandwidth}});
+                   {"fraction_of_bound", bytes / sec / bandwidth},
+                   {"repetitions", repetitions},
+                   {"tokens_per_s_min", 1.0 / rep_sec.back()},
+                   {"tokens_per_s_max", 1.0 / rep_sec.front()},
+                   {"voluntary_switches_per_token", static_cast<double>(ru1.ru_nvcsw - ru0.ru_nvcsw) / steps},
+                   {"involuntary_switches_per_token", static_cast<double>(ru1.ru_nivcsw - ru0.ru_nivcsw) / steps}});
     if (const OffloadStats o = s.offload_stats(); !o.device.backend.empty())
-      tgs.back()["device_offload"] = DeviceTier(before.device, o.device, tg);
+      tgs.back()["device_offload"] = DeviceTier(before.device, o.device, steps);
     if (store) {
       // Offloaded: the bound adds the reads the cache could not avoid (the misses) at the
       // disk's direct-read bandwidth to the in-memory decode time.
       const OffloadStats o = s.offload_stats();
       disk = std::max(disk, MeasureDiskRead(mo.model_path, 256u << 20, 4));
-      const double per = tg;
+      const double per = steps;
       const double demand = static_cast<double>(o.store.bytes_demand) / per;
       const double bound_sec = demand / std::max(disk, 1.0) + bytes / bandwidth;
       const uint64_t predicted = o.predicted_total - before.predicted_total;
@@ -278,7 +299,7 @@ static int Main(int argc, char** argv) {
   }
   out["bandwidth_gbs"] = meter.highest() / 1e9;
   if (profile) {
-    const double decode_steps = static_cast<double>(tg) * static_cast<double>(depths.size());
+    const double decode_steps = static_cast<double>(tg) * repetitions * static_cast<double>(depths.size());
     for (const auto& [ph, ops] : op_seconds) {
       const double per = ph == "pp" ? pp : decode_steps;  // ms per token
       double total = 0;
@@ -302,22 +323,28 @@ static int Main(int argc, char** argv) {
               meter.highest() / 1e9, threads);
   std::printf("weights     %s read per decoded token (active experts, lm_head; embedding row excluded)\n",
               cli::HumanBytes(m.active_weight_bytes()).c_str());
-  std::printf("\n%-14s %10s %10s %12s %9s %9s %9s\n", "test", "tokens/s", "ms/token", "bytes/token", "GB/s",
-              "bandwidth", "of bound");
+  std::printf("\n%-14s %10s %10s %12s %9s %9s %9s %15s %9s\n", "test", "tokens/s", "ms/token", "bytes/token", "GB/s",
+              "bandwidth", "of bound", "min..max", "switches");
   if (out.contains("pp"))
-    std::printf("%-14s %10.1f %10.2f %12s %9s %9s %9s\n", ("pp" + std::to_string(pp)).c_str(),
+    std::printf("%-14s %10.1f %10.2f %12s %9s %9s %9s %15s %9s\n", ("pp" + std::to_string(pp)).c_str(),
                 out["pp"]["tokens_per_s"].get<double>(), 1e3 / out["pp"]["tokens_per_s"].get<double>(), "-", "-", "-",
-                "-");
+                "-", "-", "-");
   if (store)
     std::printf("offload     expert store of %u experts (%s); the bound adds the missed experts' bytes at %.2f GB/s "
                 "(direct reads of the file)\n",
                 store->capacity(), cli::HumanBytes(uint64_t{store->capacity()} * store->slot_bytes()).c_str(), disk / 1e9);
-  for (const auto& t : out["tg"])
-    std::printf("%-14s %10.1f %10.2f %12s %9.1f %9.1f %8.0f%%\n",
+  for (const auto& t : out["tg"]) {
+    char spread[64];
+    std::snprintf(spread, sizeof spread, "%.1f..%.1f", t["tokens_per_s_min"].get<double>(),
+                  t["tokens_per_s_max"].get<double>());
+    std::printf("%-14s %10.1f %10.2f %12s %9.1f %9.1f %8.0f%% %15s %9.1f\n",
                 ("tg" + std::to_string(tg) + " @" + std::to_string(t["depth"].get<int>())).c_str(),
                 t["tokens_per_s"].get<double>(), t["ms_per_token"].get<double>(),
                 cli::HumanBytes(static_cast<uint64_t>(t["bytes_per_token"].get<double>())).c_str(),
-                t["achieved_gbs"].get<double>(), t["bandwidth_gbs"].get<double>(), 100 * t["fraction_of_bound"].get<double>());
+                t["achieved_gbs"].get<double>(), t["bandwidth_gbs"].get<double>(), 100 * t["fraction_of_bound"].get<double>(),
+                spread,
+                t["voluntary_switches_per_token"].get<double>() + t["involuntary_switches_per_token"].get<double>());
+  }
   std::vector<std::pair<std::string, nlohmann::ordered_json>> tiers;
   if (out.contains("pp") && out["pp"].contains("device_offload")) tiers.emplace_back("pp", out["pp"]["device_offload"]);
   for (const auto& t : out["tg"])
