@@ -76,7 +76,7 @@ std::optional<int> ParseArgs(int argc, char** argv, Args* a) {
   cli::AddMaxTokens(cl, &a->max_tokens);
   cli::AddBackends(cl, &a->backends);
   cli::AddThreads(cl, &a->threads);
-  cli::AddCopyWeights(cl, &a->load.copy_weights);
+  cli::AddWeights(cl, &a->load.weights);
   cli::AddRamBudget(cl, &a->load);
   cli::AddDeviceMemory(cl, &a->device_memory);
   if (auto code = cl.ParseMain(argc, argv)) return code;
@@ -96,7 +96,9 @@ struct Loaded {
 
 Result<Loaded> Load(const Args& a) {
   Loaded l;
-  CODA_ASSIGN_OR_RETURN(l.model, Model::Load(a.model, a.load));
+  ModelLoadOptions load = a.load;
+  load.progress = cli::LoadProgressOnStderr(kTool);
+  CODA_ASSIGN_OR_RETURN(l.model, Model::Load(a.model, load));
   // Refuse a model the chat cannot talk to before spending memory on a KV cache.
   CODA_ASSIGN_OR_RETURN(text::TextAssets assets, text::LoadTextAssets(l.model->file()));
   if (!assets.chat_template)
@@ -187,6 +189,7 @@ void PrintStats(const chat::Chat& c, const TurnStats* last) {
               100.0 * s.n_past() / s.n_ctx(), cli::HumanBytes(kv.bytes_per_token() * s.n_past()).c_str(),
               cli::HumanBytes(kv.bytes_total()).c_str(), std::string(DTypeName(kv.dtype())).c_str(),
               cli::HumanBytes(kv.bytes_per_token()).c_str());
+  std::printf("weights: %s\n", s.model().weights_held().c_str());
   if (const ExpertStore* store = s.model().expert_store()) {
     const OffloadStats o = s.offload_stats();
     const ExpertStoreStats& st = o.store;

@@ -40,26 +40,30 @@ TEST(SharedOptions, Threads) {
       << HelpOf(add);
 }
 
-TEST(SharedOptions, ModelBackendsKvDtypeCopyWeights) {
+TEST(SharedOptions, ModelBackendsKvDtypeWeights) {
   std::string model;
   std::vector<std::string> backends = {"cpu"};
   DType kv = DType::kF32;
-  bool copy = false;
+  auto weights = ModelLoadOptions::Weights::kAuto;
   auto add = [&](CommandLine& cl) {
     AddModel(cl, &model);
     AddBackends(cl, &backends);
     AddKvDtype(cl, &kv);
-    AddCopyWeights(cl, &copy);
+    AddWeights(cl, &weights);
   };
   const std::string help = HelpOf(add);
   EXPECT_NE(help.find("-m, --model PATH"), std::string::npos) << help;
   EXPECT_NE(help.find("(default: cpu)"), std::string::npos) << help;
   EXPECT_NE(help.find("--kv-dtype bf16|f32  latent KV-cache precision (default: f32)"), std::string::npos) << help;
-  EXPECT_EQ(Refusal(add, {"-m", "a.coda", "--backend", "vulkan,,cpu", "--kv-dtype", "bf16", "--copy-weights"}), "");
+  EXPECT_NE(help.find("(default: auto)"), std::string::npos) << help;
+  EXPECT_EQ(Refusal(add, {"-m", "a.coda", "--backend", "vulkan,,cpu", "--kv-dtype", "bf16", "--weights", "copy"}), "");
   EXPECT_EQ(model, "a.coda");
   EXPECT_EQ(backends, (std::vector<std::string>{"vulkan", "cpu"}));
   EXPECT_EQ(kv, DType::kBF16);
-  EXPECT_TRUE(copy);
+  EXPECT_EQ(weights, ModelLoadOptions::Weights::kCopy);
+  EXPECT_EQ(Refusal(add, {"--weights", "map"}), "");
+  EXPECT_EQ(weights, ModelLoadOptions::Weights::kMap);
+  EXPECT_EQ(Refusal(add, {"--weights", "huge"}).rfind("--weights: 'huge' is", 0), 0u) << Refusal(add, {"--weights", "huge"});
   EXPECT_EQ(Refusal(add, {"--model", "b.coda", "--kv-dtype", "f32"}), "");
   EXPECT_EQ(model, "b.coda");
   EXPECT_EQ(kv, DType::kF32);

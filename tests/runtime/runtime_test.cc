@@ -1,6 +1,7 @@
 // The runtime's contracts: KV-cache sizing, errors for bad input, backends that refuse or fail,
 // generation stops, and samplers.
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -10,6 +11,7 @@
 
 #include "../common/golden_model.h"
 #include "../common/test_util.h"
+#include "coda/file.h"
 #include "coda/hf_config.h"
 #include "coda/runtime.h"
 #include "coda_cpu_backend.h"
@@ -77,6 +79,20 @@ TEST(Session, RejectsBadInputAndStaysUsable) {
 
 // Weights copied into 2 MB-page memory give bit-identical logits to weights read in place,
 // and none of the copy's tensors points into the file mapping.
+// The logits of a fixed 6-token prompt; empty (with a test failure) when it cannot run.
+std::vector<float> LogitsOf6Tokens(Context& ctx, const std::shared_ptr<Model>& m) {
+  SessionOptions so;
+  so.n_ctx = 32;
+  auto s = Session::Create(ctx, m, so);
+  EXPECT_TRUE(s.ok()) << s.status().message();
+  if (!s.ok()) return {};
+  const int32_t t[] = {5, 9, 2, 7, 1, 3};
+  auto r = (*s)->Forward(t, true);
+  EXPECT_TRUE(r.ok()) << r.status().message();
+  if (!r.ok()) return {};
+  return {r->begin(), r->end()};
+}
+
 TEST(Model, CopiedWeightsGiveTheSameLogits) {
   test::TempDir dir;
   const std::string path = dir / "m.coda";
@@ -85,7 +101,7 @@ TEST(Model, CopiedWeightsGiveTheSameLogits) {
   std::vector<std::vector<float>> logits;
   for (bool copy : {false, true}) {
     ModelLoadOptions lo;
-    lo.copy_weights = copy;
+    lo.weights = copy ? ModelLoadOptions::Weights::kCopy : ModelLoadOptions::Weights::kMap;
     auto m = Model::Load(path, lo);
     ASSERT_TRUE(m.ok()) << m.status().message();
     const uint8_t* file = (*m)->file().mapping() ? (*m)->file().mapping()->data() : nullptr;
@@ -96,16 +112,90 @@ TEST(Model, CopiedWeightsGiveTheSameLogits) {
       EXPECT_EQ(in_file, !copy) << r.name;
       EXPECT_EQ(std::memcmp(d, r.data, r.size), 0) << r.name;
     }
-    SessionOptions so;
-    so.n_ctx = 32;
-    auto s = Session::Create(*ctx, *m, so);
-    ASSERT_TRUE(s.ok()) << s.status().message();
-    const int32_t t[] = {5, 9, 2, 7, 1, 3};
-    auto r = (*s)->Forward(t, true);
-    ASSERT_TRUE(r.ok()) << r.status().message();
-    logits.emplace_back(r->begin(), r->end());
+    logits.push_back(LogitsOf6Tokens(*ctx, *m));
   }
   EXPECT_EQ(logits[0], logits[1]);
+}
+
+// Puts a file in the page cache in 4 KB pages, as a file read at random sits there: dropped from
+// the cache, then read 4 KB at a time with readahead off.
+void CacheIn4KPages(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ::fdatasync(fd);  // dirty pages would stay
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+  char page[4096];
+  for (off_t at = 0; ::pread(fd, page, sizeof page, at) > 0; at += sizeof page) {
+  }
+  ::close(fd);
+}
+
+// --weights auto: a file the page cache holds in 4 KB pages is copied into 2 MB pages (where the
+// machine has transparent huge pages), and the model says so; the logits do not change.
+TEST(Model, AutoWeightsCopiesAFileCachedIn4KPages) {
+  test::TempDir dir;
+  const std::string path = dir / "m.coda";
+  ASSERT_TRUE(convert::ConvertCheckpoint(test::DataDir() + "/golden/v3-fp8/hf", path, {}).ok());
+  auto ctx = CpuContext();
+  std::vector<std::vector<float>> logits;
+  for (auto mode : {ModelLoadOptions::Weights::kMap, ModelLoadOptions::Weights::kAuto}) {
+    CacheIn4KPages(path);
+    ModelLoadOptions lo;
+    lo.weights = mode;
+    lo.prefault = ModelLoadOptions::Prefault::kAlways;
+    auto m = Model::Load(path, lo);
+    ASSERT_TRUE(m.ok()) << m.status().message();
+    const std::string& held = (*m)->weights_held();
+    if (mode == ModelLoadOptions::Weights::kMap) {
+      EXPECT_EQ(held, "mapped");
+      // What auto decides from: none of a file in 4 KB pages is mapped with 2 MB entries.
+      const double share = (*m)->file().mapping()->HugePageShare();
+      if (share < 0) GTEST_SKIP() << "this kernel does not show FilePmdMapped in /proc/self/smaps";
+      EXPECT_EQ(share, 0.0);
+    } else if (AnonymousHugePagesEnabled()) {
+      EXPECT_EQ(held, "copied into 2 MB pages (the page cache held 0% of the file in them)");
+      const uint8_t* file = (*m)->file().mapping()->data();
+      EXPECT_FALSE((*m)->tensor(0).data >= file && (*m)->tensor(0).data < file + (*m)->file().file_size());
+    } else {
+      EXPECT_EQ(held.rfind("mapped (0% in 2 MB pages; transparent huge pages are off", 0), 0u) << held;
+    }
+    logits.push_back(LogitsOf6Tokens(*ctx, *m));
+  }
+  EXPECT_EQ(logits[0], logits[1]);
+}
+
+// Loading reports its long steps: bytes done only grow, and each step ends at its total.
+TEST(Model, LoadingReportsProgressPerStep) {
+  test::TempDir dir;
+  const std::string path = dir / "m.coda";
+  ASSERT_TRUE(convert::ConvertCheckpoint(test::DataDir() + "/golden/v3-fp8/hf", path, {}).ok());
+  for (auto mode : {ModelLoadOptions::Weights::kMap, ModelLoadOptions::Weights::kCopy}) {
+    struct Call {
+      std::string step;
+      uint64_t done, total;
+    };
+    std::vector<Call> calls;
+    ModelLoadOptions lo;
+    lo.weights = mode;
+    lo.prefault = ModelLoadOptions::Prefault::kAlways;
+    lo.progress = [&](std::string_view step, uint64_t done, uint64_t total) {
+      calls.push_back({std::string(step), done, total});
+    };
+    auto m = Model::Load(path, lo);
+    ASSERT_TRUE(m.ok()) << m.status().message();
+    ASSERT_FALSE(calls.empty());
+    const std::string want = mode == ModelLoadOptions::Weights::kMap ? "reading the file" : "copying the weights";
+    for (size_t i = 0; i < calls.size(); ++i) {
+      EXPECT_EQ(calls[i].step, want);
+      EXPECT_LE(calls[i].done, calls[i].total);
+      if (i) {
+        EXPECT_GE(calls[i].done, calls[i - 1].done);
+      }
+    }
+    EXPECT_EQ(calls.back().done, calls.back().total);
+    EXPECT_GT(calls.back().total, 0u);
+  }
 }
 
 // A model whose numbers overflow fails the forward pass, naming the position; nothing samples NaN.

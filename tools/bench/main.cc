@@ -154,7 +154,7 @@ static int Main(int argc, char** argv) {
                       "decode tests per depth, 1 to 100: the median is reported, with the spread", 1, 100);
   cli::AddWholeNumberList(cl, "--depths", &depths, "LIST", "context depths for decoding", kMaxTokens);
   cli::AddThreads(cl, &mo.n_threads);
-  cli::AddCopyWeights(cl, &mo.load.copy_weights);
+  cli::AddWeights(cl, &mo.load.weights);
   cli::AddRamBudget(cl, &mo.load);
   cli::AddDeviceMemory(cl, &mo.device_memory);
   cli::AddExpertEviction(cl, &mo.load);
@@ -194,6 +194,7 @@ static int Main(int argc, char** argv) {
   out["backend"] = backend;
   out["threads"] = threads;
   out["active_weight_bytes"] = m.active_weight_bytes();
+  out["weights_held"] = m.weights_held();
   out["kv_bytes_per_token"] = s.kv_cache().bytes_per_token();
   if (store)
     out["expert_store"] = {{"slots", store->capacity()}, {"slot_bytes", store->slot_bytes()},
@@ -321,8 +322,8 @@ static int Main(int argc, char** argv) {
   std::printf("backend     %s\n", backend.c_str());
   std::printf("bandwidth   %.1f GB/s at best (read, %u threads; measured again around each decode test)\n",
               meter.highest() / 1e9, threads);
-  std::printf("weights     %s read per decoded token (active experts, lm_head; embedding row excluded)\n",
-              cli::HumanBytes(m.active_weight_bytes()).c_str());
+  std::printf("weights     %s read per decoded token (active experts, lm_head; embedding row excluded); %s\n",
+              cli::HumanBytes(m.active_weight_bytes()).c_str(), m.weights_held().c_str());
   std::printf("\n%-14s %10s %10s %12s %9s %9s %9s %15s %9s\n", "test", "tokens/s", "ms/token", "bytes/token", "GB/s",
               "bandwidth", "of bound", "min..max", "switches");
   if (out.contains("pp"))

@@ -1,5 +1,7 @@
 #include "coda/cli/options.h"
 
+#include <algorithm>
+
 #include "coda/cli/values.h"
 #include "coda/runtime.h"
 
@@ -39,8 +41,17 @@ Option& AddContextLength(CommandLine& cl, uint32_t* n_ctx) {
   return AddWholeNumber(cl, "--n-ctx", n_ctx, "N", "context length, 1 to " + std::to_string(kMaxContext), 1, kMaxContext);
 }
 
-Option& AddCopyWeights(CommandLine& cl, bool* copy) {
-  return cl.Flag("--copy-weights", copy, "copy the weights into 2 MB-page memory at load");
+Option& AddWeights(CommandLine& cl, ModelLoadOptions::Weights* weights) {
+  static const std::vector<std::string> kNames = {"auto", "map", "copy"};  // in Weights' order
+  return cl
+      .Value("--weights", "MODE", "map the file, copy into 2 MB pages, or auto",
+             [weights](const std::string& text) -> Status {
+               CODA_ASSIGN_OR_RETURN(std::string name, ParseChoice(text, kNames));
+               const auto at = std::find(kNames.begin(), kNames.end(), name) - kNames.begin();
+               *weights = static_cast<ModelLoadOptions::Weights>(at);
+               return Status::Ok();
+             })
+      .DefaultText(kNames[static_cast<size_t>(*weights)]);
 }
 
 Option& AddRamBudget(CommandLine& cl, ModelLoadOptions* load) {

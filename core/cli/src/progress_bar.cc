@@ -18,7 +18,7 @@ void ProgressBar::Update(uint64_t done, uint64_t total) {
   const auto now = std::chrono::steady_clock::now();
   const double secs = std::chrono::duration<double>(now - start_).count();
   if (tty_) {
-    if (done != total && now - last_draw_ < std::chrono::milliseconds(100)) return;
+    if (secs < 1.0 || (done != total && now - last_draw_ < std::chrono::milliseconds(100))) return;
     last_draw_ = now;
     constexpr int kWidth = 30;
     const int filled = static_cast<int>(frac * kWidth);

@@ -6,16 +6,21 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <functional>
 
+#include "coda/file.h"
 #include "coda/runtime.h"
 
 namespace coda {
 
 namespace {
 
+using Progress = std::function<void(std::string_view, uint64_t, uint64_t)>;
+
 // The tensors' bytes copied into anonymous memory aligned to and advised for 2 MB pages;
 // `*base` is the file address the copy starts at.
-Result<std::shared_ptr<uint8_t>> CopyWeights(const std::vector<TensorRef>& refs, const uint8_t** base) {
+Result<std::shared_ptr<uint8_t>> CopyWeights(const std::vector<TensorRef>& refs, const uint8_t** base,
+                                             const Progress& progress) {
   const uint8_t* lo = nullptr;
   const uint8_t* hi = nullptr;
   for (const TensorRef& r : refs) {
@@ -29,18 +34,23 @@ Result<std::shared_ptr<uint8_t>> CopyWeights(const std::vector<TensorRef>& refs,
   const size_t reserve = (bytes + kHuge - 1) / kHuge * kHuge + kHuge;
   void* p = ::mmap(nullptr, reserve, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED)
-    return OutOfMemory("cannot copy the weights into memory: " + std::to_string(bytes) + " bytes (drop --copy-weights)");
+    return OutOfMemory("cannot copy the weights into memory: " + std::to_string(bytes) + " bytes (use --weights map)");
   // Trim to a 2 MB-aligned start so every 2 MB of weights can be one page.
   auto* raw = static_cast<uint8_t*>(p);
   auto* start = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw) + kHuge - 1) / kHuge * kHuge);
   const size_t head = static_cast<size_t>(start - raw), keep = reserve - kHuge;
   if (head) ::munmap(raw, head);
   if (reserve - head > keep) ::munmap(start + keep, reserve - head - keep);
+  std::shared_ptr<uint8_t> copy(start, [keep](uint8_t* q) { ::munmap(q, keep); });
 #ifdef MADV_HUGEPAGE
   ::madvise(start, keep, MADV_HUGEPAGE);
 #endif
-  std::memcpy(start, lo, bytes);
-  return std::shared_ptr<uint8_t>(start, [keep](uint8_t* q) { ::munmap(q, keep); });
+  constexpr size_t kStep = size_t{256} << 20;
+  for (size_t at = 0; at < bytes; at += kStep) {
+    std::memcpy(start + at, lo + at, std::min(kStep, bytes - at));
+    if (progress) progress("copying the weights", std::min(bytes, at + kStep), bytes);
+  }
+  return copy;
 }
 
 bool IsStored(const ExpertStore& store, const TensorRef& r) { return r.expert >= 0 && store.Serves(r.layer); }
@@ -48,13 +58,16 @@ bool IsStored(const ExpertStore& store, const TensorRef& r) { return r.expert >=
 // Every tensor the expert store does not serve, read from the file (not through the mapping,
 // so that a file that shrinks is an error here, not a crash later) into memory laid out like
 // the file; `*base` is the mapping address the copy stands for.
-Result<std::shared_ptr<uint8_t>> ReadOtherWeights(const ModelFile& file, const ExpertStore& store, const uint8_t** base) {
+Result<std::shared_ptr<uint8_t>> ReadOtherWeights(const ModelFile& file, const ExpertStore& store, const uint8_t** base,
+                                                  const Progress& progress) {
   const uint8_t* lo = nullptr;
   const uint8_t* hi = nullptr;
+  uint64_t total = 0, read = 0;
   for (const TensorRef& r : file.tensors()) {
     if (IsStored(store, r)) continue;
     if (!lo || r.data < lo) lo = r.data;
     if (!hi || r.data + r.size > hi) hi = r.data + r.size;
+    total += r.size;
   }
   *base = lo;
   if (!lo) return std::shared_ptr<uint8_t>();
@@ -85,6 +98,8 @@ Result<std::shared_ptr<uint8_t>> ReadOtherWeights(const ModelFile& file, const E
     }
     // Our copy is what is used: the page cache need not keep the file's.
     ::posix_fadvise(fd, static_cast<off_t>(at), static_cast<off_t>(r.size), POSIX_FADV_DONTNEED);
+    read += r.size;
+    if (progress) progress("reading the weights", read, total);
   }
   ::close(fd);
   return copy;
@@ -125,15 +140,51 @@ Result<std::shared_ptr<Model>> Model::FromFile(ModelFile file, const ModelLoadOp
       so.ram_budget = available > need ? available - need : 0;
     }
     CODA_ASSIGN_OR_RETURN(m->experts_, ExpertStore::Create(m->file_, so));
-    CODA_ASSIGN_OR_RETURN(m->weights_copy_, ReadOtherWeights(m->file_, *m->experts_, &base));
+    CODA_ASSIGN_OR_RETURN(m->weights_copy_, ReadOtherWeights(m->file_, *m->experts_, &base, options.progress));
+    m->weights_held_ = "other weights read into memory, routed experts in an expert store of " +
+                       std::to_string(m->experts_->capacity()) + " slots";
   } else {
+    using W = ModelLoadOptions::Weights;
+    const MappedFile* mapping = m->file_.mapping();
+    const uint64_t size = m->file_.file_size();
     const bool prefault = options.prefault == ModelLoadOptions::Prefault::kAlways ||
-                          (options.prefault == ModelLoadOptions::Prefault::kAuto && available > 0 &&
-                           m->file_.file_size() <= available / 2);
-    if (prefault && !options.copy_weights && m->file_.mapping()) m->file_.mapping()->Populate();
-    if (options.copy_weights) {
-      CODA_ASSIGN_OR_RETURN(m->weights_copy_, CopyWeights(refs, &base));
+                          (options.prefault == ModelLoadOptions::Prefault::kAuto && available > 0 && size <= available / 2);
+    // The copy comes from the mapping, so reading the file in is needed either way.
+    if (prefault && options.weights != W::kCopy && mapping) {
+      mapping->Populate([&](uint64_t done, uint64_t total) {
+        if (options.progress) options.progress("reading the file", done, total);
+      });
     }
+    bool copy = options.weights == W::kCopy;
+    std::string why;
+    if (options.weights == W::kAuto && mapping && prefault) {
+      // Only a populated mapping says how the page cache holds the file.
+      const double huge = mapping->HugePageShare();
+      const int percent = static_cast<int>(huge * 100);
+      if (huge < 0) {
+        why = "mapped (how the kernel maps it is unknown)";
+      } else if (huge >= 0.9) {
+        why = "mapped (" + std::to_string(percent) + "% in 2 MB pages)";
+      } else if (!AnonymousHugePagesEnabled()) {
+        why = "mapped (" + std::to_string(percent) + "% in 2 MB pages; transparent huge pages are off, a copy would not help)";
+      } else if (size + margin > available) {
+        why = "mapped (" + std::to_string(percent) + "% in 2 MB pages; a copy into 2 MB pages would not fit in memory)";
+      } else {
+        copy = true;
+        why = "copied into 2 MB pages (the page cache held " + std::to_string(percent) + "% of the file in them)";
+      }
+    } else if (!copy) {
+      why = mapping && !prefault && options.weights == W::kAuto ? "mapped (read in on demand: the file takes more than half of memory)"
+                                                                : "mapped";
+    } else {
+      why = "copied into 2 MB pages (--weights copy)";
+    }
+    if (copy && mapping) {
+      CODA_ASSIGN_OR_RETURN(m->weights_copy_, CopyWeights(refs, &base, options.progress));
+      // The copy is what is read from now on; the mapping's pages need not stay in this process.
+      mapping->DontNeed(0, size);
+    }
+    m->weights_held_ = mapping ? why : "in memory";
   }
   m->tensors_.resize(refs.size());
   for (size_t i = 0; i < refs.size(); ++i) {

@@ -101,17 +101,62 @@ void MappedFile::DontNeed(uint64_t offset, uint64_t length) const {
   Advise(data_, size_, offset, length, MADV_DONTNEED);
 }
 
-void MappedFile::Populate() const {
+void MappedFile::Populate(const std::function<void(uint64_t, uint64_t)>& progress) const {
   if (!data_) return;
-#ifdef MADV_POPULATE_READ
-  if (::madvise(const_cast<uint8_t*>(data_), size_, MADV_POPULATE_READ) == 0) return;
-#else
-  // Linux 5.14+; older kernels reject it and we touch the pages instead.
-  if (::madvise(const_cast<uint8_t*>(data_), size_, 22) == 0) return;
-#endif
+  // In steps, so that a caller can show progress on a file that takes seconds to read.
+  constexpr uint64_t kStep = uint64_t{256} << 20;
   const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  volatile uint8_t sink = 0;
-  for (uint64_t o = 0; o < size_; o += page) sink = sink ^ data_[o];
+  for (uint64_t at = 0; at < size_; at += kStep) {
+    const uint64_t n = std::min(kStep, size_ - at);
+    auto* p = const_cast<uint8_t*>(data_) + at;
+#ifdef MADV_POPULATE_READ
+    const int populate = MADV_POPULATE_READ;
+#else
+    const int populate = 22;  // Linux 5.14+; older kernels reject it and we touch the pages instead
+#endif
+    if (::madvise(p, n, populate) != 0) {
+      volatile uint8_t sink = 0;
+      for (uint64_t o = 0; o < n; o += page) sink = sink ^ p[o];
+    }
+    if (progress) progress(at + n, size_);
+  }
+}
+
+double MappedFile::HugePageShare() const {
+  if (!data_) return -1;
+  std::FILE* f = std::fopen("/proc/self/smaps", "r");
+  if (!f) return -1;
+  // The mapping is one area: find its header line ("start-end perms ..."), then its fields.
+  const auto start = reinterpret_cast<uintptr_t>(data_);
+  char line[8192];  // a header line ends with a path, up to PATH_MAX
+  bool in = false;
+  unsigned long long rss = 0, pmd = 0, kb = 0;
+  bool have_rss = false, have_pmd = false;
+  while (std::fgets(line, sizeof line, f)) {
+    // A field line's first word ends with ':' ("Rss:"); an area's header starts "lo-hi ".
+    const size_t word = std::strcspn(line, " \t\n");
+    unsigned long long lo = 0, hi = 0;
+    if (word > 0 && line[word - 1] != ':' && std::sscanf(line, "%llx-%llx", &lo, &hi) == 2) {
+      if (in) break;  // the next area
+      in = lo == start;
+      continue;
+    }
+    if (!in) continue;
+    if (std::sscanf(line, "Rss: %llu kB", &kb) == 1) rss = kb, have_rss = true;
+    if (std::sscanf(line, "FilePmdMapped: %llu kB", &kb) == 1) pmd = kb, have_pmd = true;
+  }
+  std::fclose(f);
+  if (!have_rss || !have_pmd || rss == 0) return -1;
+  return static_cast<double>(pmd) / static_cast<double>(rss);
+}
+
+bool AnonymousHugePagesEnabled() {
+  std::FILE* f = std::fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+  if (!f) return false;
+  char line[128] = {};
+  const bool read = std::fgets(line, sizeof line, f) != nullptr;
+  std::fclose(f);
+  return read && std::strstr(line, "[never]") == nullptr;
 }
 
 uint64_t AvailableMemoryBytes() {

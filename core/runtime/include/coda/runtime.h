@@ -8,6 +8,7 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "coda/backend.h"
@@ -59,11 +60,16 @@ struct ModelLoadOptions {
   // tokens fault the file in page by page. kAuto: when the file takes at most half of the
   // available memory (a model larger than that is left to demand paging).
   enum class Prefault { kAuto, kAlways, kNever } prefault = Prefault::kAuto;
-  // Copy the weights out of the file mapping into anonymous memory backed by 2 MB pages. For a
-  // file the page cache holds in 4 KB pages (copied with cp, or re-read after memory pressure),
-  // where page walks cost decode 30-45%. Needs the file's size in free memory; the default
-  // reads the weights in place.
-  bool copy_weights = false;
+  // How the weights not offloaded are held. Decode streams them: where the page cache holds
+  // the file in 4 KB pages (copied with cp, read at random, re-read after memory pressure),
+  // page walks cost it 10-45%. kAuto maps the file, and when the kernel maps less than 90% of it
+  // in 2 MB pages, copies the weights into anonymous 2 MB-page memory instead, if transparent
+  // huge pages are on and the copy fits in available memory with a margin. kMap: always the
+  // mapping; kCopy: always the copy (an error when it does not fit).
+  enum class Weights { kAuto, kMap, kCopy } weights = Weights::kAuto;
+  // Called as long steps of loading go (reading the file in, copying the weights): the step's
+  // name, bytes done and in all. Optional.
+  std::function<void(std::string_view step, uint64_t done, uint64_t total)> progress;
   // Routed experts in an expert store (core/moe: a RAM cache filled by direct reads of the file)
   // instead of the file mapping, for models larger than memory. kAuto: when the file does not
   // fit in the memory this process can get (cgroup limits included), less a margin. The rest of
@@ -93,6 +99,9 @@ class Model {
   uint64_t active_weight_bytes() const { return active_weight_bytes_; }
   // The store serving the routed experts, or null when they are read from the file mapping.
   ExpertStore* expert_store() const { return experts_.get(); }
+  // How the weights are held and why, one line: "mapped (99% in 2 MB pages)", "copied into
+  // 2 MB pages (the page cache held 0% of the file in them)", ...
+  const std::string& weights_held() const { return weights_held_; }
 
  private:
   Model() = default;
@@ -102,7 +111,8 @@ class Model {
   coda_hparams hparams_{};
   bool yarn_active_ = false;
   uint64_t active_weight_bytes_ = 0;
-  std::shared_ptr<uint8_t> weights_copy_;  // with copy_weights or an expert store: the tensors' bytes
+  std::string weights_held_;
+  std::shared_ptr<uint8_t> weights_copy_;  // copied weights, or with an expert store the others
   std::unique_ptr<ExpertStore> experts_;   // null: every weight from the file mapping (or its copy)
 };
 

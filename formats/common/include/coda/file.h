@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -33,8 +34,12 @@ class MappedFile {
   void WillNeed(uint64_t offset, uint64_t length) const;
   void DontNeed(uint64_t offset, uint64_t length) const;
   // Maps every page of the file into this process now (reading it if not cached), so that
-  // later first touches do not fault one page at a time.
-  void Populate() const;
+  // later first touches do not fault one page at a time. `progress(done, total)` (optional) is
+  // called as it goes, in bytes.
+  void Populate(const std::function<void(uint64_t, uint64_t)>& progress = {}) const;
+  // The share of the mapping's resident bytes the kernel maps with 2 MB entries (the page cache
+  // holds them in 2 MB folios), from /proc/self/smaps; -1 when it cannot tell.
+  double HugePageShare() const;
 
  private:
   const uint8_t* data_ = nullptr;
@@ -48,6 +53,9 @@ Result<std::string> ReadTextFile(const std::string& path, uint64_t max_bytes);
 bool FileExists(const std::string& path);
 // MemAvailable from /proc/meminfo in bytes, 0 when unknown.
 uint64_t AvailableMemoryBytes();
+// Whether anonymous memory advised with MADV_HUGEPAGE can get 2 MB pages (transparent huge
+// pages not set to "never").
+bool AnonymousHugePagesEnabled();
 bool IsDirectory(const std::string& path);
 
 // Writes an output file so that it appears only when complete: through a temporary file beside

@@ -2,8 +2,10 @@
 // and plugins), the model, one session.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "coda/runtime.h"
@@ -35,6 +37,11 @@ ContextOptions ProgramContextOptions(std::vector<coda_backend_entry_fn> linked_b
 // "<program>: warning: <file>: <reason>" on stderr for each plugin the context refused.
 void WarnAboutRefusedBackends(const std::string& program, const Context& context);
 
+// A ModelLoadOptions::progress that shows each long step of loading as a progress bar on
+// stderr, labelled "<program>: <step>".
+std::function<void(std::string_view, uint64_t, uint64_t)> LoadProgressOnStderr(std::string program);
+
+// With `program` set and no progress function given, loading shows LoadProgressOnStderr's.
 Result<ModelSession> OpenModelSession(const ModelSessionOptions& options);
 
 }  // namespace coda::cli

@@ -30,8 +30,9 @@ Option& AddThreads(CommandLine& cl, uint32_t* n_threads);
 Option& AddKvDtype(CommandLine& cl, DType* dtype);
 // --n-ctx N: 1 to kMaxContext.
 Option& AddContextLength(CommandLine& cl, uint32_t* n_ctx);
-// --copy-weights
-Option& AddCopyWeights(CommandLine& cl, bool* copy);
+// --weights auto|map|copy: how the weights are held (ModelLoadOptions::Weights; auto copies
+// when the page cache holds the file in 4 KB pages).
+Option& AddWeights(CommandLine& cl, ModelLoadOptions::Weights* weights);
 // --ram-budget SIZE|auto|off: memory for routed experts (offloading).
 Option& AddRamBudget(CommandLine& cl, ModelLoadOptions* load);
 // --device-memory SIZE: what a device backend may hold (offloading experts beyond it).

@@ -1,4 +1,5 @@
 // Progress of a long job on stderr: redrawn in place on a terminal, a line per 10% otherwise (logs).
+// Nothing is shown for a job that ends within its first second (two in logs).
 #pragma once
 
 #include <chrono>
