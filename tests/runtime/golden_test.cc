@@ -365,6 +365,110 @@ TEST(DeviceOffload, ABudgetTooSmallIsRefusedNamingTheMinimum) {
   EXPECT_FALSE(Session::Create(*ctx, model, so).ok());
 }
 
+// A BF16 checkpoint converted with its projection weights quantized to FP8 (--dtype fp8): half
+// their bytes, each weight within E4M3's rounding, logits near the BF16 reference's and mostly
+// the same argmax. The error is the quantization's, far above the exact path's 1e-4 tolerance.
+class GoldenFp8 : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GoldenFp8, QuantizedBf16CheckpointStaysCloseToItsReference) {
+  const std::string name = GetParam(), dir = test::DataDir() + "/golden/" + name;
+  const auto ref = nlohmann::json::parse(test::ReadFile(dir + "/reference.json"));
+  test::TempDir tmp;
+  std::map<bool, std::shared_ptr<Model>> models;
+  for (bool fp8 : {false, true}) {
+    convert::Options o;
+    o.fp8_weights = fp8;
+    const std::string path = tmp / (fp8 ? "fp8.coda" : "bf16.coda");
+    ASSERT_TRUE(convert::ConvertCheckpoint(dir + "/hf", path, o).ok());
+    auto m = Model::Load(path);
+    ASSERT_TRUE(m.ok()) << m.status().message();
+    models[fp8] = *m;
+  }
+  // Every projection became FP8 with its block scales, and nothing else changed dtype.
+  uint64_t bf16_bytes = 0, fp8_bytes = 0;
+  for (const TensorRef& r : models[true]->file().tensors()) {
+    const TensorRef* b = models[false]->file().Find(r.name);
+    if (r.role == TensorRole::kScale) {
+      fp8_bytes += r.size;
+      continue;
+    }
+    ASSERT_NE(b, nullptr) << r.name;
+    EXPECT_EQ(r.dtype, r.role == TensorRole::kProjection ? DType::kFP8_E4M3 : b->dtype) << r.name;
+    if (r.role == TensorRole::kProjection) {
+      EXPECT_GE(r.scale, 0) << r.name;
+      fp8_bytes += r.size;
+      bf16_bytes += b->size;
+    }
+  }
+  EXPECT_LT(fp8_bytes, bf16_bytes * 0.52);
+  // The quantization itself: each projection, dequantized, within E4M3's rounding of the
+  // original (3 mantissa bits: at most 1/16 relative, about 2.5% RMS for a bell-shaped block).
+  double worst_rms = 0;
+  for (const TensorRef& r : models[true]->file().tensors()) {
+    if (r.role != TensorRole::kProjection) continue;
+    const TensorRef* b = models[false]->file().Find(r.name);
+    const TensorRef& sc = models[true]->file().tensors()[static_cast<size_t>(r.scale)];
+    const uint64_t cols = r.shape[1], block = models[true]->config().fp8_block, scols = (cols + block - 1) / block;
+    double num = 0, den = 0;
+    for (uint64_t i = 0; i < r.shape[0] * cols; ++i) {
+      float scale;
+      std::memcpy(&scale, sc.data + 4 * ((i / cols / block) * scols + (i % cols) / block), 4);
+      uint16_t h;
+      std::memcpy(&h, b->data + 2 * i, 2);
+      const double want = Bf16ToF32(h), got = Fp8E4M3ToF32(r.data[i]) * scale;
+      num += (got - want) * (got - want);
+      den += want * want;
+    }
+    worst_rms = std::max(worst_rms, std::sqrt(num / den));
+  }
+  EXPECT_LT(worst_rms, 0.035);
+  EXPECT_TRUE(models[true]->config().fp8);
+
+  std::string why;
+  Context* ctx = BackendContext("cpu", &why);
+  ASSERT_TRUE(ctx) << why;
+  SessionOptions so;
+  so.n_ctx = 128;
+  so.kv_dtype = DType::kF32;
+  auto s = Session::Create(*ctx, models[true], so);
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  const auto tokens = ref["tokens"].get<std::vector<int32_t>>();
+  auto logits = (*s)->Forward(tokens, /*all_logits=*/true);
+  ASSERT_TRUE(logits.ok()) << logits.status().message();
+  const std::vector<float> want = ReadF32(dir + "/logits_prefill.f32");
+  ASSERT_EQ(logits->size(), want.size());
+  const double err = test::RelErr(*logits, want);
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    num += ((*logits)[i] - want[i]) * double((*logits)[i] - want[i]);
+    den += want[i] * double(want[i]);
+  }
+  const double rms = std::sqrt(num / den);
+  const size_t vocab = want.size() / tokens.size();
+  size_t same = 0;
+  for (size_t p = 0; p < tokens.size(); ++p) {
+    const auto row = [&](const float* x) { return std::max_element(x, x + vocab) - x; };
+    same += row(logits->data() + p * vocab) == row(want.data() + p * vocab);
+  }
+  const double agree = static_cast<double>(same) / static_cast<double>(tokens.size());
+  std::printf("[%s fp8] projections %s bytes (BF16: %s), weight error at most %.3g RMS; prefill logits: max rel "
+              "error %.3g (RMS %.3g) against the BF16 reference, argmax equal at %zu of %zu positions\n",
+              name.c_str(), std::to_string(fp8_bytes).c_str(), std::to_string(bf16_bytes).c_str(), worst_rms, err, rms,
+              same, tokens.size());
+  // Measured: RMS 0.20 (v2lite) and 0.25 (v2), argmax equal at 72% and 61% of positions. These
+  // tiny random models amplify a 2.7% weight error through 3 layers and near-tied routers; a
+  // broken scale layout or rounding gives errors above 1.
+  EXPECT_LE(rms, 0.35);
+  EXPECT_GE(agree, 0.5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, GoldenFp8, ::testing::Values("v2lite-bf16", "v2-bf16"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n;
+                         });
+
 INSTANTIATE_TEST_SUITE_P(Cases, Golden,
                          ::testing::Combine(::testing::Values("v3-fp8", "v2lite-bf16", "v2-bf16"),
                                             // example,vulkan: activations cross between host

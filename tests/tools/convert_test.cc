@@ -215,12 +215,27 @@ TEST(Convert, BadInputsGiveOneClearErrorAndNoOutput) {
     ExpectConvertFails(dir, hf + " -o " + out, {"model.embed_tokens.weight", "shape"});
     fs::remove_all(hf);
   }
+  // --dtype fp8 of a weight holding an infinity: no scale represents it.
+  {
+    const std::string hf = CopyCase(dir, "v2lite-bf16");
+    std::string st = test::ReadFile(hf + "/model.safetensors");
+    uint64_t header = 0;
+    std::memcpy(&header, st.data(), 8);
+    const auto j = nlohmann::json::parse(st.substr(8, header));
+    const std::string name = "model.layers.0.self_attn.q_proj.weight";
+    const size_t at = 8 + header + j[name]["data_offsets"][0].get<size_t>() + 2 * 37;  // row 0, column 37
+    st[at] = static_cast<char>(0x80);
+    st[at + 1] = static_cast<char>(0x7f);  // BF16 +inf
+    test::WriteFile(hf + "/model.safetensors", st);
+    ExpectConvertFails(dir, hf + " -o " + out + " --dtype fp8", {name, "inf at row 0, column 37 cannot be quantized"});
+    fs::remove_all(hf);
+  }
   // Missing output directory, and a missing input.
   ExpectConvertFails(dir, GoldenHf("v2-bf16") + " -o " + dir.str() + "/no/such/dir/out.coda", {"does not exist"});
   ExpectConvertFails(dir, dir.str() + "/nothing -o " + out, {"nothing"});
   // Usage errors.
   ExpectConvertFails(dir, GoldenHf("v2-bf16"), {"no output file"});
-  ExpectConvertFails(dir, GoldenHf("v2-bf16") + " -o " + out + " --dtype int4", {"--dtype: 'int4' is not bf16 or f32"});
+  ExpectConvertFails(dir, GoldenHf("v2-bf16") + " -o " + out + " --dtype int4", {"--dtype: 'int4' is not fp8, bf16 or f32"});
 }
 
 TEST(Inspect, RejectsCorruptModelFiles) {

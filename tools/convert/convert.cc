@@ -126,6 +126,44 @@ Status DequantizeFp8(std::span<const uint8_t> q, std::span<const uint8_t> scales
   return Status::Ok();
 }
 
+// Quantizes `nr` rows (at most one block of them) of `cols` floats to FP8 E4M3, a scale per
+// block x block tile: scale = the tile's largest magnitude / 448 (E4M3's largest), as DeepSeek's
+// checkpoints do. `scales` receives one row of ceil(cols / block) scales.
+void QuantizeFp8Rows(const float* f, uint64_t nr, uint64_t cols, uint32_t block, uint8_t* out, float* scales) {
+  for (uint64_t c0 = 0, cb = 0; c0 < cols; c0 += block, ++cb) {
+    const uint64_t c1 = std::min<uint64_t>(cols, c0 + block);
+    float amax = 0;
+    for (uint64_t r = 0; r < nr; ++r)
+      for (uint64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(f[r * cols + c]));
+    const float scale = amax > 0 ? amax / 448.0f : 1.0f;
+    scales[cb] = scale;
+    for (uint64_t r = 0; r < nr; ++r)
+      for (uint64_t c = c0; c < c1; ++c) out[r * cols + c] = F32ToFp8E4M3(f[r * cols + c] / scale);
+  }
+}
+
+// A 2-D float weight -> FP8 rows streamed, then its block scales as the next tensor. A value that
+// is not finite is refused: no scale represents it.
+Status QuantizeFp8(std::span<const uint8_t> src, DType from, const std::vector<uint64_t>& shape, uint32_t block,
+                   const std::string& where, ModelWriter& w, size_t scale_index, Streamer& s) {
+  const uint64_t rows = shape[0], cols = shape[1], scols = CeilDiv(cols, block);
+  std::vector<float> f(static_cast<size_t>(cols) * block), scales(CeilDiv(rows, block) * scols);
+  std::vector<uint8_t> bytes(static_cast<size_t>(cols) * block);
+  const size_t esize = DTypeSize(from);
+  for (uint64_t r0 = 0; r0 < rows; r0 += block) {
+    const uint64_t nr = std::min<uint64_t>(block, rows - r0);
+    DecodeFloats(src.data() + r0 * cols * esize, static_cast<size_t>(nr * cols), from, f.data());
+    for (uint64_t k = 0; k < nr * cols; ++k)
+      if (!std::isfinite(f[k]))
+        return Corrupt(where + ": value " + std::to_string(f[k]) + " at row " + std::to_string(r0 + k / cols) +
+                       ", column " + std::to_string(k % cols) + " cannot be quantized to FP8");
+    QuantizeFp8Rows(f.data(), nr, cols, block, bytes.data(), &scales[(r0 / block) * scols]);
+    CODA_RETURN_IF_ERROR(s.Emit({bytes.data(), static_cast<size_t>(nr * cols)}));
+  }
+  CODA_RETURN_IF_ERROR(w.BeginTensor(scale_index));
+  return s.Emit({reinterpret_cast<const uint8_t*>(scales.data()), scales.size() * 4});
+}
+
 Status CopyConverted(std::span<const uint8_t> src, DType from, DType to, Streamer& s) {
   if (from == to) {
     for (uint64_t off = 0; off < src.size(); off += kChunkBytes)
@@ -196,8 +234,11 @@ Status ConvertCheckpoint(const std::string& hf_dir, const std::string& out_path,
     used.insert(spec.name);
     refs.push_back(ref);
     scale_refs.push_back(sref);
-    dtypes.push_back(TargetDType(ref.info->dtype, o.dtype));
+    const bool quantize = o.fp8_weights && spec.role == TensorRole::kProjection && spec.shape.size() == 2;
+    dtypes.push_back(quantize ? DType::kFP8_E4M3 : TargetDType(ref.info->dtype, o.dtype));
   }
+  // Quantized weights make it an FP8 model (the block size is the config's, 128 by default).
+  if (o.fp8_weights) config.fp8 = true;
   for (const std::string& name : ckpt.tensor_names()) {
     if (used.count(name)) continue;
     const bool mtp_dropped = !has_mtp || !o.keep_mtp;
@@ -219,7 +260,10 @@ Status ConvertCheckpoint(const std::string& hf_dir, const std::string& out_path,
     const auto& ref = refs[i];
     const auto src = ref.file->Data(*ref.info);
     CODA_RETURN_IF_ERROR(writer->BeginTensor(pi++));
-    if (ref.info->dtype == DType::kFP8_E4M3 && dtypes[i] != DType::kFP8_E4M3) {
+    if (dtypes[i] == DType::kFP8_E4M3 && ref.info->dtype != DType::kFP8_E4M3) {
+      CODA_RETURN_IF_ERROR(QuantizeFp8(src, ref.info->dtype, specs[i].shape, config.fp8_block,
+                                       ref.file->path() + ": tensor '" + specs[i].name + "'", *writer, pi++, s));
+    } else if (ref.info->dtype == DType::kFP8_E4M3 && dtypes[i] != DType::kFP8_E4M3) {
       const auto& sref = scale_refs[i];
       CODA_RETURN_IF_ERROR(DequantizeFp8(src, sref.file->Data(*sref.info), specs[i].shape, config.fp8_block,
                                          dtypes[i], s));
@@ -284,6 +328,7 @@ std::pair<float, float> InitOf(const TensorSpec& t) {
 Status ConvertRandom(const std::string& config_path, const std::string& out_path, const RandomOptions& ro) {
   const Options& o = ro.common;
   CODA_ASSIGN_OR_RETURN(ModelConfig config, LoadHfConfig(config_path));
+  if (o.fp8_weights) config.fp8 = true;
   std::vector<TensorSpec> specs = ExpectedTensors(config, o.keep_mtp);
   std::vector<DType> dtypes;
   for (const TensorSpec& t : specs) {
@@ -324,7 +369,6 @@ Status ConvertRandom(const std::string& config_path, const std::string& out_path
       }
       continue;
     }
-    // FP8: quantize each 128x128 block with scale = block max / 448, as DeepSeek's checkpoints do.
     const uint64_t scols = CeilDiv(cols, block);
     std::vector<float> scales(CeilDiv(rows, block) * scols);
     f.resize(static_cast<size_t>(block * cols));
@@ -332,16 +376,7 @@ Status ConvertRandom(const std::string& config_path, const std::string& out_path
       const uint64_t nr = std::min<uint64_t>(block, rows - r0);
       for (uint64_t k = 0; k < nr * cols; ++k) f[k] = mean + std * rng.Normal();
       bytes.resize(nr * cols);
-      for (uint64_t cb = 0; cb < scols; ++cb) {
-        const uint64_t c0 = cb * block, c1 = std::min<uint64_t>(cols, c0 + block);
-        float amax = 0;
-        for (uint64_t r = 0; r < nr; ++r)
-          for (uint64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(f[r * cols + c]));
-        const float scale = amax > 0 ? amax / 448.0f : 1.0f;
-        scales[(r0 / block) * scols + cb] = scale;
-        for (uint64_t r = 0; r < nr; ++r)
-          for (uint64_t c = c0; c < c1; ++c) bytes[r * cols + c] = F32ToFp8E4M3(f[r * cols + c] / scale);
-      }
+      QuantizeFp8Rows(f.data(), nr, cols, block, bytes.data(), &scales[(r0 / block) * scols]);
       CODA_RETURN_IF_ERROR(s.Emit(bytes));
     }
     CODA_RETURN_IF_ERROR(writer->BeginTensor(pi++));

@@ -24,6 +24,11 @@ struct Options {
   // Up-convert floating-point weights (FP8 is dequantized with its block scales; nothing is
   // ever down-converted). Unset: keep every tensor as stored.
   std::optional<DType> dtype;
+  // Quantize the projection weights stored in BF16, F16 or F32 (attention, MLP and expert
+  // matrices) to FP8 E4M3 with a scale per 128x128 block, DeepSeek-V3's own scheme: half the
+  // bytes of BF16. Embedding, head, norms and router stay as stored. Weights already in FP8 are
+  // kept bit for bit.
+  bool fp8_weights = false;
   bool keep_mtp = true;
   ProgressFn progress;
   WarnFn warn;

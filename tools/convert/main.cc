@@ -28,7 +28,8 @@ Usage:
 <hf-dir> holds config.json and model.safetensors (or shards with model.safetensors.index.json),
 and optionally tokenizer.json / tokenizer_config.json (stored with the chat template).
 Architectures: DeepseekV3ForCausalLM (V3, R1, V3.1, Kimi-K2, Moonlight) and
-DeepseekV2ForCausalLM (V2, V2-Lite). FP8 weights and their block scales are kept bit-exact.)";
+DeepseekV2ForCausalLM (V2, V2-Lite). FP8 weights and their block scales are kept bit-exact;
+--dtype fp8 quantizes a BF16 checkpoint's projection weights to FP8 the same way.)";
 
 std::atomic<bool> g_cancel{false};  // set by SIGINT/SIGTERM; the conversion stops and cleans up
 
@@ -44,8 +45,9 @@ static int Main(int argc, char** argv) {
   cli::CommandLine cl(kTool, kAbout);
   cl.Positional("hf-dir", &input);
   cl.Text("-o,--output", &output, "PATH", "output file (written atomically: it appears only when complete)");
-  cli::AddChoice(cl, "--dtype", &dtype_name, {"bf16", "f32"},
-                 "up-convert floating-point weights (FP8 is dequantized); for debugging");
+  cli::AddChoice(cl, "--dtype", &dtype_name, {"fp8", "bf16", "f32"},
+                 "fp8: quantize BF16 projection weights to FP8 with 128x128 block scales (half the bytes); "
+                 "bf16, f32: up-convert floating-point weights (FP8 is dequantized), for debugging");
   cl.Flag("--no-mtp", &no_mtp, "leave out the multi-token-prediction layers");
   cl.Text("--random", &random_config, "CONFIG", "random weights for the architecture in CONFIG (config.json format)");
   cl.Text("--tokenizer", &tokenizer_dir, "DIR", "with --random: embed DIR/tokenizer.json and DIR/tokenizer_config.json");
@@ -58,7 +60,8 @@ static int Main(int argc, char** argv) {
     return cl.UsageError("--tokenizer goes with --random (a checkpoint's own tokenizer is used)");
 
   convert::Options options;
-  if (!dtype_name.empty()) options.dtype = dtype_name == "f32" ? DType::kF32 : DType::kBF16;
+  if (dtype_name == "fp8") options.fp8_weights = true;
+  else if (!dtype_name.empty()) options.dtype = dtype_name == "f32" ? DType::kF32 : DType::kBF16;
   options.keep_mtp = !no_mtp;
   cli::ProgressBar bar("converting", !quiet);
   options.progress = [&](uint64_t done, uint64_t total) { bar.Update(done, total); };
