@@ -234,11 +234,12 @@ Status ConvertCheckpoint(const std::string& hf_dir, const std::string& out_path,
     used.insert(spec.name);
     refs.push_back(ref);
     scale_refs.push_back(sref);
-    const bool quantize = o.fp8_weights && spec.role == TensorRole::kProjection && spec.shape.size() == 2;
+    const bool quantize = spec.shape.size() == 2 && ((o.fp8_weights && spec.role == TensorRole::kProjection) ||
+                                                     (o.fp8_head && spec.role == TensorRole::kHead));
     dtypes.push_back(quantize ? DType::kFP8_E4M3 : TargetDType(ref.info->dtype, o.dtype));
   }
   // Quantized weights make it an FP8 model (the block size is the config's, 128 by default).
-  if (o.fp8_weights) config.fp8 = true;
+  if (o.fp8_weights || o.fp8_head) config.fp8 = true;
   for (const std::string& name : ckpt.tensor_names()) {
     if (used.count(name)) continue;
     const bool mtp_dropped = !has_mtp || !o.keep_mtp;
@@ -334,7 +335,8 @@ Status ConvertRandom(const std::string& config_path, const std::string& out_path
   for (const TensorSpec& t : specs) {
     DType d = DType::kBF16;
     if (t.role == TensorRole::kRouterBias) d = DType::kF32;
-    if (t.role == TensorRole::kProjection && config.fp8) d = DType::kFP8_E4M3;
+    if ((t.role == TensorRole::kProjection && config.fp8) || (t.role == TensorRole::kHead && o.fp8_head))
+      d = DType::kFP8_E4M3;
     dtypes.push_back(TargetDType(d, o.dtype));
   }
   ModelExtras extras;

@@ -39,7 +39,7 @@ void OnSignal(int) { g_cancel.store(true); }
 
 static int Main(int argc, char** argv) {
   using namespace coda;
-  std::string input, output, random_config, tokenizer_dir, dtype_name;
+  std::string input, output, random_config, tokenizer_dir, dtype_name, head_dtype = "stored";
   uint64_t seed = 1;
   bool quiet = false, no_mtp = false;
   cli::CommandLine cl(kTool, kAbout);
@@ -48,6 +48,8 @@ static int Main(int argc, char** argv) {
   cli::AddChoice(cl, "--dtype", &dtype_name, {"fp8", "bf16", "f32"},
                  "fp8: quantize BF16 projection weights to FP8 with 128x128 block scales (half the bytes); "
                  "bf16, f32: up-convert floating-point weights (FP8 is dequantized), for debugging");
+  cli::AddChoice(cl, "--head-dtype", &head_dtype, {"stored", "fp8"},
+                 "fp8: quantize lm_head like --dtype fp8 (decode reads all of it per token)");
   cl.Flag("--no-mtp", &no_mtp, "leave out the multi-token-prediction layers");
   cl.Text("--random", &random_config, "CONFIG", "random weights for the architecture in CONFIG (config.json format)");
   cl.Text("--tokenizer", &tokenizer_dir, "DIR", "with --random: embed DIR/tokenizer.json and DIR/tokenizer_config.json");
@@ -62,6 +64,7 @@ static int Main(int argc, char** argv) {
   convert::Options options;
   if (dtype_name == "fp8") options.fp8_weights = true;
   else if (!dtype_name.empty()) options.dtype = dtype_name == "f32" ? DType::kF32 : DType::kBF16;
+  options.fp8_head = head_dtype == "fp8";
   options.keep_mtp = !no_mtp;
   cli::ProgressBar bar("converting", !quiet);
   options.progress = [&](uint64_t done, uint64_t total) { bar.Update(done, total); };
