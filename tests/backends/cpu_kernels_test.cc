@@ -140,6 +140,26 @@ TEST(CpuKernels, SimdBuildsMatchTheReference) {
         ASSERT_NEAR(got[i], want[i], 1e-6 * std::max(1.0f, std::fabs(want[i]))) << k->name << " silu_mul at " << i;
     }
   }
+  // Softmax in place: sums to 1, and a spread of 80 (e^-80 below F32's normal range after the
+  // maximum is subtracted) as well as a single element.
+  for (size_t n : {1, 15, 16, 37, 1000}) {
+    std::vector<float> x(n);
+    for (size_t i = 0; i < n; ++i) x[i] = i % 11 == 3 ? -80.0f : 4.0f * nd(rng);
+    std::vector<float> want = x;
+    ref.softmax(want.data(), n);
+    double total = 0;
+    for (float v : want) total += v;
+    EXPECT_NEAR(total, 1.0, 1e-5) << n;
+    if (n == 1) {
+      EXPECT_EQ(want[0], 1.0f);
+    }
+    for (const Kernels* k : builds) {
+      std::vector<float> got = x;
+      k->softmax(got.data(), n);
+      for (size_t i = 0; i < n; ++i)
+        ASSERT_NEAR(got[i], want[i], 1e-6 * std::max(1e-3f, want[i])) << k->name << " softmax at " << i << " of " << n;
+    }
+  }
 }
 
 // q and the cache rounded to BF16 as the avx512bf16 build rounds them; its softmax weights are

@@ -55,10 +55,11 @@ TEST(Conformance, CpuBackendMatchesTheScalarReference) {
       continue;
     }
     EXPECT_EQ(c.outcome, Outcome::kPass) << c.op << " [" << c.dtype << "] " << c.name << ": " << c.detail;
-    // Far inside the tolerances: only summation order differs from double accumulation; but the
-    // avx512bf16 kernels also round q and the softmax weights to BF16 over a BF16 cache.
-    const bool bf16_dots = bf16_kernels && c.op == "MlaAttention" && c.name.find("KV bf16") != std::string::npos;
-    EXPECT_LT(c.error, bf16_dots ? 1e-2 : 1e-5) << c.op << " [" << c.dtype << "] " << c.name;
+    // Far inside the tolerances: only summation order differs from double accumulation. Over a
+    // BF16 cache, that order can also flip the rounding of a new cache element (2^-9 relative),
+    // and the avx512bf16 kernels round q and the softmax weights to BF16 as well.
+    const bool bf16_cache = c.op == "MlaAttention" && c.name.find("KV bf16") != std::string::npos;
+    EXPECT_LT(c.error, bf16_cache ? (bf16_kernels ? 1e-2 : 2e-3) : 1e-5) << c.op << " [" << c.dtype << "] " << c.name;
   }
   for (const std::string& op : conformance::OpNames()) EXPECT_TRUE(ops.count(op)) << op;
   for (const char* area : {"devices", "buffers", "events", "prepare", "synchronize", "errors"}) EXPECT_TRUE(ops.count(area)) << area;

@@ -63,10 +63,13 @@ struct Kernels {
   void (*mla_attend)(const MlaAttendArgs& a);
   // g[i] = silu(g[i]) * u[i], silu(x) = x / (1 + e^-x): the SwiGLU gate.
   void (*silu_mul)(float* g, const float* u, size_t n);
+  // x[i] = e^(x[i] - max) / sum_j e^(x[j] - max) over [0, n), n >= 1: a softmax in place.
+  void (*softmax)(float* x, size_t n);
 };
 
-// The scalar SwiGLU gate, shared by the reference and AVX2 tables.
+// The scalar SwiGLU gate and softmax, shared by the reference and AVX2 tables.
 void SiluMulScalar(float* g, const float* u, size_t n);
+void SoftmaxScalar(float* x, size_t n);
 
 const Kernels& ReferenceKernels();
 const Kernels* Avx2Kernels();    // nullptr when not compiled in

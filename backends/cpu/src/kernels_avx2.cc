@@ -232,7 +232,8 @@ void MlaAttend(const MlaAttendArgs& a) {
   }
 }
 
-const Kernels kAvx2 = {"avx2", MatmulRows, DequantRows, MatvecT, Dot, Axpy, DotBf16, AxpyBf16, MlaAttend, SiluMulScalar};
+const Kernels kAvx2 = {"avx2", MatmulRows, DequantRows, MatvecT, Dot, Axpy, DotBf16, AxpyBf16, MlaAttend, SiluMulScalar,
+                       SoftmaxScalar};
 
 }  // namespace
 

@@ -343,7 +343,27 @@ void SiluMul(float* g, const float* u, size_t n) {
   }
 }
 
-const Kernels kAvx512 = {"avx512", MatmulRows, DequantRows, MatvecT, Dot, Axpy, DotBf16, AxpyBf16, MlaAttend, SiluMul};
+// Exp16 to within 2e-7 relative; inputs are <= 0 once the maximum is subtracted.
+void Softmax(float* x, size_t n) {
+  __m512 mx = _mm512_set1_ps(-INFINITY);
+  for (size_t i = 0; i < n; i += 16) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, TailMask(n - i), x + i));
+  const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+  __m512 sum = _mm512_setzero_ps();
+  for (size_t i = 0; i < n; i += 16) {
+    const __mmask16 k = TailMask(n - i);
+    const __m512 e = Exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m));
+    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
+    _mm512_mask_storeu_ps(x + i, k, e);
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+  for (size_t i = 0; i < n; i += 16) {
+    const __mmask16 k = TailMask(n - i);
+    _mm512_mask_storeu_ps(x + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), inv));
+  }
+}
+
+const Kernels kAvx512 = {"avx512", MatmulRows, DequantRows, MatvecT, Dot, Axpy, DotBf16, AxpyBf16, MlaAttend, SiluMul,
+                         Softmax};
 
 }  // namespace
 

@@ -104,12 +104,21 @@ void Axpy(float a, const float* x, float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
-const Kernels kRef = {"reference", MatmulRows, DequantRows, MatvecT, Dot, Axpy, DotBf16, AxpyBf16, MlaAttend, SiluMulScalar};
+const Kernels kRef = {"reference", MatmulRows, DequantRows, MatvecT, Dot, Axpy, DotBf16, AxpyBf16, MlaAttend, SiluMulScalar,
+                      SoftmaxScalar};
 
 }  // namespace
 
 void SiluMulScalar(float* g, const float* u, size_t n) {
   for (size_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+void SoftmaxScalar(float* x, size_t n) {
+  const float mx = *std::max_element(x, x + n);
+  float sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += (x[i] = std::exp(x[i] - mx));
+  const float inv = 1.0f / sum;
+  for (size_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
 float Fp8ToF32(uint8_t v) { return kFp8[v]; }

@@ -19,6 +19,11 @@ constexpr uint64_t kPanelBytes = 4u << 20;
 // head's rows are decoded to F32 once and reused by every token.
 constexpr size_t kAbsorbDirectMaxTokens = 4;
 constexpr size_t kHeadGroup = 4;
+// Beyond kAbsorbDirectMaxTokens tokens, attention runs as matrix products while the cache
+// holds at most this many rows (an F32 copy of a BF16 cache, 75 MB at V3's row of 576, and a
+// block of scores per thread, 8 MB); longer caches go token by token.
+constexpr size_t kGemmAttentionMaxRows = 32768;
+constexpr size_t kAttentionTokenBlock = 64;
 // Decode splits the cache by position across threads from this many rows per thread on.
 constexpr size_t kMinSplitRows = 64;
 
@@ -67,12 +72,13 @@ void Rope(float* v, size_t dr, const float* cs) {
   }
 }
 
-std::string Sgemm(size_t m, size_t nn, size_t kk, const float* a, size_t lda, const float* b, size_t ldb, float* c,
-                  size_t ldc) {
-  // C[m, nn] = A[m, kk] * B[nn, kk]^T (row-major).
-  const dnnl_status_t s = dnnl_sgemm('N', 'T', static_cast<dnnl_dim_t>(m), static_cast<dnnl_dim_t>(nn),
-                                     static_cast<dnnl_dim_t>(kk), 1.0f, a, static_cast<dnnl_dim_t>(lda), b,
-                                     static_cast<dnnl_dim_t>(ldb), 0.0f, c, static_cast<dnnl_dim_t>(ldc));
+// C[m, nn] = alpha A[m, kk] B + beta C, B being [kk, nn] (transb 'N') or [nn, kk] ('T'), all
+// row-major; one thread (the caller's).
+std::string Gemm(char transb, size_t m, size_t nn, size_t kk, float alpha, const float* a, size_t lda, const float* b,
+                 size_t ldb, float beta, float* c, size_t ldc) {
+  const dnnl_status_t s = dnnl_sgemm('N', transb, static_cast<dnnl_dim_t>(m), static_cast<dnnl_dim_t>(nn),
+                                     static_cast<dnnl_dim_t>(kk), alpha, a, static_cast<dnnl_dim_t>(lda), b,
+                                     static_cast<dnnl_dim_t>(ldb), beta, c, static_cast<dnnl_dim_t>(ldc));
   return s == dnnl_success ? "" : "oneDNN sgemm failed with status " + std::to_string(static_cast<int>(s));
 }
 
@@ -126,7 +132,7 @@ std::string Linear(Context& ctx, const Weight& w, const float* x, size_t n, floa
     for (uint64_t r0 = a; r0 < b && errors[ti].empty(); r0 += panel_rows) {
       const uint64_t r1 = std::min<uint64_t>(b, r0 + panel_rows);
       ctx.k->dequant_rows(w, r0, r1, panel.data());
-      errors[ti] = Sgemm(n, r1 - r0, w.cols, x, w.cols, panel.data(), w.cols, y + r0, w.rows);
+      errors[ti] = Gemm('T', n, r1 - r0, w.cols, 1.0f, x, w.cols, panel.data(), w.cols, 0.0f, y + r0, w.rows);
     }
     omp_set_num_threads(saved);
   });
@@ -174,6 +180,64 @@ std::string Embed(const coda_op& op) {
       return "token id " + std::to_string(ids[t]) + " is outside the vocabulary (" + std::to_string(vocab) + ")";
     for (uint64_t i = 0; i < h; ++i) y[t * h + i] = LoadElem(table, static_cast<uint64_t>(ids[t]) * h + i);
   }
+  return "";
+}
+
+// Absorbed attention of n >= kAbsorbDirectMaxTokens tokens as matrix products, per head: q_nope
+// through W_UK beside q_pe, scores against the cache rows [latent | k_pe], a causal softmax, the
+// attended latent, and W_UV. Over an F32 copy of a BF16 cache, in F32 throughout; tokens go in
+// blocks so the causal mask leaves little unused work. attn[t][h] gets dv values.
+std::string AttentionByGemm(Context& ctx, const coda_op& op, const float* q, float* attn) {
+  const coda_hparams& hp = *op.hparams;
+  const size_t n = op.n_tokens, start = op.start_pos, total = start + n;
+  const size_t H = hp.n_heads, dn = hp.qk_nope_head_dim, dr = hp.qk_rope_head_dim, dv = hp.v_head_dim,
+               c = hp.kv_lora_rank, qk = dn + dr, row = c + dr;
+  const Weight wkvb = ToWeight(op.weights[6]);
+  const float* cache = static_cast<const float*>(op.kv.data);
+  if (op.kv.dtype == CODA_DTYPE_BF16) {
+    std::vector<float>& c32 = ctx.scratch[3];
+    c32.resize(total * row);
+    const uint16_t* c16 = static_cast<const uint16_t*>(op.kv.data);
+    ctx.pool->ParallelFor(total, 64, [&](size_t a, size_t b, unsigned) {
+      for (size_t i = a * row; i < b * row; ++i) c32[i] = coda_bf16_to_f32(c16[i]);
+    });
+    cache = c32.data();
+  }
+  const Kernels& k = *ctx.k;
+  std::vector<std::string> errors(ctx.pool->size());
+  ctx.pool->ParallelFor(H, 1, [&](size_t h0, size_t h1, unsigned ti) {
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    std::vector<float>& s = ctx.thread_scratch[ti];
+    s.resize((dn + dv) * c + kAttentionTokenBlock * (row + total + c));
+    float* wh = s.data();  // this head's kv_b_proj rows: W_UK [dn, c], then W_UV [dv, c]
+    float* qcat = wh + (dn + dv) * c;  // [block, row]: q_nope W_UK, then q_pe
+    float* sc = qcat + kAttentionTokenBlock * row;  // [block, visible]: scores, then weights
+    float* olat = sc + kAttentionTokenBlock * total;  // [block, c]
+    std::string& err = errors[ti];
+    for (size_t h = h0; h < h1 && err.empty(); ++h) {
+      k.dequant_rows(wkvb, h * (dn + dv), (h + 1) * (dn + dv), wh);
+      for (size_t t0 = 0; t0 < n && err.empty(); t0 += kAttentionTokenBlock) {
+        const size_t nb = std::min(kAttentionTokenBlock, n - t0), visible = start + t0 + nb;
+        const float* qh = q + (t0 * H + h) * qk;
+        err = Gemm('N', nb, c, dn, 1.0f, qh, H * qk, wh, c, 0.0f, qcat, row);
+        for (size_t i = 0; i < nb; ++i) std::memcpy(qcat + i * row + c, qh + i * H * qk + dn, dr * sizeof(float));
+        if (err.empty()) err = Gemm('T', nb, visible, row, hp.softmax_scale, qcat, row, cache, row, 0.0f, sc, visible);
+        for (size_t i = 0; i < nb && err.empty(); ++i) {
+          float* p = sc + i * visible;
+          const size_t len = start + t0 + i + 1;  // positions this token sees
+          k.softmax(p, len);
+          std::fill(p + len, p + visible, 0.0f);
+        }
+        if (err.empty()) err = Gemm('N', nb, c, visible, 1.0f, sc, visible, cache, row, 0.0f, olat, c);
+        if (err.empty())
+          err = Gemm('T', nb, dv, c, 1.0f, olat, c, wh + dn * c, c, 0.0f, attn + (t0 * H + h) * dv, H * dv);
+      }
+    }
+    omp_set_num_threads(saved);
+  });
+  for (const std::string& e : errors)
+    if (!e.empty()) return e;
   return "";
 }
 
@@ -291,8 +355,14 @@ std::string MlaAttention(Context& ctx, const coda_op& op) {
     return Linear(ctx, ToWeight(w[7]), attn.data(), n, F(op.outputs[0]));
   }
 
-  // Many tokens: heads go in groups of kHeadGroup so each cache row is read once per group,
-  // and each group's kv_b_proj rows are decoded to F32 once and reused by every token.
+  if (total <= kGemmAttentionMaxRows) {
+    e = AttentionByGemm(ctx, op, q.data(), attn.data());
+    if (!e.empty()) return e;
+    return Linear(ctx, ToWeight(w[7]), attn.data(), n, F(op.outputs[0]));
+  }
+  // Many tokens over a long cache: heads go in groups of kHeadGroup so each cache row is read
+  // once per group, and each group's kv_b_proj rows are decoded to F32 once and reused by every
+  // token.
   ctx.pool->ParallelFor(H, kHeadGroup, [&](size_t h0, size_t h1, unsigned ti) {
     std::vector<float>& s = ctx.thread_scratch[ti];
     const size_t wh_size = kHeadGroup * (dn + dv) * c;

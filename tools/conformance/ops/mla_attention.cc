@@ -24,7 +24,8 @@ void Cases(Gen& g, std::vector<Case>& out) {
   for (uint32_t dt : kWeightDtypes)
     for (const Attn& a : shapes)
       for (uint32_t kv : {CODA_DTYPE_BF16, CODA_DTYPE_F32})
-        for (const Steps& st : {Steps{1, 0}, Steps{1, 6}, Steps{3, 2}, Steps{5, 0}, Steps{5, 6}, Steps{1, 300}}) {
+        for (const Steps& st : {Steps{1, 0}, Steps{1, 6}, Steps{3, 2}, Steps{5, 0}, Steps{5, 6}, Steps{70, 3},
+                                  Steps{1, 300}}) {
           Case c;
           c.op = CODA_OP_MLA_ATTENTION;
           c.dtype = DtypeLabel(dt);
