@@ -174,8 +174,11 @@ Result<std::shared_ptr<Model>> Model::FromFile(ModelFile file, const ModelLoadOp
         why = "copied into 2 MB pages (the page cache held " + std::to_string(percent) + "% of the file in them)";
       }
     } else if (!copy) {
-      why = mapping && !prefault && options.weights == W::kAuto ? "mapped (read in on demand: the file takes more than half of memory)"
-                                                                : "mapped";
+      why = "mapped";
+      if (mapping && !prefault && options.weights == W::kAuto)
+        why += options.prefault == ModelLoadOptions::Prefault::kNever
+                   ? " (read in on demand)"
+                   : " (read in on demand: the file takes more than half of the available memory)";
     } else {
       why = "copied into 2 MB pages (--weights copy)";
     }
