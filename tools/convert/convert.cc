@@ -74,6 +74,17 @@ DType TargetDType(DType src, const std::optional<DType>& want) {
   return rank(*want) > rank(src) ? *want : src;
 }
 
+// Whether --dtype fp8 / --head-dtype fp8 quantize this tensor.
+bool QuantizedToFp8(const TensorSpec& t, const Options& o) {
+  return t.shape.size() == 2 && ((o.fp8_weights && t.role == TensorRole::kProjection) ||
+                                 (o.fp8_head && t.role == TensorRole::kHead));
+}
+
+// A model with FP8 tensors is an FP8 model (the block size is the config's, 128 by default).
+void MarkFp8(const std::vector<DType>& dtypes, ModelConfig* config) {
+  if (std::find(dtypes.begin(), dtypes.end(), DType::kFP8_E4M3) != dtypes.end()) config->fp8 = true;
+}
+
 // The checkpoint's tokenizer, chat template and sampling defaults, to be stored in the file.
 Status AddTextFiles(const std::string& dir, ModelExtras* extras) {
   CODA_ASSIGN_OR_RETURN(HfTextFiles f, ReadHfTextFiles(dir));
@@ -234,12 +245,9 @@ Status ConvertCheckpoint(const std::string& hf_dir, const std::string& out_path,
     used.insert(spec.name);
     refs.push_back(ref);
     scale_refs.push_back(sref);
-    const bool quantize = spec.shape.size() == 2 && ((o.fp8_weights && spec.role == TensorRole::kProjection) ||
-                                                     (o.fp8_head && spec.role == TensorRole::kHead));
-    dtypes.push_back(quantize ? DType::kFP8_E4M3 : TargetDType(ref.info->dtype, o.dtype));
+    dtypes.push_back(QuantizedToFp8(spec, o) ? DType::kFP8_E4M3 : TargetDType(ref.info->dtype, o.dtype));
   }
-  // Quantized weights make it an FP8 model (the block size is the config's, 128 by default).
-  if (o.fp8_weights || o.fp8_head) config.fp8 = true;
+  MarkFp8(dtypes, &config);
   for (const std::string& name : ckpt.tensor_names()) {
     if (used.count(name)) continue;
     const bool mtp_dropped = !has_mtp || !o.keep_mtp;
@@ -329,16 +337,15 @@ std::pair<float, float> InitOf(const TensorSpec& t) {
 Status ConvertRandom(const std::string& config_path, const std::string& out_path, const RandomOptions& ro) {
   const Options& o = ro.common;
   CODA_ASSIGN_OR_RETURN(ModelConfig config, LoadHfConfig(config_path));
-  if (o.fp8_weights) config.fp8 = true;
   std::vector<TensorSpec> specs = ExpectedTensors(config, o.keep_mtp);
   std::vector<DType> dtypes;
   for (const TensorSpec& t : specs) {
     DType d = DType::kBF16;
     if (t.role == TensorRole::kRouterBias) d = DType::kF32;
-    if ((t.role == TensorRole::kProjection && config.fp8) || (t.role == TensorRole::kHead && o.fp8_head))
-      d = DType::kFP8_E4M3;
+    if ((t.role == TensorRole::kProjection && config.fp8) || QuantizedToFp8(t, o)) d = DType::kFP8_E4M3;
     dtypes.push_back(TargetDType(d, o.dtype));
   }
+  MarkFp8(dtypes, &config);
   ModelExtras extras;
   extras.source = "random (seed " + std::to_string(ro.seed) + ") of " + config_path;
   if (!ro.tokenizer_dir.empty()) {
