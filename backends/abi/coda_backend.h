@@ -170,8 +170,15 @@ typedef struct coda_backend_options {
   uint32_t struct_size;
   uint32_t n_threads; /* 0: one per core */
   uint32_t device;    /* which of device_count() devices the instance runs on */
-  uint32_t reserved;
+  uint32_t flags;     /* coda_backend_flags; was `reserved` (always 0) before, so the layout holds */
 } coda_backend_options;
+
+typedef enum coda_backend_flags {
+  /* Matrix products from the stored weights in F32 (or wider), activations unquantized. Without
+     it a backend may quantize activations for its fast products, as DeepSeek-V3's own FP8 GEMM
+     does per 1 x 128 tile; the golden tests set it to compare exactly. */
+  CODA_BACKEND_EXACT_PRODUCTS = 1u << 0
+} coda_backend_flags;
 
 typedef enum coda_device_kind {
   CODA_DEVICE_CPU = 0,

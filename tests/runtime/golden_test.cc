@@ -35,33 +35,36 @@ std::vector<float> ReadF32(const std::string& path) {
 
 // The backends every case runs on. A plugin backend is loaded from the build's bin directory;
 // where it is not built or finds no device, its tests skip and say why, unless
-// CODA_REQUIRE_BACKENDS (comma-separated names, set by scripts/test in CI) lists it.
-Context* BackendContext(const std::string& backend, std::string* why) {
+// CODA_REQUIRE_BACKENDS (comma-separated names, set by scripts/test in CI) lists it. The
+// reference's tolerances hold for exact products; `fast` lets backends quantize activations.
+Context* BackendContext(const std::string& backend, std::string* why, bool fast = false) {
   static std::map<std::string, std::unique_ptr<Context>> contexts;
   static std::map<std::string, std::string> failures;
-  if (auto it = contexts.find(backend); it != contexts.end()) return it->second.get();
-  if (auto it = failures.find(backend); it != failures.end()) {
+  const std::string key = backend + (fast ? "+fast" : "");
+  if (auto it = contexts.find(key); it != contexts.end()) return it->second.get();
+  if (auto it = failures.find(key); it != failures.end()) {
     *why = it->second;
     return nullptr;
   }
   ContextOptions co;
+  co.exact_products = !fast;
   co.backends = {coda_cpu_backend_entry};
   for (const std::string& name : test::SplitCommas(backend)) {
     if (name == "cpu") continue;
     const std::string file = (name == "example" ? std::string(CODA_EXAMPLE_BACKEND_DIR) : test::BinDir()) + "/" +
                              BackendFileName(name);
     if (!std::filesystem::exists(file)) {
-      failures[backend] = *why = file + " was not built";
+      failures[key] = *why = file + " was not built";
       return nullptr;
     }
     co.plugin_files.push_back(file);
   }
   auto ctx = Context::Create(co);
   if (!ctx.ok()) {
-    failures[backend] = *why = ctx.status().message();
+    failures[key] = *why = ctx.status().message();
     return nullptr;
   }
-  return (contexts[backend] = std::move(*ctx)).get();
+  return (contexts[key] = std::move(*ctx)).get();
 }
 
 class Golden : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {
@@ -71,18 +74,19 @@ class Golden : public ::testing::TestWithParam<std::tuple<std::string, std::stri
     backend_ = std::get<1>(GetParam());
     // "+offload": the model's routed experts come from an expert store holding a quarter of them.
     // "+devmem": the device's memory holds the other weights, the KV cache and a quarter of them.
+    // "+fast": products may quantize activations (the default outside tests), within kFastTol.
     bool offload = false;
     for (bool more = true; more;) {
       more = false;
-      for (const char* suffix : {"+offload", "+devmem"})
+      for (const char* suffix : {"+offload", "+devmem", "+fast"})
         if (backend_.ends_with(suffix)) {
-          (std::string(suffix) == "+offload" ? offload : devmem_) = true;
+          (std::string(suffix) == "+offload" ? offload : std::string(suffix) == "+devmem" ? devmem_ : fast_) = true;
           backend_.resize(backend_.size() - std::strlen(suffix));
           more = true;
         }
     }
     std::string why;
-    ctx_ = BackendContext(backend_, &why);
+    ctx_ = BackendContext(backend_, &why, fast_);
     if (!ctx_) {
       bool required = false;
       for (const std::string& name : test::SplitCommas(backend_)) required = required || test::BackendRequired(name);
@@ -149,13 +153,36 @@ class Golden : public ::testing::TestWithParam<std::tuple<std::string, std::stri
     return ReadF32(test::DataDir() + "/golden/" + c_.name + "/" + name);
   }
   std::vector<int32_t> Tokens() { return c_.ref["tokens"].get<std::vector<int32_t>>(); }
-  double Tol() { return c_.ref["tolerance"]["logits"].get<double>(); }
-
+  // With fast products (int8 activations per 1 x 128 tile and int8 weights, on the CPU) the
+  // bounds are the reference's own: how far DeepSeek's model moves when its GEMM quantizes
+  // activations to FP8 per 1 x 128 tile (the case's "fp8_activation_quantization" sensitivity,
+  // measured by the reference implementation: on v3-fp8, 0.42 of the largest logit and 26% of
+  // the expert sets, on a 3-layer random model that amplifies any rounding). A case without FP8
+  // weights has no such entry, and fast products are exact there. Greedy tokens must match.
+  const nlohmann::json* FastBound() {
+    if (!fast_) return nullptr;
+    for (const auto& v : c_.ref["sensitivity"])
+      if (v["variant"].get<std::string>().starts_with("fp8_activation_quantization")) return &v;
+    return nullptr;
+  }
+  double Tol() {
+    const nlohmann::json* b = FastBound();
+    return b ? (*b)["max_abs_diff_over_max_abs_logit"].get<double>() : c_.ref["tolerance"]["logits"].get<double>();
+  }
+  double HiddenTol() {
+    const nlohmann::json* b = FastBound();
+    return b ? (*b)["max_abs_diff_over_max_abs_logit"].get<double>() : c_.ref["tolerance"]["hidden"].get<double>();
+  }
+  // Expert sets that may differ from the reference's, of `sets`.
+  size_t RoutingSlack(size_t sets) {
+    const nlohmann::json* b = FastBound();
+    return b ? static_cast<size_t>((*b)["routing_changed_fraction"].get<double>() * static_cast<double>(sets)) : 0;
+  }
   static constexpr uint32_t kNCtx = 128;
   Case c_;
   std::string backend_;
   Context* ctx_ = nullptr;
-  bool devmem_ = false;
+  bool devmem_ = false, fast_ = false;
   uint64_t device_memory_ = 0, experts_ = 0, slots_ = 0;
 };
 
@@ -183,12 +210,12 @@ TEST_P(Golden, PrefillMatchesLogitsHiddenAndRouting) {
   const auto golden = File("logits_prefill.f32");
   ASSERT_EQ(logits->size(), golden.size());
   const double err = test::RelErr(*logits, golden);
-  std::printf("[%s/%s] prefill logits: max rel error %.3g (tolerance %.3g)\n", c_.name.c_str(), backend_.c_str(), err, Tol());
+  std::printf("[%s/%s] prefill logits: max rel error %.3g (tolerance %.3g)\n", c_.name.c_str(), std::get<1>(GetParam()).c_str(), err, Tol());
   EXPECT_LE(err, Tol());
   const double herr = test::RelErr(final_norm, File("hidden_final_norm.f32"));
-  std::printf("[%s/%s] final-norm hidden: max rel error %.3g (tolerance %.3g)\n", c_.name.c_str(), backend_.c_str(), herr,
-              c_.ref["tolerance"]["hidden"].get<double>());
-  EXPECT_LE(herr, c_.ref["tolerance"]["hidden"].get<double>());
+  std::printf("[%s/%s] final-norm hidden: max rel error %.3g (tolerance %.3g)\n", c_.name.c_str(), std::get<1>(GetParam()).c_str(), herr,
+              HiddenTol());
+  EXPECT_LE(herr, HiddenTol());
 
   const auto& per_layer = c_.ref["routing"]["per_layer"];
   ASSERT_EQ(routing.size(), per_layer.size());
@@ -199,10 +226,14 @@ TEST_P(Golden, PrefillMatchesLogitsHiddenAndRouting) {
     for (size_t t = 0; t < n; ++t) {
       const std::set<int32_t> a(got[t].begin(), got[t].end()), b(want[t].begin(), want[t].end());
       if (a != b) ++mismatches;
-      EXPECT_EQ(a, b) << "layer " << layer << " token " << t;
+      if (!FastBound()) {
+        EXPECT_EQ(a, b) << "layer " << layer << " token " << t;
+      }
     }
   }
-  EXPECT_EQ(mismatches, 0u);
+  std::printf("[%s/%s] expert sets different from the reference's: %zu of %zu\n", c_.name.c_str(),
+              std::get<1>(GetParam()).c_str(), mismatches, routing.size() * n);
+  EXPECT_LE(mismatches, RoutingSlack(routing.size() * n));
 }
 
 TEST_P(Golden, IncrementalDecodeMatches) {
@@ -222,7 +253,7 @@ TEST_P(Golden, IncrementalDecodeMatches) {
     got.insert(got.end(), step->begin(), step->end());
   }
   const double err = test::RelErr(got, File("logits_decode.f32"));
-  std::printf("[%s/%s] decode logits: max rel error %.3g\n", c_.name.c_str(), backend_.c_str(), err);
+  std::printf("[%s/%s] decode logits: max rel error %.3g\n", c_.name.c_str(), std::get<1>(GetParam()).c_str(), err);
   EXPECT_LE(err, Tol());
 }
 
@@ -269,16 +300,22 @@ TEST_P(Golden, GreedyContinuationMatches) {
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_EQ(r->tokens, want);
   const double err = test::RelErr(logits_rows, File("greedy_logits.f32"));
-  std::printf("[%s/%s] greedy logits: max rel error %.3g, tokens %s\n", c_.name.c_str(), backend_.c_str(), err,
+  std::printf("[%s/%s] greedy logits: max rel error %.3g, tokens %s\n", c_.name.c_str(), std::get<1>(GetParam()).c_str(), err,
               r->tokens == want ? "equal" : "DIFFERENT");
   EXPECT_LE(err, Tol());
+  size_t mismatches = 0, sets = 0;
   for (auto& [layer, got] : routing) {
     const auto exp = g["routing_of_fed_tokens"][std::to_string(layer)].get<std::vector<std::vector<int32_t>>>();
     ASSERT_EQ(got.size(), exp.size());
-    for (size_t i = 0; i < exp.size(); ++i)
-      EXPECT_EQ(std::set<int32_t>(got[i].begin(), got[i].end()), std::set<int32_t>(exp[i].begin(), exp[i].end()))
-          << "layer " << layer << " fed token " << i;
+    for (size_t i = 0; i < exp.size(); ++i, ++sets) {
+      const std::set<int32_t> a(got[i].begin(), got[i].end()), b(exp[i].begin(), exp[i].end());
+      mismatches += a != b;
+      if (!FastBound()) {
+        EXPECT_EQ(a, b) << "layer " << layer << " fed token " << i;
+      }
+    }
   }
+  EXPECT_LE(mismatches, RoutingSlack(sets));
 }
 
 // A backend with its own memory keeps the latent cache there: the host copy stays untouched.
@@ -315,7 +352,7 @@ TEST_P(Golden, OffloadTiersAreUsed) {
     EXPECT_LT(o.device.hits, o.device.requests);
     EXPECT_GT(o.device.uploads + o.device.cpu_experts, 0u);
     std::printf("[%s/%s] device cache %u of %u experts: %llu used, %llu hits, %llu uploaded, %llu on the cpu\n",
-                c_.name.c_str(), backend_.c_str(), o.device.capacity, o.device.total,
+                c_.name.c_str(), std::get<1>(GetParam()).c_str(), o.device.capacity, o.device.total,
                 static_cast<unsigned long long>(o.device.requests), static_cast<unsigned long long>(o.device.hits),
                 static_cast<unsigned long long>(o.device.uploads), static_cast<unsigned long long>(o.device.cpu_experts));
   }
@@ -475,7 +512,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, Golden,
                          ::testing::Combine(::testing::Values("v3-fp8", "v2lite-bf16", "v2-bf16"),
                                             // example,vulkan: activations cross between host
                                             // and device memory at every norm and residual.
-                                            ::testing::Values("cpu", "vulkan", "example,vulkan", "cpu+offload",
+                                            ::testing::Values("cpu", "cpu+fast", "vulkan", "example,vulkan", "cpu+offload",
                                                               "vulkan+devmem", "vulkan+devmem+offload")),
                          [](const auto& info) {
                            std::string n = std::get<0>(info.param) + "_" + std::get<1>(info.param);

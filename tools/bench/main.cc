@@ -154,6 +154,7 @@ static int Main(int argc, char** argv) {
                       "decode tests per depth, 1 to 100: the median is reported, with the spread", 1, 100);
   cli::AddWholeNumberList(cl, "--depths", &depths, "LIST", "context depths for decoding", kMaxTokens);
   cli::AddThreads(cl, &mo.n_threads);
+  cli::AddPrecision(cl, &mo.exact_products);
   cli::AddWeights(cl, &mo.load.weights);
   cli::AddRamBudget(cl, &mo.load);
   cli::AddDeviceMemory(cl, &mo.device_memory);

@@ -34,6 +34,8 @@ then one line per failed case. Exit status: 0 when nothing failed, 1 otherwise.)
 // "cpu" and the linked-in cpu can be compared with each other).
 coda::Result<std::unique_ptr<coda::Context>> Open(const std::string& what) {
   coda::ContextOptions o;
+  // The bounds are for exact products; the CPU's int8 products have their own unit test.
+  o.exact_products = true;
   if (what == "cpu") o.backends = {coda_cpu_backend_entry};
   else if (what == "reference") o.backends = {coda::conformance::ReferenceBackendEntry};
   else o.plugin_files = {what};

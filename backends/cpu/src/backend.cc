@@ -87,6 +87,9 @@ coda_status_code Create(const coda_host* host, const coda_backend_options* optio
     inst->ctx.k = &SelectKernels();
     inst->ctx.pool = inst->pool.get();
     inst->ctx.thread_scratch.resize(inst->pool->size());
+    inst->ctx.exact_products =
+        options && options->struct_size >= offsetof(coda_backend_options, flags) + sizeof(uint32_t) &&
+        (options->flags & CODA_BACKEND_EXACT_PRODUCTS);
     // For measuring the two Linear paths against each other (coda-bench); not a user setting.
     if (const char* g = std::getenv("CODA_CPU_GEMM_MIN_TOKENS")) inst->ctx.gemm_min_tokens = std::strtoul(g, nullptr, 10);
     inst->description = "CPU, " + std::to_string(inst->pool->size()) + " threads, " + inst->ctx.k->name + " kernels";

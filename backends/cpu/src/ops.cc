@@ -110,7 +110,31 @@ Weight ToWeight(const coda_tensor& t) {
   return w;
 }
 
+namespace {
+
+std::string LinearInt8(Context& ctx, const Weight& w, const float* x, size_t n, float* y) {
+  Int8Activations& a = ctx.act8;
+  Int8Prepare(a, n, w.cols, w.block);
+  ctx.pool->ParallelFor(n, 4, [&](size_t t0, size_t t1, unsigned) { Int8QuantizeRows(x, w.cols, a, t0, t1); });
+  if (ctx.thread_panel8.size() < ctx.pool->size()) ctx.thread_panel8.resize(ctx.pool->size());
+  constexpr uint64_t kRows = 32;  // the kernel's panel
+  ctx.pool->ParallelFor((w.rows + kRows - 1) / kRows, 1, [&](size_t p0, size_t p1, unsigned ti) {
+    Int8Gemm(w, a, y, w.rows, p0 * kRows, std::min<uint64_t>(w.rows, p1 * kRows), ctx.thread_panel8[ti]);
+  });
+  return "";
+}
+
+bool UsesInt8(const Context& ctx, const Weight& w, size_t n) {
+  return n >= ctx.int8_min_tokens && !ctx.exact_products && Int8GemmRuns(w);
+}
+
+// Whether Linear streams the weights through the register kernels (few tokens).
+bool Streams(const Context& ctx, const Weight& w, size_t n) { return n < ctx.gemm_min_tokens && !UsesInt8(ctx, w, n); }
+
+}  // namespace
+
 std::string Linear(Context& ctx, const Weight& w, const float* x, size_t n, float* y) {
+  if (UsesInt8(ctx, w, n)) return LinearInt8(ctx, w, x, n, y);
   if (n < ctx.gemm_min_tokens) {
     const size_t grain = std::max<size_t>(1, 16 / std::max<size_t>(1, n));
     ctx.pool->ParallelFor(w.rows, grain, [&](size_t r0, size_t r1, unsigned) {
@@ -142,11 +166,11 @@ std::string Linear(Context& ctx, const Weight& w, const float* x, size_t n, floa
 }
 
 std::string LinearBatch(Context& ctx, const std::vector<LinearJob>& all) {
-  // Jobs with enough tokens go through SGEMM one by one; the others still share one region (an
-  // expert with many tokens must not send the few-token ones to a region each).
+  // Jobs with enough tokens go through products one by one; the others still share one region
+  // (an expert with many tokens must not send the few-token ones to a region each).
   std::vector<LinearJob> jobs;
   for (const LinearJob& j : all) {
-    if (j.n < ctx.gemm_min_tokens) {
+    if (Streams(ctx, j.w, j.n)) {
       jobs.push_back(j);
       continue;
     }

@@ -6,9 +6,11 @@
 
 namespace coda::cli {
 
-ContextOptions ProgramContextOptions(std::vector<coda_backend_entry_fn> linked_backends, uint32_t n_threads) {
+ContextOptions ProgramContextOptions(std::vector<coda_backend_entry_fn> linked_backends, uint32_t n_threads,
+                                     bool exact_products) {
   ContextOptions co;
   co.n_threads = n_threads;
+  co.exact_products = exact_products;
   co.backends = std::move(linked_backends);
   co.plugin_dirs = BackendSearchPath();
   return co;
@@ -43,7 +45,7 @@ std::function<void(std::string_view, uint64_t, uint64_t)> LoadProgressOnStderr(s
 
 Result<ModelSession> OpenModelSession(const ModelSessionOptions& o) {
   ModelSession m;
-  CODA_ASSIGN_OR_RETURN(m.context, Context::Create(ProgramContextOptions(o.linked_backends, o.n_threads)));
+  CODA_ASSIGN_OR_RETURN(m.context, Context::Create(ProgramContextOptions(o.linked_backends, o.n_threads, o.exact_products)));
   if (!o.program.empty()) WarnAboutRefusedBackends(o.program, *m.context);
   ModelLoadOptions load = o.load;
   if (!load.progress && !o.program.empty()) load.progress = LoadProgressOnStderr(o.program);

@@ -41,6 +41,19 @@ Option& AddContextLength(CommandLine& cl, uint32_t* n_ctx) {
   return AddWholeNumber(cl, "--n-ctx", n_ctx, "N", "context length, 1 to " + std::to_string(kMaxContext), 1, kMaxContext);
 }
 
+Option& AddPrecision(CommandLine& cl, bool* exact_products) {
+  static const std::vector<std::string> kNames = {"fast", "exact"};
+  return cl
+      .Value("--precision", "MODE",
+             "fast: prefill products on int8 activations per 1x128 tile; exact: F32",
+             [exact_products](const std::string& text) -> Status {
+               CODA_ASSIGN_OR_RETURN(std::string name, ParseChoice(text, kNames));
+               *exact_products = name == "exact";
+               return Status::Ok();
+             })
+      .DefaultText(kNames[*exact_products ? 1 : 0]);
+}
+
 Option& AddWeights(CommandLine& cl, ModelLoadOptions::Weights* weights) {
   static const std::vector<std::string> kNames = {"auto", "map", "copy"};  // in Weights' order
   return cl

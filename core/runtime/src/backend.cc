@@ -249,6 +249,7 @@ Result<std::unique_ptr<Context>> Context::Create(const ContextOptions& options) 
   coda_backend_options bo{};
   bo.struct_size = sizeof bo;
   bo.n_threads = options.n_threads;
+  if (options.exact_products) bo.flags |= CODA_BACKEND_EXACT_PRODUCTS;
   LogFn log = options.log;
   if (!log)
     log = [](int level, const std::string& m) {

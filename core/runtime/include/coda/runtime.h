@@ -25,6 +25,8 @@ namespace coda {
 
 struct ContextOptions {
   uint32_t n_threads = 0;  // 0: one per core
+  // CODA_BACKEND_EXACT_PRODUCTS: products in F32, no quantized activations (slower prefill).
+  bool exact_products = false;
   // Entry points of backends linked into the program (the CPU backend at least). A refused
   // table is an error.
   std::vector<coda_backend_entry_fn> backends;

@@ -28,12 +28,14 @@ struct ModelSessionOptions {
   uint32_t n_ctx = 4096;
   DType kv_dtype = DType::kBF16;
   uint32_t n_threads = 0;  // 0: one per core
+  bool exact_products = false;  // ContextOptions::exact_products
   uint64_t device_memory = 0;  // SessionOptions::device_memory
   ModelLoadOptions load;
 };
 
 // The backends linked in, plus plugins found next to the executable and in CODA_BACKEND_PATH.
-ContextOptions ProgramContextOptions(std::vector<coda_backend_entry_fn> linked_backends, uint32_t n_threads = 0);
+ContextOptions ProgramContextOptions(std::vector<coda_backend_entry_fn> linked_backends, uint32_t n_threads = 0,
+                                     bool exact_products = false);
 // "<program>: warning: <file>: <reason>" on stderr for each plugin the context refused.
 void WarnAboutRefusedBackends(const std::string& program, const Context& context);
 

@@ -26,6 +26,8 @@ Option& AddModel(CommandLine& cl, std::string* path);
 Option& AddBackends(CommandLine& cl, std::vector<std::string>* names);
 // --threads N: 1 to kMaxThreads, or 0 for one per core.
 Option& AddThreads(CommandLine& cl, uint32_t* n_threads);
+// --precision fast|exact: ContextOptions::exact_products.
+Option& AddPrecision(CommandLine& cl, bool* exact_products);
 // --kv-dtype bf16|f32
 Option& AddKvDtype(CommandLine& cl, DType* dtype);
 // --n-ctx N: 1 to kMaxContext.
