@@ -217,7 +217,9 @@ typedef struct coda_backend_api {
 
   /* ---- Required. ---- */
 
-  /* Creates an instance; on failure returns a status and fills `error`. */
+  /* Creates an instance; on failure returns a status and fills `error`. CODA_STATUS_UNSUPPORTED
+     says this machine has nothing the backend can run on (no device, no driver): a host that
+     found the library by scanning notes that quietly instead of warning. */
   coda_status_code (*create)(const coda_host* host, const coda_backend_options* options, void** self,
                              char* error, size_t error_size);
   void (*destroy)(void* self);

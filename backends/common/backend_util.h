@@ -1,20 +1,17 @@
-// Plumbing shared by the C++ backends (cpu, vulkan): tensor sizes, error text into the caller's
-// buffer, buffer range checks, and the events of a backend whose every call has finished when it returns.
-// Header-only and internal to each library: not part of the ABI.
+// Plumbing shared by the C++ backends (cpu, vulkan, cuda): tensor sizes, error text into the
+// caller's buffer, buffer range checks. Header-only and internal to each library: not part of
+// the ABI. immediate_events.h adds the events of a backend whose every call has finished when
+// it returns.
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <cstdio>
-#include <new>
 #include <string>
 
 #include "coda_backend.h"
-
-// Work is finished when each call returns, so an event is always reached; it exists to be a
-// valid handle.
-struct coda_event_impl {
-  int unused;
-};
 
 namespace coda::backend_util {
 
@@ -31,6 +28,14 @@ inline void CopyError(const std::string& m, char* error, size_t size) {
   if (error && size) std::snprintf(error, size, "%s", m.c_str());
 }
 
+// An op from an older host may be shorter; the fields it lacks read as zero.
+inline bool ReadOp(const coda_op* src, coda_op* op) {
+  if (!src || src->struct_size < offsetof(coda_op, prepared)) return false;
+  std::memset(op, 0, sizeof *op);
+  std::memcpy(op, src, std::min<size_t>(src->struct_size, sizeof *op));
+  return true;
+}
+
 // True when [offset, offset + size) lies inside the buffer (any type with a `size` member);
 // otherwise the error says where.
 template <typename Buffer>
@@ -41,16 +46,5 @@ bool InRange(const Buffer* b, uint64_t offset, uint64_t size, char* error, size_
             error, error_size);
   return false;
 }
-
-inline coda_status_code EventCreate(void*, coda_event* event, char* error, size_t error_size) {
-  *event = new (std::nothrow) coda_event_impl{0};
-  if (*event) return CODA_STATUS_OK;
-  CopyError("out of memory", error, error_size);
-  return CODA_STATUS_OUT_OF_MEMORY;
-}
-inline coda_status_code EventRecord(void*, coda_event, uint32_t, char*, size_t) { return CODA_STATUS_OK; }
-inline coda_status_code EventWait(void*, coda_event, uint32_t, char*, size_t) { return CODA_STATUS_OK; }
-inline void EventDestroy(void*, coda_event event) { delete event; }
-inline coda_status_code Synchronize(void*, char*, size_t) { return CODA_STATUS_OK; }
 
 }  // namespace coda::backend_util

@@ -130,20 +130,22 @@ TEST(Conformance, ExampleBackendRunsItsOpsAndDeclinesTheRest) {
   EXPECT_EQ(in_buffers, 18u);  // 12 RmsNorm + 6 Add
 }
 
+// Why the plugin backend `name` cannot be tested here (not built, or no device), or empty.
+std::string PluginUnavailable(const std::string& name, const std::string& needs) {
+  const std::string lib = test::BinDir() + "/" + BackendFileName(name);
+  if (!std::filesystem::exists(lib)) return lib + " was not built (needs " + needs + ")";
+  ContextOptions co;
+  co.plugin_files = {lib};
+  auto ctx = Context::Create(co);
+  return ctx.ok() ? "" : ctx.status().message();
+}
+
 // The Vulkan backend (when built, on the device CI installs: Mesa's lavapipe) runs every op and
 // dtype within tolerance: with device memory mapped and through staging copies, with subgroup
 // and with shared-memory reductions.
 TEST(Conformance, VulkanBackendPassesEveryCase) {
   const std::string lib = test::BinDir() + "/" + BackendFileName("vulkan");
-  std::string why;
-  if (!std::filesystem::exists(lib)) {
-    why = lib + " was not built (needs libvulkan-dev and glslc)";
-  } else {
-    ContextOptions co;
-    co.plugin_files = {lib};
-    if (auto ctx = Context::Create(co); !ctx.ok()) why = ctx.status().message();
-  }
-  if (!why.empty()) {
+  if (const std::string why = PluginUnavailable("vulkan", "libvulkan-dev and glslc"); !why.empty()) {
     if (test::BackendRequired("vulkan")) FAIL() << "the vulkan backend is required but unavailable: " << why;
     GTEST_SKIP() << "vulkan backend unavailable: " << why;
   }
@@ -166,6 +168,30 @@ TEST(Conformance, VulkanBackendPassesEveryCase) {
         }
       EXPECT_GT(seen, 0u) << op;
     }
+  }
+}
+
+// The CUDA backend (when built, on a machine with an NVIDIA GPU: tools/gpu-check) runs the ops
+// it has within tolerance and declines the rest, which the runtime places elsewhere. Without a
+// GPU it skips and says why. The list of what runs is the backend's, written out here so that a
+// case it stops running, or starts failing, shows.
+TEST(Conformance, CudaBackendPassesTheOpsItRuns) {
+  const std::string lib = test::BinDir() + "/" + BackendFileName("cuda");
+  if (const std::string why = PluginUnavailable("cuda", "the CUDA toolkit"); !why.empty()) {
+    if (test::BackendRequired("cuda")) FAIL() << "the cuda backend is required but unavailable: " << why;
+    GTEST_SKIP() << "cuda backend unavailable: " << why;
+  }
+  const auto r = test::RunCommand(test::Tool("coda-conformance") + " " + lib + " --json");
+  ASSERT_EQ(r.exit_code, 0) << r.out.substr(0, 4000);
+  const size_t start = r.out.find("{\n");
+  ASSERT_NE(start, std::string::npos) << r.out.substr(0, 2000);
+  const auto j = nlohmann::json::parse(r.out.substr(start));
+  EXPECT_EQ(j["fail"], 0);
+  const std::set<std::string> runs = {"Embed", "RmsNorm", "Add", "Linear", "Head",
+                                      "devices", "buffers", "events", "prepare", "synchronize", "errors"};
+  for (const auto& [key, outcomes] : Outcomes(j)) {
+    const bool declined = !runs.count(key.first) || (key.first == "Embed" && key.second == "FP8");
+    EXPECT_EQ(outcomes, std::set<std::string>{declined ? "unsupported" : "pass"}) << key.first << " " << key.second;
   }
 }
 

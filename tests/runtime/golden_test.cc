@@ -512,7 +512,9 @@ INSTANTIATE_TEST_SUITE_P(Cases, Golden,
                          ::testing::Combine(::testing::Values("v3-fp8", "v2lite-bf16", "v2-bf16"),
                                             // example,vulkan: activations cross between host
                                             // and device memory at every norm and residual.
-                                            ::testing::Values("cpu", "cpu+fast", "vulkan", "example,vulkan", "cpu+offload",
+                                            // cuda,cpu: the CUDA backend runs what it has (on a
+                                            // machine with a GPU), the CPU the rest.
+                                            ::testing::Values("cpu", "cpu+fast", "vulkan", "example,vulkan", "cuda,cpu", "cpu+offload",
                                                               "vulkan+devmem", "vulkan+devmem+offload")),
                          [](const auto& info) {
                            std::string n = std::get<0>(info.param) + "_" + std::get<1>(info.param);

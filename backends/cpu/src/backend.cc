@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "backend_util.h"
+#include "immediate_events.h"
 #include "coda_backend.h"
 #include "coda_cpu_backend.h"
 #include "ops.h"

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "backend_util.h"
+#include "immediate_events.h"
 #include "coda_backend.h"
 #include "ops.h"
 
@@ -22,6 +23,7 @@ namespace {
 
 using backend_util::CopyError;
 using backend_util::InRange;
+using backend_util::ReadOp;
 
 bool EnvFlag(const char* name) {
   const char* v = std::getenv(name);
@@ -68,14 +70,6 @@ void Destroy(void* self) {
 }
 
 const char* Describe(void* self) { return static_cast<Instance*>(self)->description.c_str(); }
-
-// An op from an older host may be shorter; the fields it lacks read as zero.
-bool ReadOp(const coda_op* src, coda_op* op) {
-  if (!src || src->struct_size < offsetof(coda_op, prepared)) return false;
-  std::memset(op, 0, sizeof *op);
-  std::memcpy(op, src, std::min<size_t>(src->struct_size, sizeof *op));
-  return true;
-}
 
 int SupportsOp(void* self, const coda_op* src) {
   coda_op op;

@@ -265,7 +265,9 @@ Result<std::unique_ptr<Context>> Context::Create(const ContextOptions& options) 
     }
     // A plugin found by scanning that cannot start (no device, say) must not stop the others.
     if (!lib.discovered) return b.status().WithContext(lib.path.empty() ? "linked-in backend" : lib.path);
-    c->registry_.Refuse(lib.api->name, "create() failed: " + b.status().message());
+    c->registry_.Refuse(lib.api->name, "create() failed: " + b.status().message(),
+                        b.status().code() == StatusCode::kUnsupported ? BackendNote::Kind::kUnavailable
+                                                                        : BackendNote::Kind::kRefused);
   }
   if (c->backends_.empty()) return InvalidArgument("no backends: the CPU backend must be linked in");
   return c;
@@ -279,7 +281,7 @@ Result<Backend*> Context::Find(std::string_view name) const {
   }
   std::string m = "no backend named '" + std::string(name) + "' (available: " + names + ")";
   for (const BackendNote& n : registry_.notes())
-    if (n.kind == BackendNote::Kind::kRefused && n.name == name) m += "; " + n.Line();
+    if (n.kind != BackendNote::Kind::kSkipped && n.name == name) m += "; " + n.Line();
   return NotFound(m);
 }
 

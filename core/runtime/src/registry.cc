@@ -125,10 +125,10 @@ Status BackendRegistry::AddNote(BackendNote::Kind kind, const std::string& path,
   return Unsupported(notes_.back().Line());
 }
 
-void BackendRegistry::Refuse(const std::string& name, const std::string& message) {
+void BackendRegistry::Refuse(const std::string& name, const std::string& message, BackendNote::Kind kind) {
   for (auto it = libraries_.begin(); it != libraries_.end(); ++it)
     if (name == it->api->name) {
-      notes_.push_back({BackendNote::Kind::kRefused, it->path, name, message});
+      notes_.push_back({kind, it->path, name, message});
       libraries_.erase(it);
       return;
     }

@@ -29,6 +29,9 @@ struct BackendNote {
   enum class Kind {
     kRefused,  // broken or incompatible: worth a warning
     kSkipped,  // fine, but a backend of that name is already loaded (e.g. the built-in cpu)
+    // fine, but create() found nothing to run on here (CODA_STATUS_UNSUPPORTED: no GPU, no
+    // driver): a CUDA plugin on a machine without one is normal, not worth a warning
+    kUnavailable,
   };
   Kind kind = Kind::kRefused;
   std::string path;
@@ -65,7 +68,8 @@ class BackendRegistry {
   const std::vector<BackendNote>& notes() const { return notes_; }
   const BackendLibrary* Find(std::string_view name) const;
   // Records that a library was found unusable after loading (its create() failed) and forgets it.
-  void Refuse(const std::string& name, const std::string& message);
+  void Refuse(const std::string& name, const std::string& message,
+              BackendNote::Kind kind = BackendNote::Kind::kRefused);
 
  private:
   Status Load(const std::string& path, std::string_view expected_name, bool discovered);
