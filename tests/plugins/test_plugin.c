@@ -19,6 +19,7 @@
 #define KIND_WRONG 10     /* runs Add, slightly wrong: the conformance suite must notice */
 #define KIND_NOTERM 11    /* create() fills the whole error buffer, no terminator */
 #define KIND_DEVICES 12   /* device_count() claims four billion devices */
+#define KIND_NODEVICE 13  /* create() says this machine has nothing to run on (UNSUPPORTED) */
 
 #ifndef PLUGIN_KIND
 #error "define PLUGIN_KIND"
@@ -37,6 +38,10 @@ static coda_status_code plugin_create(const coda_host* host, const coda_backend_
   (void)self;
   snprintf(error, error_size, "no compatible device found");
   return CODA_STATUS_DEVICE_ERROR;
+#elif PLUGIN_KIND == KIND_NODEVICE
+  (void)self;
+  snprintf(error, error_size, "no GPU on this machine");
+  return CODA_STATUS_UNSUPPORTED;
 #elif PLUGIN_KIND == KIND_NOTERM
   (void)self;
   memset(error, 'x', error_size);

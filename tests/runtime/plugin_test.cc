@@ -101,6 +101,22 @@ TEST(Plugins, ARefusedBackendAskedForByNameSaysWhy) {
       << b.status().message();
 }
 
+// A plugin for hardware this machine lacks (a CUDA backend without a GPU) is noted as
+// unavailable, which programs do not warn about, and asking for it by name still says why.
+TEST(Plugins, ABackendWithoutItsDeviceIsUnavailableNotRefused) {
+  test::TempDir dir;
+  Stage(dir, {{"nodevice", "nodevice"}});
+  auto ctx = Context::Create(CpuAnd({dir.str()}));
+  ASSERT_TRUE(ctx.ok()) << ctx.status().message();
+  const BackendNote* n = NoteFor(**ctx, "libcoda-backend-nodevice.so");
+  ASSERT_NE(n, nullptr);
+  EXPECT_EQ(n->kind, BackendNote::Kind::kUnavailable);
+  auto b = (*ctx)->Find("nodevice");
+  ASSERT_FALSE(b.ok());
+  EXPECT_NE(b.status().message().find("create() failed: nodevice: no GPU on this machine"), std::string::npos)
+      << b.status().message();
+}
+
 TEST(Plugins, AnExplicitlyRequestedBrokenFileIsAnError) {
   ContextOptions o = CpuAnd({});
   o.plugin_files = {Plugin("noentry")};

@@ -266,20 +266,28 @@ int ListBackends(bool json) {
     }
   }
   // Built apart: adding a key to an ordered_json moves its other members.
-  nlohmann::ordered_json skipped = nlohmann::json::array(), refused = nlohmann::json::array();
+  nlohmann::ordered_json skipped = nlohmann::json::array(), unavailable = nlohmann::json::array(),
+                         refused = nlohmann::json::array();
   for (const BackendNote& n : (*ctx)->notes())
-    (n.kind == BackendNote::Kind::kSkipped ? skipped : refused).push_back({{"path", n.path}, {"reason", n.message}});
+    (n.kind == BackendNote::Kind::kSkipped       ? skipped
+     : n.kind == BackendNote::Kind::kUnavailable ? unavailable
+                                                 : refused)
+        .push_back({{"path", n.path}, {"reason", n.message}});
   j["skipped"] = std::move(skipped);
+  j["unavailable"] = std::move(unavailable);
   j["refused"] = std::move(refused);
   if (json) {
     std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return 0;
   }
-  for (auto kind : {BackendNote::Kind::kSkipped, BackendNote::Kind::kRefused}) {
+  for (auto kind : {BackendNote::Kind::kSkipped, BackendNote::Kind::kUnavailable, BackendNote::Kind::kRefused}) {
     bool header = false;
     for (const BackendNote& n : (*ctx)->notes()) {
       if (n.kind != kind) continue;
-      if (!header) std::printf("\n%s:\n", kind == BackendNote::Kind::kSkipped ? "Skipped" : "Refused");
+      if (!header)
+        std::printf("\n%s:\n", kind == BackendNote::Kind::kSkipped       ? "Skipped"
+                               : kind == BackendNote::Kind::kUnavailable ? "Unavailable here (no device)"
+                                                                         : "Refused");
       header = true;
       std::printf("  %s\n", n.Line().c_str());
     }
