@@ -44,6 +44,7 @@ static int Main(int argc, char** argv) {
   cli::AddBackends(cl, &mo.backends);
   cli::AddKvDtype(cl, &mo.kv_dtype);
   cli::AddThreads(cl, &mo.n_threads);
+  mo.exact_products = true;  // a tool for comparing with a reference: exact unless asked
   cli::AddPrecision(cl, &mo.exact_products);
   cli::AddRamBudget(cl, &mo.load);
   cli::AddDeviceMemory(cl, &mo.device_memory);
