@@ -187,7 +187,7 @@ TEST(Conformance, CudaBackendPassesTheOpsItRuns) {
   ASSERT_NE(start, std::string::npos) << r.out.substr(0, 2000);
   const auto j = nlohmann::json::parse(r.out.substr(start));
   EXPECT_EQ(j["fail"], 0);
-  const std::set<std::string> runs = {"Embed", "RmsNorm", "Add", "Linear", "Head",
+  const std::set<std::string> runs = {"Embed", "RmsNorm", "Add", "Concat", "Linear", "Head", "Mlp",
                                       "devices", "buffers", "events", "prepare", "synchronize", "errors"};
   for (const auto& [key, outcomes] : Outcomes(j)) {
     const bool declined = !runs.count(key.first) || (key.first == "Embed" && key.second == "FP8");

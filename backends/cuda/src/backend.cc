@@ -1,7 +1,7 @@
 // The CUDA backend behind the plain-C backend ABI, built as libcoda-backend-cuda.so.
 //
 // What runs today: devices, buffers, events on two streams (compute and transfer), weights
-// uploaded once by prepare(), and the ops Embed, RmsNorm, Add, Linear and Head on F32
+// uploaded once by prepare(), and the ops Embed, RmsNorm, Add, Concat, Linear, Head and Mlp on F32
 // activations (weights F32, BF16, or FP8 E4M3 with block scales, which stay FP8 in device
 // memory). supports_op() declines the others, and the runtime places them on the next backend
 // of the preference list (the CPU by default). MLA attention, MoE, cuBLASLt FP8 products and
@@ -99,6 +99,8 @@ class Call {
     };
     for (uint32_t i = 0; i < op.n_inputs; ++i) add(op.inputs[i]);
     for (uint32_t i = 0; i < op.n_outputs; ++i) add(op.outputs[i]);
+    if (op.type == CODA_OP_MLP)  // the gate and up activations
+      total += 2 * ((uint64_t{op.n_tokens} * op.weights[0].shape[0] * 4 + kAlign - 1) / kAlign * kAlign);
     for (uint32_t i = 0; i < op.n_weights; ++i) {
       add(op.weights[i]);
       if (op.weights[i].scale) add(*op.weights[i].scale);
@@ -177,13 +179,14 @@ bool WeightDtype(uint32_t d, bool fp8) {
 
 std::string CheckOp(const coda_op& op) {
   switch (op.type) {
-    case CODA_OP_EMBED: case CODA_OP_RMS_NORM: case CODA_OP_ADD: case CODA_OP_LINEAR: case CODA_OP_HEAD: break;
+    case CODA_OP_EMBED: case CODA_OP_RMS_NORM: case CODA_OP_ADD: case CODA_OP_CONCAT: case CODA_OP_LINEAR:
+    case CODA_OP_HEAD: case CODA_OP_MLP: break;
     default: return "the CUDA backend does not run op " + std::to_string(op.type) + " yet";
   }
   if (std::string e = ops::Check(op); !e.empty()) return e;
   for (uint32_t i = 0; i < op.n_weights; ++i) {
     const coda_tensor& t = op.weights[i];
-    const bool matrix = op.type == CODA_OP_LINEAR || op.type == CODA_OP_HEAD;
+    const bool matrix = op.type == CODA_OP_LINEAR || op.type == CODA_OP_HEAD || op.type == CODA_OP_MLP;
     if ((t.data || t.buffer) && !WeightDtype(t.dtype, matrix))
       return "weight dtype " + std::string(coda_dtype_name(t.dtype)) + " is not supported here";
   }
@@ -234,6 +237,28 @@ std::string RunOp(Instance& in, const coda_op& op) {
       if (std::string e = call.Device(op.inputs[1], false, &b); !e.empty()) return e;
       return call.Finish(LaunchAdd(static_cast<const float*>(a), static_cast<const float*>(b), static_cast<float*>(y),
                                    n * op.inputs[0].shape[1], in.compute));
+    }
+    case CODA_OP_CONCAT: {
+      void *a = nullptr, *b = nullptr;
+      if (std::string e = call.Device(op.inputs[0], false, &a); !e.empty()) return e;
+      if (std::string e = call.Device(op.inputs[1], false, &b); !e.empty()) return e;
+      return call.Finish(LaunchConcat(static_cast<const float*>(a), op.inputs[0].shape[1], static_cast<const float*>(b),
+                                      op.inputs[1].shape[1], n, static_cast<float*>(y), in.compute));
+    }
+    case CODA_OP_MLP: {
+      void *x = nullptr, *g = nullptr, *u = nullptr;
+      DeviceWeight gate, up, down;
+      if (std::string e = call.Device(op.inputs[0], false, &x); !e.empty()) return e;
+      if (std::string e = call.Weight(op.weights[0], &gate); !e.empty()) return e;
+      if (std::string e = call.Weight(op.weights[1], &up); !e.empty()) return e;
+      if (std::string e = call.Weight(op.weights[2], &down); !e.empty()) return e;
+      if (std::string e = call.Scratch(n * gate.rows * 4, &g); !e.empty()) return e;
+      if (std::string e = call.Scratch(n * gate.rows * 4, &u); !e.empty()) return e;
+      int launch = LaunchLinear(static_cast<const float*>(x), n, gate, static_cast<float*>(g), in.compute);
+      if (launch == cudaSuccess) launch = LaunchLinear(static_cast<const float*>(x), n, up, static_cast<float*>(u), in.compute);
+      if (launch == cudaSuccess) launch = LaunchSiluMul(static_cast<float*>(g), static_cast<const float*>(u), n * gate.rows, in.compute);
+      if (launch == cudaSuccess) launch = LaunchLinear(static_cast<const float*>(g), n, down, static_cast<float*>(y), in.compute);
+      return call.Finish(launch);
     }
     default: {  // Linear, Head
       void* x = nullptr;

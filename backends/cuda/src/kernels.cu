@@ -59,6 +59,21 @@ __global__ void AddKernel(const float* a, const float* b, float* y, uint64_t cou
     y[i] = a[i] + b[i];
 }
 
+__global__ void SiluMulKernel(float* g, const float* u, uint64_t count) {
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<uint64_t>(gridDim.x) * blockDim.x)
+    g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+__global__ void ConcatKernel(const float* a, uint64_t p, const float* b, uint64_t q, uint64_t n, float* y) {
+  const uint64_t w = p + q;
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n * w;
+       i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+    const uint64_t t = i / w, j = i % w;
+    y[i] = j < p ? a[t * p + j] : b[t * q + (j - p)];
+  }
+}
+
 // One warp per weight row; for FP8 the block scale multiplies each block's partial sum.
 __global__ void LinearKernel(const float* x, uint64_t n, DeviceWeight w, float* y) {
   const uint64_t r = (blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x) / kWarp;
@@ -107,6 +122,16 @@ int LaunchRmsNorm(const float* x, uint64_t n, uint64_t d, const void* w, uint32_
 
 int LaunchAdd(const float* a, const float* b, float* y, uint64_t count, cudaStream_t s) {
   if (count) AddKernel<<<Blocks(count, 256), 256, 0, s>>>(a, b, y, count);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int LaunchSiluMul(float* g, const float* u, uint64_t count, cudaStream_t s) {
+  if (count) SiluMulKernel<<<Blocks(count, 256), 256, 0, s>>>(g, u, count);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int LaunchConcat(const float* a, uint64_t p, const float* b, uint64_t q, uint64_t n, float* y, cudaStream_t s) {
+  if (n && p + q) ConcatKernel<<<Blocks(n * (p + q), 256), 256, 0, s>>>(a, p, b, q, n, y);
   return static_cast<int>(cudaGetLastError());
 }
 

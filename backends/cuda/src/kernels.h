@@ -27,6 +27,10 @@ int LaunchRmsNorm(const float* x, uint64_t n, uint64_t d, const void* w, uint32_
                   cudaStream_t s);
 // y = a + b over `count` values.
 int LaunchAdd(const float* a, const float* b, float* y, uint64_t count, cudaStream_t s);
+// g[i] = silu(g[i]) * u[i], silu(v) = v / (1 + e^-v), over `count` values.
+int LaunchSiluMul(float* g, const float* u, uint64_t count, cudaStream_t s);
+// y[t] = (a[t], b[t]) for n rows of p and q values.
+int LaunchConcat(const float* a, uint64_t p, const float* b, uint64_t q, uint64_t n, float* y, cudaStream_t s);
 // y[t][r] = x[t] . W[r] for n tokens: one warp per weight row, which it reads once per token
 // group (decode is memory-bound; prefill products are for cuBLASLt, not written yet).
 int LaunchLinear(const float* x, uint64_t n, const DeviceWeight& w, float* y, cudaStream_t s);
