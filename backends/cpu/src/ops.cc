@@ -20,8 +20,9 @@ constexpr uint64_t kPanelBytes = 4u << 20;
 constexpr size_t kAbsorbDirectMaxTokens = 4;
 constexpr size_t kHeadGroup = 4;
 // Beyond kAbsorbDirectMaxTokens tokens, attention runs as matrix products while the cache
-// holds at most this many rows (an F32 copy of a BF16 cache, 75 MB at V3's row of 576, and a
-// block of scores per thread, 8 MB); longer caches go token by token.
+// holds at most this many rows (an F32 copy of a BF16 cache, 75 MB at V3's row of 576; per
+// thread a block of scores, 8 MB, and in the expanded form one head's keys and values, 42 MB);
+// longer caches go token by token.
 constexpr size_t kGemmAttentionMaxRows = 32768;
 constexpr size_t kAttentionTokenBlock = 64;
 // Decode splits the cache by position across threads from this many rows per thread on.
