@@ -74,7 +74,8 @@ class Golden : public ::testing::TestWithParam<std::tuple<std::string, std::stri
     backend_ = std::get<1>(GetParam());
     // "+offload": the model's routed experts come from an expert store holding a quarter of them.
     // "+devmem": the device's memory holds the other weights, the KV cache and a quarter of them.
-    // "+fast": products may quantize activations (the default outside tests), within kFastTol.
+    // "+fast": products may quantize activations (the default outside tests), within the
+    // reference's own FP8-activation sensitivity (FastBound).
     bool offload = false;
     for (bool more = true; more;) {
       more = false;

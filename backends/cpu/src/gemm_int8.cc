@@ -1,6 +1,8 @@
 // The portable half of the int8 products: the weight table, sizing, and whether they run here.
 // The kernels are in gemm_int8_vnni.cc, built for AVX512-VNNI.
+#include <algorithm>
 #include <cmath>
+#include <cstddef>
 
 #include "gemm_int8.h"
 
@@ -34,8 +36,10 @@ void Int8Prepare(Int8Activations& a, size_t n, size_t cols, size_t block) {
   a.blocks = (cols + block - 1) / block;
   a.stride = (cols + 3) / 4 * 4;
   const size_t padded = (n + kInt8TileRows - 1) / kInt8TileRows * kInt8TileRows;
-  a.q.assign(padded * a.stride, 128);
-  a.scale.assign(padded * a.blocks, 0.0f);
+  a.q.resize(padded * a.stride);
+  a.scale.resize(padded * a.blocks);
+  std::fill(a.q.begin() + static_cast<std::ptrdiff_t>(n * a.stride), a.q.end(), uint8_t{128});
+  std::fill(a.scale.begin() + static_cast<std::ptrdiff_t>(n * a.blocks), a.scale.end(), 0.0f);
 }
 
 }  // namespace coda::cpu

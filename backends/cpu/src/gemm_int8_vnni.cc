@@ -20,7 +20,7 @@ bool Int8GemmVnniBuilt() { return true; }
 
 namespace {
 
-constexpr size_t kPanelRows = 32;
+constexpr size_t kPanelRows = kInt8PanelRows;
 
 size_t BlockBytes(size_t block) { return 128 + block * kPanelRows; }
 
@@ -48,14 +48,14 @@ inline __m512i ToInt8(__m512i codes, const Lut& lut) {
 // samples); written in place, the loop is loads, broadcasts and multiplies only.
 inline void Dpbusd(__m512i& acc, __m512i x, __m512i w) { asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w)); }
 
-// Rearranges weight rows [r0, r0 + rows), rows <= 32, into `panel`.
-void PackPanel(const Weight& w, uint64_t r0, size_t rows, const Lut& lut, uint8_t* panel) {
+// Rearranges weight rows [r0, r0 + rows), rows <= 32, into `panel`; m0, m1 select the rows
+// among the first and last 16.
+void PackPanel(const Weight& w, uint64_t r0, size_t rows, __mmask16 m0, __mmask16 m1, const Lut& lut, uint8_t* panel) {
   const size_t K = w.cols, L = w.block, blocks = (K + L - 1) / L;
   const uint8_t* base = w.data + r0 * K;
   const __m512i idx0 = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                           _mm512_set1_epi32(static_cast<int>(K)));
   const __m512i idx1 = _mm512_add_epi32(idx0, _mm512_set1_epi32(static_cast<int>(16 * K)));
-  const __mmask16 m0 = Mask16(rows), m1 = Mask16(rows > 16 ? rows - 16 : 0);
   const __m512i ones = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
   for (size_t b = 0; b < blocks; ++b) {
     uint8_t* blk = panel + b * BlockBytes(L);
@@ -176,10 +176,10 @@ void Int8Gemm(const Weight& w, const Int8Activations& a, float* y, size_t ldy, u
   wscale.resize(blocks);
   for (uint64_t p = r0; p < r1; p += kPanelRows) {
     const size_t rows = static_cast<size_t>(std::min<uint64_t>(kPanelRows, r1 - p));
-    PackPanel(w, p, rows, lut, panel.data());
+    const __mmask16 m0 = Mask16(rows), m1 = Mask16(rows > 16 ? rows - 16 : 0);
+    PackPanel(w, p, rows, m0, m1, lut, panel.data());
     const float* srow = w.scales + (p / L) * w.scale_cols;
     for (size_t b = 0; b < blocks; ++b) wscale[b] = srow[b] * kInt8WeightScale;
-    const __mmask16 m0 = Mask16(rows), m1 = Mask16(rows > 16 ? rows - 16 : 0);
     for (size_t t = 0; t < a.n; t += kInt8TileRows)
       Tile(a, t, std::min(kInt8TileRows, a.n - t), panel.data(), wscale.data(), y + t * ldy + p, ldy, m0, m1);
   }

@@ -118,7 +118,7 @@ std::string LinearInt8(Context& ctx, const Weight& w, const float* x, size_t n, 
   Int8Prepare(a, n, w.cols, w.block);
   ctx.pool->ParallelFor(n, 4, [&](size_t t0, size_t t1, unsigned) { Int8QuantizeRows(x, w.cols, a, t0, t1); });
   if (ctx.thread_panel8.size() < ctx.pool->size()) ctx.thread_panel8.resize(ctx.pool->size());
-  constexpr uint64_t kRows = 32;  // the kernel's panel
+  constexpr uint64_t kRows = kInt8PanelRows;
   ctx.pool->ParallelFor((w.rows + kRows - 1) / kRows, 1, [&](size_t p0, size_t p1, unsigned ti) {
     Int8Gemm(w, a, y, w.rows, p0 * kRows, std::min<uint64_t>(w.rows, p1 * kRows), ctx.thread_panel8[ti]);
   });
