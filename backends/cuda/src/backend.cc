@@ -202,12 +202,13 @@ std::string RunOp(Instance& in, const coda_op& op) {
   switch (op.type) {
     case CODA_OP_EMBED: {
       // Ids are checked on the host: a bad one is an error, not a read outside the table.
+      // (The device copy is queued first; the kernel launches only after the check.)
       std::vector<int32_t> ids(n);
       const coda_tensor& t = op.inputs[0];
+      void* dids = nullptr;
+      if (std::string e = call.Device(t, false, &dids); !e.empty()) return e;
       if (t.buffer) {
-        void* p = nullptr;
-        if (std::string e = call.Device(t, false, &p); !e.empty()) return e;
-        if (cudaError_t e = cudaMemcpyAsync(ids.data(), p, n * 4, cudaMemcpyDeviceToHost, in.compute); e != cudaSuccess)
+        if (cudaError_t e = cudaMemcpyAsync(ids.data(), dids, n * 4, cudaMemcpyDeviceToHost, in.compute); e != cudaSuccess)
           return CudaError(e, "reading token ids");
         if (cudaError_t e = cudaStreamSynchronize(in.compute); e != cudaSuccess) return CudaError(e, "reading token ids");
       } else {
@@ -217,8 +218,6 @@ std::string RunOp(Instance& in, const coda_op& op) {
       for (uint64_t i = 0; i < n; ++i)
         if (ids[i] < 0 || static_cast<uint64_t>(ids[i]) >= vocab)
           return "token id " + std::to_string(ids[i]) + " is outside the vocabulary (" + std::to_string(vocab) + ")";
-      void* dids = nullptr;
-      if (std::string e = call.Device(t, false, &dids); !e.empty()) return e;
       DeviceWeight table;
       if (std::string e = call.Weight(op.weights[0], &table); !e.empty()) return e;
       return call.Finish(LaunchEmbed(static_cast<const int32_t*>(dids), n, table, static_cast<float*>(y), in.compute));
