@@ -28,6 +28,16 @@ inline void CopyError(const std::string& m, char* error, size_t size) {
   if (error && size) std::snprintf(error, size, "%s", m.c_str());
 }
 
+// Why a GPU backend cannot route with these hyper-parameters (its kernel marks the kept groups
+// in a bit mask of max_groups bits), or empty.
+inline std::string RoutingUnsupported(const coda_hparams& hp, uint32_t max_groups) {
+  const uint32_t G = std::max(1u, hp.n_group);
+  if (G > max_groups || hp.n_routed_experts % G || hp.topk_group > G || hp.n_experts_per_tok > hp.n_routed_experts ||
+      hp.n_experts_per_tok == 0)
+    return "unsupported routing configuration";
+  return "";
+}
+
 // An op from an older host may be shorter; the fields it lacks read as zero.
 inline bool ReadOp(const coda_op* src, coda_op* op) {
   if (!src || src->struct_size < offsetof(coda_op, prepared)) return false;

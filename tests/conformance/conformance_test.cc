@@ -171,28 +171,48 @@ TEST(Conformance, VulkanBackendPassesEveryCase) {
   }
 }
 
-// The CUDA backend (when built, on a machine with an NVIDIA GPU: tools/gpu-check) runs the ops
-// it has within tolerance and declines the rest, which the runtime places elsewhere. Without a
-// GPU it skips and says why. The list of what runs is the backend's, written out here so that a
-// case it stops running, or starts failing, shows.
+// What the CUDA backend runs: every op and dtype but FP8 embedding tables, which it declines
+// (the runtime places them elsewhere). Written out here so that a case it stops running, or
+// starts failing, shows.
+void ExpectCudaOutcomes(const nlohmann::json& j) {
+  EXPECT_EQ(j["fail"], 0);
+  size_t ops = 0;
+  for (const auto& [key, outcomes] : Outcomes(j)) {
+    const bool declined = key.first == "Embed" && key.second == "FP8";
+    EXPECT_EQ(outcomes, std::set<std::string>{declined ? "unsupported" : "pass"}) << key.first << " " << key.second;
+    ++ops;
+  }
+  EXPECT_GT(ops, conformance::OpNames().size());
+}
+
+nlohmann::json RunOnLibrary(const std::string& lib) {
+  const auto r = test::RunCommand(test::Tool("coda-conformance") + " " + lib + " --json");
+  EXPECT_EQ(r.exit_code, 0) << r.out.substr(0, 4000);
+  const size_t start = r.out.find("{\n");
+  if (start == std::string::npos) {
+    ADD_FAILURE() << r.out.substr(0, 2000);
+    return nlohmann::json::object();
+  }
+  return nlohmann::json::parse(r.out.substr(start));
+}
+
+// The CUDA backend on a machine with an NVIDIA GPU (tools/gpu-check). Without one it skips and
+// says why; the emulated build below runs the same kernels everywhere.
 TEST(Conformance, CudaBackendPassesTheOpsItRuns) {
   const std::string lib = test::BinDir() + "/" + BackendFileName("cuda");
   if (const std::string why = PluginUnavailable("cuda", "the CUDA toolkit"); !why.empty()) {
     if (test::BackendRequired("cuda")) FAIL() << "the cuda backend is required but unavailable: " << why;
     GTEST_SKIP() << "cuda backend unavailable: " << why;
   }
-  const auto r = test::RunCommand(test::Tool("coda-conformance") + " " + lib + " --json");
-  ASSERT_EQ(r.exit_code, 0) << r.out.substr(0, 4000);
-  const size_t start = r.out.find("{\n");
-  ASSERT_NE(start, std::string::npos) << r.out.substr(0, 2000);
-  const auto j = nlohmann::json::parse(r.out.substr(start));
-  EXPECT_EQ(j["fail"], 0);
-  const std::set<std::string> runs = {"Embed", "RmsNorm", "Add", "Concat", "Linear", "Head", "Mlp",
-                                      "devices", "buffers", "events", "prepare", "synchronize", "errors"};
-  for (const auto& [key, outcomes] : Outcomes(j)) {
-    const bool declined = !runs.count(key.first) || (key.first == "Embed" && key.second == "FP8");
-    EXPECT_EQ(outcomes, std::set<std::string>{declined ? "unsupported" : "pass"}) << key.first << " " << key.second;
-  }
+  ExpectCudaOutcomes(RunOnLibrary(lib));
+}
+
+// The CUDA backend's own sources built against the CPU emulator (backends/cuda/emu): its kernels'
+// arithmetic, indexing, reductions and barriers, on every machine.
+TEST(Conformance, CudaKernelsPassEveryCaseInTheEmulator) {
+  const std::string lib = TestPlugin("cuda-emu");
+  ASSERT_TRUE(std::filesystem::exists(lib)) << lib;
+  ExpectCudaOutcomes(RunOnLibrary(lib));
 }
 
 TEST(Conformance, NoticesAWrongBackend) {

@@ -51,8 +51,10 @@ Context* BackendContext(const std::string& backend, std::string* why, bool fast 
   co.backends = {coda_cpu_backend_entry};
   for (const std::string& name : test::SplitCommas(backend)) {
     if (name == "cpu") continue;
-    const std::string file = (name == "example" ? std::string(CODA_EXAMPLE_BACKEND_DIR) : test::BinDir()) + "/" +
-                             BackendFileName(name);
+    const std::string dir = name == "example"    ? std::string(CODA_EXAMPLE_BACKEND_DIR)
+                            : name == "cuda-emu" ? std::string(CODA_TEST_PLUGIN_DIR)
+                                                 : test::BinDir();
+    const std::string file = dir + "/" + BackendFileName(name);
     if (!std::filesystem::exists(file)) {
       failures[key] = *why = file + " was not built";
       return nullptr;
@@ -332,7 +334,7 @@ TEST_P(Golden, KvCacheLivesInTheBackendsMemory) {
     const bool host_written = std::any_of(p, p + kv.layer_bytes(), [](uint8_t v) { return v != 0; });
     EXPECT_EQ(host_written, !b->uses_device_memory()) << "layer " << layer;
   }
-  EXPECT_EQ(b->uses_device_memory(), b->name() == "vulkan");
+  EXPECT_EQ(b->uses_device_memory(), b->name() == "vulkan" || b->name().starts_with("cuda"));
 }
 
 // The offloading cases do offload: the device cache holds the quarter asked for, and experts
@@ -513,9 +515,10 @@ INSTANTIATE_TEST_SUITE_P(Cases, Golden,
                          ::testing::Combine(::testing::Values("v3-fp8", "v2lite-bf16", "v2-bf16"),
                                             // example,vulkan: activations cross between host
                                             // and device memory at every norm and residual.
-                                            // cuda,cpu: the CUDA backend runs what it has (on a
-                                            // machine with a GPU), the CPU the rest.
-                                            ::testing::Values("cpu", "cpu+fast", "vulkan", "example,vulkan", "cuda,cpu", "cpu+offload",
+                                            // cuda,cpu: the CUDA backend (on a machine with a
+                                            // GPU); cuda-emu: its kernels in the CPU emulator.
+                                            ::testing::Values("cpu", "cpu+fast", "vulkan", "example,vulkan", "cuda,cpu", "cuda-emu",
+                                                              "cpu+offload",
                                                               "vulkan+devmem", "vulkan+devmem+offload")),
                          [](const auto& info) {
                            std::string n = std::get<0>(info.param) + "_" + std::get<1>(info.param);

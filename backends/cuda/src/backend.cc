@@ -1,14 +1,16 @@
-// The CUDA backend behind the plain-C backend ABI, built as libcoda-backend-cuda.so.
+// The CUDA backend behind the plain-C backend ABI, built as libcoda-backend-cuda.so (and, from
+// these same sources against the CPU emulator in ../emu, as libcoda-backend-cuda-emu.so for the
+// tests of machines without a GPU).
 //
-// What runs today: devices, buffers, events on two streams (compute and transfer), weights
-// uploaded once by prepare(), and the ops Embed, RmsNorm, Add, Concat, Linear, Head and Mlp on F32
-// activations (weights F32, BF16, or FP8 E4M3 with block scales, which stay FP8 in device
-// memory). supports_op() declines the others, and the runtime places them on the next backend
-// of the preference list (the CPU by default). MLA attention, MoE, cuBLASLt FP8 products and
-// CUDA graphs are not written yet.
+// What runs: devices, buffers, events on two streams (compute and transfer), weights uploaded once
+// by prepare(), and every op on F32 activations (weights F32, BF16, or FP8 E4M3 with block
+// scales, which stay FP8 in device memory): MLA attention in the absorbed form over an F32 or
+// BF16 latent cache, MoE routing on the device, and the routed experts in one grouped pass per
+// call. Not written yet: cuBLASLt FP8 products for prefill, a tuned FP8 mat-vec, CUDA graphs.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -66,8 +68,23 @@ struct Instance {
     if (compute) cudaStreamDestroy(compute);
     if (transfer) cudaStreamDestroy(transfer);
   }
+  // Device ranges holding expert ids that this backend's MoeGate wrote and nothing has written
+  // since: MoeExperts reads them without checking them on the host (no round trip per layer).
+  std::vector<std::pair<const uint8_t*, uint64_t>> trusted_ids;
+
   cudaStream_t Stream(uint32_t queue) const { return queue == CODA_QUEUE_TRANSFER ? transfer : compute; }
+  void Untrust(const void* p, uint64_t bytes) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    std::erase_if(trusted_ids, [&](const auto& r) { return r.first < b + bytes && b < r.first + r.second; });
+  }
+  bool Trusted(const void* p, uint64_t bytes) const {
+    const auto* b = static_cast<const uint8_t*>(p);
+    return std::any_of(trusted_ids.begin(), trusted_ids.end(),
+                       [&](const auto& r) { return r.first <= b && b + bytes <= r.first + r.second; });
+  }
 };
+
+uint64_t Pad(uint64_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
 // The work of one execute(): host inputs uploaded to scratch, host outputs downloaded at the end.
 class Call {
@@ -90,18 +107,17 @@ class Call {
     in_.scratch_used = need;
     return "";
   }
-  // Sizes scratch for every host tensor of the op at once, so later requests never move it.
-  std::string Reserve(const coda_op& op) {
-    uint64_t total = 0;
+  // Sizes scratch for every host tensor of the op at once, plus `extra` bytes (already padded), so
+  // that later requests never move it. MoeExperts counts only the experts `named` lists.
+  std::string Reserve(const coda_op& op, uint64_t extra, const std::vector<bool>* named = nullptr) {
+    uint64_t total = extra;
     auto add = [&](const coda_tensor& t) {
-      if (!t.buffer && t.data && !(prepared_ && prepared_->where.count(t.data)))
-        total += (TensorBytes(t) + kAlign - 1) / kAlign * kAlign;
+      if (!t.buffer && t.data && !(prepared_ && prepared_->where.count(t.data))) total += Pad(TensorBytes(t));
     };
     for (uint32_t i = 0; i < op.n_inputs; ++i) add(op.inputs[i]);
     for (uint32_t i = 0; i < op.n_outputs; ++i) add(op.outputs[i]);
-    if (op.type == CODA_OP_MLP)  // the gate and up activations
-      total += 2 * ((uint64_t{op.n_tokens} * op.weights[0].shape[0] * 4 + kAlign - 1) / kAlign * kAlign);
     for (uint32_t i = 0; i < op.n_weights; ++i) {
+      if (named && !(*named)[i / 3]) continue;
       add(op.weights[i]);
       if (op.weights[i].scale) add(*op.weights[i].scale);
     }
@@ -111,6 +127,20 @@ class Call {
     in_.scratch_used = 0;
     return e;
   }
+  // Host bytes copied into scratch (queued; pageable sources are staged before this returns).
+  std::string Upload(const void* host, uint64_t bytes, void** out) {
+    if (std::string e = Scratch(bytes, out); !e.empty()) return e;
+    const cudaError_t e = cudaMemcpyAsync(*out, host, bytes, cudaMemcpyHostToDevice, in_.compute);
+    return e == cudaSuccess ? "" : CudaError(e, "uploading to the device");
+  }
+  // Device bytes read back now (waits for the stream).
+  std::string Read(const void* device, uint64_t bytes, void* host) {
+    cudaError_t e = cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, in_.compute);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(in_.compute);
+    return e == cudaSuccess ? "" : CudaError(e, "reading from the device");
+  }
+  // Device bytes written to host memory when the op finishes.
+  void DownloadLater(const void* device, void* host, uint64_t bytes) { downloads_.push_back({device, host, bytes}); }
 
   // A tensor's device address: in one of our buffers, uploaded by prepare(), or copied now.
   std::string Device(const coda_tensor& t, bool is_output, void** out) {
@@ -130,7 +160,7 @@ class Call {
       }
     if (std::string e = Scratch(bytes, out); !e.empty()) return e;
     if (is_output) {
-      downloads_.push_back({*out, t.data, bytes});
+      DownloadLater(*out, t.data, bytes);
       return "";
     }
     const cudaError_t e = cudaMemcpyAsync(*out, t.data, bytes, cudaMemcpyHostToDevice, in_.compute);
@@ -173,30 +203,269 @@ class Call {
   std::vector<Download> downloads_;
 };
 
-bool WeightDtype(uint32_t d, bool fp8) {
-  return d == CODA_DTYPE_F32 || d == CODA_DTYPE_BF16 || (fp8 && d == CODA_DTYPE_FP8_E4M3);
-}
+bool Present(const coda_tensor& t) { return t.data || t.buffer; }
 
 std::string CheckOp(const coda_op& op) {
-  switch (op.type) {
-    case CODA_OP_EMBED: case CODA_OP_RMS_NORM: case CODA_OP_ADD: case CODA_OP_CONCAT: case CODA_OP_LINEAR:
-    case CODA_OP_HEAD: case CODA_OP_MLP: break;
-    default: return "the CUDA backend does not run op " + std::to_string(op.type) + " yet";
-  }
+  if (op.type >= CODA_OP_COUNT) return "op " + std::to_string(op.type) + " is not one this backend knows";
   if (std::string e = ops::Check(op); !e.empty()) return e;
   for (uint32_t i = 0; i < op.n_weights; ++i) {
     const coda_tensor& t = op.weights[i];
-    const bool matrix = op.type == CODA_OP_LINEAR || op.type == CODA_OP_HEAD || op.type == CODA_OP_MLP;
-    if ((t.data || t.buffer) && !WeightDtype(t.dtype, matrix))
+    if (!Present(t)) continue;
+    const bool fp8 = t.ndim == 2 && op.type != CODA_OP_EMBED;  // FP8 rows are decoded by matrix kernels only
+    if (t.dtype != CODA_DTYPE_F32 && t.dtype != CODA_DTYPE_BF16 && !(fp8 && t.dtype == CODA_DTYPE_FP8_E4M3))
       return "weight dtype " + std::string(coda_dtype_name(t.dtype)) + " is not supported here";
   }
+  const coda_hparams& hp = *op.hparams;
+  switch (op.type) {
+    case CODA_OP_MLA_ATTENTION:
+      if (uint64_t{hp.kv_lora_rank} + hp.qk_rope_head_dim > kMlaMaxRow)
+        return "latent rows longer than " + std::to_string(kMlaMaxRow) + " values are not supported";
+      if (hp.qk_rope_head_dim % 2) return "the rope dimension must be even";
+      if (op.n_tokens && op.kv.dtype != CODA_DTYPE_BF16 && op.kv.dtype != CODA_DTYPE_F32)
+        return "the KV cache dtype must be BF16 or F32";
+      return "";
+    case CODA_OP_MOE_GATE: return backend_util::RoutingUnsupported(hp, 64);
+    default: return "";
+  }
+}
+
+// The weight a DeviceWeight describes, after Call::Weight.
+std::string Weight(Call& call, const coda_tensor& t, DeviceWeight* w) { return Present(t) ? call.Weight(t, w) : ""; }
+
+std::string Mla(Instance& in, Call& call, const coda_op& op) {
+  const coda_hparams& hp = *op.hparams;
+  const uint64_t n = op.n_tokens, H = hp.n_heads, dn = hp.qk_nope_head_dim, dr = hp.qk_rope_head_dim,
+                 dv = hp.v_head_dim, c = hp.kv_lora_rank, qk = dn + dr, row = c + dr, start = op.start_pos;
+  if (start + n > op.kv.n_ctx)
+    return "the KV cache holds " + std::to_string(op.kv.n_ctx) + " positions; positions up to " +
+           std::to_string(start + n) + " were asked for";
+  if (op.kv.row != row) return "the KV cache row has " + std::to_string(op.kv.row) + " values, not " + std::to_string(row);
+  if (!op.kv.buffer && !op.kv.data) return "the KV cache has neither host memory nor a buffer";
+  const uint64_t total = start + n, kvb = op.kv.dtype == CODA_DTYPE_BF16 ? 2 : 4;
+  const bool q_lora = Present(op.weights[0]);
+  const uint64_t qa_rows = q_lora ? op.weights[0].shape[0] : 0;
+  // Scores take tokens x heads x positions floats: chunks of tokens keep them within 256 MiB.
+  const uint64_t chunk = std::clamp<uint64_t>((uint64_t{256} << 20) / (4 * H * total), 1, std::min<uint64_t>(n, 65535));
+  const uint64_t extra = Pad(4 * n * H * qk) + Pad(4 * n * qa_rows) + Pad(4 * n * row) + Pad(4 * n * dr) +
+                         2 * Pad(4 * n * H * c) + Pad(4 * n * H * dv) + Pad(4 * chunk * H * total) +
+                         (op.kv.buffer ? 0 : Pad(total * row * kvb));
+  if (std::string e = call.Reserve(op, extra); !e.empty()) return e;
+  DeviceWeight w[8];
+  for (int i = 0; i < 8; ++i)
+    if (std::string e = Weight(call, op.weights[i], &w[i]); !e.empty()) return e;
+  if (w[6].cols != c || w[6].rows != H * (dn + dv))
+    return "kv_b_proj is " + std::to_string(w[6].rows) + "x" + std::to_string(w[6].cols) + ", expected " +
+           std::to_string(H * (dn + dv)) + "x" + std::to_string(c);
+  void *x = nullptr, *y = nullptr, *q = nullptr, *kv = nullptr, *qa = nullptr, *cs = nullptr, *ql = nullptr,
+       *ol = nullptr, *o = nullptr, *sc = nullptr, *cache = nullptr;
+  std::string e = call.Device(op.inputs[0], false, &x);
+  if (e.empty()) e = call.Device(op.outputs[0], true, &y);
+  for (auto [bytes, out] : {std::pair{4 * n * H * qk, &q}, {4 * n * row, &kv}, {4 * n * H * c, &ql}, {4 * n * H * c, &ol},
+                            {4 * n * H * dv, &o}, {4 * chunk * H * total, &sc}})
+    if (e.empty()) e = call.Scratch(bytes, out);
+  if (e.empty() && q_lora) e = call.Scratch(4 * n * qa_rows, &qa);
+  // Rotations from the host in double precision, as the CPU backend computes them.
+  std::vector<float> table(n * dr);
+  for (uint64_t t = 0; t < n; ++t)
+    for (uint64_t i = 0; i < dr / 2; ++i) {
+      const double a = static_cast<double>(start + t) * hp.rope_inv_freq[i];
+      table[(t * (dr / 2) + i) * 2] = static_cast<float>(std::cos(a));
+      table[(t * (dr / 2) + i) * 2 + 1] = static_cast<float>(std::sin(a));
+    }
+  if (e.empty() && dr) e = call.Upload(table.data(), 4 * table.size(), &cs);
+  // The cache: this layer's rows in one of our buffers, or host rows staged through scratch.
+  if (e.empty()) {
+    if (op.kv.buffer) {
+      if (op.kv.offset > op.kv.buffer->size || total * row * kvb > op.kv.buffer->size - op.kv.offset)
+        return "the KV cache's rows lie outside its buffer";
+      cache = static_cast<uint8_t*>(op.kv.buffer->ptr) + op.kv.offset;
+    } else {
+      e = call.Scratch(total * row * kvb, &cache);
+      if (e.empty() && start)
+        if (cudaError_t ce = cudaMemcpyAsync(cache, op.kv.data, start * row * kvb, cudaMemcpyHostToDevice, in.compute);
+            ce != cudaSuccess)
+          e = CudaError(ce, "staging the KV cache");
+      if (e.empty())
+        call.DownloadLater(static_cast<uint8_t*>(cache) + start * row * kvb, static_cast<uint8_t*>(op.kv.data) + start * row * kvb,
+                           n * row * kvb);
+    }
+  }
+  if (!e.empty()) return e;
+  const auto X = static_cast<const float*>(x);
+  const auto Q = static_cast<float*>(q), KV = static_cast<float*>(kv);
+  int launch = 0;
+  if (q_lora) {
+    launch = LaunchLinear(PlainLinear(X, n, w[0], static_cast<float*>(qa)), in.compute);
+    if (!launch)
+      launch = LaunchRmsNorm(static_cast<float*>(qa), n, qa_rows, qa_rows, w[1].data, w[1].dtype, hp.rms_norm_eps,
+                             static_cast<float*>(qa), qa_rows, in.compute);
+    if (!launch) launch = LaunchLinear(PlainLinear(static_cast<float*>(qa), n, w[2], Q), in.compute);
+  } else {
+    launch = LaunchLinear(PlainLinear(X, n, w[3], Q), in.compute);
+  }
+  if (!launch) launch = LaunchLinear(PlainLinear(X, n, w[4], KV), in.compute);
+  if (!launch) launch = LaunchRmsNorm(KV, n, c, row, w[5].data, w[5].dtype, hp.rms_norm_eps, KV, row, in.compute);
+  const auto CS = static_cast<const float*>(cs);
+  if (!launch) launch = LaunchRope(KV + c, n, 1, dr, row, 0, CS, in.compute);
+  if (!launch) launch = LaunchRope(Q + dn, n, H, dr, H * qk, qk, CS, in.compute);
+  if (!launch) launch = LaunchKvStore(KV, n * row, cache, op.kv.dtype, start * row, in.compute);
+  MlaShape m;
+  m.n = n;
+  m.heads = H;
+  m.c = c;
+  m.dn = dn;
+  m.dr = dr;
+  m.dv = dv;
+  m.start = start;
+  m.scale = hp.softmax_scale;
+  const auto QL = static_cast<float*>(ql), OL = static_cast<float*>(ol), O = static_cast<float*>(o);
+  if (!launch) launch = LaunchMlaAbsorb(Q, w[6], m, QL, in.compute);
+  for (uint64_t t0 = 0; !launch && t0 < n; t0 += chunk)
+    launch = LaunchMlaAttend(QL, Q, cache, op.kv.dtype, m, t0, std::min(chunk, n - t0), static_cast<float*>(sc), OL, in.compute);
+  // o[t][h] = W_UV[h] ol[t][h]: each head's value rows of kv_b_proj as one batch.
+  LinearJob uv;
+  uv.x = OL;
+  uv.y = O;
+  uv.w = w[6];
+  uv.n = n;
+  uv.rows = dv;
+  uv.row0 = dn;
+  uv.x_stride = H * c;
+  uv.y_stride = H * dv;
+  uv.z = H;
+  uv.x_zoff = c;
+  uv.y_zoff = dv;
+  uv.w_zrows = dn + dv;
+  if (!launch) launch = LaunchLinear(uv, in.compute);
+  if (!launch) launch = LaunchLinear(PlainLinear(O, n, w[7], static_cast<float*>(y)), in.compute);
+  return call.Finish(launch);
+}
+
+std::string MoeGate(Instance& in, Call& call, const coda_op& op) {
+  const coda_hparams& hp = *op.hparams;
+  const uint64_t n = op.n_tokens, E = hp.n_routed_experts, K = hp.n_experts_per_tok;
+  if (std::string e = call.Reserve(op, 3 * Pad(4 * n * E)); !e.empty()) return e;
+  DeviceWeight router, bias;
+  void *x = nullptr, *ids = nullptr, *wts = nullptr, *logits = nullptr, *sc = nullptr, *sel = nullptr;
+  std::string e = call.Weight(op.weights[0], &router);
+  if (e.empty()) e = Weight(call, op.weights[1], &bias);
+  if (e.empty()) e = call.Device(op.inputs[0], false, &x);
+  if (e.empty()) e = call.Device(op.outputs[0], true, &ids);
+  if (e.empty()) e = call.Device(op.outputs[1], true, &wts);
+  for (void** p : {&logits, &sc, &sel})
+    if (e.empty()) e = call.Scratch(4 * n * E, p);
+  if (!e.empty()) return e;
+  RouteShape r;
+  r.n = n;
+  r.experts = E;
+  r.k = K;
+  r.groups = std::max(1u, hp.n_group);
+  r.topk_group = hp.topk_group;
+  r.softmax = hp.scoring_func == 0;
+  r.norm = hp.norm_topk_prob != 0;
+  r.scaling = hp.routed_scaling_factor;
+  int launch = LaunchLinear(PlainLinear(static_cast<const float*>(x), n, router, static_cast<float*>(logits)), in.compute);
+  if (!launch)
+    launch = LaunchMoeRoute(static_cast<const float*>(logits), bias.data, bias.dtype, r, static_cast<float*>(sc),
+                            static_cast<float*>(sel), static_cast<int32_t*>(ids), static_cast<float*>(wts), in.compute);
+  if (std::string f = call.Finish(launch); !f.empty()) return f;
+  if (op.outputs[0].buffer) in.trusted_ids.emplace_back(static_cast<const uint8_t*>(ids), 4 * n * K);
   return "";
 }
 
+std::string MoeExperts(Instance& in, Call& call, const coda_op& op, const Prepared* prepared) {
+  const coda_hparams& hp = *op.hparams;
+  const uint64_t n = op.n_tokens, K = hp.n_experts_per_tok, E = hp.n_routed_experts, d = op.inputs[0].shape[1];
+  const coda_tensor& ids_t = op.inputs[1];
+  // Which experts the call names: read on the host unless this backend's own MoeGate wrote the
+  // ids and every expert is already on the device (then nothing crosses back per layer).
+  bool all_on_device = true;
+  for (uint32_t i = 0; i < op.n_weights; ++i) {
+    const coda_tensor& t = op.weights[i];
+    all_on_device = all_on_device && (t.buffer || !t.data || (prepared && prepared->where.count(t.data)));
+  }
+  std::vector<bool> named(E, true);
+  if (!(ids_t.buffer && all_on_device && in.Trusted(static_cast<uint8_t*>(ids_t.buffer->ptr) + ids_t.offset, 4 * n * K))) {
+    std::vector<int32_t> ids(n * K);
+    if (ids_t.buffer) {
+      if (ids_t.offset > ids_t.buffer->size || 4 * n * K > ids_t.buffer->size - ids_t.offset)
+        return "the expert ids lie outside their buffer";
+      if (std::string e = call.Read(static_cast<uint8_t*>(ids_t.buffer->ptr) + ids_t.offset, 4 * n * K, ids.data()); !e.empty())
+        return e;
+    } else {
+      std::memcpy(ids.data(), ids_t.data, 4 * n * K);
+    }
+    std::fill(named.begin(), named.end(), false);
+    for (uint64_t i = 0; i < n * K; ++i) {
+      if (ids[i] < 0 || static_cast<uint64_t>(ids[i]) >= E)
+        return "expert id " + std::to_string(ids[i]) + " is outside [0, " + std::to_string(E) + ")";
+      const uint64_t x = static_cast<uint64_t>(ids[i]);
+      if (!Present(op.weights[3 * x]) || !Present(op.weights[3 * x + 1]) || !Present(op.weights[3 * x + 2]))
+        return "expert " + std::to_string(x) + " is named but its weights are absent";
+      named[x] = true;
+    }
+  }
+  uint64_t f = 0;
+  for (uint64_t x = 0; x < E; ++x)
+    if (Present(op.weights[3 * x])) f = std::max<uint64_t>(f, op.weights[3 * x].shape[0]);
+  // Per-pair activations take n * K * (d + f) floats: chunks of tokens keep them within 256 MiB.
+  const uint64_t chunk = std::clamp<uint64_t>((uint64_t{256} << 20) / std::max<uint64_t>(4 * K * (d + f), 1), 1, n);
+  const uint64_t extra = Pad(sizeof(ExpertWeights) * E) + 3 * Pad(4 * (E + 1)) + Pad(4) + Pad(4 * chunk * K) +
+                         Pad(4 * chunk * K * f) + Pad(4 * chunk * K * d);
+  if (std::string e = call.Reserve(op, extra, &named); !e.empty()) return e;
+  std::vector<ExpertWeights> table(E);
+  for (uint64_t x = 0; x < E; ++x) {
+    if (!named[x]) continue;
+    for (int j = 0; j < 3; ++j) {
+      DeviceWeight* w = j == 0 ? &table[x].gate : j == 1 ? &table[x].up : &table[x].down;
+      if (std::string e = Weight(call, op.weights[3 * x + j], w); !e.empty()) return e;
+    }
+  }
+  void *x = nullptr, *ids = nullptr, *wts = nullptr, *y = nullptr, *tab = nullptr;
+  ExpertScratch sc;
+  std::string e = call.Device(op.inputs[0], false, &x);
+  if (e.empty()) e = call.Device(ids_t, false, &ids);
+  if (e.empty()) e = call.Device(op.inputs[2], false, &wts);
+  if (e.empty()) e = call.Device(op.outputs[0], true, &y);
+  if (e.empty()) e = call.Upload(table.data(), sizeof(ExpertWeights) * E, &tab);
+  void* p[7] = {};
+  const uint64_t sizes[7] = {4 * E, 4 * (E + 1), 4 * E, 4 * chunk * K, 4 * chunk * K * f, 4 * chunk * K * d, 4};
+  for (int i = 0; i < 7 && e.empty(); ++i) e = call.Scratch(sizes[i], &p[i]);
+  if (!e.empty()) return e;
+  sc.counts = static_cast<uint32_t*>(p[0]);
+  sc.starts = static_cast<uint32_t*>(p[1]);
+  sc.cursor = static_cast<uint32_t*>(p[2]);
+  sc.list = static_cast<uint32_t*>(p[3]);
+  sc.h = static_cast<float*>(p[4]);
+  sc.out = static_cast<float*>(p[5]);
+  sc.bad = static_cast<uint32_t*>(p[6]);
+  int launch = 0;
+  for (uint64_t t0 = 0; !launch && t0 < n; t0 += chunk) {
+    const uint64_t m = std::min(chunk, n - t0);
+    launch = LaunchMoeExperts(static_cast<const float*>(x) + t0 * d, static_cast<const int32_t*>(ids) + t0 * K,
+                              static_cast<const float*>(wts) + t0 * K, m, K, d, f, static_cast<const ExpertWeights*>(tab), E,
+                              sc, static_cast<float*>(y) + t0 * d, in.compute);
+  }
+  return call.Finish(launch);
+}
+
 std::string RunOp(Instance& in, const coda_op& op) {
-  Call call(in, static_cast<const Prepared*>(op.prepared));
-  if (std::string e = call.Reserve(op); !e.empty()) return e;
+  const auto* prepared = static_cast<const Prepared*>(op.prepared);
+  Call call(in, prepared);
   const uint64_t n = op.n_tokens;
+  if (n == 0) return "";
+  // What this op writes is no longer the ids a MoeGate wrote there.
+  for (uint32_t i = 0; i < op.n_outputs; ++i)
+    if (op.outputs[i].buffer) in.Untrust(static_cast<uint8_t*>(op.outputs[i].buffer->ptr) + op.outputs[i].offset, TensorBytes(op.outputs[i]));
+  if (op.kv.buffer) in.Untrust(static_cast<uint8_t*>(op.kv.buffer->ptr) + op.kv.offset, op.kv.buffer->size - std::min(op.kv.offset, op.kv.buffer->size));
+  switch (op.type) {
+    case CODA_OP_MLA_ATTENTION: return Mla(in, call, op);
+    case CODA_OP_MOE_GATE: return MoeGate(in, call, op);
+    case CODA_OP_MOE_EXPERTS: return MoeExperts(in, call, op, prepared);
+    default: break;
+  }
+  const uint64_t hidden = op.type == CODA_OP_MLP ? op.weights[0].shape[0] : 0;
+  if (std::string e = call.Reserve(op, 2 * Pad(4 * n * hidden)); !e.empty()) return e;
   void* y = nullptr;
   if (std::string e = call.Device(op.outputs[0], true, &y); !e.empty()) return e;
   switch (op.type) {
@@ -208,9 +477,7 @@ std::string RunOp(Instance& in, const coda_op& op) {
       void* dids = nullptr;
       if (std::string e = call.Device(t, false, &dids); !e.empty()) return e;
       if (t.buffer) {
-        if (cudaError_t e = cudaMemcpyAsync(ids.data(), dids, n * 4, cudaMemcpyDeviceToHost, in.compute); e != cudaSuccess)
-          return CudaError(e, "reading token ids");
-        if (cudaError_t e = cudaStreamSynchronize(in.compute); e != cudaSuccess) return CudaError(e, "reading token ids");
+        if (std::string e = call.Read(dids, n * 4, ids.data()); !e.empty()) return e;
       } else {
         std::memcpy(ids.data(), t.data, n * 4);
       }
@@ -227,8 +494,9 @@ std::string RunOp(Instance& in, const coda_op& op) {
       if (std::string e = call.Device(op.inputs[0], false, &x); !e.empty()) return e;
       DeviceWeight w;
       if (std::string e = call.Weight(op.weights[0], &w); !e.empty()) return e;
-      return call.Finish(LaunchRmsNorm(static_cast<const float*>(x), n, op.inputs[0].shape[1], w.data, w.dtype,
-                                       op.hparams->rms_norm_eps, static_cast<float*>(y), in.compute));
+      const uint64_t d = op.inputs[0].shape[1];
+      return call.Finish(LaunchRmsNorm(static_cast<const float*>(x), n, d, d, w.data, w.dtype, op.hparams->rms_norm_eps,
+                                       static_cast<float*>(y), d, in.compute));
     }
     case CODA_OP_ADD: {
       void *a = nullptr, *b = nullptr;
@@ -253,10 +521,12 @@ std::string RunOp(Instance& in, const coda_op& op) {
       if (std::string e = call.Weight(op.weights[2], &down); !e.empty()) return e;
       if (std::string e = call.Scratch(n * gate.rows * 4, &g); !e.empty()) return e;
       if (std::string e = call.Scratch(n * gate.rows * 4, &u); !e.empty()) return e;
-      int launch = LaunchLinear(static_cast<const float*>(x), n, gate, static_cast<float*>(g), in.compute);
-      if (launch == cudaSuccess) launch = LaunchLinear(static_cast<const float*>(x), n, up, static_cast<float*>(u), in.compute);
-      if (launch == cudaSuccess) launch = LaunchSiluMul(static_cast<float*>(g), static_cast<const float*>(u), n * gate.rows, in.compute);
-      if (launch == cudaSuccess) launch = LaunchLinear(static_cast<const float*>(g), n, down, static_cast<float*>(y), in.compute);
+      const auto X = static_cast<const float*>(x);
+      const auto G = static_cast<float*>(g), U = static_cast<float*>(u);
+      int launch = LaunchLinear(PlainLinear(X, n, gate, G), in.compute);
+      if (!launch) launch = LaunchLinear(PlainLinear(X, n, up, U), in.compute);
+      if (!launch) launch = LaunchSiluMul(G, U, n * gate.rows, in.compute);
+      if (!launch) launch = LaunchLinear(PlainLinear(G, n, down, static_cast<float*>(y)), in.compute);
       return call.Finish(launch);
     }
     default: {  // Linear, Head
@@ -264,7 +534,7 @@ std::string RunOp(Instance& in, const coda_op& op) {
       if (std::string e = call.Device(op.inputs[0], false, &x); !e.empty()) return e;
       DeviceWeight w;
       if (std::string e = call.Weight(op.weights[0], &w); !e.empty()) return e;
-      return call.Finish(LaunchLinear(static_cast<const float*>(x), n, w, static_cast<float*>(y), in.compute));
+      return call.Finish(LaunchLinear(PlainLinear(static_cast<const float*>(x), n, w, static_cast<float*>(y)), in.compute));
     }
   }
 }
@@ -441,6 +711,7 @@ void BufferFree(void* self, coda_buffer buffer) {
   cudaSetDevice(in.device);
   cudaStreamSynchronize(in.compute);  // no queued op may still use it
   cudaStreamSynchronize(in.transfer);
+  static_cast<Instance*>(self)->Untrust(buffer->ptr, buffer->size);
   cudaFree(buffer->ptr);
   delete buffer;
 }
@@ -457,6 +728,7 @@ coda_status_code Copy(void* self, void* dst, const void* src, uint64_t size, cud
 coda_status_code Upload(void* self, coda_buffer dst, uint64_t off, const void* src, uint64_t size, uint32_t queue,
                         char* error, size_t error_size) {
   if (!InRange(dst, off, size, error, error_size)) return CODA_STATUS_INVALID_ARGUMENT;
+  static_cast<Instance*>(self)->Untrust(static_cast<uint8_t*>(dst->ptr) + off, size);
   return Copy(self, static_cast<uint8_t*>(dst->ptr) + off, src, size, cudaMemcpyHostToDevice, queue, error, error_size);
 }
 
@@ -470,6 +742,7 @@ coda_status_code BufferCopy(void* self, coda_buffer src, uint64_t src_off, coda_
                             uint64_t size, uint32_t queue, char* error, size_t error_size) {
   if (!InRange(src, src_off, size, error, error_size) || !InRange(dst, dst_off, size, error, error_size))
     return CODA_STATUS_INVALID_ARGUMENT;
+  static_cast<Instance*>(self)->Untrust(static_cast<uint8_t*>(dst->ptr) + dst_off, size);
   // cudaMemcpy handles overlapping device ranges like memmove.
   return Copy(self, static_cast<uint8_t*>(dst->ptr) + dst_off, static_cast<uint8_t*>(src->ptr) + src_off, size,
               cudaMemcpyDeviceToDevice, queue, error, error_size);
@@ -510,7 +783,11 @@ void EventDestroy(void* self, coda_event event) {
 }
 
 const coda_backend_api kApi = {
-    sizeof(coda_backend_api), CODA_BACKEND_ABI_VERSION, "cuda", "0.1.0",
+#ifdef CODA_CUDA_EMULATION
+    sizeof(coda_backend_api), CODA_BACKEND_ABI_VERSION, "cuda-emu", "0.2.0",
+#else
+    sizeof(coda_backend_api), CODA_BACKEND_ABI_VERSION, "cuda", "0.2.0",
+#endif
     Create, Destroy, Describe, SupportsOp, Execute,
     DeviceCount, DeviceInfo,
     Prepare, Release,

@@ -1,6 +1,6 @@
-#include <cuda_bf16.h>
-#include <cuda_fp8.h>
 #include <cuda_runtime.h>
+
+#include <cstring>
 
 #include "coda_dtypes.h"
 #include "kernels.h"
@@ -10,16 +10,53 @@ namespace {
 
 constexpr int kWarp = 32;
 constexpr int kTokenGroup = 4;  // tokens whose sums a warp keeps in registers
+constexpr unsigned kThreads = 256;
+constexpr unsigned kWarpsPerBlock = kThreads / kWarp;
+constexpr unsigned kMaxGridYZ = 65535;
+
+// A launch, written once for both builds: nvcc's triple chevrons, or the CPU emulator.
+template <class... P, class... A>
+int Start(void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t s, A... a) {
+#ifdef CODA_CUDA_EMULATION
+  (void)s;
+  coda_cuda_emu::Launch(grid, block, [&] { kernel(a...); });
+#else
+  kernel<<<grid, block, 0, s>>>(a...);
+#endif
+  return static_cast<int>(cudaGetLastError());
+}
+
+// memcpy is a device function too, and compiles to a register move.
+template <class To, class From>
+__device__ __forceinline__ To BitCast(From v) {
+  static_assert(sizeof(To) == sizeof(From));
+  To t;
+  memcpy(&t, &v, sizeof t);
+  return t;
+}
+__device__ __forceinline__ float AsFloat(uint32_t u) { return BitCast<float>(u); }
+__device__ __forceinline__ uint32_t AsBits(float f) { return BitCast<uint32_t>(f); }
+
+// The same decodings as coda_dtypes.h, for the device.
+__device__ __forceinline__ float E4m3(uint8_t v) {
+  const uint32_t sign = static_cast<uint32_t>(v >> 7) << 31, exp = (v >> 3) & 15u, man = v & 7u;
+  if (exp == 15 && man == 7) return AsFloat(sign | 0x7fc00000u);
+  if (exp == 0) return AsFloat(AsBits(static_cast<float>(man) * 0.001953125f) | sign);  // man * 2^-9
+  return AsFloat(sign | ((exp + 120u) << 23) | (man << 20));
+}
+
+__device__ __forceinline__ uint16_t ToBf16(float f) {
+  uint32_t u = AsBits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
 
 __device__ float Load(const void* data, uint32_t dtype, uint64_t i) {
   switch (dtype) {
     case CODA_DTYPE_F32: return static_cast<const float*>(data)[i];
-    case CODA_DTYPE_BF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(data)[i]);
-    case CODA_DTYPE_FP8_E4M3: {
-      __nv_fp8_e4m3 v;
-      v.__x = static_cast<const __nv_fp8_storage_t*>(data)[i];
-      return static_cast<float>(v);
-    }
+    case CODA_DTYPE_BF16: return AsFloat(uint32_t{static_cast<const uint16_t*>(data)[i]} << 16);
+    case CODA_DTYPE_FP8_E4M3: return E4m3(static_cast<const uint8_t*>(data)[i]);
     default: return 0.0f;
   }
 }
@@ -29,28 +66,39 @@ __device__ float WarpSum(float v) {
   return v;
 }
 
+__device__ float WarpMax(float v) {
+  for (int o = kWarp / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// The sum (or maximum) of v over the block, returned to every thread. blockDim.x is a multiple
+// of the warp; the first barrier keeps a previous call's readers ahead of this call's writers.
+template <bool kMax>
+__device__ float BlockReduce(float v) {
+  __shared__ float part[kWarp];
+  v = kMax ? WarpMax(v) : WarpSum(v);
+  __syncthreads();
+  if (threadIdx.x % kWarp == 0) part[threadIdx.x / kWarp] = v;
+  __syncthreads();
+  float r = part[0];
+  for (unsigned i = 1; i < blockDim.x / kWarp; ++i) r = kMax ? fmaxf(r, part[i]) : r + part[i];
+  return r;
+}
+
 __global__ void EmbedKernel(const int32_t* ids, const void* table, uint32_t dtype, uint64_t d, float* y) {
   const uint64_t t = blockIdx.x;
   const uint64_t row = static_cast<uint64_t>(ids[t]) * d;
   for (uint64_t i = threadIdx.x; i < d; i += blockDim.x) y[t * d + i] = Load(table, dtype, row + i);
 }
 
-__global__ void RmsNormKernel(const float* x, uint64_t d, const void* w, uint32_t w_dtype, float eps, float* y) {
-  const float* xr = x + blockIdx.x * d;
+__global__ void RmsNormKernel(const float* x, uint64_t d, uint64_t xs, const void* w, uint32_t w_dtype, float eps, float* y,
+                              uint64_t ys) {
+  const float* xr = x + blockIdx.x * xs;
+  float* yr = y + blockIdx.x * ys;
   float ss = 0;
   for (uint64_t i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
-  __shared__ float part[kWarp];
-  ss = WarpSum(ss);
-  if (threadIdx.x % kWarp == 0) part[threadIdx.x / kWarp] = ss;
-  __syncthreads();
-  if (threadIdx.x < kWarp) {
-    float v = threadIdx.x < blockDim.x / kWarp ? part[threadIdx.x] : 0.0f;
-    v = WarpSum(v);
-    if (threadIdx.x == 0) part[0] = v;
-  }
-  __syncthreads();
-  const float r = rsqrtf(part[0] / static_cast<float>(d) + eps);
-  for (uint64_t i = threadIdx.x; i < d; i += blockDim.x) y[blockIdx.x * d + i] = xr[i] * r * Load(w, w_dtype, i);
+  const float r = rsqrtf(BlockReduce<false>(ss) / static_cast<float>(d) + eps);
+  for (uint64_t i = threadIdx.x; i < d; i += blockDim.x) yr[i] = xr[i] * r * Load(w, w_dtype, i);
 }
 
 __global__ void AddKernel(const float* a, const float* b, float* y, uint64_t count) {
@@ -74,31 +122,259 @@ __global__ void ConcatKernel(const float* a, uint64_t p, const float* b, uint64_
   }
 }
 
-// One warp per weight row; for FP8 the block scale multiplies each block's partial sum.
-__global__ void LinearKernel(const float* x, uint64_t n, DeviceWeight w, float* y) {
-  const uint64_t r = (blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x) / kWarp;
+// Sums, for nt <= kTokenGroup tokens, weight row r against their x rows (x[j] is token j's row);
+// for FP8 each block's partial sum is scaled as it is added. Every lane returns the warp's sums.
+__device__ void RowDots(const DeviceWeight& w, uint64_t r, const float* const* x, int nt, float* acc) {
   const int lane = threadIdx.x % kWarp;
-  if (r >= w.rows) return;
   const uint64_t base = r * w.cols;
   const bool fp8 = w.dtype == CODA_DTYPE_FP8_E4M3;
-  for (uint64_t t0 = 0; t0 < n; t0 += kTokenGroup) {
-    const int nt = static_cast<int>(n - t0 < kTokenGroup ? n - t0 : kTokenGroup);
-    float acc[kTokenGroup] = {0, 0, 0, 0};
-    const uint64_t step = fp8 ? w.block : w.cols;
-    for (uint64_t c0 = 0; c0 < w.cols; c0 += step) {
-      const uint64_t c1 = c0 + step < w.cols ? c0 + step : w.cols;
-      float part[kTokenGroup] = {0, 0, 0, 0};
-      for (uint64_t c = c0 + lane; c < c1; c += kWarp) {
-        const float v = Load(w.data, w.dtype, base + c);
-        for (int j = 0; j < nt; ++j) part[j] += v * x[(t0 + j) * w.cols + c];
+  const uint64_t step = fp8 ? w.block : w.cols;
+  for (int j = 0; j < kTokenGroup; ++j) acc[j] = 0;
+  for (uint64_t c0 = 0; c0 < w.cols; c0 += step) {
+    const uint64_t c1 = c0 + step < w.cols ? c0 + step : w.cols;
+    float part[kTokenGroup] = {0, 0, 0, 0};
+    for (uint64_t c = c0 + lane; c < c1; c += kWarp) {
+      const float v = Load(w.data, w.dtype, base + c);
+      for (int j = 0; j < nt; ++j) part[j] += v * x[j][c];
+    }
+    const float s = fp8 ? w.scales[(r / w.block) * w.scale_cols + c0 / w.block] : 1.0f;
+    for (int j = 0; j < nt; ++j) acc[j] += part[j] * s;
+  }
+  for (int j = 0; j < nt; ++j) acc[j] = WarpSum(acc[j]);
+}
+
+// One warp per (batch, row).
+__global__ void LinearKernel(LinearJob job) {
+  const uint64_t g = (blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x) / kWarp;
+  if (g >= job.rows * job.z) return;
+  const uint64_t b = g / job.rows, i = g % job.rows, r = job.row0 + b * job.w_zrows + i;
+  for (uint64_t t0 = 0; t0 < job.n; t0 += kTokenGroup) {
+    const int nt = static_cast<int>(job.n - t0 < kTokenGroup ? job.n - t0 : kTokenGroup);
+    const float* x[kTokenGroup];
+    for (int j = 0; j < nt; ++j) x[j] = job.x + (t0 + j) * job.x_stride + b * job.x_zoff;
+    float acc[kTokenGroup];
+    RowDots(job.w, r, x, nt, acc);
+    if (threadIdx.x % kWarp == 0)
+      for (int j = 0; j < nt; ++j) job.y[(t0 + j) * job.y_stride + b * job.y_zoff + i] = acc[j];
+  }
+}
+
+__global__ void RopeKernel(float* x, uint64_t n, uint64_t nvec, uint64_t dr, uint64_t ts, uint64_t vs, const float* cs) {
+  const uint64_t half = dr / 2;
+  for (uint64_t t = blockIdx.x; t < n; t += gridDim.x)
+    for (uint64_t v = blockIdx.y; v < nvec; v += gridDim.y)
+      for (uint64_t i = threadIdx.x; i < half; i += blockDim.x) {
+        float* p = x + t * ts + v * vs + 2 * i;
+        const float c = cs[(t * half + i) * 2], s = cs[(t * half + i) * 2 + 1];
+        const float x0 = p[0], x1 = p[1];
+        p[0] = x0 * c - x1 * s;
+        p[1] = x0 * s + x1 * c;
       }
-      const float s = fp8 ? w.scales[(r / w.block) * w.scale_cols + c0 / w.block] : 1.0f;
-      for (int j = 0; j < nt; ++j) acc[j] += part[j] * s;
+}
+
+__global__ void KvStoreKernel(const float* x, uint64_t count, void* cache, uint32_t dtype, uint64_t first) {
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+    if (dtype == CODA_DTYPE_BF16) static_cast<uint16_t*>(cache)[first + i] = ToBf16(x[i]);
+    else static_cast<float*>(cache)[first + i] = x[i];
+  }
+}
+
+// Grid (ceil(c / blockDim), heads, tokens, strided): one latent column j per thread.
+__global__ void MlaAbsorbKernel(const float* q, DeviceWeight w, MlaShape m, float* ql) {
+  const uint64_t j = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x, h = blockIdx.y;
+  if (j >= m.c) return;
+  const uint64_t qk = m.dn + m.dr;
+  const bool fp8 = w.dtype == CODA_DTYPE_FP8_E4M3;
+  for (uint64_t t = blockIdx.z; t < m.n; t += gridDim.z) {
+    const float* qn = q + (t * m.heads + h) * qk;
+    float acc = 0;
+    for (uint64_t d = 0; d < m.dn; ++d) {
+      const uint64_t r = h * (m.dn + m.dv) + d;
+      float v = Load(w.data, w.dtype, r * m.c + j);
+      if (fp8) v *= w.scales[(r / w.block) * w.scale_cols + j / w.block];
+      acc += qn[d] * v;
     }
-    for (int j = 0; j < nt; ++j) {
-      const float v = WarpSum(acc[j]);
-      if (lane == 0) y[(t0 + j) * w.rows + r] = v;
+    ql[(t * m.heads + h) * m.c + j] = acc;
+  }
+}
+
+// One block per (head, token): scores against the visible cache rows, softmax, attended latent.
+__global__ void MlaAttendKernel(const float* ql, const float* q, const void* cache, uint32_t dtype, MlaShape m,
+                                uint64_t t0, float* sc, float* ol) {
+  __shared__ float qs[kMlaMaxRow];
+  const uint64_t h = blockIdx.x, tl = blockIdx.y, t = t0 + tl;
+  const uint64_t row = m.c + m.dr, visible = m.start + t + 1, total = m.start + m.n;
+  const float* qlr = ql + (t * m.heads + h) * m.c;
+  const float* qpe = q + (t * m.heads + h) * (m.dn + m.dr) + m.dn;
+  for (uint64_t i = threadIdx.x; i < m.c; i += blockDim.x) qs[i] = qlr[i];
+  for (uint64_t i = threadIdx.x; i < m.dr; i += blockDim.x) qs[m.c + i] = qpe[i];
+  __syncthreads();
+  float* s = sc + (tl * m.heads + h) * total;
+  float mx = -INFINITY;
+  for (uint64_t p = threadIdx.x; p < visible; p += blockDim.x) {
+    float v = 0;
+    for (uint64_t i = 0; i < row; ++i) v += qs[i] * Load(cache, dtype, p * row + i);
+    v *= m.scale;
+    s[p] = v;
+    mx = fmaxf(mx, v);
+  }
+  mx = BlockReduce<true>(mx);
+  float sum = 0;
+  for (uint64_t p = threadIdx.x; p < visible; p += blockDim.x) {
+    const float e = expf(s[p] - mx);
+    s[p] = e;
+    sum += e;
+  }
+  sum = BlockReduce<false>(sum);  // its barriers also order the writes of s before the reads below
+  const float inv = 1.0f / sum;
+  for (uint64_t j = threadIdx.x; j < m.c; j += blockDim.x) {
+    float acc = 0;
+    for (uint64_t p = 0; p < visible; ++p) acc += s[p] * Load(cache, dtype, p * row + j);
+    ol[(t * m.heads + h) * m.c + j] = acc * inv;
+  }
+}
+
+// One thread per token, as the CPU backend routes (backends/cpu/src/ops.cc, MoeGate).
+__global__ void MoeRouteKernel(const float* logits, const void* bias, uint32_t bias_dtype, RouteShape r, float* sc,
+                               float* sel, int32_t* ids, float* wts) {
+  const uint64_t t = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x;
+  if (t >= r.n) return;
+  const uint64_t E = r.experts, K = r.k;
+  const float* l = logits + t * E;
+  float* s = sc + t * E;
+  float* e = sel + t * E;
+  int32_t* id = ids + t * K;
+  if (r.softmax) {
+    float mx = l[0];
+    for (uint64_t i = 1; i < E; ++i) mx = fmaxf(mx, l[i]);
+    float sum = 0;
+    for (uint64_t i = 0; i < E; ++i) sum += (s[i] = expf(l[i] - mx));
+    for (uint64_t i = 0; i < E; ++i) s[i] /= sum;
+  } else {
+    for (uint64_t i = 0; i < E; ++i) s[i] = 1.0f / (1.0f + expf(-l[i]));
+  }
+  for (uint64_t i = 0; i < E; ++i) e[i] = s[i] + (bias ? Load(bias, bias_dtype, i) : 0.0f);
+  if (r.groups > 1) {
+    // The topk_group best groups by their best score (the sum of their best two with a bias);
+    // ties to the lower group, as a stable sort gives. G <= 64, checked on the host.
+    const uint64_t per = E / r.groups;
+    uint64_t kept = 0;
+    for (uint64_t round = 0; round < r.topk_group; ++round) {
+      uint64_t best = r.groups;
+      float best_v = -INFINITY;
+      for (uint64_t g = 0; g < r.groups; ++g) {
+        if ((kept >> g) & 1) continue;
+        float a = -INFINITY, b = -INFINITY;
+        for (uint64_t i = 0; i < per; ++i) {
+          const float v = e[g * per + i];
+          if (v > a) {
+            b = a;
+            a = v;
+          } else if (v > b) {
+            b = v;
+          }
+        }
+        const float gv = bias && per > 1 ? a + b : a;
+        if (best == r.groups || gv > best_v) {
+          best = g;
+          best_v = gv;
+        }
+      }
+      kept |= uint64_t{1} << best;
     }
+    for (uint64_t g = 0; g < r.groups; ++g)
+      if (!((kept >> g) & 1))
+        for (uint64_t i = 0; i < per; ++i) e[g * per + i] = -INFINITY;
+  }
+  // Top k by repeated arg-max, ties to the lower index; a chosen expert is marked by its id.
+  float sum = 0;
+  for (uint64_t j = 0; j < K; ++j) {
+    uint64_t best = E;
+    float best_v = -INFINITY;
+    for (uint64_t i = 0; i < E; ++i) {
+      bool taken = false;
+      for (uint64_t q = 0; q < j; ++q) taken = taken || static_cast<uint64_t>(id[q]) == i;
+      if (taken) continue;
+      if (best == E || e[i] > best_v) {
+        best = i;
+        best_v = e[i];
+      }
+    }
+    id[j] = static_cast<int32_t>(best);
+    sum += s[best];
+  }
+  for (uint64_t j = 0; j < K; ++j) {
+    const float v = s[id[j]];
+    wts[t * K + j] = (r.norm ? v / sum : v) * r.scaling;
+  }
+}
+
+__device__ bool PairValid(const int32_t* ids, uint64_t p, const ExpertWeights* table, uint64_t experts) {
+  const int32_t id = ids[p];
+  return id >= 0 && static_cast<uint64_t>(id) < experts && table[id].gate.data && table[id].up.data && table[id].down.data;
+}
+
+__global__ void MoeCountKernel(const int32_t* ids, uint64_t pairs, const ExpertWeights* table, uint64_t experts,
+                               uint32_t* counts, uint32_t* bad) {
+  for (uint64_t p = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; p < pairs;
+       p += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+    if (PairValid(ids, p, table, experts)) atomicAdd(&counts[ids[p]], 1u);
+    else atomicAdd(bad, 1u);
+  }
+}
+
+// One thread: the experts are few (hundreds), and this keeps the lists' bounds exact.
+__global__ void MoeScanKernel(const uint32_t* counts, uint64_t experts, uint32_t* starts, uint32_t* cursor) {
+  uint32_t at = 0;
+  for (uint64_t e = 0; e < experts; ++e) {
+    starts[e] = cursor[e] = at;
+    at += counts[e];
+  }
+  starts[experts] = at;
+}
+
+__global__ void MoeScatterKernel(const int32_t* ids, uint64_t pairs, const ExpertWeights* table, uint64_t experts,
+                                 uint32_t* cursor, uint32_t* list) {
+  for (uint64_t p = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; p < pairs;
+       p += static_cast<uint64_t>(gridDim.x) * blockDim.x)
+    if (PairValid(ids, p, table, experts)) list[atomicAdd(&cursor[ids[p]], 1u)] = static_cast<uint32_t>(p);
+}
+
+// Grid (experts, row blocks): each warp takes rows of the expert, for all its pairs. Up: h[slot] =
+// silu(gate x) * up x, slot the pair's place in the lists. Down: out[pair] = down h[slot], by pair
+// so that the sum below has a fixed order.
+template <bool kUp>
+__global__ void MoeProjectKernel(const float* x, uint64_t k, uint64_t d, uint64_t f, const ExpertWeights* table,
+                                 const uint32_t* starts, const uint32_t* list, float* h, float* out) {
+  const uint64_t e = blockIdx.x, first = starts[e], count = starts[e + 1] - first, rows = kUp ? f : d;
+  if (count == 0) return;
+  for (uint64_t r = blockIdx.y * static_cast<uint64_t>(kWarpsPerBlock) + threadIdx.x / kWarp; r < rows;
+       r += static_cast<uint64_t>(gridDim.y) * kWarpsPerBlock)
+    for (uint64_t i0 = 0; i0 < count; i0 += kTokenGroup) {
+      const int nt = static_cast<int>(count - i0 < kTokenGroup ? count - i0 : kTokenGroup);
+      const float* in[kTokenGroup];
+      for (int j = 0; j < nt; ++j) in[j] = kUp ? x + list[first + i0 + j] / k * d : h + (first + i0 + j) * f;
+      float a[kTokenGroup], b[kTokenGroup];
+      RowDots(kUp ? table[e].gate : table[e].down, r, in, nt, a);
+      if (kUp) RowDots(table[e].up, r, in, nt, b);
+      if (threadIdx.x % kWarp == 0)
+        for (int j = 0; j < nt; ++j) {
+          if (kUp) h[(first + i0 + j) * f + r] = a[j] / (1.0f + expf(-a[j])) * b[j];
+          else out[uint64_t{list[first + i0 + j]} * d + r] = a[j];
+        }
+    }
+}
+
+__global__ void MoeSumKernel(const int32_t* ids, const float* wts, uint64_t n, uint64_t k, uint64_t d,
+                             const ExpertWeights* table, uint64_t experts, const float* out, float* y) {
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n * d;
+       i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+    const uint64_t t = i / d, c = i % d;
+    float acc = 0;
+    for (uint64_t j = 0; j < k; ++j)
+      if (PairValid(ids, t * k + j, table, experts)) acc += wts[t * k + j] * out[(t * k + j) * d + c];
+    y[i] = acc;
   }
 }
 
@@ -107,37 +383,111 @@ unsigned Blocks(uint64_t threads, unsigned per_block) {
   return static_cast<unsigned>(b < 65535u * 1024u ? b : 65535u * 1024u);
 }
 
+unsigned Clamp(uint64_t v, unsigned most) { return static_cast<unsigned>(v < most ? v : most); }
+
 }  // namespace
 
-int LaunchEmbed(const int32_t* ids, uint64_t n, const DeviceWeight& table, float* y, cudaStream_t s) {
-  if (n) EmbedKernel<<<static_cast<unsigned>(n), 256, 0, s>>>(ids, table.data, table.dtype, table.cols, y);
-  return static_cast<int>(cudaGetLastError());
+LinearJob PlainLinear(const float* x, uint64_t n, const DeviceWeight& w, float* y) {
+  LinearJob j;
+  j.x = x;
+  j.y = y;
+  j.w = w;
+  j.n = n;
+  j.rows = w.rows;
+  j.x_stride = w.cols;
+  j.y_stride = w.rows;
+  return j;
 }
 
-int LaunchRmsNorm(const float* x, uint64_t n, uint64_t d, const void* w, uint32_t w_dtype, float eps, float* y,
-                  cudaStream_t s) {
-  if (n) RmsNormKernel<<<static_cast<unsigned>(n), 256, 0, s>>>(x, d, w, w_dtype, eps, y);
-  return static_cast<int>(cudaGetLastError());
+int LaunchEmbed(const int32_t* ids, uint64_t n, const DeviceWeight& table, float* y, cudaStream_t s) {
+  return n ? Start(EmbedKernel, dim3(static_cast<unsigned>(n)), dim3(kThreads), s, ids, table.data, table.dtype, table.cols, y)
+           : 0;
+}
+
+int LaunchRmsNorm(const float* x, uint64_t n, uint64_t d, uint64_t x_stride, const void* w, uint32_t w_dtype, float eps,
+                  float* y, uint64_t y_stride, cudaStream_t s) {
+  return n ? Start(RmsNormKernel, dim3(static_cast<unsigned>(n)), dim3(kThreads), s, x, d, x_stride, w, w_dtype, eps, y,
+                   y_stride)
+           : 0;
 }
 
 int LaunchAdd(const float* a, const float* b, float* y, uint64_t count, cudaStream_t s) {
-  if (count) AddKernel<<<Blocks(count, 256), 256, 0, s>>>(a, b, y, count);
-  return static_cast<int>(cudaGetLastError());
+  return count ? Start(AddKernel, dim3(Blocks(count, kThreads)), dim3(kThreads), s, a, b, y, count) : 0;
 }
 
 int LaunchSiluMul(float* g, const float* u, uint64_t count, cudaStream_t s) {
-  if (count) SiluMulKernel<<<Blocks(count, 256), 256, 0, s>>>(g, u, count);
-  return static_cast<int>(cudaGetLastError());
+  return count ? Start(SiluMulKernel, dim3(Blocks(count, kThreads)), dim3(kThreads), s, g, u, count) : 0;
 }
 
 int LaunchConcat(const float* a, uint64_t p, const float* b, uint64_t q, uint64_t n, float* y, cudaStream_t s) {
-  if (n && p + q) ConcatKernel<<<Blocks(n * (p + q), 256), 256, 0, s>>>(a, p, b, q, n, y);
-  return static_cast<int>(cudaGetLastError());
+  return n && p + q ? Start(ConcatKernel, dim3(Blocks(n * (p + q), kThreads)), dim3(kThreads), s, a, p, b, q, n, y) : 0;
 }
 
-int LaunchLinear(const float* x, uint64_t n, const DeviceWeight& w, float* y, cudaStream_t s) {
-  if (n && w.rows) LinearKernel<<<Blocks(w.rows * kWarp, 256), 256, 0, s>>>(x, n, w, y);
-  return static_cast<int>(cudaGetLastError());
+int LaunchLinear(const LinearJob& job, cudaStream_t s) {
+  if (!job.n || !job.rows || !job.z) return 0;
+  return Start(LinearKernel, dim3(Blocks(job.rows * job.z * kWarp, kThreads)), dim3(kThreads), s, job);
+}
+
+int LaunchRope(float* x, uint64_t n, uint64_t nvec, uint64_t dr, uint64_t t_stride, uint64_t v_stride, const float* cs,
+               cudaStream_t s) {
+  if (!n || !nvec || dr < 2) return 0;
+  return Start(RopeKernel, dim3(Clamp(n, kMaxGridYZ), Clamp(nvec, kMaxGridYZ)), dim3(64), s, x, n, nvec, dr, t_stride,
+               v_stride, cs);
+}
+
+int LaunchKvStore(const float* x, uint64_t count, void* cache, uint32_t cache_dtype, uint64_t first, cudaStream_t s) {
+  return count ? Start(KvStoreKernel, dim3(Blocks(count, kThreads)), dim3(kThreads), s, x, count, cache, cache_dtype, first)
+               : 0;
+}
+
+int LaunchMlaAbsorb(const float* q, const DeviceWeight& kv_b, const MlaShape& m, float* ql, cudaStream_t s) {
+  if (!m.n || !m.heads || !m.c) return 0;
+  return Start(MlaAbsorbKernel, dim3(Blocks(m.c, 128), Clamp(m.heads, kMaxGridYZ), Clamp(m.n, kMaxGridYZ)), dim3(128), s, q,
+               kv_b, m, ql);
+}
+
+int LaunchMlaAttend(const float* ql, const float* q, const void* cache, uint32_t cache_dtype, const MlaShape& m,
+                    uint64_t t0, uint64_t count, float* sc, float* ol, cudaStream_t s) {
+  if (!count || !m.heads) return 0;
+  if (m.heads > kMaxGridYZ * 1024ull || count > kMaxGridYZ) return static_cast<int>(cudaErrorInvalidValue);
+  return Start(MlaAttendKernel, dim3(static_cast<unsigned>(m.heads), static_cast<unsigned>(count)), dim3(kThreads), s, ql,
+               q, cache, cache_dtype, m, t0, sc, ol);
+}
+
+int LaunchMoeRoute(const float* logits, const void* bias, uint32_t bias_dtype, const RouteShape& r, float* sc, float* sel,
+                   int32_t* ids, float* weights, cudaStream_t s) {
+  return r.n ? Start(MoeRouteKernel, dim3(Blocks(r.n, 64)), dim3(64), s, logits, bias, bias_dtype, r, sc, sel, ids, weights)
+             : 0;
+}
+
+int LaunchMoeExperts(const float* x, const int32_t* ids, const float* weights, uint64_t n, uint64_t k, uint64_t d,
+                     uint64_t f, const ExpertWeights* table, uint64_t experts, const ExpertScratch& sc, float* y,
+                     cudaStream_t s) {
+  if (!n || !d) return 0;
+  const uint64_t pairs = n * k;
+  if (cudaError_t e = cudaMemsetAsync(sc.counts, 0, experts * 4, s); e != cudaSuccess) return static_cast<int>(e);
+  if (cudaError_t e = cudaMemsetAsync(sc.bad, 0, 4, s); e != cudaSuccess) return static_cast<int>(e);
+  int e = pairs ? Start(MoeCountKernel, dim3(Blocks(pairs, kThreads)), dim3(kThreads), s, ids, pairs, table, experts, sc.counts,
+                        sc.bad)
+                : 0;
+  if (!e && experts) e = Start(MoeScanKernel, dim3(1), dim3(1), s, static_cast<const uint32_t*>(sc.counts), experts, sc.starts,
+                               sc.cursor);
+  if (!e && pairs)
+    e = Start(MoeScatterKernel, dim3(Blocks(pairs, kThreads)), dim3(kThreads), s, ids, pairs, table, experts, sc.cursor,
+              sc.list);
+  const auto* starts = static_cast<const uint32_t*>(sc.starts);
+  const auto* list = static_cast<const uint32_t*>(sc.list);
+  const unsigned grid_e = Clamp(experts, 0x7fffffffu);
+  if (!e && pairs && experts && f)
+    e = Start(MoeProjectKernel<true>, dim3(grid_e, Clamp((f + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxGridYZ)),
+              dim3(kThreads), s, x, k, d, f, table, starts, list, sc.h, sc.out);
+  if (!e && pairs && experts)
+    e = Start(MoeProjectKernel<false>, dim3(grid_e, Clamp((d + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxGridYZ)),
+              dim3(kThreads), s, x, k, d, f, table, starts, list, sc.h, sc.out);
+  if (!e)
+    e = Start(MoeSumKernel, dim3(Blocks(n * d, kThreads)), dim3(kThreads), s, ids, weights, n, k, d, table, experts,
+              static_cast<const float*>(sc.out), y);
+  return e;
 }
 
 }  // namespace coda::cuda

@@ -1,5 +1,6 @@
 // The CUDA backend's kernels, launched on a stream. Plain C++ declarations, so that the host
-// code compiles with the C++ compiler; the definitions are in kernels.cu.
+// code compiles with the C++ compiler; the definitions are in kernels.cu (built by nvcc, or by
+// the C++ compiler against the CPU emulator in ../emu for libcoda-backend-cuda-emu.so).
 #pragma once
 
 #include <cstddef>
@@ -19,20 +20,88 @@ struct DeviceWeight {
   uint64_t scale_cols = 0;
 };
 
+// y[t][i] = sum_c x[t][c] W[row0 + b * w_zrows + i][c] for tokens t < n, rows i < rows and
+// batches b < z, where token t's x starts at x + t * x_stride + b * x_zoff and its y at
+// y + t * y_stride + b * y_zoff. A plain Linear is z = 1 with strides of cols and rows; MLA
+// applies each head's slice of kv_b_proj as a batch.
+struct LinearJob {
+  const float* x = nullptr;
+  float* y = nullptr;
+  DeviceWeight w;
+  uint64_t n = 0, rows = 0, row0 = 0;
+  uint64_t x_stride = 0, y_stride = 0;
+  uint64_t z = 1, x_zoff = 0, y_zoff = 0, w_zrows = 0;
+};
+// A plain y = x W^T job over n tokens.
+LinearJob PlainLinear(const float* x, uint64_t n, const DeviceWeight& w, float* y);
+
+// One routed expert's three projections; an absent expert has null data.
+struct ExpertWeights {
+  DeviceWeight gate, up, down;
+};
+
 // Each returns the launch's error (cudaGetLastError) as an int; 0 is success.
 // y[t] = table[ids[t]] for t < n; ids were checked against the table's rows on the host.
 int LaunchEmbed(const int32_t* ids, uint64_t n, const DeviceWeight& table, float* y, cudaStream_t s);
-// y[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w, rows of d values; w F32 or BF16.
-int LaunchRmsNorm(const float* x, uint64_t n, uint64_t d, const void* w, uint32_t w_dtype, float eps, float* y,
-                  cudaStream_t s);
+// y[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w for n rows of d values, rows x_stride and y_stride
+// apart (in place when x == y); w F32 or BF16.
+int LaunchRmsNorm(const float* x, uint64_t n, uint64_t d, uint64_t x_stride, const void* w, uint32_t w_dtype, float eps,
+                  float* y, uint64_t y_stride, cudaStream_t s);
 // y = a + b over `count` values.
 int LaunchAdd(const float* a, const float* b, float* y, uint64_t count, cudaStream_t s);
 // g[i] = silu(g[i]) * u[i], silu(v) = v / (1 + e^-v), over `count` values.
 int LaunchSiluMul(float* g, const float* u, uint64_t count, cudaStream_t s);
 // y[t] = (a[t], b[t]) for n rows of p and q values.
 int LaunchConcat(const float* a, uint64_t p, const float* b, uint64_t q, uint64_t n, float* y, cudaStream_t s);
-// y[t][r] = x[t] . W[r] for n tokens: one warp per weight row, which it reads once per token
-// group (decode is memory-bound; prefill products are for cuBLASLt, not written yet).
-int LaunchLinear(const float* x, uint64_t n, const DeviceWeight& w, float* y, cudaStream_t s);
+// One warp per weight row, which it reads once per group of tokens (decode is memory-bound;
+// prefill products are for cuBLASLt, not written yet).
+int LaunchLinear(const LinearJob& job, cudaStream_t s);
+
+// ---- MLA attention (coda_ops.h, MlaAttention), in the absorbed form ----
+// Rotates nvec vectors of dr values per token in place, on interleaved pairs: vector v of token t
+// starts at x + t * t_stride + v * v_stride; cs holds (cos, sin) per token and pair.
+int LaunchRope(float* x, uint64_t n, uint64_t nvec, uint64_t dr, uint64_t t_stride, uint64_t v_stride, const float* cs,
+               cudaStream_t s);
+// Cache elements [first, first + count) = x[0 .. count), as F32 or BF16 (rounded to nearest even).
+int LaunchKvStore(const float* x, uint64_t count, void* cache, uint32_t cache_dtype, uint64_t first, cudaStream_t s);
+struct MlaShape {
+  uint64_t n = 0, heads = 0, c = 0, dn = 0, dr = 0, dv = 0, start = 0;
+  float scale = 0;
+};
+// ql[t][h] = q_nope[t][h] W_UK[h] (c values) from q [n, heads, dn + dr] and kv_b_proj.
+int LaunchMlaAbsorb(const float* q, const DeviceWeight& kv_b, const MlaShape& m, float* ql, cudaStream_t s);
+// For tokens t0 .. t0 + count - 1: scores of (ql, q_pe) against the cache rows 0 .. start + t,
+// softmax, and ol[t][h] = the attended latent (c values). sc: count * heads * (start + n) floats.
+int LaunchMlaAttend(const float* ql, const float* q, const void* cache, uint32_t cache_dtype, const MlaShape& m,
+                    uint64_t t0, uint64_t count, float* sc, float* ol, cudaStream_t s);
+// The largest latent row (c + dr) MlaAttend keeps in shared memory.
+constexpr uint64_t kMlaMaxRow = 2048;
+
+// ---- MoE (coda_ops.h, MoeGate and MoeExperts) ----
+struct RouteShape {
+  uint64_t n = 0, experts = 0, k = 0, groups = 1, topk_group = 0;
+  bool softmax = true, norm = false;
+  float scaling = 1;
+};
+// From router logits [n, experts]: ids and weights [n, k], exactly by the CPU backend's rules.
+// sc and sel: n * experts floats of scratch; bias null or [experts] in bias_dtype.
+int LaunchMoeRoute(const float* logits, const void* bias, uint32_t bias_dtype, const RouteShape& r, float* sc, float* sel,
+                   int32_t* ids, float* weights, cudaStream_t s);
+// The experts of n tokens in one grouped pass: pairs (t, j) are listed per expert, each expert's
+// gate and up rows read once for all its pairs, then its down rows, then each token's pairs are
+// summed in j order (so the result does not depend on the order of the lists). A pair whose id
+// is outside [0, experts) or names an absent expert adds nothing and counts in *bad.
+struct ExpertScratch {
+  uint32_t* counts = nullptr;  // experts
+  uint32_t* starts = nullptr;  // experts + 1
+  uint32_t* cursor = nullptr;  // experts
+  uint32_t* list = nullptr;    // n * k pair indices
+  float* h = nullptr;          // n * k * f
+  float* out = nullptr;        // n * k * d
+  uint32_t* bad = nullptr;     // 1
+};
+int LaunchMoeExperts(const float* x, const int32_t* ids, const float* weights, uint64_t n, uint64_t k, uint64_t d,
+                     uint64_t f, const ExpertWeights* table, uint64_t experts, const ExpertScratch& sc, float* y,
+                     cudaStream_t s);
 
 }  // namespace coda::cuda

@@ -669,10 +669,7 @@ std::string CheckOp(const Instance& in, const coda_op& op) {
       if (op.kv.dtype != CODA_DTYPE_BF16 && op.kv.dtype != CODA_DTYPE_F32) return "KV cache dtype must be BF16 or F32";
       return "";
     case CODA_OP_MOE_GATE: {
-      const uint32_t G = std::max(1u, hp.n_group);
-      if (G > 32 || hp.n_routed_experts % G || hp.topk_group > G || hp.n_experts_per_tok > hp.n_routed_experts ||
-          hp.n_experts_per_tok == 0)
-        return "unsupported routing configuration";
+      if (std::string e = backend_util::RoutingUnsupported(hp, 32); !e.empty()) return e;
       if (Present(op.weights[1]) && op.weights[1].dtype == CODA_DTYPE_FP8_E4M3) return "an FP8 routing bias is not supported";
       return "";
     }

@@ -1,0 +1,163 @@
+// The CUDA emulator: the part of the CUDA runtime and of CUDA C++ that the CUDA backend uses,
+// implemented on the CPU, so that the backend's own sources (backend.cc and kernels.cu, not a
+// copy) build with the C++ compiler into libcoda-backend-cuda-emu.so and run the conformance and
+// golden tests on any machine. It checks the kernels' arithmetic, indexing, reductions and
+// barriers; it cannot check speed, real concurrency (threads run one at a time, in reverse
+// order, so a read before its writer's barrier sees stale data) or what only hardware has.
+//
+// How it runs a launch: each block's threads are fibers on the calling thread (one launch at a
+// time in the process), run
+// in turn until each reaches a barrier (__syncthreads, or a warp's shuffle) or ends; then the
+// barrier opens. A kernel that would hang or diverge on a GPU (a shuffle with lanes that
+// returned, a barrier some threads skip while others wait at another) stops the process with a
+// message instead. Memory is host memory; streams run in order at once, so events are already
+// reached when recorded.
+//
+// This header stands in for <cuda_runtime.h> only when backends/cuda/emu is first on the include
+// path; nothing else includes it.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+
+// ---- Runtime API ----
+
+#define CUDART_VERSION 13000
+
+typedef enum cudaError {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorInsufficientDriver = 35,
+  cudaErrorInvalidDevice = 101,
+  cudaErrorLaunchFailure = 719,
+} cudaError_t;
+
+typedef struct CUstream_st* cudaStream_t;
+typedef struct CUevent_st* cudaEvent_t;
+
+enum cudaMemcpyKind {
+  cudaMemcpyHostToHost = 0,
+  cudaMemcpyHostToDevice = 1,
+  cudaMemcpyDeviceToHost = 2,
+  cudaMemcpyDeviceToDevice = 3,
+  cudaMemcpyDefault = 4
+};
+
+#define cudaStreamNonBlocking 0x01
+#define cudaEventDisableTiming 0x02
+
+struct cudaDeviceProp {
+  char name[256];
+  size_t totalGlobalMem;
+  int major, minor;
+  int multiProcessorCount;
+};
+
+const char* cudaGetErrorName(cudaError_t e);
+const char* cudaGetErrorString(cudaError_t e);
+cudaError_t cudaGetLastError();
+cudaError_t cudaGetDeviceCount(int* count);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device);
+cudaError_t cudaSetDevice(int device);
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total);
+cudaError_t cudaMalloc(void** p, size_t size);
+cudaError_t cudaFree(void* p);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t size, cudaMemcpyKind kind, cudaStream_t s);
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t size, cudaStream_t s);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t s);
+cudaError_t cudaStreamSynchronize(cudaStream_t s);
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+
+// ---- CUDA C++ ----
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+// One block runs at a time in the process, so a block's shared memory is a static.
+#define __shared__ static
+
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned vx = 1, unsigned vy = 1, unsigned vz = 1) : x(vx), y(vy), z(vz) {}
+};
+struct uint3 {
+  unsigned x, y, z;
+};
+
+namespace coda_cuda_emu {
+
+struct Place {
+  uint3 thread, block;
+  dim3 block_dim, grid_dim;
+};
+// Where the running fiber is.
+const Place& Here();
+// Runs `kernel` on a grid of blocks; false (and cudaGetLastError() says why) for a bad shape.
+bool Launch(dim3 grid, dim3 block, const std::function<void()>& kernel);
+void SyncThreads();
+void SyncWarp();
+// Every lane of the calling warp gives `v` and gets lane `src(lane)`'s.
+uint64_t WarpExchange(uint64_t v, int (*src)(int lane, int arg), int arg);
+
+template <class T>
+T Shuffle(T v, int (*src)(int, int), int arg) {
+  static_assert(sizeof(T) <= 8);
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  bits = WarpExchange(bits, src, arg);
+  std::memcpy(&v, &bits, sizeof(T));
+  return v;
+}
+inline int XorLane(int lane, int m) { return lane ^ m; }
+inline int FromLane(int, int src) { return src; }
+inline int DownLane(int lane, int d) { return lane + d < 32 ? lane + d : lane; }
+
+}  // namespace coda_cuda_emu
+
+#define threadIdx (::coda_cuda_emu::Here().thread)
+#define blockIdx (::coda_cuda_emu::Here().block)
+#define blockDim (::coda_cuda_emu::Here().block_dim)
+#define gridDim (::coda_cuda_emu::Here().grid_dim)
+
+inline void __syncthreads() { coda_cuda_emu::SyncThreads(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { coda_cuda_emu::SyncWarp(); }
+// Only full-warp masks: a kernel that needs a partial one is not one this backend has.
+template <class T>
+T __shfl_xor_sync(unsigned, T v, int lane_mask, int = 32) {
+  return coda_cuda_emu::Shuffle(v, coda_cuda_emu::XorLane, lane_mask);
+}
+template <class T>
+T __shfl_sync(unsigned, T v, int src_lane, int = 32) {
+  return coda_cuda_emu::Shuffle(v, coda_cuda_emu::FromLane, src_lane);
+}
+template <class T>
+T __shfl_down_sync(unsigned, T v, unsigned delta, int = 32) {
+  return coda_cuda_emu::Shuffle(v, coda_cuda_emu::DownLane, static_cast<int>(delta));
+}
+// Threads run one at a time: read-modify-write is atomic as it stands.
+template <class T>
+T atomicAdd(T* p, T v) {
+  const T old = *p;
+  *p = old + v;
+  return old;
+}
+template <class T>
+T atomicMax(T* p, T v) {
+  const T old = *p;
+  if (v > old) *p = v;
+  return old;
+}
+inline float rsqrtf(float v) { return 1.0f / std::sqrt(v); }
+inline float __expf(float v) { return std::exp(v); }
+inline float __fdividef(float a, float b) { return a / b; }

@@ -1,0 +1,361 @@
+// The CUDA emulator's runtime: memory, streams and events on the host, and kernel launches with
+// each block's threads as fibers (see cuda_runtime.h here for what it checks and what it cannot).
+#include <sys/sysinfo.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "cuda_runtime.h"
+
+struct CUstream_st {};
+struct CUevent_st {};
+
+namespace coda_cuda_emu {
+namespace {
+
+constexpr size_t kStack = 64 << 10;  // per thread; kernels keep small arrays at most
+constexpr unsigned kWarp = 32;
+constexpr unsigned kMaxThreads = 1024;
+
+enum class State { kReady, kAtBarrier, kAtWarp, kDone };
+
+#if defined(__x86_64__)
+// A switch of stacks: the callee-saved registers go on the old stack, whose top is stored in
+// *save; the new stack's top is restored from `to` (System V x86-64 ABI). No system call, where
+// swapcontext makes one per switch.
+extern "C" void coda_emu_switch(void** save, void* to);
+asm(R"(
+  .text
+  .globl coda_emu_switch
+  .hidden coda_emu_switch
+  .type coda_emu_switch, @function
+coda_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size coda_emu_switch, .-coda_emu_switch
+)");
+#endif
+
+struct Fiber {
+  Place place;
+  State state = State::kDone;
+  uint64_t give = 0, take = 0;  // a warp exchange's value out and in
+  int (*src)(int, int) = nullptr;
+  int arg = 0;
+  std::unique_ptr<char[]> stack;
+#if defined(__x86_64__)
+  void* sp = nullptr;
+#else
+  ucontext_t context;
+#endif
+};
+
+// The block being run. One launch runs at a time (Launch holds kLaunch), so this and the
+// kernels' __shared__ statics belong to it.
+struct Block {
+  std::vector<Fiber> fibers;
+  size_t current = 0, count = 0;
+  const std::function<void()>* kernel = nullptr;
+  std::string fault;
+#if defined(__x86_64__)
+  void* scheduler = nullptr;
+#else
+  ucontext_t scheduler;
+#endif
+};
+
+std::mutex kLaunch;
+Block* g_block = nullptr;
+thread_local cudaError_t t_last = cudaSuccess;
+thread_local std::string t_fault;
+
+Fiber& Self() { return g_block->fibers[g_block->current]; }
+
+void Yield(State s) {
+  Fiber& f = Self();
+  f.state = s;
+#if defined(__x86_64__)
+  coda_emu_switch(&f.sp, g_block->scheduler);
+#else
+  swapcontext(&f.context, &g_block->scheduler);
+#endif
+}
+
+void Entry() {
+  (*g_block->kernel)();
+  Yield(State::kDone);  // never resumed
+  std::abort();
+}
+
+// Prepares fiber f to enter Entry() on its own stack at its first resume.
+void Begin(Fiber& f) {
+  if (!f.stack) f.stack.reset(new char[kStack]);
+#if defined(__x86_64__)
+  // The stack as coda_emu_switch leaves it: six saved registers, then Entry as the return
+  // address; Entry starts with rsp = 8 mod 16, as after a call.
+  auto top = reinterpret_cast<uintptr_t>(f.stack.get() + kStack) & ~uintptr_t{15};
+  auto* sp = reinterpret_cast<void**>(top - 16);
+  sp[0] = reinterpret_cast<void*>(&Entry);
+  sp -= 6;
+  for (int i = 0; i < 6; ++i) sp[i] = nullptr;
+  f.sp = sp;
+#else
+  getcontext(&f.context);
+  f.context.uc_stack.ss_sp = f.stack.get();
+  f.context.uc_stack.ss_size = kStack;
+  f.context.uc_link = nullptr;
+  makecontext(&f.context, Entry, 0);
+#endif
+}
+
+void Resume(Block& b, size_t i) {
+  b.current = i;
+#if defined(__x86_64__)
+  coda_emu_switch(&b.scheduler, b.fibers[i].sp);
+#else
+  swapcontext(&b.scheduler, &b.fibers[i].context);
+#endif
+}
+
+// Opens the barriers that every thread concerned has reached; false when none can open.
+bool Release(Block& b) {
+  bool opened = false;
+  for (size_t w0 = 0; w0 < b.count; w0 += kWarp) {
+    const size_t w1 = std::min(b.count, w0 + kWarp);
+    size_t at_warp = 0, done = 0;
+    for (size_t i = w0; i < w1; ++i) {
+      at_warp += b.fibers[i].state == State::kAtWarp;
+      done += b.fibers[i].state == State::kDone;
+    }
+    if (at_warp == 0) continue;
+    if (at_warp != w1 - w0) {
+      b.fault = done ? "a warp shuffle or __syncwarp with lanes of the warp that have returned (threads " +
+                           std::to_string(w0) + " to " + std::to_string(w1 - 1) + ")"
+                     : "a warp shuffle or __syncwarp that part of the warp reaches while the rest waits at "
+                       "__syncthreads (threads " + std::to_string(w0) + " to " + std::to_string(w1 - 1) + ")";
+      return false;
+    }
+    for (size_t i = w0; i < w1; ++i) {
+      Fiber& f = b.fibers[i];
+      if (f.src) {
+        const int from = f.src(static_cast<int>(i - w0), f.arg);
+        f.take = from >= 0 && static_cast<size_t>(from) < w1 - w0 ? b.fibers[w0 + static_cast<size_t>(from)].give : f.give;
+      }
+      f.state = State::kReady;
+    }
+    opened = true;
+  }
+  if (opened) return true;
+  size_t at_barrier = 0;
+  for (size_t i = 0; i < b.count; ++i) at_barrier += b.fibers[i].state == State::kAtBarrier;
+  if (at_barrier == 0) return false;  // all returned
+  // Returned threads count as arrived, as on sm_70 and later.
+  for (size_t i = 0; i < b.count; ++i)
+    if (b.fibers[i].state == State::kAtBarrier) b.fibers[i].state = State::kReady;
+  return true;
+}
+
+bool RunBlock(Block& b) {
+  for (size_t i = 0; i < b.count; ++i) {
+    Begin(b.fibers[i]);
+    b.fibers[i].state = State::kReady;
+    b.fibers[i].src = nullptr;
+  }
+  for (;;) {
+    // Highest thread first: a thread that reads what a lower one writes, without the barrier
+    // between them, reads it before it is written.
+    for (size_t i = b.count; i-- > 0;)
+      if (b.fibers[i].state == State::kReady) Resume(b, i);
+    if (!Release(b)) return b.fault.empty();
+  }
+}
+
+}  // namespace
+
+const Place& Here() { return Self().place; }
+
+bool Launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  if (threads == 0 || threads > kMaxThreads || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+      grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
+    t_last = cudaErrorInvalidConfiguration;
+    return false;
+  }
+  std::lock_guard<std::mutex> lock(kLaunch);
+  static Block b;
+  if (b.fibers.size() < threads) b.fibers.resize(threads);
+  b.count = threads;
+  b.kernel = &kernel;
+  b.fault.clear();
+  g_block = &b;
+  bool ok = true;
+  for (unsigned z = 0; ok && z < grid.z; ++z)
+    for (unsigned y = 0; ok && y < grid.y; ++y)
+      for (unsigned x = 0; ok && x < grid.x; ++x) {
+        for (size_t i = 0; i < threads; ++i)
+          b.fibers[i].place = {{static_cast<unsigned>(i % block.x), static_cast<unsigned>(i / block.x % block.y),
+                                static_cast<unsigned>(i / (uint64_t{block.x} * block.y))},
+                               {x, y, z}, block, grid};
+        ok = RunBlock(b);
+        if (!ok)
+          b.fault = "block (" + std::to_string(x) + ", " + std::to_string(y) + ", " + std::to_string(z) + "): " + b.fault;
+      }
+  g_block = nullptr;
+  if (!ok) {
+    t_last = cudaErrorLaunchFailure;
+    t_fault = b.fault;
+    std::fprintf(stderr, "CUDA emulator: %s\n", b.fault.c_str());
+  }
+  return ok;
+}
+
+void SyncThreads() { Yield(State::kAtBarrier); }
+
+void SyncWarp() {
+  Self().src = nullptr;
+  Yield(State::kAtWarp);
+}
+
+uint64_t WarpExchange(uint64_t v, int (*src)(int, int), int arg) {
+  Fiber& f = Self();
+  f.give = v;
+  f.src = src;
+  f.arg = arg;
+  Yield(State::kAtWarp);
+  Fiber& g = Self();
+  g.src = nullptr;
+  return g.take;
+}
+
+}  // namespace coda_cuda_emu
+
+using coda_cuda_emu::t_fault;
+using coda_cuda_emu::t_last;
+
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+  }
+  return "cudaErrorUnknown";
+}
+
+const char* cudaGetErrorString(cudaError_t e) {
+  if (e == cudaErrorLaunchFailure && !t_fault.empty()) return t_fault.c_str();
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+  }
+  return "unknown error";
+}
+
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = t_last;
+  t_last = cudaSuccess;
+  return e;
+}
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device != 0) return cudaErrorInvalidDevice;
+  *prop = {};
+  std::snprintf(prop->name, sizeof prop->name, "CUDA emulator on the CPU");
+  struct sysinfo si{};
+  sysinfo(&si);
+  prop->totalGlobalMem = static_cast<size_t>(si.totalram) * si.mem_unit;
+  prop->major = 9;
+  prop->minor = 0;
+  prop->multiProcessorCount = 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
+  struct sysinfo si{};
+  sysinfo(&si);
+  *free_bytes = static_cast<size_t>(si.freeram) * si.mem_unit;
+  *total = static_cast<size_t>(si.totalram) * si.mem_unit;
+  return cudaSuccess;
+}
+
+// The exact size (not rounded up), so that a sanitizer build sees a kernel read past the end.
+cudaError_t cudaMalloc(void** p, size_t size) {
+  if (posix_memalign(p, 256, std::max<size_t>(size, 1)) != 0) *p = nullptr;
+  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaFree(void* p) {
+  std::free(p);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t size, cudaMemcpyKind, cudaStream_t) {
+  if (size) std::memmove(dst, src, size);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t size, cudaStream_t) {
+  if (size) std::memset(dst, value, size);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
+  *s = new (std::nothrow) CUstream_st;
+  return *s ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  delete s;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
+  *e = new (std::nothrow) CUevent_st;
+  return *e ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete e;
+  return cudaSuccess;
+}

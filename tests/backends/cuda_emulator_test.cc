@@ -1,0 +1,98 @@
+// The CUDA emulator (backends/cuda/emu) that runs the CUDA backend's kernels in the tests of
+// machines without a GPU: its barriers and shuffles give CUDA's results, and the kernel bugs it
+// exists to catch (a missing barrier, a shuffle some lanes skip) do show.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace {
+
+using coda_cuda_emu::Launch;
+
+// Each block sums its threads' values (x + 1 + 10 * block) through shared memory and shuffles.
+void BlockSum(const float* in, float* out) {
+  __shared__ float part[32];
+  const unsigned b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  float v = in[b * blockDim.x + threadIdx.x];
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float s = 0;
+    for (unsigned i = 0; i < blockDim.x / 32; ++i) s += part[i];
+    out[b] = s;
+  }
+}
+
+TEST(CudaEmulator, BarriersAndShufflesGiveCudasResults) {
+  const dim3 grid(3, 2, 2), block(96);
+  const unsigned blocks = 12;
+  std::vector<float> in(blocks * block.x), out(blocks, -1);
+  for (unsigned b = 0; b < blocks; ++b)
+    for (unsigned t = 0; t < block.x; ++t) in[b * block.x + t] = static_cast<float>(t + 1 + 10 * b);
+  ASSERT_TRUE(Launch(grid, block, [&] { BlockSum(in.data(), out.data()); }));
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  for (unsigned b = 0; b < blocks; ++b) EXPECT_EQ(out[b], 96 * 97 / 2 + 960.0f * b) << b;
+}
+
+// Thread t reads what thread t - 1 wrote to shared memory, with or without the barrier between.
+void ReadNeighbour(bool barrier, int* out) {
+  __shared__ int v[64];
+  v[threadIdx.x] = static_cast<int>(threadIdx.x) + 1000 * static_cast<int>(blockIdx.x);
+  if (barrier) __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = threadIdx.x ? v[threadIdx.x - 1] : -1;
+}
+
+TEST(CudaEmulator, AMissingBarrierReadsStaleData) {
+  std::vector<int> out(128);
+  ASSERT_TRUE(Launch(dim3(2), dim3(64), [&] { ReadNeighbour(true, out.data()); }));
+  for (int b = 0; b < 2; ++b)
+    for (int t = 1; t < 64; ++t) ASSERT_EQ(out[static_cast<size_t>(b * 64 + t)], t - 1 + 1000 * b);
+  // Without it the reader runs before the writer: block 1 sees block 0's values.
+  ASSERT_TRUE(Launch(dim3(2), dim3(64), [&] { ReadNeighbour(false, out.data()); }));
+  size_t stale = 0;
+  for (int t = 1; t < 64; ++t) stale += out[static_cast<size_t>(64 + t)] != t - 1 + 1000;
+  EXPECT_EQ(stale, 63u);
+}
+
+void ShuffleAfterReturn(float* out) {
+  if (threadIdx.x % 32 >= 16) return;
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+}
+
+void DivergentBarriers(float* out) {
+  if (threadIdx.x < 8) {
+    out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+  } else {
+    __syncthreads();
+  }
+}
+
+TEST(CudaEmulator, KernelsThatWouldHangOrDivergeFailTheLaunch) {
+  std::vector<float> out(64);
+  EXPECT_FALSE(Launch(dim3(1), dim3(64), [&] { ShuffleAfterReturn(out.data()); }));
+  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
+  EXPECT_NE(std::string(cudaGetErrorString(cudaErrorLaunchFailure)).find("lanes of the warp that have returned"),
+            std::string::npos);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);  // read once, as CUDA's
+  EXPECT_FALSE(Launch(dim3(1), dim3(32), [&] { DivergentBarriers(out.data()); }));
+  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
+  EXPECT_NE(std::string(cudaGetErrorString(cudaErrorLaunchFailure)).find("waits at __syncthreads"), std::string::npos);
+  // The emulator is usable after a failed launch.
+  std::vector<int> ok(64);
+  EXPECT_TRUE(Launch(dim3(1), dim3(64), [&] { ReadNeighbour(true, ok.data()); }));
+  EXPECT_EQ(ok[5], 4);
+}
+
+TEST(CudaEmulator, RefusesShapesCudaRefuses) {
+  EXPECT_FALSE(Launch(dim3(1), dim3(2048), [] {}));
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  EXPECT_FALSE(Launch(dim3(0), dim3(32), [] {}));
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  EXPECT_FALSE(Launch(dim3(1, 70000), dim3(32), [] {}));
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+}
+
+}  // namespace
