@@ -348,7 +348,7 @@ TEST_P(Golden, OffloadTiersAreUsed) {
   for (int i = 0; i < 4; ++i) ASSERT_TRUE(s->Forward(std::span(&next, 1)).ok());
   const OffloadStats o = s->offload_stats();
   if (devmem_) {
-    EXPECT_EQ(o.device.backend, "vulkan");
+    EXPECT_EQ(o.device.backend, test::SplitCommas(backend_).back());
     EXPECT_EQ(o.device.capacity, slots_);
     EXPECT_EQ(o.device.total, experts_);
     EXPECT_GT(o.device.requests, 0u);
@@ -518,7 +518,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, Golden,
                                             // cuda,cpu: the CUDA backend (on a machine with a
                                             // GPU); cuda-emu: its kernels in the CPU emulator.
                                             ::testing::Values("cpu", "cpu+fast", "vulkan", "example,vulkan", "cuda,cpu", "cuda-emu",
-                                                              "cpu+offload",
+                                                              "cuda-emu+devmem+offload", "cpu+offload",
                                                               "vulkan+devmem", "vulkan+devmem+offload")),
                          [](const auto& info) {
                            std::string n = std::get<0>(info.param) + "_" + std::get<1>(info.param);
