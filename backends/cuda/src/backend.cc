@@ -173,11 +173,13 @@ class Call {
     void* p = nullptr;
     if (std::string e = Device(t, false, &p); !e.empty()) return e;
     w->data = p;
-    if (t.dtype != CODA_DTYPE_FP8_E4M3) return "";
-    w->block = t.block ? t.block : 128;
-    w->scale_cols = t.scale->shape[1];
-    if (std::string e = Device(*t.scale, false, &p); !e.empty()) return e;
-    w->scales = static_cast<const float*>(p);
+    if (t.dtype == CODA_DTYPE_FP8_E4M3) {
+      w->block = t.block ? t.block : 128;
+      w->scale_cols = t.scale->shape[1];
+      if (std::string e = Device(*t.scale, false, &p); !e.empty()) return e;
+      w->scales = static_cast<const float*>(p);
+    }
+    SetVectorized(*w);
     return "";
   }
   // Launch status, then the downloads of host outputs, waited for.

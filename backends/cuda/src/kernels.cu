@@ -122,23 +122,79 @@ __global__ void ConcatKernel(const float* a, uint64_t p, const float* b, uint64_
   }
 }
 
+// 16 bytes of weights, loaded at once (one 128-bit load per lane on the device).
+struct alignas(16) Piece {
+  uint32_t w[4];
+};
+__device__ __forceinline__ Piece LoadPiece(const void* p) {
+#ifdef CODA_CUDA_EMULATION
+  Piece q;
+  memcpy(&q, p, sizeof q);
+  return q;
+#else
+  return *static_cast<const Piece*>(p);
+#endif
+}
+
+// Value i of a piece of kDtype values. E4M3 without branches: the code's exponent and mantissa
+// bits, placed in an F32's, give the value times 2^-120 (normal codes and, as F32 subnormals,
+// the subnormal ones), so one multiply by 2^120 restores it exactly; 0x7F and 0xFF stay NaN.
+template <uint32_t kDtype>
+__device__ __forceinline__ float PieceValue(const Piece& q, int i) {
+  if (kDtype == CODA_DTYPE_F32) return AsFloat(q.w[i]);
+  if (kDtype == CODA_DTYPE_BF16) return AsFloat(i % 2 ? q.w[i / 2] & 0xffff0000u : q.w[i / 2] << 16);
+  const uint32_t b = (q.w[i / 4] >> (8 * (i % 4))) & 0xffu;
+  const float v = AsFloat(((b & 0x80u) << 24) | ((b & 0x7fu) << 20)) * 0x1p120f;
+  return (b & 0x7fu) == 0x7fu ? AsFloat(0x7fc00000u) : v;
+}
+
+// RowDots for a vectorized weight: each lane takes 16-byte pieces, 32 pieces apart; an FP8
+// piece lies in one scale block, so its partial sum is scaled once.
+template <uint32_t kDtype>
+__device__ void RowDotsVectorized(const DeviceWeight& w, uint64_t r, const float* const* x, int nt, float* acc) {
+  constexpr int kPer = kDtype == CODA_DTYPE_F32 ? 4 : kDtype == CODA_DTYPE_BF16 ? 8 : 16;
+  constexpr uint64_t kBytes = kDtype == CODA_DTYPE_F32 ? 4 : kDtype == CODA_DTYPE_BF16 ? 2 : 1;
+  const int lane = threadIdx.x % kWarp;
+  const auto* row = static_cast<const uint8_t*>(w.data) + r * w.cols * kBytes;
+  const float* scales = kDtype == CODA_DTYPE_FP8_E4M3 ? w.scales + (r / w.block) * w.scale_cols : nullptr;
+  for (uint64_t c = static_cast<uint64_t>(lane) * kPer; c < w.cols; c += kWarp * kPer) {
+    const Piece q = LoadPiece(row + c * kBytes);
+    float v[kPer];
+    for (int i = 0; i < kPer; ++i) v[i] = PieceValue<kDtype>(q, i);
+    const float s = scales ? scales[c / w.block] : 1.0f;
+    for (int j = 0; j < nt; ++j) {
+      float p = 0;
+      for (int i = 0; i < kPer; ++i) p += v[i] * x[j][c + i];
+      acc[j] += p * s;
+    }
+  }
+}
+
 // Sums, for nt <= kTokenGroup tokens, weight row r against their x rows (x[j] is token j's row);
 // for FP8 each block's partial sum is scaled as it is added. Every lane returns the warp's sums.
 __device__ void RowDots(const DeviceWeight& w, uint64_t r, const float* const* x, int nt, float* acc) {
-  const int lane = threadIdx.x % kWarp;
-  const uint64_t base = r * w.cols;
-  const bool fp8 = w.dtype == CODA_DTYPE_FP8_E4M3;
-  const uint64_t step = fp8 ? w.block : w.cols;
   for (int j = 0; j < kTokenGroup; ++j) acc[j] = 0;
-  for (uint64_t c0 = 0; c0 < w.cols; c0 += step) {
-    const uint64_t c1 = c0 + step < w.cols ? c0 + step : w.cols;
-    float part[kTokenGroup] = {0, 0, 0, 0};
-    for (uint64_t c = c0 + lane; c < c1; c += kWarp) {
-      const float v = Load(w.data, w.dtype, base + c);
-      for (int j = 0; j < nt; ++j) part[j] += v * x[j][c];
+  if (w.vectorized) {
+    switch (w.dtype) {
+      case CODA_DTYPE_F32: RowDotsVectorized<CODA_DTYPE_F32>(w, r, x, nt, acc); break;
+      case CODA_DTYPE_BF16: RowDotsVectorized<CODA_DTYPE_BF16>(w, r, x, nt, acc); break;
+      default: RowDotsVectorized<CODA_DTYPE_FP8_E4M3>(w, r, x, nt, acc); break;
     }
-    const float s = fp8 ? w.scales[(r / w.block) * w.scale_cols + c0 / w.block] : 1.0f;
-    for (int j = 0; j < nt; ++j) acc[j] += part[j] * s;
+  } else {
+    const int lane = threadIdx.x % kWarp;
+    const uint64_t base = r * w.cols;
+    const bool fp8 = w.dtype == CODA_DTYPE_FP8_E4M3;
+    const uint64_t step = fp8 ? w.block : w.cols;
+    for (uint64_t c0 = 0; c0 < w.cols; c0 += step) {
+      const uint64_t c1 = c0 + step < w.cols ? c0 + step : w.cols;
+      float part[kTokenGroup] = {0, 0, 0, 0};
+      for (uint64_t c = c0 + lane; c < c1; c += kWarp) {
+        const float v = Load(w.data, w.dtype, base + c);
+        for (int j = 0; j < nt; ++j) part[j] += v * x[j][c];
+      }
+      const float s = fp8 ? w.scales[(r / w.block) * w.scale_cols + c0 / w.block] : 1.0f;
+      for (int j = 0; j < nt; ++j) acc[j] += part[j] * s;
+    }
   }
   for (int j = 0; j < nt; ++j) acc[j] = WarpSum(acc[j]);
 }
@@ -386,6 +442,13 @@ unsigned Blocks(uint64_t threads, unsigned per_block) {
 unsigned Clamp(uint64_t v, unsigned most) { return static_cast<unsigned>(v < most ? v : most); }
 
 }  // namespace
+
+void SetVectorized(DeviceWeight& w) {
+  const uint64_t bytes = w.dtype == CODA_DTYPE_F32 ? 4 : w.dtype == CODA_DTYPE_BF16 ? 2 : 1;
+  const bool known = w.dtype == CODA_DTYPE_F32 || w.dtype == CODA_DTYPE_BF16 || w.dtype == CODA_DTYPE_FP8_E4M3;
+  w.vectorized = known && reinterpret_cast<uintptr_t>(w.data) % 16 == 0 && w.cols * bytes % 16 == 0 &&
+                 (w.dtype != CODA_DTYPE_FP8_E4M3 || (w.block && w.block % 16 == 0));
+}
 
 LinearJob PlainLinear(const float* x, uint64_t n, const DeviceWeight& w, float* y) {
   LinearJob j;

@@ -18,7 +18,12 @@ struct DeviceWeight {
   const float* scales = nullptr;  // FP8: [ceil(rows / block), scale_cols]
   uint32_t block = 128;
   uint64_t scale_cols = 0;
+  // Rows start 16-byte aligned and (FP8) blocks hold whole 16-byte pieces: each lane then
+  // reads 16 bytes at a time, as HBM wants (set by SetVectorized).
+  bool vectorized = false;
 };
+// Sets w.vectorized from its address, dtype, width and block.
+void SetVectorized(DeviceWeight& w);
 
 // y[t][i] = sum_c x[t][c] W[row0 + b * w_zrows + i][c] for tokens t < n, rows i < rows and
 // batches b < z, where token t's x starts at x + t * x_stride + b * x_zoff and its y at
