@@ -246,10 +246,18 @@ std::string Mla(Instance& in, Call& call, const coda_op& op) {
   const uint64_t total = start + n, kvb = op.kv.dtype == CODA_DTYPE_BF16 ? 2 : 4;
   const bool q_lora = Present(op.weights[0]);
   const uint64_t qa_rows = q_lora ? op.weights[0].shape[0] : 0;
-  // Scores take tokens x heads x positions floats: chunks of tokens keep them within 256 MiB.
-  const uint64_t chunk = std::clamp<uint64_t>((uint64_t{256} << 20) / (4 * H * total), 1, std::min<uint64_t>(n, 65535));
+  MlaShape m;
+  m.n = n;
+  m.heads = H;
+  m.c = c;
+  m.dn = dn;
+  m.dr = dr;
+  m.dv = dv;
+  m.start = start;
+  m.scale = hp.softmax_scale;
+  const MlaPlan plan = PlanMlaAttend(m);
   const uint64_t extra = Pad(4 * n * H * qk) + Pad(4 * n * qa_rows) + Pad(4 * n * row) + Pad(4 * n * dr) +
-                         2 * Pad(4 * n * H * c) + Pad(4 * n * H * dv) + Pad(4 * chunk * H * total) +
+                         2 * Pad(4 * n * H * c) + Pad(4 * n * H * dv) + Pad(plan.part_bytes) +
                          (op.kv.buffer ? 0 : Pad(total * row * kvb));
   if (std::string e = call.Reserve(op, extra); !e.empty()) return e;
   DeviceWeight w[8];
@@ -263,7 +271,7 @@ std::string Mla(Instance& in, Call& call, const coda_op& op) {
   std::string e = call.Device(op.inputs[0], false, &x);
   if (e.empty()) e = call.Device(op.outputs[0], true, &y);
   for (auto [bytes, out] : {std::pair{4 * n * H * qk, &q}, {4 * n * row, &kv}, {4 * n * H * c, &ql}, {4 * n * H * c, &ol},
-                            {4 * n * H * dv, &o}, {4 * chunk * H * total, &sc}})
+                            {4 * n * H * dv, &o}, {plan.part_bytes, &sc}})
     if (e.empty()) e = call.Scratch(bytes, out);
   if (e.empty() && q_lora) e = call.Scratch(4 * n * qa_rows, &qa);
   // Rotations from the host in double precision, as the CPU backend computes them.
@@ -311,19 +319,9 @@ std::string Mla(Instance& in, Call& call, const coda_op& op) {
   if (!launch) launch = LaunchRope(KV + c, n, 1, dr, row, 0, CS, in.compute);
   if (!launch) launch = LaunchRope(Q + dn, n, H, dr, H * qk, qk, CS, in.compute);
   if (!launch) launch = LaunchKvStore(KV, n * row, cache, op.kv.dtype, start * row, in.compute);
-  MlaShape m;
-  m.n = n;
-  m.heads = H;
-  m.c = c;
-  m.dn = dn;
-  m.dr = dr;
-  m.dv = dv;
-  m.start = start;
-  m.scale = hp.softmax_scale;
   const auto QL = static_cast<float*>(ql), OL = static_cast<float*>(ol), O = static_cast<float*>(o);
   if (!launch) launch = LaunchMlaAbsorb(Q, w[6], m, QL, in.compute);
-  for (uint64_t t0 = 0; !launch && t0 < n; t0 += chunk)
-    launch = LaunchMlaAttend(QL, Q, cache, op.kv.dtype, m, t0, std::min(chunk, n - t0), static_cast<float*>(sc), OL, in.compute);
+  if (!launch) launch = LaunchMlaAttend(QL, Q, cache, op.kv.dtype, m, plan, static_cast<float*>(sc), OL, in.compute);
   // o[t][h] = W_UV[h] ol[t][h]: each head's value rows of kv_b_proj as one batch.
   LinearJob uv;
   uv.x = OL;

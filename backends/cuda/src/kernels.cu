@@ -1,5 +1,6 @@
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "coda_dtypes.h"
@@ -255,39 +256,87 @@ __global__ void MlaAbsorbKernel(const float* q, DeviceWeight w, MlaShape m, floa
   }
 }
 
-// One block per (head, token): scores against the visible cache rows, softmax, attended latent.
-__global__ void MlaAttendKernel(const float* ql, const float* q, const void* cache, uint32_t dtype, MlaShape m,
-                                uint64_t t0, float* sc, float* ol) {
-  __shared__ float qs[kMlaMaxRow];
-  const uint64_t h = blockIdx.x, tl = blockIdx.y, t = t0 + tl;
-  const uint64_t row = m.c + m.dr, visible = m.start + t + 1, total = m.start + m.n;
-  const float* qlr = ql + (t * m.heads + h) * m.c;
-  const float* qpe = q + (t * m.heads + h) * (m.dn + m.dr) + m.dn;
-  for (uint64_t i = threadIdx.x; i < m.c; i += blockDim.x) qs[i] = qlr[i];
-  for (uint64_t i = threadIdx.x; i < m.dr; i += blockDim.x) qs[m.c + i] = qpe[i];
-  __syncthreads();
-  float* s = sc + (tl * m.heads + h) * total;
+// Attention in splits of positions (flash-decoding). A block takes token t, a group of kMlaHeads
+// heads (a warp each) and split `blockIdx.x` of the positions; tiles of kMlaTile cache rows go
+// through shared memory once for all the group's heads. Each warp keeps its head's running
+// maximum, sum and attended latent (lane j holds columns j, j + 32, ...), and the split's
+// unnormalized result goes to part for MlaCombineKernel.
+__global__ void MlaSplitKernel(const float* ql, const float* q, const void* cache, uint32_t dtype, MlaShape m,
+                               uint64_t t0, uint64_t split, float* part) {
+  __shared__ float qs[kMlaHeads][kMlaMaxRow];
+  __shared__ float tile[kMlaTile][kMlaMaxRow];
+  const uint64_t t = t0 + blockIdx.z, row = m.c + m.dr, visible = m.start + t + 1, splits = gridDim.x;
+  const unsigned warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const uint64_t h = blockIdx.y * kMlaHeads + warp;
+  const bool head = h < m.heads;
+  for (uint64_t i = threadIdx.x; i < kMlaHeads * row; i += blockDim.x) {
+    const uint64_t hh = blockIdx.y * kMlaHeads + i / row, j = i % row;
+    qs[i / row][j] = hh >= m.heads ? 0.0f
+                     : j < m.c   ? ql[(t * m.heads + hh) * m.c + j]
+                                 : q[(t * m.heads + hh) * (m.dn + m.dr) + m.dn + (j - m.c)];
+  }
+  const uint64_t p0 = blockIdx.x * split, p1 = p0 + split < visible ? p0 + split : visible;
+  float mx = -INFINITY, sum = 0, acc[kMlaMaxRow / kWarp];
+  for (int k = 0; k < static_cast<int>(kMlaMaxRow / kWarp); ++k) acc[k] = 0;
+  for (uint64_t pt = p0; pt < p1; pt += kMlaTile) {
+    const uint64_t np = p1 - pt < kMlaTile ? p1 - pt : kMlaTile;
+    __syncthreads();  // the previous tile's readers are done (and, the first time, qs is written)
+    for (uint64_t i = threadIdx.x; i < np * row; i += blockDim.x) tile[i / row][i % row] = Load(cache, dtype, pt * row + i);
+    __syncthreads();
+    if (!head) continue;
+    float sc[kMlaTile];
+    float tile_max = -INFINITY;
+    for (uint64_t p = 0; p < np; ++p) {
+      float v = 0;
+      for (uint64_t i = lane; i < row; i += kWarp) v += qs[warp][i] * tile[p][i];
+      sc[p] = WarpSum(v) * m.scale;
+      tile_max = fmaxf(tile_max, sc[p]);
+    }
+    const float next = fmaxf(mx, tile_max), keep = expf(mx - next);  // mx = -inf at first: keep = 0
+    sum *= keep;
+    for (int k = 0; k < static_cast<int>(kMlaMaxRow / kWarp); ++k) acc[k] *= keep;
+    for (uint64_t p = 0; p < np; ++p) {
+      const float e = expf(sc[p] - next);
+      sum += e;
+      for (int k = 0; k < static_cast<int>(kMlaMaxRow / kWarp); ++k) {
+        const uint64_t j = lane + static_cast<uint64_t>(k) * kWarp;
+        if (j < m.c) acc[k] += e * tile[p][j];
+      }
+    }
+    mx = next;
+  }
+  if (!head) return;
+  // part[t][h][split] = (max, sum, c values); a split past the visible rows has sum 0.
+  float* o = part + ((blockIdx.z * m.heads + h) * splits + blockIdx.x) * (m.c + 2);
+  if (lane == 0) {
+    o[0] = mx;
+    o[1] = sum;
+  }
+  for (int k = 0; k < static_cast<int>(kMlaMaxRow / kWarp); ++k) {
+    const uint64_t j = lane + static_cast<uint64_t>(k) * kWarp;
+    if (j < m.c) o[2 + j] = acc[k];
+  }
+}
+
+// One block per (head, token): the splits' results rescaled to a common maximum and summed.
+__global__ void MlaCombineKernel(const float* part, uint64_t splits, MlaShape m, uint64_t t0, float* ol) {
+  const uint64_t h = blockIdx.x, tl = blockIdx.y;
+  const float* p = part + (tl * m.heads + h) * splits * (m.c + 2);
   float mx = -INFINITY;
-  for (uint64_t p = threadIdx.x; p < visible; p += blockDim.x) {
-    float v = 0;
-    for (uint64_t i = 0; i < row; ++i) v += qs[i] * Load(cache, dtype, p * row + i);
-    v *= m.scale;
-    s[p] = v;
-    mx = fmaxf(mx, v);
+  for (uint64_t s = 0; s < splits; ++s)
+    if (p[s * (m.c + 2) + 1] > 0) mx = fmaxf(mx, p[s * (m.c + 2)]);
+  float total = 0;
+  for (uint64_t s = 0; s < splits; ++s) {
+    const float l = p[s * (m.c + 2) + 1];
+    if (l > 0) total += l * expf(p[s * (m.c + 2)] - mx);
   }
-  mx = BlockReduce<true>(mx);
-  float sum = 0;
-  for (uint64_t p = threadIdx.x; p < visible; p += blockDim.x) {
-    const float e = expf(s[p] - mx);
-    s[p] = e;
-    sum += e;
-  }
-  sum = BlockReduce<false>(sum);  // its barriers also order the writes of s before the reads below
-  const float inv = 1.0f / sum;
   for (uint64_t j = threadIdx.x; j < m.c; j += blockDim.x) {
-    float acc = 0;
-    for (uint64_t p = 0; p < visible; ++p) acc += s[p] * Load(cache, dtype, p * row + j);
-    ol[(t * m.heads + h) * m.c + j] = acc * inv;
+    float v = 0;
+    for (uint64_t s = 0; s < splits; ++s) {
+      const float l = p[s * (m.c + 2) + 1];
+      if (l > 0) v += p[s * (m.c + 2) + 2 + j] * expf(p[s * (m.c + 2)] - mx);
+    }
+    ol[((t0 + tl) * m.heads + h) * m.c + j] = v / total;
   }
 }
 
@@ -509,12 +558,36 @@ int LaunchMlaAbsorb(const float* q, const DeviceWeight& kv_b, const MlaShape& m,
                kv_b, m, ql);
 }
 
+MlaPlan PlanMlaAttend(const MlaShape& m) {
+  MlaPlan p;
+  const uint64_t total = m.start + m.n, groups = (m.heads + kMlaHeads - 1) / kMlaHeads;
+  // About 1024 blocks in flight: a short decode splits its positions, a long prefill does not.
+  const uint64_t want = (1024 + m.n * groups - 1) / (m.n * groups);
+  p.splits = std::max<uint64_t>(1, std::min(want, (total + 63) / 64));
+  p.split = (total + p.splits - 1) / p.splits;
+  p.splits = (total + p.split - 1) / p.split;
+  const uint64_t per_token = m.heads * p.splits * (m.c + 2) * 4;
+  p.chunk = std::clamp<uint64_t>((uint64_t{256} << 20) / per_token, 1, std::min<uint64_t>(m.n, kMaxGridYZ));
+  p.part_bytes = p.chunk * per_token;
+  return p;
+}
+
 int LaunchMlaAttend(const float* ql, const float* q, const void* cache, uint32_t cache_dtype, const MlaShape& m,
-                    uint64_t t0, uint64_t count, float* sc, float* ol, cudaStream_t s) {
-  if (!count || !m.heads) return 0;
-  if (m.heads > kMaxGridYZ * 1024ull || count > kMaxGridYZ) return static_cast<int>(cudaErrorInvalidValue);
-  return Start(MlaAttendKernel, dim3(static_cast<unsigned>(m.heads), static_cast<unsigned>(count)), dim3(kThreads), s, ql,
-               q, cache, cache_dtype, m, t0, sc, ol);
+                    const MlaPlan& plan, float* part, float* ol, cudaStream_t s) {
+  if (!m.n || !m.heads) return 0;
+  const uint64_t groups = (m.heads + kMlaHeads - 1) / kMlaHeads;
+  if (groups > kMaxGridYZ || m.heads > kMaxGridYZ || plan.splits > 0x7fffffffu || m.c + m.dr > kMlaMaxRow)
+    return static_cast<int>(cudaErrorInvalidValue);
+  int e = 0;
+  for (uint64_t t0 = 0; !e && t0 < m.n; t0 += plan.chunk) {
+    const unsigned count = static_cast<unsigned>(std::min(plan.chunk, m.n - t0));
+    e = Start(MlaSplitKernel, dim3(static_cast<unsigned>(plan.splits), static_cast<unsigned>(groups), count),
+              dim3(kMlaHeads * kWarp), s, ql, q, cache, cache_dtype, m, t0, plan.split, part);
+    if (!e)
+      e = Start(MlaCombineKernel, dim3(static_cast<unsigned>(m.heads), count), dim3(128), s,
+                static_cast<const float*>(part), plan.splits, m, t0, ol);
+  }
+  return e;
 }
 
 int LaunchMoeRoute(const float* logits, const void* bias, uint32_t bias_dtype, const RouteShape& r, float* sc, float* sel,

@@ -75,12 +75,19 @@ struct MlaShape {
 };
 // ql[t][h] = q_nope[t][h] W_UK[h] (c values) from q [n, heads, dn + dr] and kv_b_proj.
 int LaunchMlaAbsorb(const float* q, const DeviceWeight& kv_b, const MlaShape& m, float* ql, cudaStream_t s);
-// For tokens t0 .. t0 + count - 1: scores of (ql, q_pe) against the cache rows 0 .. start + t,
-// softmax, and ol[t][h] = the attended latent (c values). sc: count * heads * (start + n) floats.
+// Attention over the cache rows 0 .. start + t of each token t, in `splits` ranges of `split`
+// positions, tokens in chunks of `chunk`; part holds part_bytes of partial results.
+struct MlaPlan {
+  uint64_t splits = 1, split = 1, chunk = 1, part_bytes = 0;
+};
+MlaPlan PlanMlaAttend(const MlaShape& m);
+// ol[t][h] = the attended latent (c values): softmax over the scores of (ql, q_pe) against the
+// cache rows, each row read once per group of kMlaHeads heads.
 int LaunchMlaAttend(const float* ql, const float* q, const void* cache, uint32_t cache_dtype, const MlaShape& m,
-                    uint64_t t0, uint64_t count, float* sc, float* ol, cudaStream_t s);
-// The largest latent row (c + dr) MlaAttend keeps in shared memory.
-constexpr uint64_t kMlaMaxRow = 2048;
+                    const MlaPlan& plan, float* part, float* ol, cudaStream_t s);
+// Heads per block, cache rows per shared-memory tile, and the longest latent row (c + dr): the
+// block's shared memory, (kMlaHeads + kMlaTile) * kMlaMaxRow floats, stays within 48 KiB.
+constexpr uint64_t kMlaHeads = 8, kMlaTile = 8, kMlaMaxRow = 640;
 
 // ---- MoE (coda_ops.h, MoeGate and MoeExperts) ----
 struct RouteShape {
