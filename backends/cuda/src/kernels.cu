@@ -200,6 +200,71 @@ __device__ void RowDots(const DeviceWeight& w, uint64_t r, const float* const* x
   for (int j = 0; j < nt; ++j) acc[j] = WarpSum(acc[j]);
 }
 
+// ---- Products of many tokens: tiles through shared memory ----
+// A block of 256 threads computes kTileTokens tokens x kTileRows weight rows, kTileK columns at a
+// time; each weight value is decoded (and FP8-scaled) once per tile and used for all its tokens,
+// where the mat-vec path reads it once per kTokenGroup tokens. Thread (ty, tx) of a 16 x 16 grid
+// holds a 4 x 4 corner of the tile.
+constexpr int kTileTokens = 64, kTileRows = 64, kTileK = 32;
+// From this many tokens a product goes through tiles.
+constexpr uint64_t kTileMinTokens = 16;
+
+// Sums over all columns for tokens 0 .. mt - 1 (token i's row at xrow(i)) and weight rows
+// row0 .. row0 + nr - 1, then calls store(i, j, value) for each of them. Every thread of the
+// block calls it with the same arguments.
+template <class XRow, class Store>
+__device__ void GemmTile(const DeviceWeight& w, uint64_t row0, uint64_t nr, uint64_t mt, XRow xrow, Store store) {
+  __shared__ float xs[kTileK][kTileTokens];
+  __shared__ float ws[kTileK][kTileRows];
+  const unsigned tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const bool fp8 = w.dtype == CODA_DTYPE_FP8_E4M3;
+  float acc[4][4] = {};
+  for (uint64_t k0 = 0; k0 < w.cols; k0 += kTileK) {
+    __syncthreads();  // the previous tile's readers are done
+    for (unsigned i = threadIdx.x; i < kTileK * kTileTokens; i += blockDim.x) {
+      const unsigned m = i / kTileK, k = i % kTileK;  // consecutive threads read consecutive columns
+      xs[k][m] = m < mt && k0 + k < w.cols ? xrow(m)[k0 + k] : 0.0f;
+    }
+    for (unsigned i = threadIdx.x; i < kTileK * kTileRows; i += blockDim.x) {
+      const unsigned j = i / kTileK, k = i % kTileK;
+      const uint64_t r = row0 + j, c = k0 + k;
+      float v = 0;
+      if (j < nr && c < w.cols) {
+        v = Load(w.data, w.dtype, r * w.cols + c);
+        if (fp8) v *= w.scales[(r / w.block) * w.scale_cols + c / w.block];
+      }
+      ws[k][j] = v;
+    }
+    __syncthreads();
+    for (int k = 0; k < kTileK; ++k) {
+      float a[4], b[4];
+      for (int q = 0; q < 4; ++q) {
+        a[q] = xs[k][ty * 4 + q];
+        b[q] = ws[k][tx * 4 + q];
+      }
+      for (int q = 0; q < 4; ++q)
+        for (int r = 0; r < 4; ++r) acc[q][r] += a[q] * b[r];
+    }
+  }
+  for (int q = 0; q < 4; ++q)
+    for (int r = 0; r < 4; ++r) {
+      const uint64_t i = ty * 4 + q, j = tx * 4 + r;
+      if (i < mt && j < nr) store(i, j, acc[q][r]);
+    }
+}
+
+// Grid (row tiles, token tiles, batches).
+__global__ void GemmKernel(LinearJob job) {
+  const uint64_t b = blockIdx.z, i0 = blockIdx.x * static_cast<uint64_t>(kTileRows),
+                 t0 = blockIdx.y * static_cast<uint64_t>(kTileTokens);
+  const uint64_t nr = job.rows - i0 < kTileRows ? job.rows - i0 : kTileRows;
+  const uint64_t mt = job.n - t0 < kTileTokens ? job.n - t0 : kTileTokens;
+  GemmTile(
+      job.w, job.row0 + b * job.w_zrows + i0, nr, mt,
+      [&](uint64_t m) { return job.x + (t0 + m) * job.x_stride + b * job.x_zoff; },
+      [&](uint64_t m, uint64_t j, float v) { job.y[(t0 + m) * job.y_stride + b * job.y_zoff + i0 + j] = v; });
+}
+
 // One warp per (batch, row).
 __global__ void LinearKernel(LinearJob job) {
   const uint64_t g = (blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x) / kWarp;
@@ -454,6 +519,30 @@ __global__ void MoeProjectKernel(const float* x, uint64_t k, uint64_t d, uint64_
                                  const uint32_t* starts, const uint32_t* list, float* h, float* out) {
   const uint64_t e = blockIdx.x, first = starts[e], count = starts[e + 1] - first, rows = kUp ? f : d;
   if (count == 0) return;
+  if (count >= kTileMinTokens) {  // many pairs: tiles of rows (grid.y takes kTileRows-row tiles)
+    for (uint64_t i0 = blockIdx.y * static_cast<uint64_t>(kTileRows); i0 < rows; i0 += gridDim.y * static_cast<uint64_t>(kTileRows)) {
+      const uint64_t nr = rows - i0 < kTileRows ? rows - i0 : kTileRows;
+      for (uint64_t p0 = 0; p0 < count; p0 += kTileTokens) {
+        const uint64_t mt = count - p0 < kTileTokens ? count - p0 : kTileTokens;
+        const uint32_t* slots = list + first + p0;
+        float* hs = h + (first + p0) * f + i0;
+        if (kUp) {
+          // gate into h, then h = silu(h) * up: each thread revisits the values it wrote.
+          GemmTile(table[e].gate, i0, nr, mt, [&](uint64_t m) { return x + slots[m] / k * d; },
+                   [&](uint64_t m, uint64_t j, float v) { hs[m * f + j] = v; });
+          GemmTile(table[e].up, i0, nr, mt, [&](uint64_t m) { return x + slots[m] / k * d; },
+                   [&](uint64_t m, uint64_t j, float v) {
+                     const float g = hs[m * f + j];
+                     hs[m * f + j] = g / (1.0f + expf(-g)) * v;
+                   });
+        } else {
+          GemmTile(table[e].down, i0, nr, mt, [&](uint64_t m) { return h + (first + p0 + m) * f; },
+                   [&](uint64_t m, uint64_t j, float v) { out[uint64_t{slots[m]} * d + i0 + j] = v; });
+        }
+      }
+    }
+    return;
+  }
   for (uint64_t r = blockIdx.y * static_cast<uint64_t>(kWarpsPerBlock) + threadIdx.x / kWarp; r < rows;
        r += static_cast<uint64_t>(gridDim.y) * kWarpsPerBlock)
     for (uint64_t i0 = 0; i0 < count; i0 += kTokenGroup) {
@@ -537,6 +626,13 @@ int LaunchConcat(const float* a, uint64_t p, const float* b, uint64_t q, uint64_
 
 int LaunchLinear(const LinearJob& job, cudaStream_t s) {
   if (!job.n || !job.rows || !job.z) return 0;
+  if (job.n >= kTileMinTokens) {
+    const uint64_t tiles = (job.n + kTileTokens - 1) / kTileTokens;
+    if (tiles > kMaxGridYZ || job.z > kMaxGridYZ) return static_cast<int>(cudaErrorInvalidValue);
+    return Start(GemmKernel, dim3(Clamp((job.rows + kTileRows - 1) / kTileRows, 0x7fffffffu), static_cast<unsigned>(tiles),
+                                  static_cast<unsigned>(job.z)),
+                 dim3(kThreads), s, job);
+  }
   return Start(LinearKernel, dim3(Blocks(job.rows * job.z * kWarp, kThreads)), dim3(kThreads), s, job);
 }
 
