@@ -96,3 +96,25 @@ TEST(CudaEmulator, RefusesShapesCudaRefuses) {
 }
 
 }  // namespace
+
+namespace {
+
+// coda-cuda-bench (tools/gpu-check runs it on a GPU) in the emulator: its products and its MLA
+// decode check out against the host's sums, and it prints its tables.
+TEST(CudaBench, RunsAndChecksInTheEmulator) {
+  const std::string bench = std::string(CODA_TEST_PLUGIN_DIR) + "/coda-cuda-bench-emu";
+  FILE* p = popen((bench + " --smoke 2>&1").c_str(), "r");
+  ASSERT_TRUE(p);
+  std::string out;
+  char buf[4096];
+  for (size_t got; (got = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, got);
+  const int status = pclose(p);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("| tiny | 96x160 | 20 |"), std::string::npos) << out;
+  EXPECT_NE(out.find("(host)"), std::string::npos) << out;
+  EXPECT_NE(out.find("| matches the host | 9 | 300 |"), std::string::npos) << out;
+  EXPECT_NE(out.find("all checks passed"), std::string::npos) << out;
+  EXPECT_EQ(out.find("FAIL"), std::string::npos) << out;
+}
+
+}  // namespace

@@ -1,0 +1,326 @@
+// coda-cuda-bench: the CUDA backend's kernels on DeepSeek-V3's shapes, beside cuBLASLt's BF16
+// product on the same shapes and a device-to-device copy, the bandwidth bound measured in the
+// same run. Each product is also checked against cuBLASLt's result, so a first run on a new GPU
+// proves the kernels there as well as timing them. Prints markdown tables; exit status 1 when a
+// check fails.
+//
+//   coda-cuda-bench [--smoke]
+//
+// --smoke runs tiny shapes (the test suite runs it in the CPU emulator, without cuBLASLt).
+#include <cuda_runtime.h>
+#ifndef CODA_CUDA_EMULATION
+#include <cublasLt.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "coda_dtypes.h"
+#include "kernels.h"
+
+namespace coda::cuda {
+namespace {
+
+bool Check(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return true;
+  std::fprintf(stderr, "coda-cuda-bench: %s: %s (%s)\n", what, cudaGetErrorName(e), cudaGetErrorString(e));
+  return false;
+}
+
+// Device memory freed at scope exit.
+struct DeviceBuffer {
+  void* p = nullptr;
+  explicit DeviceBuffer(size_t bytes) {
+    if (!Check(cudaMalloc(&p, std::max<size_t>(bytes, 1)), "cudaMalloc")) p = nullptr;
+  }
+  ~DeviceBuffer() { cudaFree(p); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(p);
+  }
+};
+
+template <class T>
+bool Upload(const DeviceBuffer& d, const std::vector<T>& h) {
+  return d.p && Check(cudaMemcpyAsync(d.p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice, nullptr), "upload") &&
+         Check(cudaStreamSynchronize(nullptr), "upload");
+}
+
+// Milliseconds per run of f, after one run to warm up; f returns a launch status.
+template <class F>
+double Time(F f, int reps, bool* ok) {
+  cudaEvent_t a = nullptr, b = nullptr;
+  float ms = 0;
+  *ok = Check(cudaEventCreate(&a), "cudaEventCreate") && Check(cudaEventCreate(&b), "cudaEventCreate") && f() == 0 &&
+        Check(cudaEventRecord(a, nullptr), "cudaEventRecord");
+  for (int i = 0; *ok && i < reps; ++i) *ok = f() == 0;
+  *ok = *ok && Check(cudaEventRecord(b, nullptr), "cudaEventRecord") && Check(cudaEventSynchronize(b), "running") &&
+        Check(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return ms / reps;
+}
+
+// Random E4M3 codes (never the NaN codes) and block scales near 1/448, as a converted checkpoint's.
+void RandomFp8(std::mt19937& rng, uint64_t rows, uint64_t cols, std::vector<uint8_t>* codes, std::vector<float>* scales) {
+  std::uniform_int_distribution<int> code(0, 0xfd);
+  codes->resize(rows * cols);
+  for (uint8_t& c : *codes) {
+    const int v = code(rng);
+    c = static_cast<uint8_t>(v < 0x7f ? v : v + 1);  // skips 0x7f; 0xff is past the range
+  }
+  scales->resize(((rows + 127) / 128) * ((cols + 127) / 128));
+  std::uniform_real_distribution<float> u(0.5f, 2.0f);
+  for (float& s : *scales) s = u(rng) / 448.0f;
+}
+
+struct Shape {
+  const char* name;
+  uint64_t rows, cols;
+};
+
+#ifndef CODA_CUDA_EMULATION
+// y[n, rows] = x[n, cols] W^T with BF16 operands and F32 results, all row-major: in cuBLASLt's
+// column-major terms D[rows, n] = op(A) B with A = W stored [cols, rows] and transposed.
+struct LtProduct {
+  cublasLtHandle_t lt = nullptr;
+  DeviceBuffer workspace{64u << 20};
+  LtProduct() { cublasLtCreate(&lt); }
+  ~LtProduct() { cublasLtDestroy(lt); }
+  // 0, or a cublasStatus_t.
+  int Run(const void* w, const void* x, float* y, uint64_t rows, uint64_t cols, uint64_t n) {
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulPreference_t pref = nullptr;
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    const size_t ws = 64u << 20;
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const float alpha = 1, beta = 0;
+    cublasStatus_t s = cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (!s) s = cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    if (!s) s = cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    if (!s) s = cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, cols, rows, static_cast<int64_t>(cols));
+    if (!s) s = cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, cols, n, static_cast<int64_t>(cols));
+    if (!s) s = cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, rows, n, static_cast<int64_t>(rows));
+    if (!s) s = cublasLtMatmulPreferenceCreate(&pref);
+    if (!s) s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    if (!s) s = cublasLtMatmulAlgoGetHeuristic(lt, desc, a, b, c, c, pref, 1, &result, &found);
+    if (!s && found == 0) s = CUBLAS_STATUS_NOT_SUPPORTED;
+    if (!s)
+      s = cublasLtMatmul(lt, desc, &alpha, w, a, x, b, &beta, y, c, y, c, &result.algo, workspace.p, ws, nullptr);
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+    return static_cast<int>(s);
+  }
+};
+#endif
+
+// Largest |a - b| over the largest |b|.
+[[maybe_unused]] double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num = std::max(num, std::fabs(static_cast<double>(a[i]) - b[i]));
+    den = std::max(den, std::fabs(static_cast<double>(b[i])));
+  }
+  return den > 0 ? num / den : num;
+}
+
+int Main(int argc, char** argv) {
+  bool smoke = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--smoke") == 0) {
+      smoke = true;
+    } else {
+      std::fprintf(stderr, "coda-cuda-bench: unknown argument '%s' (usage: coda-cuda-bench [--smoke])\n", argv[i]);
+      return 2;
+    }
+  }
+  cudaDeviceProp prop{};
+  if (!Check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties")) return 1;
+  std::printf("device: %s (sm_%d%d, %zu MiB)\n\n", prop.name, prop.major, prop.minor, prop.totalGlobalMem >> 20);
+  const int reps = smoke ? 1 : 20;
+  bool all_ok = true;
+
+  // The bound: a device-to-device copy reads and writes each byte once.
+  const size_t copy_bytes = smoke ? (1u << 20) : (size_t{1} << 30);
+  double copy_gbs = 0;
+  {
+    DeviceBuffer src(copy_bytes), dst(copy_bytes);
+    bool ok = src.p && dst.p;
+    const double ms =
+        ok ? Time([&] { return static_cast<int>(cudaMemcpyAsync(dst.p, src.p, copy_bytes, cudaMemcpyDeviceToDevice, nullptr)); },
+                  reps, &ok)
+           : 0;
+    copy_gbs = ok ? 2.0 * copy_bytes / (ms * 1e6) : 0;
+    std::printf("device-to-device copy: %.0f GB/s (read + write), the bandwidth bound below\n\n", copy_gbs);
+    all_ok = all_ok && ok;
+  }
+
+  // Products: FP8 weights with 128x128 block scales, F32 activations.
+  const std::vector<Shape> shapes =
+      smoke ? std::vector<Shape>{{"tiny", 96, 160}}
+            : std::vector<Shape>{{"expert gate/up", 2048, 7168}, {"expert down", 7168, 2048}, {"dense gate/up", 18432, 7168},
+                                 {"dense down", 7168, 18432}};
+  const std::vector<uint64_t> tokens = smoke ? std::vector<uint64_t>{1, 20} : std::vector<uint64_t>{1, 4, 16, 128, 512, 4096};
+  std::printf("| weight (FP8) | rows x cols | tokens | coda ms | coda TFLOPS | coda GB/s | of copy | cuBLASLt BF16 ms | "
+              "cuBLASLt TFLOPS | rel. difference |\n|---|---|---|---|---|---|---|---|---|---|\n");
+  std::mt19937 rng(7);
+#ifndef CODA_CUDA_EMULATION
+  LtProduct lt;
+#endif
+  for (const Shape& sh : shapes) {
+    std::vector<uint8_t> codes;
+    std::vector<float> scales;
+    RandomFp8(rng, sh.rows, sh.cols, &codes, &scales);
+    const uint64_t scols = (sh.cols + 127) / 128;
+    std::vector<uint16_t> wbf(sh.rows * sh.cols);  // the same weights, dequantized, for cuBLASLt
+    for (uint64_t r = 0; r < sh.rows; ++r)
+      for (uint64_t c = 0; c < sh.cols; ++c)
+        wbf[r * sh.cols + c] = coda_f32_to_bf16(coda_e4m3_to_f32(codes[r * sh.cols + c]) * scales[(r / 128) * scols + c / 128]);
+    const uint64_t nmax = tokens.back();
+    std::vector<float> x(nmax * sh.cols);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (float& v : x) v = coda_bf16_to_f32(coda_f32_to_bf16(normal(rng)));  // exact in BF16 too
+    std::vector<uint16_t> xbf(x.size());
+    for (size_t i = 0; i < x.size(); ++i) xbf[i] = coda_f32_to_bf16(x[i]);
+    DeviceBuffer dw(codes.size()), ds(scales.size() * 4), dwbf(wbf.size() * 2), dx(x.size() * 4), dxbf(xbf.size() * 2),
+        dy(nmax * sh.rows * 4), dyl(nmax * sh.rows * 4);
+    if (!Upload(dw, codes) || !Upload(ds, scales) || !Upload(dwbf, wbf) || !Upload(dx, x) || !Upload(dxbf, xbf)) return 1;
+    DeviceWeight w;
+    w.dtype = CODA_DTYPE_FP8_E4M3;
+    w.rows = sh.rows;
+    w.cols = sh.cols;
+    w.data = dw.p;
+    w.scales = ds.as<float>();
+    w.block = 128;
+    w.scale_cols = scols;
+    SetVectorized(w);
+    for (uint64_t n : tokens) {
+      bool ok = true;
+      const double ms = Time([&] { return LaunchLinear(PlainLinear(dx.as<float>(), n, w, dy.as<float>()), nullptr); }, reps, &ok);
+      const double flops = 2.0 * n * sh.rows * sh.cols;
+      const double bytes = static_cast<double>(sh.rows * sh.cols + scales.size() * 4 + 4 * n * (sh.rows + sh.cols));
+      std::string lt_ms = "-", lt_tf = "-", diff = "-";
+#ifndef CODA_CUDA_EMULATION
+      bool lok = true;
+      const double lms = Time([&] { return lt.Run(dwbf.p, dxbf.p, dyl.as<float>(), sh.rows, sh.cols, n); }, reps, &lok);
+      if (lok) {
+        std::vector<float> a(n * sh.rows), b(n * sh.rows);
+        ok = ok && Check(cudaMemcpy(a.data(), dy.p, a.size() * 4, cudaMemcpyDeviceToHost), "download") &&
+             Check(cudaMemcpy(b.data(), dyl.p, b.size() * 4, cudaMemcpyDeviceToHost), "download");
+        const double err = RelErr(a, b);
+        // BF16 rounding of the dequantized weights (2^-9 relative) over sums of thousands.
+        ok = ok && err < 2e-2;
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "%.3f", lms);
+        lt_ms = buf;
+        std::snprintf(buf, sizeof buf, "%.1f", flops / (lms * 1e9));
+        lt_tf = buf;
+        std::snprintf(buf, sizeof buf, "%.1e%s", err, err < 2e-2 ? "" : " FAIL");
+        diff = buf;
+      } else {
+        lt_ms = "cuBLASLt refused";
+      }
+#else
+      // No cuBLASLt here: the same sums on the host, from the BF16 copy of the weights.
+      (void)dwbf;
+      (void)dyl;
+      std::vector<float> a(n * sh.rows), b(n * sh.rows);
+      ok = ok && Check(cudaMemcpy(a.data(), dy.p, a.size() * 4, cudaMemcpyDeviceToHost), "download");
+      for (uint64_t t = 0; t < n; ++t)
+        for (uint64_t r = 0; r < sh.rows; ++r) {
+          double v = 0;
+          for (uint64_t c = 0; c < sh.cols; ++c) v += coda_bf16_to_f32(wbf[r * sh.cols + c]) * static_cast<double>(x[t * sh.cols + c]);
+          b[t * sh.rows + r] = static_cast<float>(v);
+        }
+      const double err = RelErr(a, b);
+      ok = ok && err < 2e-2;
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.1e (host)%s", err, err < 2e-2 ? "" : " FAIL");
+      diff = buf;
+      lt_ms = "not in the emulator";
+#endif
+      std::printf("| %s | %llux%llu | %llu | %.3f | %.2f | %.0f | %.0f%% | %s | %s | %s |\n", sh.name,
+                  static_cast<unsigned long long>(sh.rows), static_cast<unsigned long long>(sh.cols),
+                  static_cast<unsigned long long>(n), ms, flops / (ms * 1e9), bytes / (ms * 1e6),
+                  copy_gbs > 0 ? 100.0 * bytes / (ms * 1e6) / copy_gbs : 0.0, lt_ms.c_str(), lt_tf.c_str(), diff.c_str());
+      all_ok = all_ok && ok;
+    }
+  }
+
+  // MLA decode: one token over a BF16 latent cache, V3's dimensions.
+  std::printf("\n| MLA decode (BF16 cache) | heads | positions | ms | cache GB/s | of copy |\n|---|---|---|---|---|---|\n");
+  MlaShape m;
+  m.n = 1;
+  m.heads = smoke ? 9 : 128;
+  m.c = smoke ? 64 : 512;
+  m.dn = smoke ? 16 : 128;
+  m.dr = smoke ? 16 : 64;
+  m.dv = m.dn;
+  m.scale = 1.0f / std::sqrt(static_cast<float>(m.dn + m.dr));
+  for (uint64_t ctx : smoke ? std::vector<uint64_t>{300} : std::vector<uint64_t>{4096, 32768, 65536}) {
+    m.start = ctx - 1;
+    const uint64_t row = m.c + m.dr;
+    const MlaPlan plan = PlanMlaAttend(m);
+    std::vector<uint16_t> cache(ctx * row);
+    std::vector<float> ql(m.heads * m.c), q(m.heads * (m.dn + m.dr));
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (uint16_t& v : cache) v = coda_f32_to_bf16(normal(rng));
+    for (float& v : ql) v = normal(rng) * 0.05f;
+    for (float& v : q) v = normal(rng) * 0.05f;
+    DeviceBuffer dc(cache.size() * 2), dql(ql.size() * 4), dq(q.size() * 4), dpart(plan.part_bytes), dol(m.heads * m.c * 4);
+    if (!Upload(dc, cache) || !Upload(dql, ql) || !Upload(dq, q) || !dpart.p || !dol.p) return 1;
+    bool ok = true;
+    const double ms = Time(
+        [&] {
+          return LaunchMlaAttend(dql.as<float>(), dq.as<float>(), dc.p, CODA_DTYPE_BF16, m, plan, dpart.as<float>(),
+                                 dol.as<float>(), nullptr);
+        },
+        reps, &ok);
+    // The result against the same sums on the host, for head 0.
+    std::vector<float> ol(m.heads * m.c);
+    ok = ok && Check(cudaMemcpy(ol.data(), dol.p, ol.size() * 4, cudaMemcpyDeviceToHost), "download");
+    std::vector<double> s(ctx);
+    double mx = -INFINITY, sum = 0;
+    for (uint64_t p = 0; p < ctx; ++p) {
+      double v = 0;
+      for (uint64_t i = 0; i < row; ++i)
+        v += (i < m.c ? ql[i] : q[m.dn + (i - m.c)]) * coda_bf16_to_f32(cache[p * row + i]);
+      s[p] = v * m.scale;
+      mx = std::max(mx, s[p]);
+    }
+    for (double& v : s) sum += (v = std::exp(v - mx));
+    double err = 0, big = 0;
+    for (uint64_t j = 0; j < m.c; ++j) {
+      double want = 0;
+      for (uint64_t p = 0; p < ctx; ++p) want += s[p] * coda_bf16_to_f32(cache[p * row + j]);
+      want /= sum;
+      err = std::max(err, std::fabs(want - ol[j]));
+      big = std::max(big, std::fabs(want));
+    }
+    ok = ok && err <= 1e-4 * std::max(big, 1.0);
+    const double gbs = ctx * row * 2.0 / (ms * 1e6);
+    std::printf("| %s | %llu | %llu | %.4f | %.0f | %.0f%% |\n", ok ? "matches the host" : "FAIL",
+                static_cast<unsigned long long>(m.heads), static_cast<unsigned long long>(ctx), ms, gbs,
+                copy_gbs > 0 ? 100.0 * gbs / copy_gbs : 0.0);
+    all_ok = all_ok && ok;
+  }
+  std::printf("\n%s\n", all_ok ? "all checks passed" : "SOME CHECKS FAILED");
+  return all_ok ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace coda::cuda
+
+int main(int argc, char** argv) { return coda::cuda::Main(argc, argv); }
