@@ -118,3 +118,32 @@ TEST(CudaBench, RunsAndChecksInTheEmulator) {
 }
 
 }  // namespace
+
+#include "coda_dtypes.h"
+#include "numbers.h"
+
+namespace {
+
+// The kernels' F32 to E4M3 (activations for the FP8 products): every code back to itself, a
+// value between two codes to the nearer (ties to the even code), and saturation at 448.
+TEST(CudaNumbers, E4m3RoundsToNearestEvenAndSaturates) {
+  using coda::cuda::ToE4m3;
+  for (int c = 0; c < 256; ++c) {
+    if ((c & 0x7f) == 0x7f) continue;  // NaN
+    ASSERT_EQ(ToE4m3(coda_e4m3_to_f32(static_cast<uint8_t>(c))), c) << c;
+    EXPECT_EQ(coda::cuda::E4m3(static_cast<uint8_t>(c)), coda_e4m3_to_f32(static_cast<uint8_t>(c))) << c;
+  }
+  for (int c = 0; c < 0x7e; ++c) {
+    const float lo = coda_e4m3_to_f32(static_cast<uint8_t>(c)), hi = coda_e4m3_to_f32(static_cast<uint8_t>(c + 1));
+    const float mid = (lo + hi) / 2;  // exact: a few bits more than E4M3's
+    ASSERT_EQ(ToE4m3(mid), c % 2 == 0 ? c : c + 1) << c;
+    EXPECT_EQ(ToE4m3(std::nextafter(mid, lo)), c) << c;
+    EXPECT_EQ(ToE4m3(std::nextafter(mid, hi)), c + 1) << c;
+    EXPECT_EQ(ToE4m3(-std::nextafter(mid, hi)), 0x80 | (c + 1)) << c;
+  }
+  EXPECT_EQ(ToE4m3(464.0f), 0x7e);  // halfway to what would be 480: saturates, never NaN
+  EXPECT_EQ(ToE4m3(1e30f), 0x7e);
+  EXPECT_EQ(ToE4m3(-1e30f), 0xfe);
+}
+
+}  // namespace

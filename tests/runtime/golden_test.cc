@@ -301,8 +301,28 @@ TEST_P(Golden, GreedyContinuationMatches) {
   go.max_new_tokens = static_cast<uint32_t>(want.size());
   auto r = Generate(*s, *sampler, Tokens(), go, nullptr);
   ASSERT_TRUE(r.ok()) << r.status().message();
-  EXPECT_EQ(r->tokens, want);
-  const double err = test::RelErr(logits_rows, File("greedy_logits.f32"));
+  std::vector<float> ref_rows = File("greedy_logits.f32");
+  const size_t vocab = ref_rows.size() / want.size();
+  // Exact products must give the reference's tokens. Fast ones move logits by up to FastBound of
+  // the largest, as DeepSeek's own FP8 GEMM does: a token may then differ only where the
+  // reference's choice led the token taken by less than that, and the rows after it (which see
+  // other tokens) are not compared.
+  size_t same = 0;
+  while (same < want.size() && same < r->tokens.size() && r->tokens[same] == want[same]) ++same;
+  if (same < want.size()) {
+    ASSERT_TRUE(FastBound()) << "tokens differ from the reference's at " << same;
+    ASSERT_LT(same, r->tokens.size());
+    const float* row = ref_rows.data() + same * vocab;
+    double largest = 0;
+    for (float v : ref_rows) largest = std::max(largest, std::fabs(static_cast<double>(v)));
+    const double lead = (row[want[same]] - row[r->tokens[same]]) / largest;
+    std::printf("[%s/%s] token %zu differs: the reference led it by %.3g of the largest logit (bound %.3g)\n",
+                c_.name.c_str(), std::get<1>(GetParam()).c_str(), same, lead, Tol());
+    EXPECT_LE(lead, Tol());
+    logits_rows.resize(std::min(logits_rows.size(), (same + 1) * vocab));
+    ref_rows.resize(logits_rows.size());
+  }
+  const double err = test::RelErr(logits_rows, ref_rows);
   std::printf("[%s/%s] greedy logits: max rel error %.3g, tokens %s\n", c_.name.c_str(), std::get<1>(GetParam()).c_str(), err,
               r->tokens == want ? "equal" : "DIFFERENT");
   EXPECT_LE(err, Tol());
@@ -310,7 +330,8 @@ TEST_P(Golden, GreedyContinuationMatches) {
   for (auto& [layer, got] : routing) {
     const auto exp = g["routing_of_fed_tokens"][std::to_string(layer)].get<std::vector<std::vector<int32_t>>>();
     ASSERT_EQ(got.size(), exp.size());
-    for (size_t i = 0; i < exp.size(); ++i, ++sets) {
+    // Fed token i is greedy token i: from the first that differs on, they are other tokens.
+    for (size_t i = 0; i < std::min(exp.size(), same); ++i, ++sets) {
       const std::set<int32_t> a(got[i].begin(), got[i].end()), b(exp[i].begin(), exp[i].end());
       mismatches += a != b;
       if (!FastBound()) {
@@ -518,7 +539,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, Golden,
                                             // cuda,cpu: the CUDA backend (on a machine with a
                                             // GPU); cuda-emu: its kernels in the CPU emulator.
                                             ::testing::Values("cpu", "cpu+fast", "vulkan", "example,vulkan", "cuda,cpu", "cuda-emu",
-                                                              "cuda-emu+devmem+offload", "cpu+offload",
+                                                              "cuda-emu+fast", "cuda-emu+devmem+offload", "cpu+offload",
                                                               "vulkan+devmem", "vulkan+devmem+offload")),
                          [](const auto& info) {
                            std::string n = std::get<0>(info.param) + "_" + std::get<1>(info.param);

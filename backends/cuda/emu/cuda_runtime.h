@@ -88,6 +88,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t e);
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __align__(n) __attribute__((aligned(n)))
 // One block runs at a time in the process, so a block's shared memory is a static.
 #define __shared__ static
 
@@ -123,6 +124,13 @@ T Shuffle(T v, int (*src)(int, int), int arg) {
   std::memcpy(&v, &bits, sizeof(T));
   return v;
 }
+// PTX mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 for the calling warp: D += A B with
+// A 16x32 and B 32x8 in E4M3, spread over the lanes as the PTX ISA lays out 8-bit fragments
+// (g = lane / 4, t = lane % 4): a[0] = A[g][4t..4t+3], a[1] = A[g+8][4t..], a[2] = A[g][16+4t..],
+// a[3] = A[g+8][16+4t..]; b[0] = B[4t..4t+3][g], b[1] = B[16+4t..][g]; d = D[g][2t], D[g][2t+1],
+// D[g+8][2t], D[g+8][2t+1]; the lowest byte of a word holds the lowest k. Sums in F32.
+void MmaE4m3(float* d, const uint32_t* a, const uint32_t* b);
+
 inline int XorLane(int lane, int m) { return lane ^ m; }
 inline int FromLane(int, int src) { return src; }
 inline int DownLane(int lane, int d) { return lane + d < 32 ? lane + d : lane; }

@@ -54,6 +54,9 @@ struct Prepared {
 
 struct Instance {
   int device = 0;
+  // Products may quantize activations (CODA_BACKEND_EXACT_PRODUCTS unset) and the device has FP8
+  // tensor cores (sm_89 and later): FP8 weights then multiply on them (kernels.h, Fp8Eligible).
+  bool fp8_products = false;
   cudaStream_t compute = nullptr, transfer = nullptr;
   std::string description;
   // Per-call device memory for host-memory tensors (bump allocation, reset by each execute).
@@ -110,7 +113,18 @@ class Call {
   // Sizes scratch for every host tensor of the op at once, plus `extra` bytes (already padded), so
   // that later requests never move it. MoeExperts counts only the experts `named` lists.
   std::string Reserve(const coda_op& op, uint64_t extra, const std::vector<bool>* named = nullptr) {
-    uint64_t total = extra;
+    // The quantized activations of the op's widest FP8 product, one area that its products share.
+    uint64_t widest = 0;
+    if (in_.fp8_products && op.n_tokens >= kTileMinTokensForFp8 && op.type != CODA_OP_MOE_EXPERTS)
+      for (uint32_t i = 0; i < op.n_weights; ++i) {
+        const coda_tensor& t = op.weights[i];
+        if ((t.data || t.buffer) && t.dtype == CODA_DTYPE_FP8_E4M3 && t.ndim == 2 && (t.block == 0 || t.block == 128) &&
+            t.shape[1] % 128 == 0)
+          widest = std::max<uint64_t>(widest, t.shape[1]);
+      }
+    quant_bytes_ = Pad(op.n_tokens * widest);
+    quant_scale_bytes_ = Pad(op.n_tokens * widest / 128 * 4);
+    uint64_t total = extra + quant_bytes_ + quant_scale_bytes_;
     auto add = [&](const coda_tensor& t) {
       if (!t.buffer && t.data && !(prepared_ && prepared_->where.count(t.data))) total += Pad(TensorBytes(t));
     };
@@ -126,6 +140,19 @@ class Call {
     std::string e = Scratch(total, &p);
     in_.scratch_used = 0;
     return e;
+  }
+  // A product: on the tensor cores in FP8 where the instance allows it and the job does
+  // (kernels.h, Fp8Eligible), else exactly in F32.
+  int Product(const LinearJob& job) {
+    if (!in_.fp8_products || !Fp8Eligible(job) || job.n * job.w.cols > quant_bytes_) return LaunchLinear(job, in_.compute);
+    if (!quant_) {
+      void *q = nullptr, *s = nullptr;
+      if (!Scratch(quant_bytes_, &q).empty() || !Scratch(quant_scale_bytes_, &s).empty())
+        return static_cast<int>(cudaErrorMemoryAllocation);
+      quant_ = static_cast<uint8_t*>(q);
+      quant_scales_ = static_cast<float*>(s);
+    }
+    return LaunchLinearFp8(job, quant_, quant_scales_, in_.compute);
   }
   // Host bytes copied into scratch (queued; pageable sources are staged before this returns).
   std::string Upload(const void* host, uint64_t bytes, void** out) {
@@ -203,6 +230,9 @@ class Call {
   Instance& in_;
   const Prepared* prepared_;
   std::vector<Download> downloads_;
+  uint64_t quant_bytes_ = 0, quant_scale_bytes_ = 0;
+  uint8_t* quant_ = nullptr;
+  float* quant_scales_ = nullptr;
 };
 
 bool Present(const coda_tensor& t) { return t.data || t.buffer; }
@@ -305,15 +335,15 @@ std::string Mla(Instance& in, Call& call, const coda_op& op) {
   const auto Q = static_cast<float*>(q), KV = static_cast<float*>(kv);
   int launch = 0;
   if (q_lora) {
-    launch = LaunchLinear(PlainLinear(X, n, w[0], static_cast<float*>(qa)), in.compute);
+    launch = call.Product(PlainLinear(X, n, w[0], static_cast<float*>(qa)));
     if (!launch)
       launch = LaunchRmsNorm(static_cast<float*>(qa), n, qa_rows, qa_rows, w[1].data, w[1].dtype, hp.rms_norm_eps,
                              static_cast<float*>(qa), qa_rows, in.compute);
-    if (!launch) launch = LaunchLinear(PlainLinear(static_cast<float*>(qa), n, w[2], Q), in.compute);
+    if (!launch) launch = call.Product(PlainLinear(static_cast<float*>(qa), n, w[2], Q));
   } else {
-    launch = LaunchLinear(PlainLinear(X, n, w[3], Q), in.compute);
+    launch = call.Product(PlainLinear(X, n, w[3], Q));
   }
-  if (!launch) launch = LaunchLinear(PlainLinear(X, n, w[4], KV), in.compute);
+  if (!launch) launch = call.Product(PlainLinear(X, n, w[4], KV));
   if (!launch) launch = LaunchRmsNorm(KV, n, c, row, w[5].data, w[5].dtype, hp.rms_norm_eps, KV, row, in.compute);
   const auto CS = static_cast<const float*>(cs);
   if (!launch) launch = LaunchRope(KV + c, n, 1, dr, row, 0, CS, in.compute);
@@ -337,7 +367,7 @@ std::string Mla(Instance& in, Call& call, const coda_op& op) {
   uv.y_zoff = dv;
   uv.w_zrows = dn + dv;
   if (!launch) launch = LaunchLinear(uv, in.compute);
-  if (!launch) launch = LaunchLinear(PlainLinear(O, n, w[7], static_cast<float*>(y)), in.compute);
+  if (!launch) launch = call.Product(PlainLinear(O, n, w[7], static_cast<float*>(y)));
   return call.Finish(launch);
 }
 
@@ -523,10 +553,10 @@ std::string RunOp(Instance& in, const coda_op& op) {
       if (std::string e = call.Scratch(n * gate.rows * 4, &u); !e.empty()) return e;
       const auto X = static_cast<const float*>(x);
       const auto G = static_cast<float*>(g), U = static_cast<float*>(u);
-      int launch = LaunchLinear(PlainLinear(X, n, gate, G), in.compute);
-      if (!launch) launch = LaunchLinear(PlainLinear(X, n, up, U), in.compute);
+      int launch = call.Product(PlainLinear(X, n, gate, G));
+      if (!launch) launch = call.Product(PlainLinear(X, n, up, U));
       if (!launch) launch = LaunchSiluMul(G, U, n * gate.rows, in.compute);
-      if (!launch) launch = LaunchLinear(PlainLinear(G, n, down, static_cast<float*>(y)), in.compute);
+      if (!launch) launch = call.Product(PlainLinear(G, n, down, static_cast<float*>(y)));
       return call.Finish(launch);
     }
     default: {  // Linear, Head
@@ -534,7 +564,7 @@ std::string RunOp(Instance& in, const coda_op& op) {
       if (std::string e = call.Device(op.inputs[0], false, &x); !e.empty()) return e;
       DeviceWeight w;
       if (std::string e = call.Weight(op.weights[0], &w); !e.empty()) return e;
-      return call.Finish(LaunchLinear(PlainLinear(static_cast<const float*>(x), n, w, static_cast<float*>(y)), in.compute));
+      return call.Finish(call.Product(PlainLinear(static_cast<const float*>(x), n, w, static_cast<float*>(y))));
     }
   }
 }
@@ -570,6 +600,9 @@ coda_status_code Create(const coda_host* host, const coda_backend_options* optio
   auto in = std::unique_ptr<Instance>(new (std::nothrow) Instance());
   if (!in) return Fail("out of memory", CODA_STATUS_OUT_OF_MEMORY, error, error_size);
   in->device = static_cast<int>(index);
+  const bool exact = options && options->struct_size >= offsetof(coda_backend_options, flags) + sizeof(uint32_t) &&
+                     (options->flags & CODA_BACKEND_EXACT_PRODUCTS);
+  in->fp8_products = !exact && prop.major * 10 + prop.minor >= 89;
   cudaError_t e = cudaSetDevice(in->device);
   if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&in->compute, cudaStreamNonBlocking);
   if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&in->transfer, cudaStreamNonBlocking);

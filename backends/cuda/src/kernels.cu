@@ -5,6 +5,7 @@
 
 #include "coda_dtypes.h"
 #include "kernels.h"
+#include "numbers.h"
 
 namespace coda::cuda {
 namespace {
@@ -25,32 +26,6 @@ int Start(void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t s, A... a) {
   kernel<<<grid, block, 0, s>>>(a...);
 #endif
   return static_cast<int>(cudaGetLastError());
-}
-
-// memcpy is a device function too, and compiles to a register move.
-template <class To, class From>
-__device__ __forceinline__ To BitCast(From v) {
-  static_assert(sizeof(To) == sizeof(From));
-  To t;
-  memcpy(&t, &v, sizeof t);
-  return t;
-}
-__device__ __forceinline__ float AsFloat(uint32_t u) { return BitCast<float>(u); }
-__device__ __forceinline__ uint32_t AsBits(float f) { return BitCast<uint32_t>(f); }
-
-// The same decodings as coda_dtypes.h, for the device.
-__device__ __forceinline__ float E4m3(uint8_t v) {
-  const uint32_t sign = static_cast<uint32_t>(v >> 7) << 31, exp = (v >> 3) & 15u, man = v & 7u;
-  if (exp == 15 && man == 7) return AsFloat(sign | 0x7fc00000u);
-  if (exp == 0) return AsFloat(AsBits(static_cast<float>(man) * 0.001953125f) | sign);  // man * 2^-9
-  return AsFloat(sign | ((exp + 120u) << 23) | (man << 20));
-}
-
-__device__ __forceinline__ uint16_t ToBf16(float f) {
-  uint32_t u = AsBits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
 }
 
 __device__ float Load(const void* data, uint32_t dtype, uint64_t i) {
@@ -206,8 +181,8 @@ __device__ void RowDots(const DeviceWeight& w, uint64_t r, const float* const* x
 // where the mat-vec path reads it once per kTokenGroup tokens. Thread (ty, tx) of a 16 x 16 grid
 // holds a 4 x 4 corner of the tile.
 constexpr int kTileTokens = 64, kTileRows = 64, kTileK = 32;
-// From this many tokens a product goes through tiles.
-constexpr uint64_t kTileMinTokens = 16;
+// From this many tokens a product goes through tiles (FP8 ones too).
+constexpr uint64_t kTileMinTokens = kTileMinTokensForFp8;
 
 // Sums over all columns for tokens 0 .. mt - 1 (token i's row at xrow(i)) and weight rows
 // row0 .. row0 + nr - 1, then calls store(i, j, value) for each of them. Every thread of the
@@ -263,6 +238,97 @@ __global__ void GemmKernel(LinearJob job) {
       job.w, job.row0 + b * job.w_zrows + i0, nr, mt,
       [&](uint64_t m) { return job.x + (t0 + m) * job.x_stride + b * job.x_zoff; },
       [&](uint64_t m, uint64_t j, float v) { job.y[(t0 + m) * job.y_stride + b * job.y_zoff + i0 + j] = v; });
+}
+
+// ---- FP8 products on tensor cores (sm_89 and later), DeepSeek-V3's scheme ----
+// Activations are quantized per token and 128-column block to E4M3 (scale = amax / 448); each
+// 128-column block's product runs on the tensor cores (mma m16n8k32, E4M3 in, F32 out) and is
+// then promoted: multiplied by both blocks' scales and added to the F32 sum, as DeepSeek-V3's
+// GEMM does because the tensor cores' FP8 accumulation is narrow.
+
+// One warp per (token, 128-column block): codes into xq [n, cols], scales into xs [n, cols / 128].
+__global__ void QuantizeKernel(const float* x, uint64_t n, uint64_t cols, uint64_t x_stride, uint8_t* xq, float* xs) {
+  const uint64_t blocks = cols / 128, g = (blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x) / kWarp;
+  if (g >= n * blocks) return;
+  const uint64_t t = g / blocks, b = g % blocks;
+  const int lane = threadIdx.x % kWarp;
+  const float* xr = x + t * x_stride + b * 128 + lane * 4;
+  float v[4], amax = 0;
+  for (int i = 0; i < 4; ++i) amax = fmaxf(amax, fabsf(v[i] = xr[i]));
+  amax = WarpMax(amax);
+  const float scale = amax > 0 ? amax / 448.0f : 1.0f;
+  uint32_t word = 0;
+  for (int i = 0; i < 4; ++i) word |= uint32_t{ToE4m3(v[i] / scale)} << (8 * i);
+  memcpy(xq + t * cols + b * 128 + lane * 4, &word, 4);
+  if (lane == 0) xs[t * blocks + b] = scale;
+}
+
+__device__ __forceinline__ void MmaE4m3(float* d, const uint32_t* a, const uint32_t* b) {
+#if defined(CODA_CUDA_EMULATION)
+  coda_cuda_emu::MmaE4m3(d, a, b);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  (void)d, (void)a, (void)b;
+  __trap();  // the host chooses this path only on sm_89 and later
+#endif
+}
+
+constexpr int kFp8Row = 144;  // bytes per shared row: 128 codes and padding, so a fragment's 32 lanes hit 32 banks
+
+// Grid (row tiles of 64, token tiles of 64), 4 warps: warp w takes tokens 16w .. 16w + 15 of the
+// tile, against all 64 rows (8 mma column groups of 8).
+__global__ void Fp8GemmKernel(LinearJob job, const uint8_t* xq, const float* xs) {
+  __shared__ __align__(16) uint8_t as[64 * kFp8Row];
+  __shared__ __align__(16) uint8_t bs[64 * kFp8Row];
+  const DeviceWeight& w = job.w;
+  const uint64_t i0 = blockIdx.x * 64ull, t0 = blockIdx.y * 64ull, blocks = w.cols / 128;
+  const unsigned warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, q = lane % 4;
+  float acc[8][4] = {};
+  for (uint64_t kb = 0; kb < blocks; ++kb) {
+    __syncthreads();  // the previous block's readers are done
+    for (unsigned i = threadIdx.x; i < 64 * 8; i += blockDim.x) {  // 16-byte pieces: 8 per row
+      const unsigned r = i / 8, p = i % 8;
+      Piece za{}, zb{};
+      if (t0 + r < job.n) za = LoadPiece(xq + (t0 + r) * w.cols + kb * 128 + p * 16);
+      if (i0 + r < job.rows) zb = LoadPiece(static_cast<const uint8_t*>(w.data) + (i0 + r) * w.cols + kb * 128 + p * 16);
+      memcpy(as + r * kFp8Row + p * 16, &za, 16);
+      memcpy(bs + r * kFp8Row + p * 16, &zb, 16);
+    }
+    __syncthreads();
+    float part[8][4] = {};
+    for (int s = 0; s < 4; ++s) {  // 32 columns at a time
+      const uint8_t* ar = as + (warp * 16 + g) * kFp8Row + s * 32 + q * 4;
+      uint32_t a[4];
+      memcpy(&a[0], ar, 4);
+      memcpy(&a[1], ar + 8 * kFp8Row, 4);
+      memcpy(&a[2], ar + 16, 4);
+      memcpy(&a[3], ar + 8 * kFp8Row + 16, 4);
+      for (int f = 0; f < 8; ++f) {
+        const uint8_t* br = bs + (f * 8 + g) * kFp8Row + s * 32 + q * 4;
+        uint32_t b[2];
+        memcpy(&b[0], br, 4);
+        memcpy(&b[1], br + 16, 4);
+        MmaE4m3(part[f], a, b);
+      }
+    }
+    // Promotion: this block's sums, times the activation's and the weight's scales.
+    for (int f = 0; f < 8; ++f)
+      for (int i = 0; i < 4; ++i) {
+        const uint64_t t = t0 + warp * 16 + g + (i >= 2 ? 8 : 0), r = i0 + f * 8 + q * 2 + (i & 1);
+        if (t < job.n && r < job.rows)
+          acc[f][i] += part[f][i] * xs[t * blocks + kb] * w.scales[(r / 128) * w.scale_cols + kb];
+      }
+  }
+  for (int f = 0; f < 8; ++f)
+    for (int i = 0; i < 4; ++i) {
+      const uint64_t t = t0 + warp * 16 + g + (i >= 2 ? 8 : 0), r = i0 + f * 8 + q * 2 + (i & 1);
+      if (t < job.n && r < job.rows) job.y[t * job.y_stride + r] = acc[f][i];
+    }
 }
 
 // One warp per (batch, row).
@@ -580,6 +646,23 @@ unsigned Blocks(uint64_t threads, unsigned per_block) {
 unsigned Clamp(uint64_t v, unsigned most) { return static_cast<unsigned>(v < most ? v : most); }
 
 }  // namespace
+
+bool Fp8Eligible(const LinearJob& job) {
+  const DeviceWeight& w = job.w;
+  return w.dtype == CODA_DTYPE_FP8_E4M3 && w.block == 128 && w.cols % 128 == 0 && w.cols && job.z == 1 &&
+         job.row0 == 0 && job.n >= kTileMinTokens && reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
+}
+
+int LaunchLinearFp8(const LinearJob& job, uint8_t* xq, float* xs, cudaStream_t s) {
+  const uint64_t tiles = (job.n + 63) / 64;
+  if (tiles > kMaxGridYZ) return static_cast<int>(cudaErrorInvalidValue);
+  int e = Start(QuantizeKernel, dim3(Blocks(job.n * (job.w.cols / 128) * kWarp, kThreads)), dim3(kThreads), s, job.x, job.n,
+                job.w.cols, job.x_stride, xq, xs);
+  if (!e)
+    e = Start(Fp8GemmKernel, dim3(Clamp((job.rows + 63) / 64, 0x7fffffffu), static_cast<unsigned>(tiles)), dim3(128), s, job,
+              static_cast<const uint8_t*>(xq), static_cast<const float*>(xs));
+  return e;
+}
 
 void SetVectorized(DeviceWeight& w) {
   const uint64_t bytes = w.dtype == CODA_DTYPE_F32 ? 4 : w.dtype == CODA_DTYPE_BF16 ? 2 : 1;

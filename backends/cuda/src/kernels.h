@@ -62,6 +62,13 @@ int LaunchConcat(const float* a, uint64_t p, const float* b, uint64_t q, uint64_
 // prefill products are for cuBLASLt, not written yet).
 int LaunchLinear(const LinearJob& job, cudaStream_t s);
 
+// FP8 products on tensor cores (sm_89 and later; not exact: activations are quantized, see
+// kernels.cu): for a job with FP8 weights in 128x128 blocks, z = 1, row0 = 0 and 16 tokens or
+// more. xq and xs are scratch of n * cols bytes and n * cols / 128 floats.
+bool Fp8Eligible(const LinearJob& job);
+constexpr uint64_t kTileMinTokensForFp8 = 16;
+int LaunchLinearFp8(const LinearJob& job, uint8_t* xq, float* xs, cudaStream_t s);
+
 // ---- MLA attention (coda_ops.h, MlaAttention), in the absorbed form ----
 // Rotates nvec vectors of dr values per token in place, on interleaved pairs: vector v of token t
 // starts at x + t * t_stride + v * v_stride; cs holds (cos, sin) per token and pair.
