@@ -238,7 +238,10 @@ TEST(Conformance, CudaFastProductsStayNearTheScalarReference) {
       continue;
     }
     (c.error > 1e-3 ? worst_fp8 : worst_exact) = std::max(c.error > 1e-3 ? worst_fp8 : worst_exact, c.error);
-    EXPECT_LT(c.error, 5e-2) << c.op << " " << c.name;
+    // E4M3 keeps 3 mantissa bits (rounding by up to 1/16) of both operands, where the CPU's int8
+    // activations keep 7: measured at most 4.9e-2, in experts whose two products both quantize
+    // (256 x 128). A wrong scale or a misplaced fragment gives 1 or more.
+    EXPECT_LT(c.error, 1e-1) << c.op << " " << c.name;
   }
   std::printf("FP8 cases with fast products: largest error %.3g (cases that stayed exact: %.3g)\n", worst_fp8, worst_exact);
   // Some cases have 16 tokens or more and widths of whole 128-column blocks: they took the path.

@@ -440,8 +440,16 @@ std::string MoeExperts(Instance& in, Call& call, const coda_op& op, const Prepar
     if (Present(op.weights[3 * x])) f = std::max<uint64_t>(f, op.weights[3 * x].shape[0]);
   // Per-pair activations take n * K * (d + f) floats: chunks of tokens keep them within 256 MiB.
   const uint64_t chunk = std::clamp<uint64_t>((uint64_t{256} << 20) / std::max<uint64_t>(4 * K * (d + f), 1), 1, n);
+  // FP8 products on tensor cores when every named expert is FP8 in 128x128 blocks.
+  bool fp8 = in.fp8_products && d % 128 == 0 && f % 128 == 0 && n >= kTileMinTokensForFp8;
+  for (uint64_t x = 0; fp8 && x < E; ++x)
+    for (int j = 0; fp8 && named[x] && j < 3; ++j) {
+      const coda_tensor& t = op.weights[3 * x + j];
+      fp8 = t.dtype == CODA_DTYPE_FP8_E4M3 && (t.block == 0 || t.block == 128);
+    }
+  const uint64_t widest = std::max(chunk * d, chunk * K * f);
   const uint64_t extra = Pad(sizeof(ExpertWeights) * E) + 3 * Pad(4 * (E + 1)) + Pad(4) + Pad(4 * chunk * K) +
-                         Pad(4 * chunk * K * f) + Pad(4 * chunk * K * d);
+                         Pad(4 * chunk * K * f) + Pad(4 * chunk * K * d) + (fp8 ? Pad(widest) + Pad(widest / 128 * 4) : 0);
   if (std::string e = call.Reserve(op, extra, &named); !e.empty()) return e;
   std::vector<ExpertWeights> table(E);
   for (uint64_t x = 0; x < E; ++x) {
@@ -449,6 +457,7 @@ std::string MoeExperts(Instance& in, Call& call, const coda_op& op, const Prepar
     for (int j = 0; j < 3; ++j) {
       DeviceWeight* w = j == 0 ? &table[x].gate : j == 1 ? &table[x].up : &table[x].down;
       if (std::string e = Weight(call, op.weights[3 * x + j], w); !e.empty()) return e;
+      fp8 = fp8 && Fp8Weight(*w);
     }
   }
   void *x = nullptr, *ids = nullptr, *wts = nullptr, *y = nullptr, *tab = nullptr;
@@ -461,7 +470,12 @@ std::string MoeExperts(Instance& in, Call& call, const coda_op& op, const Prepar
   void* p[7] = {};
   const uint64_t sizes[7] = {4 * E, 4 * (E + 1), 4 * E, 4 * chunk * K, 4 * chunk * K * f, 4 * chunk * K * d, 4};
   for (int i = 0; i < 7 && e.empty(); ++i) e = call.Scratch(sizes[i], &p[i]);
+  void *q = nullptr, *qs = nullptr;
+  if (e.empty() && fp8) e = call.Scratch(widest, &q);
+  if (e.empty() && fp8) e = call.Scratch(widest / 128 * 4, &qs);
   if (!e.empty()) return e;
+  sc.q = static_cast<uint8_t*>(q);
+  sc.qs = static_cast<float*>(qs);
   sc.counts = static_cast<uint32_t*>(p[0]);
   sc.starts = static_cast<uint32_t*>(p[1]);
   sc.cursor = static_cast<uint32_t*>(p[2]);

@@ -184,13 +184,31 @@ constexpr int kTileTokens = 64, kTileRows = 64, kTileK = 32;
 // From this many tokens a product goes through tiles (FP8 ones too).
 constexpr uint64_t kTileMinTokens = kTileMinTokensForFp8;
 
+// FP8 tiles (below): 16 tokens per warp, 64 weight rows, rows of 128 codes padded to kFp8Row
+// bytes so that a fragment's 32 lanes hit 32 banks.
+constexpr int kFp8Row = 144, kFp8Rows = 64, kFp8MaxWarps = 8;
+
+// The tile functions' shared memory, declared once per kernel: kernels that may take either
+// path (or several instantiations) then use the largest, not the sum.
+union TileShared {
+  struct {
+    float x[kTileK][kTileTokens];
+    float w[kTileK][kTileRows];
+  } f32;
+  struct {
+    uint8_t a[kFp8MaxWarps * 16 * kFp8Row];
+    uint8_t b[kFp8Rows * kFp8Row];
+  } fp8;
+};
+
 // Sums over all columns for tokens 0 .. mt - 1 (token i's row at xrow(i)) and weight rows
 // row0 .. row0 + nr - 1, then calls store(i, j, value) for each of them. Every thread of the
 // block calls it with the same arguments.
 template <class XRow, class Store>
-__device__ void GemmTile(const DeviceWeight& w, uint64_t row0, uint64_t nr, uint64_t mt, XRow xrow, Store store) {
-  __shared__ float xs[kTileK][kTileTokens];
-  __shared__ float ws[kTileK][kTileRows];
+__device__ void GemmTile(TileShared& sh, const DeviceWeight& w, uint64_t row0, uint64_t nr, uint64_t mt, XRow xrow,
+                         Store store) {
+  auto& xs = sh.f32.x;
+  auto& ws = sh.f32.w;
   const unsigned tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const bool fp8 = w.dtype == CODA_DTYPE_FP8_E4M3;
   float acc[4][4] = {};
@@ -230,12 +248,13 @@ __device__ void GemmTile(const DeviceWeight& w, uint64_t row0, uint64_t nr, uint
 
 // Grid (row tiles, token tiles, batches).
 __global__ void GemmKernel(LinearJob job) {
+  __shared__ __align__(16) TileShared sh;
   const uint64_t b = blockIdx.z, i0 = blockIdx.x * static_cast<uint64_t>(kTileRows),
                  t0 = blockIdx.y * static_cast<uint64_t>(kTileTokens);
   const uint64_t nr = job.rows - i0 < kTileRows ? job.rows - i0 : kTileRows;
   const uint64_t mt = job.n - t0 < kTileTokens ? job.n - t0 : kTileTokens;
   GemmTile(
-      job.w, job.row0 + b * job.w_zrows + i0, nr, mt,
+      sh, job.w, job.row0 + b * job.w_zrows + i0, nr, mt,
       [&](uint64_t m) { return job.x + (t0 + m) * job.x_stride + b * job.x_zoff; },
       [&](uint64_t m, uint64_t j, float v) { job.y[(t0 + m) * job.y_stride + b * job.y_zoff + i0 + j] = v; });
 }
@@ -247,10 +266,13 @@ __global__ void GemmKernel(LinearJob job) {
 // GEMM does because the tensor cores' FP8 accumulation is narrow.
 
 // One warp per (token, 128-column block): codes into xq [n, cols], scales into xs [n, cols / 128].
-__global__ void QuantizeKernel(const float* x, uint64_t n, uint64_t cols, uint64_t x_stride, uint8_t* xq, float* xs) {
+// With `limit`, rows from *limit on are left alone (rows the grouped experts did not fill).
+__global__ void QuantizeKernel(const float* x, uint64_t n, uint64_t cols, uint64_t x_stride, uint8_t* xq, float* xs,
+                               const uint32_t* limit) {
   const uint64_t blocks = cols / 128, g = (blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x) / kWarp;
   if (g >= n * blocks) return;
   const uint64_t t = g / blocks, b = g % blocks;
+  if (limit && t >= *limit) return;
   const int lane = threadIdx.x % kWarp;
   const float* xr = x + t * x_stride + b * 128 + lane * 4;
   float v[4], amax = 0;
@@ -278,26 +300,29 @@ __device__ __forceinline__ void MmaE4m3(float* d, const uint32_t* a, const uint3
 #endif
 }
 
-constexpr int kFp8Row = 144;  // bytes per shared row: 128 codes and padding, so a fragment's 32 lanes hit 32 banks
-
-// Grid (row tiles of 64, token tiles of 64), 4 warps: warp w takes tokens 16w .. 16w + 15 of the
-// tile, against all 64 rows (8 mma column groups of 8).
-__global__ void Fp8GemmKernel(LinearJob job, const uint8_t* xq, const float* xs) {
-  __shared__ __align__(16) uint8_t as[64 * kFp8Row];
-  __shared__ __align__(16) uint8_t bs[64 * kFp8Row];
-  const DeviceWeight& w = job.w;
-  const uint64_t i0 = blockIdx.x * 64ull, t0 = blockIdx.y * 64ull, blocks = w.cols / 128;
+// Tokens 0 .. mt - 1 (quantized row arow(i) of xq, its block scales at xs) against weight rows
+// i0 .. i0 + nr - 1 of w (FP8, 128-column blocks), then store(i, j, value). Warp v takes tokens
+// 16v .. 16v + 15, against all 64 rows (8 mma column groups of 8); mt <= 16 * warps.
+template <class ARow, class Store>
+__device__ void Fp8Tile(TileShared& sh, const DeviceWeight& w, uint64_t i0, uint64_t nr, uint64_t mt, const uint8_t* xq,
+                        const float* xs, ARow arow, Store store) {
+  uint8_t* as = sh.fp8.a;
+  uint8_t* bs = sh.fp8.b;
+  const uint64_t blocks = w.cols / 128, tokens = blockDim.x / kWarp * 16;
   const unsigned warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, q = lane % 4;
   float acc[8][4] = {};
   for (uint64_t kb = 0; kb < blocks; ++kb) {
     __syncthreads();  // the previous block's readers are done
-    for (unsigned i = threadIdx.x; i < 64 * 8; i += blockDim.x) {  // 16-byte pieces: 8 per row
-      const unsigned r = i / 8, p = i % 8;
-      Piece za{}, zb{};
-      if (t0 + r < job.n) za = LoadPiece(xq + (t0 + r) * w.cols + kb * 128 + p * 16);
-      if (i0 + r < job.rows) zb = LoadPiece(static_cast<const uint8_t*>(w.data) + (i0 + r) * w.cols + kb * 128 + p * 16);
-      memcpy(as + r * kFp8Row + p * 16, &za, 16);
-      memcpy(bs + r * kFp8Row + p * 16, &zb, 16);
+    for (uint64_t i = threadIdx.x; i < (tokens + kFp8Rows) * 8; i += blockDim.x) {  // 16-byte pieces: 8 per row
+      const uint64_t r = i / 8, p = i % 8;
+      Piece z{};
+      if (r < tokens) {
+        if (r < mt) z = LoadPiece(xq + arow(r) * w.cols + kb * 128 + p * 16);
+        memcpy(as + r * kFp8Row + p * 16, &z, 16);
+      } else {
+        if (r - tokens < nr) z = LoadPiece(static_cast<const uint8_t*>(w.data) + (i0 + r - tokens) * w.cols + kb * 128 + p * 16);
+        memcpy(bs + (r - tokens) * kFp8Row + p * 16, &z, 16);
+      }
     }
     __syncthreads();
     float part[8][4] = {};
@@ -319,16 +344,25 @@ __global__ void Fp8GemmKernel(LinearJob job, const uint8_t* xq, const float* xs)
     // Promotion: this block's sums, times the activation's and the weight's scales.
     for (int f = 0; f < 8; ++f)
       for (int i = 0; i < 4; ++i) {
-        const uint64_t t = t0 + warp * 16 + g + (i >= 2 ? 8 : 0), r = i0 + f * 8 + q * 2 + (i & 1);
-        if (t < job.n && r < job.rows)
-          acc[f][i] += part[f][i] * xs[t * blocks + kb] * w.scales[(r / 128) * w.scale_cols + kb];
+        const uint64_t m = warp * 16 + g + (i >= 2 ? 8 : 0), j = f * 8 + q * 2 + (i & 1);
+        if (m < mt && j < nr) acc[f][i] += part[f][i] * xs[arow(m) * blocks + kb] * w.scales[((i0 + j) / 128) * w.scale_cols + kb];
       }
   }
   for (int f = 0; f < 8; ++f)
     for (int i = 0; i < 4; ++i) {
-      const uint64_t t = t0 + warp * 16 + g + (i >= 2 ? 8 : 0), r = i0 + f * 8 + q * 2 + (i & 1);
-      if (t < job.n && r < job.rows) job.y[t * job.y_stride + r] = acc[f][i];
+      const uint64_t m = warp * 16 + g + (i >= 2 ? 8 : 0), j = f * 8 + q * 2 + (i & 1);
+      if (m < mt && j < nr) store(m, j, acc[f][i]);
     }
+}
+
+// Grid (row tiles of 64, token tiles of 64), 4 warps.
+__global__ void Fp8GemmKernel(LinearJob job, const uint8_t* xq, const float* xs) {
+  __shared__ __align__(16) TileShared sh;
+  const uint64_t i0 = blockIdx.x * 64ull, t0 = blockIdx.y * 64ull;
+  const uint64_t nr = job.rows - i0 < 64 ? job.rows - i0 : 64, mt = job.n - t0 < 64 ? job.n - t0 : 64;
+  Fp8Tile(
+      sh, job.w, i0, nr, mt, xq, xs, [&](uint64_t m) { return t0 + m; },
+      [&](uint64_t m, uint64_t j, float v) { job.y[(t0 + m) * job.y_stride + i0 + j] = v; });
 }
 
 // One warp per (batch, row).
@@ -582,28 +616,39 @@ __global__ void MoeScatterKernel(const int32_t* ids, uint64_t pairs, const Exper
 // so that the sum below has a fixed order.
 template <bool kUp>
 __global__ void MoeProjectKernel(const float* x, uint64_t k, uint64_t d, uint64_t f, const ExpertWeights* table,
-                                 const uint32_t* starts, const uint32_t* list, float* h, float* out) {
+                                 const uint32_t* starts, const uint32_t* list, float* h, float* out, const uint8_t* aq,
+                                 const float* aqs) {
+  __shared__ __align__(16) TileShared sh;
   const uint64_t e = blockIdx.x, first = starts[e], count = starts[e + 1] - first, rows = kUp ? f : d;
   if (count == 0) return;
   if (count >= kTileMinTokens) {  // many pairs: tiles of rows (grid.y takes kTileRows-row tiles)
+    // FP8 (aq: the quantized token rows for up, slot rows for down) takes 16 pairs per warp.
+    const uint64_t step = aq ? blockDim.x / kWarp * 16 : kTileTokens;
     for (uint64_t i0 = blockIdx.y * static_cast<uint64_t>(kTileRows); i0 < rows; i0 += gridDim.y * static_cast<uint64_t>(kTileRows)) {
       const uint64_t nr = rows - i0 < kTileRows ? rows - i0 : kTileRows;
-      for (uint64_t p0 = 0; p0 < count; p0 += kTileTokens) {
-        const uint64_t mt = count - p0 < kTileTokens ? count - p0 : kTileTokens;
+      for (uint64_t p0 = 0; p0 < count; p0 += step) {
+        const uint64_t mt = count - p0 < step ? count - p0 : step;
         const uint32_t* slots = list + first + p0;
         float* hs = h + (first + p0) * f + i0;
-        if (kUp) {
-          // gate into h, then h = silu(h) * up: each thread revisits the values it wrote.
-          GemmTile(table[e].gate, i0, nr, mt, [&](uint64_t m) { return x + slots[m] / k * d; },
-                   [&](uint64_t m, uint64_t j, float v) { hs[m * f + j] = v; });
-          GemmTile(table[e].up, i0, nr, mt, [&](uint64_t m) { return x + slots[m] / k * d; },
-                   [&](uint64_t m, uint64_t j, float v) {
-                     const float g = hs[m * f + j];
-                     hs[m * f + j] = g / (1.0f + expf(-g)) * v;
-                   });
+        auto token = [&](uint64_t m) { return uint64_t{slots[m]} / k; };
+        auto slot = [&](uint64_t m) { return first + p0 + m; };
+        auto put_h = [&](uint64_t m, uint64_t j, float v) { hs[m * f + j] = v; };
+        // h = silu(h) * up: each thread revisits the values it wrote for the gate.
+        auto gate_up = [&](uint64_t m, uint64_t j, float v) {
+          const float g = hs[m * f + j];
+          hs[m * f + j] = g / (1.0f + expf(-g)) * v;
+        };
+        auto put_out = [&](uint64_t m, uint64_t j, float v) { out[uint64_t{slots[m]} * d + i0 + j] = v; };
+        if (kUp && aq) {
+          Fp8Tile(sh, table[e].gate, i0, nr, mt, aq, aqs, token, put_h);
+          Fp8Tile(sh, table[e].up, i0, nr, mt, aq, aqs, token, gate_up);
+        } else if (kUp) {
+          GemmTile(sh, table[e].gate, i0, nr, mt, [&](uint64_t m) { return x + token(m) * d; }, put_h);
+          GemmTile(sh, table[e].up, i0, nr, mt, [&](uint64_t m) { return x + token(m) * d; }, gate_up);
+        } else if (aq) {
+          Fp8Tile(sh, table[e].down, i0, nr, mt, aq, aqs, slot, put_out);
         } else {
-          GemmTile(table[e].down, i0, nr, mt, [&](uint64_t m) { return h + (first + p0 + m) * f; },
-                   [&](uint64_t m, uint64_t j, float v) { out[uint64_t{slots[m]} * d + i0 + j] = v; });
+          GemmTile(sh, table[e].down, i0, nr, mt, [&](uint64_t m) { return h + slot(m) * f; }, put_out);
         }
       }
     }
@@ -647,17 +692,18 @@ unsigned Clamp(uint64_t v, unsigned most) { return static_cast<unsigned>(v < mos
 
 }  // namespace
 
-bool Fp8Eligible(const LinearJob& job) {
-  const DeviceWeight& w = job.w;
-  return w.dtype == CODA_DTYPE_FP8_E4M3 && w.block == 128 && w.cols % 128 == 0 && w.cols && job.z == 1 &&
-         job.row0 == 0 && job.n >= kTileMinTokens && reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
+bool Fp8Weight(const DeviceWeight& w) {
+  return w.dtype == CODA_DTYPE_FP8_E4M3 && w.block == 128 && w.cols % 128 == 0 && w.cols &&
+         reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
 }
+
+bool Fp8Eligible(const LinearJob& job) { return Fp8Weight(job.w) && job.z == 1 && job.row0 == 0 && job.n >= kTileMinTokens; }
 
 int LaunchLinearFp8(const LinearJob& job, uint8_t* xq, float* xs, cudaStream_t s) {
   const uint64_t tiles = (job.n + 63) / 64;
   if (tiles > kMaxGridYZ) return static_cast<int>(cudaErrorInvalidValue);
   int e = Start(QuantizeKernel, dim3(Blocks(job.n * (job.w.cols / 128) * kWarp, kThreads)), dim3(kThreads), s, job.x, job.n,
-                job.w.cols, job.x_stride, xq, xs);
+                job.w.cols, job.x_stride, xq, xs, static_cast<const uint32_t*>(nullptr));
   if (!e)
     e = Start(Fp8GemmKernel, dim3(Clamp((job.rows + 63) / 64, 0x7fffffffu), static_cast<unsigned>(tiles)), dim3(128), s, job,
               static_cast<const uint8_t*>(xq), static_cast<const float*>(xs));
@@ -793,12 +839,22 @@ int LaunchMoeExperts(const float* x, const int32_t* ids, const float* weights, u
   const auto* starts = static_cast<const uint32_t*>(sc.starts);
   const auto* list = static_cast<const uint32_t*>(sc.list);
   const unsigned grid_e = Clamp(experts, 0x7fffffffu);
+  // FP8: the token rows quantized before the gate and up products, the pairs' rows of h before down.
+  const bool fp8 = sc.q && d % 128 == 0 && f % 128 == 0;
+  const uint8_t* aq = fp8 ? sc.q : nullptr;
+  const float* aqs = fp8 ? sc.qs : nullptr;
+  if (!e && fp8)
+    e = Start(QuantizeKernel, dim3(Blocks(n * (d / 128) * kWarp, kThreads)), dim3(kThreads), s, x, n, d, d, sc.q, sc.qs,
+              static_cast<const uint32_t*>(nullptr));
   if (!e && pairs && experts && f)
     e = Start(MoeProjectKernel<true>, dim3(grid_e, Clamp((f + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxGridYZ)),
-              dim3(kThreads), s, x, k, d, f, table, starts, list, sc.h, sc.out);
+              dim3(kThreads), s, x, k, d, f, table, starts, list, sc.h, sc.out, aq, aqs);
+  if (!e && fp8 && pairs && experts)
+    e = Start(QuantizeKernel, dim3(Blocks(pairs * (f / 128) * kWarp, kThreads)), dim3(kThreads), s,
+              static_cast<const float*>(sc.h), pairs, f, f, sc.q, sc.qs, starts + experts);
   if (!e && pairs && experts)
     e = Start(MoeProjectKernel<false>, dim3(grid_e, Clamp((d + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxGridYZ)),
-              dim3(kThreads), s, x, k, d, f, table, starts, list, sc.h, sc.out);
+              dim3(kThreads), s, x, k, d, f, table, starts, list, sc.h, sc.out, aq, aqs);
   if (!e)
     e = Start(MoeSumKernel, dim3(Blocks(n * d, kThreads)), dim3(kThreads), s, ids, weights, n, k, d, table, experts,
               static_cast<const float*>(sc.out), y);

@@ -66,6 +66,8 @@ int LaunchLinear(const LinearJob& job, cudaStream_t s);
 // kernels.cu): for a job with FP8 weights in 128x128 blocks, z = 1, row0 = 0 and 16 tokens or
 // more. xq and xs are scratch of n * cols bytes and n * cols / 128 floats.
 bool Fp8Eligible(const LinearJob& job);
+// An FP8 weight the tensor-core products take: 128x128 blocks, whole 128-column blocks, aligned.
+bool Fp8Weight(const DeviceWeight& w);
 constexpr uint64_t kTileMinTokensForFp8 = 16;
 int LaunchLinearFp8(const LinearJob& job, uint8_t* xq, float* xs, cudaStream_t s);
 
@@ -118,6 +120,10 @@ struct ExpertScratch {
   float* h = nullptr;          // n * k * f
   float* out = nullptr;        // n * k * d
   uint32_t* bad = nullptr;     // 1
+  // FP8 products on tensor cores (every named expert Fp8Weight, d and f multiples of 128): codes
+  // and scales of max(n * d, n * k * f) values; null for F32 products.
+  uint8_t* q = nullptr;
+  float* qs = nullptr;
 };
 int LaunchMoeExperts(const float* x, const int32_t* ids, const float* weights, uint64_t n, uint64_t k, uint64_t d,
                      uint64_t f, const ExpertWeights* table, uint64_t experts, const ExpertScratch& sc, float* y,

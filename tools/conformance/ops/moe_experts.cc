@@ -15,7 +15,8 @@ void Cases(Gen& g, std::vector<Case>& out) {
     uint64_t h, inter;
   };
   for (uint32_t dt : kWeightDtypes)
-    for (const Shape& s : {Shape{6, 2, 72, 40}, Shape{5, 3, 130, 33}})
+    // 256 x 128: whole 128-column blocks, which FP8 products on tensor cores take.
+    for (const Shape& s : {Shape{6, 2, 72, 40}, Shape{5, 3, 130, 33}, Shape{4, 2, 256, 128}})
       for (uint32_t n : {1u, 5u, 6u, 40u, 130u}) {  // 40 and 130: experts with 16 and 64 pairs and more
         // 6 tokens: ids repeat within a token, some at weight 0 (the executor's offloading
         // sends routes it computes elsewhere to an expert at weight 0); each pair still adds.
