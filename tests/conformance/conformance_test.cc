@@ -216,15 +216,15 @@ TEST(Conformance, CudaKernelsPassEveryCaseInTheEmulator) {
 }
 
 // The CUDA backend's FP8 products on tensor cores (activations quantized per 1 x 128 tile, each
-// 128-column block's sum promoted to F32 with both scales), in the emulator, which runs mma as
-// the PTX ISA lays out its fragments: within the same bound as the CPU's fast products.
-TEST(Conformance, CudaFastProductsStayNearTheScalarReference) {
+// 128-column block's sum promoted to F32 with both scales) against the scalar reference: every
+// non-FP8 case passes as before, the FP8 ones stay within E4M3's rounding.
+void ExpectFastProductsNearTheReference(const std::string& lib, const std::string& name) {
   ContextOptions co;
-  co.plugin_files = {TestPlugin("cuda-emu")};
+  co.plugin_files = {lib};
   co.exact_products = false;
   auto ctx = Context::Create(co);
   ASSERT_TRUE(ctx.ok()) << ctx.status().message();
-  auto found = (*ctx)->Find("cuda-emu");
+  auto found = (*ctx)->Find(name);
   ASSERT_TRUE(found.ok()) << found.status().message();
   auto ref = Backend::Create(conformance::ReferenceBackendEntry(CODA_BACKEND_ABI_VERSION), {sizeof(coda_backend_options), 0, 0, 0});
   ASSERT_TRUE(ref.ok());
@@ -239,13 +239,27 @@ TEST(Conformance, CudaFastProductsStayNearTheScalarReference) {
     }
     (c.error > 1e-3 ? worst_fp8 : worst_exact) = std::max(c.error > 1e-3 ? worst_fp8 : worst_exact, c.error);
     // E4M3 keeps 3 mantissa bits (rounding by up to 1/16) of both operands, where the CPU's int8
-    // activations keep 7: measured at most 4.9e-2, in experts whose two products both quantize
-    // (256 x 128). A wrong scale or a misplaced fragment gives 1 or more.
+    // activations keep 7: measured at most 4.9e-2 (emulator), in experts whose two products both
+    // quantize (256 x 128). A wrong scale or a misplaced fragment gives 1 or more.
     EXPECT_LT(c.error, 1e-1) << c.op << " " << c.name;
   }
   std::printf("FP8 cases with fast products: largest error %.3g (cases that stayed exact: %.3g)\n", worst_fp8, worst_exact);
   // Some cases have 16 tokens or more and widths of whole 128-column blocks: they took the path.
   EXPECT_GT(worst_fp8, 1e-3);
+}
+
+// On a GPU (sm_89 and later: tensor cores with FP8), where mma runs on the hardware.
+TEST(Conformance, CudaFastProductsStayNearTheScalarReference) {
+  if (const std::string why = PluginUnavailable("cuda", "the CUDA toolkit"); !why.empty()) {
+    if (test::BackendRequired("cuda")) FAIL() << "the cuda backend is required but unavailable: " << why;
+    GTEST_SKIP() << "cuda backend unavailable: " << why;
+  }
+  ExpectFastProductsNearTheReference(test::BinDir() + "/" + BackendFileName("cuda"), "cuda");
+}
+
+// In the emulator, which runs mma as the PTX ISA lays out its fragments.
+TEST(Conformance, CudaFastProductsStayNearTheScalarReferenceInTheEmulator) {
+  ExpectFastProductsNearTheReference(TestPlugin("cuda-emu"), "cuda-emu");
 }
 
 TEST(Conformance, NoticesAWrongBackend) {

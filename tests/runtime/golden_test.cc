@@ -545,7 +545,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, Golden,
                                             // and device memory at every norm and residual.
                                             // cuda,cpu: the CUDA backend (on a machine with a
                                             // GPU); cuda-emu: its kernels in the CPU emulator.
-                                            ::testing::Values("cpu", "cpu+fast", "vulkan", "example,vulkan", "cuda,cpu", "cuda-emu",
+                                            ::testing::Values("cpu", "cpu+fast", "vulkan", "example,vulkan", "cuda,cpu", "cuda,cpu+fast", "cuda-emu",
                                                               "cuda-emu+fast", "cuda-emu+devmem+offload", "cpu+offload",
                                                               "vulkan+devmem", "vulkan+devmem+offload")),
                          [](const auto& info) {
