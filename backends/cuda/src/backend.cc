@@ -5,8 +5,9 @@
 // What runs: devices, buffers, events on two streams (compute and transfer), weights uploaded once
 // by prepare(), and every op on F32 activations (weights F32, BF16, or FP8 E4M3 with block
 // scales, which stay FP8 in device memory): MLA attention in the absorbed form over an F32 or
-// BF16 latent cache, MoE routing on the device, and the routed experts in one grouped pass per
-// call. Not written yet: cuBLASLt FP8 products for prefill, a tuned FP8 mat-vec, CUDA graphs.
+// BF16 latent cache, MoE routing on the device, the routed experts in one grouped pass per call,
+// and FP8 products on tensor cores unless exact ones are asked for (kernels.cu). Not written yet:
+// cuBLASLt products, CUDA graphs.
 #include <cuda_runtime.h>
 
 #include <algorithm>

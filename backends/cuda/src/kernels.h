@@ -58,8 +58,8 @@ int LaunchAdd(const float* a, const float* b, float* y, uint64_t count, cudaStre
 int LaunchSiluMul(float* g, const float* u, uint64_t count, cudaStream_t s);
 // y[t] = (a[t], b[t]) for n rows of p and q values.
 int LaunchConcat(const float* a, uint64_t p, const float* b, uint64_t q, uint64_t n, float* y, cudaStream_t s);
-// One warp per weight row, which it reads once per group of tokens (decode is memory-bound;
-// prefill products are for cuBLASLt, not written yet).
+// Exact products in F32: below 16 tokens one warp per weight row, reading it once per group of 4
+// tokens in 16-byte pieces (decode is memory-bound); from 16 tokens tiles through shared memory.
 int LaunchLinear(const LinearJob& job, cudaStream_t s);
 
 // FP8 products on tensor cores (sm_89 and later; not exact: activations are quantized, see
