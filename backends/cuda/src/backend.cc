@@ -449,7 +449,7 @@ std::string MoeExperts(Instance& in, Call& call, const coda_op& op, const Prepar
       fp8 = t.dtype == CODA_DTYPE_FP8_E4M3 && (t.block == 0 || t.block == 128);
     }
   const uint64_t widest = std::max(chunk * d, chunk * K * f);
-  const uint64_t extra = Pad(sizeof(ExpertWeights) * E) + 3 * Pad(4 * (E + 1)) + Pad(4) + Pad(4 * chunk * K) +
+  const uint64_t extra = Pad(sizeof(ExpertWeights) * E) + 3 * Pad(4 * (E + 1)) + Pad(4 * chunk * K) +
                          Pad(4 * chunk * K * f) + Pad(4 * chunk * K * d) + (fp8 ? Pad(widest) + Pad(widest / 128 * 4) : 0);
   if (std::string e = call.Reserve(op, extra, &named); !e.empty()) return e;
   std::vector<ExpertWeights> table(E);
@@ -468,9 +468,9 @@ std::string MoeExperts(Instance& in, Call& call, const coda_op& op, const Prepar
   if (e.empty()) e = call.Device(op.inputs[2], false, &wts);
   if (e.empty()) e = call.Device(op.outputs[0], true, &y);
   if (e.empty()) e = call.Upload(table.data(), sizeof(ExpertWeights) * E, &tab);
-  void* p[7] = {};
-  const uint64_t sizes[7] = {4 * E, 4 * (E + 1), 4 * E, 4 * chunk * K, 4 * chunk * K * f, 4 * chunk * K * d, 4};
-  for (int i = 0; i < 7 && e.empty(); ++i) e = call.Scratch(sizes[i], &p[i]);
+  void* p[6] = {};
+  const uint64_t sizes[6] = {4 * E, 4 * (E + 1), 4 * E, 4 * chunk * K, 4 * chunk * K * f, 4 * chunk * K * d};
+  for (int i = 0; i < 6 && e.empty(); ++i) e = call.Scratch(sizes[i], &p[i]);
   void *q = nullptr, *qs = nullptr;
   if (e.empty() && fp8) e = call.Scratch(widest, &q);
   if (e.empty() && fp8) e = call.Scratch(widest / 128 * 4, &qs);
@@ -483,7 +483,6 @@ std::string MoeExperts(Instance& in, Call& call, const coda_op& op, const Prepar
   sc.list = static_cast<uint32_t*>(p[3]);
   sc.h = static_cast<float*>(p[4]);
   sc.out = static_cast<float*>(p[5]);
-  sc.bad = static_cast<uint32_t*>(p[6]);
   int launch = 0;
   for (uint64_t t0 = 0; !launch && t0 < n; t0 += chunk) {
     const uint64_t m = std::min(chunk, n - t0);

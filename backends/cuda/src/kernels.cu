@@ -586,12 +586,10 @@ __device__ bool PairValid(const int32_t* ids, uint64_t p, const ExpertWeights* t
 }
 
 __global__ void MoeCountKernel(const int32_t* ids, uint64_t pairs, const ExpertWeights* table, uint64_t experts,
-                               uint32_t* counts, uint32_t* bad) {
+                               uint32_t* counts) {
   for (uint64_t p = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; p < pairs;
-       p += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+       p += static_cast<uint64_t>(gridDim.x) * blockDim.x)
     if (PairValid(ids, p, table, experts)) atomicAdd(&counts[ids[p]], 1u);
-    else atomicAdd(bad, 1u);
-  }
 }
 
 // One thread: the experts are few (hundreds), and this keeps the lists' bounds exact.
@@ -827,9 +825,7 @@ int LaunchMoeExperts(const float* x, const int32_t* ids, const float* weights, u
   if (!n || !d) return 0;
   const uint64_t pairs = n * k;
   if (cudaError_t e = cudaMemsetAsync(sc.counts, 0, experts * 4, s); e != cudaSuccess) return static_cast<int>(e);
-  if (cudaError_t e = cudaMemsetAsync(sc.bad, 0, 4, s); e != cudaSuccess) return static_cast<int>(e);
-  int e = pairs ? Start(MoeCountKernel, dim3(Blocks(pairs, kThreads)), dim3(kThreads), s, ids, pairs, table, experts, sc.counts,
-                        sc.bad)
+  int e = pairs ? Start(MoeCountKernel, dim3(Blocks(pairs, kThreads)), dim3(kThreads), s, ids, pairs, table, experts, sc.counts)
                 : 0;
   if (!e && experts) e = Start(MoeScanKernel, dim3(1), dim3(1), s, static_cast<const uint32_t*>(sc.counts), experts, sc.starts,
                                sc.cursor);

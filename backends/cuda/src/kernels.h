@@ -111,7 +111,8 @@ int LaunchMoeRoute(const float* logits, const void* bias, uint32_t bias_dtype, c
 // The experts of n tokens in one grouped pass: pairs (t, j) are listed per expert, each expert's
 // gate and up rows read once for all its pairs, then its down rows, then each token's pairs are
 // summed in j order (so the result does not depend on the order of the lists). A pair whose id
-// is outside [0, experts) or names an absent expert adds nothing and counts in *bad.
+// is outside [0, experts) or names an absent expert adds nothing (the host checks ids it did not
+// see this backend's MoeGate write).
 struct ExpertScratch {
   uint32_t* counts = nullptr;  // experts
   uint32_t* starts = nullptr;  // experts + 1
@@ -119,7 +120,6 @@ struct ExpertScratch {
   uint32_t* list = nullptr;    // n * k pair indices
   float* h = nullptr;          // n * k * f
   float* out = nullptr;        // n * k * d
-  uint32_t* bad = nullptr;     // 1
   // FP8 products on tensor cores (every named expert Fp8Weight, d and f multiples of 128): codes
   // and scales of max(n * d, n * k * f) values; null for F32 products.
   uint8_t* q = nullptr;
