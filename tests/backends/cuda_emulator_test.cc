@@ -141,6 +141,9 @@ TEST(CudaNumbers, E4m3RoundsToNearestEvenAndSaturates) {
     EXPECT_EQ(ToE4m3(std::nextafter(mid, hi)), c + 1) << c;
     EXPECT_EQ(ToE4m3(-std::nextafter(mid, hi)), 0x80 | (c + 1)) << c;
   }
+  // The NaN codes, signed as coda_dtypes.h signs them.
+  EXPECT_TRUE(std::isnan(coda::cuda::E4m3(0x7f)) && !std::signbit(coda::cuda::E4m3(0x7f)));
+  EXPECT_TRUE(std::isnan(coda::cuda::E4m3(0xff)) && std::signbit(coda::cuda::E4m3(0xff)));
   EXPECT_EQ(ToE4m3(464.0f), 0x7e);  // halfway to what would be 480: saturates, never NaN
   EXPECT_EQ(ToE4m3(1e30f), 0x7e);
   EXPECT_EQ(ToE4m3(-1e30f), 0xfe);

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "coda_dtypes.h"
 #include "cuda_runtime.h"
 
 struct CUstream_st {};
@@ -250,18 +251,6 @@ uint64_t WarpExchange(uint64_t v, int (*src)(int, int), int arg) {
   return g.take;
 }
 
-namespace {
-
-// E4M3 "fn": sign, 4 exponent bits (bias 7), 3 mantissa bits; 0x7F and 0xFF are NaN.
-float E4m3Value(uint32_t code) {
-  const float sign = code & 0x80 ? -1.0f : 1.0f;
-  const int exp = static_cast<int>((code >> 3) & 15), man = static_cast<int>(code & 7);
-  if (exp == 15 && man == 7) return NAN;
-  return sign * (exp ? std::ldexp(1.0f + man / 8.0f, exp - 7) : std::ldexp(man / 8.0f, -6));
-}
-
-}  // namespace
-
 void MmaE4m3(float* d, const uint32_t* a, const uint32_t* b) {
   // Fragments of each warp of the block, exchanged through a warp barrier.
   static uint32_t frags[kMaxThreads][6];
@@ -273,11 +262,11 @@ void MmaE4m3(float* d, const uint32_t* a, const uint32_t* b) {
   SyncWarp();
   auto A = [&](size_t r, size_t k) {  // the lane, register and byte that hold A[r][k]
     const size_t from = w0 + (r % 8) * 4 + (k % 16) / 4, reg = (r >= 8 ? 1 : 0) + (k >= 16 ? 2 : 0);
-    return E4m3Value((frags[from][reg] >> (8 * (k % 4))) & 0xff);
+    return coda_e4m3_to_f32(static_cast<uint8_t>((frags[from][reg] >> (8 * (k % 4))) & 0xff));
   };
   auto B = [&](size_t k, size_t c) {
     const size_t from = w0 + c * 4 + (k % 16) / 4, reg = 4 + (k >= 16 ? 1 : 0);
-    return E4m3Value((frags[from][reg] >> (8 * (k % 4))) & 0xff);
+    return coda_e4m3_to_f32(static_cast<uint8_t>((frags[from][reg] >> (8 * (k % 4))) & 0xff));
   };
   const size_t g = lane / 4, t = lane % 4;
   for (int i = 0; i < 4; ++i) {

@@ -112,16 +112,12 @@ __device__ __forceinline__ Piece LoadPiece(const void* p) {
 #endif
 }
 
-// Value i of a piece of kDtype values. E4M3 without branches: the code's exponent and mantissa
-// bits, placed in an F32's, give the value times 2^-120 (normal codes and, as F32 subnormals,
-// the subnormal ones), so one multiply by 2^120 restores it exactly; 0x7F and 0xFF stay NaN.
+// Value i of a piece of kDtype values.
 template <uint32_t kDtype>
 __device__ __forceinline__ float PieceValue(const Piece& q, int i) {
   if (kDtype == CODA_DTYPE_F32) return AsFloat(q.w[i]);
   if (kDtype == CODA_DTYPE_BF16) return AsFloat(i % 2 ? q.w[i / 2] & 0xffff0000u : q.w[i / 2] << 16);
-  const uint32_t b = (q.w[i / 4] >> (8 * (i % 4))) & 0xffu;
-  const float v = AsFloat(((b & 0x80u) << 24) | ((b & 0x7fu) << 20)) * 0x1p120f;
-  return (b & 0x7fu) == 0x7fu ? AsFloat(0x7fc00000u) : v;
+  return E4m3((q.w[i / 4] >> (8 * (i % 4))) & 0xffu);
 }
 
 // RowDots for a vectorized weight: each lane takes 16-byte pieces, 32 pieces apart; an FP8

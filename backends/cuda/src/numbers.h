@@ -19,12 +19,13 @@ __host__ __device__ __forceinline__ To BitCast(From v) {
 __host__ __device__ __forceinline__ float AsFloat(uint32_t u) { return BitCast<float>(u); }
 __host__ __device__ __forceinline__ uint32_t AsBits(float f) { return BitCast<uint32_t>(f); }
 
-// The same decoding as coda_dtypes.h.
-__host__ __device__ __forceinline__ float E4m3(uint8_t v) {
-  const uint32_t sign = static_cast<uint32_t>(v >> 7) << 31, exp = (v >> 3) & 15u, man = v & 7u;
-  if (exp == 15 && man == 7) return AsFloat(sign | 0x7fc00000u);
-  if (exp == 0) return AsFloat(AsBits(static_cast<float>(man) * 0.001953125f) | sign);  // man * 2^-9
-  return AsFloat(sign | ((exp + 120u) << 23) | (man << 20));
+// The same values as coda_dtypes.h's decoding, without branches: the code's exponent and
+// mantissa bits, placed in an F32's, give the value times 2^-120 (normal codes and, as F32
+// subnormals, the subnormal ones), so one multiply by 2^120 restores it exactly; 0x7F and 0xFF
+// are NaN.
+__host__ __device__ __forceinline__ float E4m3(uint32_t b) {
+  const float v = AsFloat(((b & 0x80u) << 24) | ((b & 0x7fu) << 20)) * 0x1p120f;
+  return (b & 0x7fu) == 0x7fu ? AsFloat(((b & 0x80u) << 24) | 0x7fc00000u) : v;
 }
 
 __host__ __device__ __forceinline__ uint16_t ToBf16(float f) {
