@@ -5,11 +5,13 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "coda_backend.h"
 
@@ -36,6 +38,32 @@ inline std::string RoutingUnsupported(const coda_hparams& hp, uint32_t max_group
       hp.n_experts_per_tok == 0)
     return "unsupported routing configuration";
   return "";
+}
+
+// The last RoPE cos/sin table and what it was computed for.
+struct RopeCache {
+  uint32_t start = 0, n = 0;
+  std::vector<float> freq, cs;
+};
+
+// cos and sin per token and rotary pair, in double precision as the CPU backend computes them.
+// Every layer of a forward pass asks for the same table: it is recomputed only when the
+// positions or the frequencies (compared by value) change.
+inline const std::vector<float>& RopeTable(RopeCache& cache, const coda_hparams& hp, uint32_t start, uint32_t n) {
+  const uint32_t half = hp.qk_rope_head_dim / 2;
+  const std::vector<float> freq(hp.rope_inv_freq, hp.rope_inv_freq + half);
+  if (cache.start == start && cache.n == n && cache.freq == freq && !cache.cs.empty()) return cache.cs;
+  cache.start = start;
+  cache.n = n;
+  cache.freq = freq;
+  cache.cs.resize(static_cast<size_t>(n) * half * 2);
+  for (uint32_t t = 0; t < n; ++t)
+    for (uint32_t i = 0; i < half; ++i) {
+      const double a = static_cast<double>(start + t) * hp.rope_inv_freq[i];
+      cache.cs[(static_cast<size_t>(t) * half + i) * 2] = static_cast<float>(std::cos(a));
+      cache.cs[(static_cast<size_t>(t) * half + i) * 2 + 1] = static_cast<float>(std::sin(a));
+    }
+  return cache.cs;
 }
 
 // An op from an older host may be shorter; the fields it lacks read as zero.

@@ -11,7 +11,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -72,6 +71,7 @@ struct Instance {
     if (compute) cudaStreamDestroy(compute);
     if (transfer) cudaStreamDestroy(transfer);
   }
+  backend_util::RopeCache rope;  // every MLA layer of a forward pass rotates by the same table
   // Device ranges holding expert ids that this backend's MoeGate wrote and nothing has written
   // since: MoeExperts reads them without checking them on the host (no round trip per layer).
   std::vector<std::pair<const uint8_t*, uint64_t>> trusted_ids;
@@ -306,13 +306,7 @@ std::string Mla(Instance& in, Call& call, const coda_op& op) {
     if (e.empty()) e = call.Scratch(bytes, out);
   if (e.empty() && q_lora) e = call.Scratch(4 * n * qa_rows, &qa);
   // Rotations from the host in double precision, as the CPU backend computes them.
-  std::vector<float> table(n * dr);
-  for (uint64_t t = 0; t < n; ++t)
-    for (uint64_t i = 0; i < dr / 2; ++i) {
-      const double a = static_cast<double>(start + t) * hp.rope_inv_freq[i];
-      table[(t * (dr / 2) + i) * 2] = static_cast<float>(std::cos(a));
-      table[(t * (dr / 2) + i) * 2 + 1] = static_cast<float>(std::sin(a));
-    }
+  const std::vector<float>& table = backend_util::RopeTable(in.rope, hp, static_cast<uint32_t>(start), static_cast<uint32_t>(n));
   if (e.empty() && dr) e = call.Upload(table.data(), 4 * table.size(), &cs);
   // The cache: this layer's rows in one of our buffers, or host rows staged through scratch.
   if (e.empty()) {

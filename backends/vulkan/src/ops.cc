@@ -156,7 +156,7 @@ class Call {
   }
 
   Device& dev() { return dev_; }
-  RopeCache& rope_cache() { return in_.rope; }
+  backend_util::RopeCache& rope_cache() { return in_.rope; }
 
  private:
   std::string WeightSpan(const coda_tensor& t, Span* out) {
@@ -290,26 +290,6 @@ std::string Embed(Call& c, const coda_op& op) {
                           std::min(op.n_tokens, kMaxGridX));
 }
 
-// cos and sin per token and rotary pair, in double precision as the CPU backend computes them.
-// Every layer of a forward pass asks for the same table: it is recomputed only when the
-// positions or the frequencies (compared by value) change.
-const std::vector<float>& RopeTable(RopeCache& cache, const coda_hparams& hp, uint32_t start, uint32_t n) {
-  const uint32_t half = hp.qk_rope_head_dim / 2;
-  const std::vector<float> freq(hp.rope_inv_freq, hp.rope_inv_freq + half);
-  if (cache.start == start && cache.n == n && cache.freq == freq && !cache.cs.empty()) return cache.cs;
-  cache.start = start;
-  cache.n = n;
-  cache.freq = freq;
-  cache.cs.resize(static_cast<size_t>(n) * half * 2);
-  for (uint32_t t = 0; t < n; ++t)
-    for (uint32_t i = 0; i < half; ++i) {
-      const double a = static_cast<double>(start + t) * hp.rope_inv_freq[i];
-      cache.cs[(static_cast<size_t>(t) * half + i) * 2] = static_cast<float>(std::cos(a));
-      cache.cs[(static_cast<size_t>(t) * half + i) * 2 + 1] = static_cast<float>(std::sin(a));
-    }
-  return cache.cs;
-}
-
 std::string Rope(Call& c, const Bound& x, uint32_t n, uint32_t nvec, uint32_t dr, uint32_t x_off, uint32_t t_stride,
                  uint32_t v_stride, const Bound& cs) {
   struct {
@@ -357,7 +337,7 @@ std::string Mla(Call& c, const coda_op& op) {
   }
   if (e.empty()) e = LinearRows(c, w[4], x, n, kv);
   if (e.empty()) e = RmsNorm(c, kv, n, cl, row, kv, row, w[5], hp.rms_norm_eps);
-  const std::vector<float>& table = RopeTable(c.rope_cache(), hp, start, n);
+  const std::vector<float>& table = backend_util::RopeTable(c.rope_cache(), hp, start, n);
   Span cs_span;
   if (e.empty()) e = c.Upload(table.data(), table.size() * 4, &cs_span);
   if (e.empty()) e = c.Bind(cs_span, 4, &cs);

@@ -7,6 +7,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "backend_util.h"
 #include "coda_backend.h"
 #include "device.h"
 
@@ -24,17 +25,11 @@ struct Prepared {
   std::unordered_map<const void*, Span> spans;
 };
 
-// The last RoPE cos/sin table and what it was computed for.
-struct RopeCache {
-  uint32_t start = 0, n = 0;
-  std::vector<float> freq, cs;
-};
-
 struct Instance {
   std::unique_ptr<Device> device;
   std::unique_ptr<Arena> scratch;  // device memory for one call's activations and temporaries
   std::unique_ptr<Arena> staging;  // host-visible memory for one call's transfers
-  RopeCache rope;
+  backend_util::RopeCache rope;
   std::string description;
 };
 
