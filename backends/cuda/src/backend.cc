@@ -90,6 +90,13 @@ struct Instance {
 
 uint64_t Pad(uint64_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
+// A weight the FP8 tensor-core products may take, as far as the host tensor tells (its device
+// address is checked by Fp8Weight once known).
+bool Fp8Tensor(const coda_tensor& t) {
+  return (t.data || t.buffer) && t.dtype == CODA_DTYPE_FP8_E4M3 && t.ndim == 2 && (t.block == 0 || t.block == 128) &&
+         t.shape[1] % 128 == 0;
+}
+
 // The work of one execute(): host inputs uploaded to scratch, host outputs downloaded at the end.
 class Call {
  public:
@@ -117,12 +124,8 @@ class Call {
     // The quantized activations of the op's widest FP8 product, one area that its products share.
     uint64_t widest = 0;
     if (in_.fp8_products && op.n_tokens >= kTileMinTokensForFp8 && op.type != CODA_OP_MOE_EXPERTS)
-      for (uint32_t i = 0; i < op.n_weights; ++i) {
-        const coda_tensor& t = op.weights[i];
-        if ((t.data || t.buffer) && t.dtype == CODA_DTYPE_FP8_E4M3 && t.ndim == 2 && (t.block == 0 || t.block == 128) &&
-            t.shape[1] % 128 == 0)
-          widest = std::max<uint64_t>(widest, t.shape[1]);
-      }
+      for (uint32_t i = 0; i < op.n_weights; ++i)
+        if (Fp8Tensor(op.weights[i])) widest = std::max<uint64_t>(widest, op.weights[i].shape[1]);
     quant_bytes_ = Pad(op.n_tokens * widest);
     quant_scale_bytes_ = Pad(op.n_tokens * widest / 128 * 4);
     uint64_t total = extra + quant_bytes_ + quant_scale_bytes_;
@@ -438,10 +441,7 @@ std::string MoeExperts(Instance& in, Call& call, const coda_op& op, const Prepar
   // FP8 products on tensor cores when every named expert is FP8 in 128x128 blocks.
   bool fp8 = in.fp8_products && d % 128 == 0 && f % 128 == 0 && n >= kTileMinTokensForFp8;
   for (uint64_t x = 0; fp8 && x < E; ++x)
-    for (int j = 0; fp8 && named[x] && j < 3; ++j) {
-      const coda_tensor& t = op.weights[3 * x + j];
-      fp8 = t.dtype == CODA_DTYPE_FP8_E4M3 && (t.block == 0 || t.block == 128);
-    }
+    for (int j = 0; fp8 && named[x] && j < 3; ++j) fp8 = Fp8Tensor(op.weights[3 * x + j]);
   const uint64_t widest = std::max(chunk * d, chunk * K * f);
   const uint64_t extra = Pad(sizeof(ExpertWeights) * E) + 3 * Pad(4 * (E + 1)) + Pad(4 * chunk * K) +
                          Pad(4 * chunk * K * f) + Pad(4 * chunk * K * d) + (fp8 ? Pad(widest) + Pad(widest / 128 * 4) : 0);
