@@ -4,8 +4,13 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
+
+#include "coda_dtypes.h"
+#include "numbers.h"
+#include "test_util.h"
 
 namespace {
 
@@ -95,34 +100,18 @@ TEST(CudaEmulator, RefusesShapesCudaRefuses) {
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
 }
 
-}  // namespace
-
-namespace {
-
 // coda-cuda-bench (tools/gpu-check runs it on a GPU) in the emulator: its products and its MLA
 // decode check out against the host's sums, and it prints its tables.
 TEST(CudaBench, RunsAndChecksInTheEmulator) {
-  const std::string bench = std::string(CODA_TEST_PLUGIN_DIR) + "/coda-cuda-bench-emu";
-  FILE* p = popen((bench + " --smoke 2>&1").c_str(), "r");
-  ASSERT_TRUE(p);
-  std::string out;
-  char buf[4096];
-  for (size_t got; (got = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, got);
-  const int status = pclose(p);
-  EXPECT_EQ(status, 0) << out;
+  const auto r = coda::test::RunCommand(std::string(CODA_TEST_PLUGIN_DIR) + "/coda-cuda-bench-emu --smoke");
+  const std::string& out = r.out;
+  EXPECT_EQ(r.exit_code, 0) << out;
   EXPECT_NE(out.find("| tiny | 96x160 | 20 |"), std::string::npos) << out;
   EXPECT_NE(out.find("(host)"), std::string::npos) << out;
   EXPECT_NE(out.find("| matches the host | 9 | 300 |"), std::string::npos) << out;
   EXPECT_NE(out.find("all checks passed"), std::string::npos) << out;
   EXPECT_EQ(out.find("FAIL"), std::string::npos) << out;
 }
-
-}  // namespace
-
-#include "coda_dtypes.h"
-#include "numbers.h"
-
-namespace {
 
 // The kernels' F32 to E4M3 (activations for the FP8 products): every code back to itself, a
 // value between two codes to the nearer (ties to the even code), and saturation at 448.

@@ -185,17 +185,6 @@ void ExpectCudaOutcomes(const nlohmann::json& j) {
   EXPECT_GT(ops, conformance::OpNames().size());
 }
 
-nlohmann::json RunOnLibrary(const std::string& lib) {
-  const auto r = test::RunCommand(test::Tool("coda-conformance") + " " + lib + " --json");
-  EXPECT_EQ(r.exit_code, 0) << r.out.substr(0, 4000);
-  const size_t start = r.out.find("{\n");
-  if (start == std::string::npos) {
-    ADD_FAILURE() << r.out.substr(0, 2000);
-    return nlohmann::json::object();
-  }
-  return nlohmann::json::parse(r.out.substr(start));
-}
-
 // The CUDA backend on a machine with an NVIDIA GPU (tools/gpu-check). Without one it skips and
 // says why; the emulated build below runs the same kernels everywhere.
 TEST(Conformance, CudaBackendPassesTheOpsItRuns) {
@@ -204,7 +193,7 @@ TEST(Conformance, CudaBackendPassesTheOpsItRuns) {
     if (test::BackendRequired("cuda")) FAIL() << "the cuda backend is required but unavailable: " << why;
     GTEST_SKIP() << "cuda backend unavailable: " << why;
   }
-  ExpectCudaOutcomes(RunOnLibrary(lib));
+  ExpectCudaOutcomes(RunTool(lib));
 }
 
 // The CUDA backend's own sources built against the CPU emulator (backends/cuda/emu): its kernels'
@@ -212,7 +201,7 @@ TEST(Conformance, CudaBackendPassesTheOpsItRuns) {
 TEST(Conformance, CudaKernelsPassEveryCaseInTheEmulator) {
   const std::string lib = TestPlugin("cuda-emu");
   ASSERT_TRUE(std::filesystem::exists(lib)) << lib;
-  ExpectCudaOutcomes(RunOnLibrary(lib));
+  ExpectCudaOutcomes(RunTool(lib));
 }
 
 // The CUDA backend's FP8 products on tensor cores (activations quantized per 1 x 128 tile, each
