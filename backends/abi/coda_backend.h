@@ -234,7 +234,7 @@ typedef struct coda_backend_api {
   coda_status_code (*execute)(void* self, const coda_op* op, char* error, size_t error_size);
 
   /* ---- Optional: NULL when unsupported; the host checks before calling. Functions come in
-     groups that are all present or all NULL: devices, prepare/release, buffers, events. ---- */
+     groups that are all present or all NULL: devices, prepare/release, buffers, events, steps. ---- */
 
   /* Devices this instance can see (at least 1 when present) and what each is. */
   uint32_t (*device_count)(void* self);
@@ -272,6 +272,18 @@ typedef struct coda_backend_api {
   coda_status_code (*event_record)(void* self, coda_event event, uint32_t queue, char* error, size_t error_size);
   coda_status_code (*event_wait)(void* self, coda_event event, uint32_t queue, char* error, size_t error_size);
   void (*event_destroy)(void* self, coda_event event);
+
+  /* Steps (appended after the first release of version 1; both present or both NULL): the host
+     brackets each forward pass with them. A step the host issues again under the same `key` is
+     likely the same ops on the same tensors, the position (start_pos) and the bytes in memory
+     excepted, so that a backend may record it once and replay it (as CUDA graphs do), issuing
+     the ops' work later than execute() returns. The host promises nothing: a backend checks each
+     op against what it recorded, and results must be those of running the ops one by one. Work
+     held back is issued by step_end() and before any other call that touches the compute queue
+     or waits (copies on it, events, synchronize, buffer_free, prepare, release). A step_begin()
+     while a step is open ends that one first. */
+  coda_status_code (*step_begin)(void* self, uint64_t key, char* error, size_t error_size);
+  coda_status_code (*step_end)(void* self, char* error, size_t error_size);
 } coda_backend_api;
 
 /* A table must reach at least the required functions. */

@@ -37,7 +37,7 @@ TEST(CudaEmulator, BarriersAndShufflesGiveCudasResults) {
   std::vector<float> in(blocks * block.x), out(blocks, -1);
   for (unsigned b = 0; b < blocks; ++b)
     for (unsigned t = 0; t < block.x; ++t) in[b * block.x + t] = static_cast<float>(t + 1 + 10 * b);
-  ASSERT_TRUE(Launch(grid, block, [&] { BlockSum(in.data(), out.data()); }));
+  ASSERT_TRUE(Launch(grid, block, nullptr, [&] { BlockSum(in.data(), out.data()); }));
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   for (unsigned b = 0; b < blocks; ++b) EXPECT_EQ(out[b], 96 * 97 / 2 + 960.0f * b) << b;
 }
@@ -52,11 +52,11 @@ void ReadNeighbour(bool barrier, int* out) {
 
 TEST(CudaEmulator, AMissingBarrierReadsStaleData) {
   std::vector<int> out(128);
-  ASSERT_TRUE(Launch(dim3(2), dim3(64), [&] { ReadNeighbour(true, out.data()); }));
+  ASSERT_TRUE(Launch(dim3(2), dim3(64), nullptr, [&] { ReadNeighbour(true, out.data()); }));
   for (int b = 0; b < 2; ++b)
     for (int t = 1; t < 64; ++t) ASSERT_EQ(out[static_cast<size_t>(b * 64 + t)], t - 1 + 1000 * b);
   // Without it the reader runs before the writer: block 1 sees block 0's values.
-  ASSERT_TRUE(Launch(dim3(2), dim3(64), [&] { ReadNeighbour(false, out.data()); }));
+  ASSERT_TRUE(Launch(dim3(2), dim3(64), nullptr, [&] { ReadNeighbour(false, out.data()); }));
   size_t stale = 0;
   for (int t = 1; t < 64; ++t) stale += out[static_cast<size_t>(64 + t)] != t - 1 + 1000;
   EXPECT_EQ(stale, 63u);
@@ -77,26 +77,26 @@ void DivergentBarriers(float* out) {
 
 TEST(CudaEmulator, KernelsThatWouldHangOrDivergeFailTheLaunch) {
   std::vector<float> out(64);
-  EXPECT_FALSE(Launch(dim3(1), dim3(64), [&] { ShuffleAfterReturn(out.data()); }));
+  EXPECT_FALSE(Launch(dim3(1), dim3(64), nullptr, [&] { ShuffleAfterReturn(out.data()); }));
   EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
   EXPECT_NE(std::string(cudaGetErrorString(cudaErrorLaunchFailure)).find("lanes of the warp that have returned"),
             std::string::npos);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);  // read once, as CUDA's
-  EXPECT_FALSE(Launch(dim3(1), dim3(32), [&] { DivergentBarriers(out.data()); }));
+  EXPECT_FALSE(Launch(dim3(1), dim3(32), nullptr, [&] { DivergentBarriers(out.data()); }));
   EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
   EXPECT_NE(std::string(cudaGetErrorString(cudaErrorLaunchFailure)).find("waits at __syncthreads"), std::string::npos);
   // The emulator is usable after a failed launch.
   std::vector<int> ok(64);
-  EXPECT_TRUE(Launch(dim3(1), dim3(64), [&] { ReadNeighbour(true, ok.data()); }));
+  EXPECT_TRUE(Launch(dim3(1), dim3(64), nullptr, [&] { ReadNeighbour(true, ok.data()); }));
   EXPECT_EQ(ok[5], 4);
 }
 
 TEST(CudaEmulator, RefusesShapesCudaRefuses) {
-  EXPECT_FALSE(Launch(dim3(1), dim3(2048), [] {}));
+  EXPECT_FALSE(Launch(dim3(1), dim3(2048), nullptr, [] {}));
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
-  EXPECT_FALSE(Launch(dim3(0), dim3(32), [] {}));
+  EXPECT_FALSE(Launch(dim3(0), dim3(32), nullptr, [] {}));
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
-  EXPECT_FALSE(Launch(dim3(1, 70000), dim3(32), [] {}));
+  EXPECT_FALSE(Launch(dim3(1, 70000), dim3(32), nullptr, [] {}));
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
 }
 

@@ -156,7 +156,8 @@ static const coda_backend_api plugin_api = {
     NULL,
 #endif
     NULL, NULL, NULL, NULL, /* the rest of the buffer functions */
-    NULL, NULL, NULL, NULL  /* events */
+    NULL, NULL, NULL, NULL, /* events */
+    NULL, NULL              /* steps */
 };
 
 #if PLUGIN_KIND == KIND_NOENTRY

@@ -433,6 +433,69 @@ TEST(DeviceOffload, ABudgetTooSmallIsRefusedNamingTheMinimum) {
   EXPECT_FALSE(Session::Create(*ctx, model, so).ok());
 }
 
+// CUDA graphs (backends/cuda/src/backend.cc, steps): the emulated backend records the first
+// decode step of a plan, captures the second and replays the rest, and those give the logits of
+// the same steps run op by op (CODA_CUDA_GRAPHS=off) bit for bit: after a rewind (the graph reads
+// its position from device memory), and around steps whose replay breaks off (an observer copies
+// every output to the host, so the backend must run the ops it held back).
+TEST(CudaGraphs, ReplayedStepsEqualStepsRunOpByOp) {
+  const std::string file = std::string(CODA_TEST_PLUGIN_DIR) + "/" + BackendFileName("cuda-emu");
+  if (!std::filesystem::exists(file)) GTEST_SKIP() << file << " was not built";
+  auto model = test::GoldenModel("v2lite-bf16");
+  ASSERT_TRUE(model);
+  const uint32_t V = model->config().vocab_size;
+  auto run = [&](bool graphs, std::vector<std::string>* log) {
+    std::vector<float> all;
+    setenv("CODA_CUDA_GRAPHS", graphs ? "on" : "off", 1);
+    ContextOptions co;
+    co.exact_products = true;
+    co.backends = {coda_cpu_backend_entry};
+    co.plugin_files = {file};
+    co.log = [log](int, const std::string& m) { log->push_back(m); };
+    auto ctx = Context::Create(co);
+    unsetenv("CODA_CUDA_GRAPHS");
+    EXPECT_TRUE(ctx.ok()) << ctx.status().message();
+    if (!ctx.ok()) return all;
+    SessionOptions so;
+    so.n_ctx = 64;
+    so.kv_dtype = DType::kF32;
+    so.backends = {"cuda-emu"};
+    auto s = Session::Create(**ctx, model, so);
+    EXPECT_TRUE(s.ok()) << s.status().message();
+    if (!s.ok()) return all;
+    auto forward = [&](std::vector<int32_t> tokens) {
+      auto r = (*s)->Forward(tokens);
+      EXPECT_TRUE(r.ok()) << r.status().message();
+      if (r.ok()) all.insert(all.end(), r->begin(), r->end());
+    };
+    forward({1, 7, 42, 99});
+    for (uint32_t i = 0; i < 8; ++i) forward({static_cast<int32_t>((i * 37 + 11) % V)});
+    EXPECT_TRUE((*s)->Rewind(6).ok());
+    for (uint32_t i = 0; i < 3; ++i) forward({static_cast<int32_t>((i * 53 + 5) % V)});
+    (*s)->set_observer([](const GraphNode&, std::span<const coda_tensor>) {});
+    for (uint32_t i = 0; i < 2; ++i) forward({static_cast<int32_t>((i * 71 + 3) % V)});
+    (*s)->set_observer(nullptr);
+    for (uint32_t i = 0; i < 4; ++i) forward({static_cast<int32_t>((i * 29 + 17) % V)});
+    return all;
+  };
+  std::vector<std::string> with_log, without_log;
+  const std::vector<float> with = run(true, &with_log), without = run(false, &without_log);
+  ASSERT_EQ(with.size(), size_t{18} * V);
+  ASSERT_EQ(with.size(), without.size());
+  for (size_t i = 0; i < with.size(); ++i)
+    ASSERT_EQ(std::memcmp(&with[i], &without[i], 4), 0) << "logit " << i % V << " of step " << i / V << ": " << with[i]
+                                                          << " with graphs, " << without[i] << " without";
+  auto count = [](const std::vector<std::string>& log, const std::string& what) {
+    return std::count_if(log.begin(), log.end(), [&](const std::string& m) { return m.find(what) != std::string::npos; });
+  };
+  // Decode steps: 8, 3 after the rewind (replayed), 2 observed (the first breaks off, the
+  // second records anew), 4 more (captured again, then replayed).
+  EXPECT_EQ(count(with_log, "captured"), 2);
+  EXPECT_EQ(count(with_log, "replay broke off"), 1);
+  EXPECT_EQ(count(with_log, "replayed"), 6 + 3 + 3);
+  EXPECT_EQ(count(without_log, "captured") + count(without_log, "replayed"), 0);
+}
+
 // A BF16 checkpoint converted with its projection weights and head quantized to FP8 (--dtype fp8
 // --head-dtype fp8): half
 // their bytes, each weight within E4M3's rounding, logits near the BF16 reference's and mostly

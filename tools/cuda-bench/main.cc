@@ -270,7 +270,8 @@ int Main(int argc, char** argv) {
   m.dv = m.dn;
   m.scale = 1.0f / std::sqrt(static_cast<float>(m.dn + m.dr));
   for (uint64_t ctx : smoke ? std::vector<uint64_t>{300} : std::vector<uint64_t>{4096, 32768, 65536}) {
-    m.start = ctx - 1;
+    m.start.value = ctx - 1;
+    m.capacity = ctx;
     const uint64_t row = m.c + m.dr;
     const MlaPlan plan = PlanMlaAttend(m);
     std::vector<uint16_t> cache(ctx * row);

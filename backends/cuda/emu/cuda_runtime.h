@@ -11,7 +11,11 @@
 // barrier opens. A kernel that would hang or diverge on a GPU (a shuffle with lanes that
 // returned, a barrier some threads skip while others wait at another) stops the process with a
 // message instead. Memory is host memory; streams run in order at once, so events are already
-// reached when recorded.
+// reached when recorded. A stream being captured (cudaStreamBeginCapture) records its launches,
+// device copies and memsets, with their arguments, into a graph that cudaGraphLaunch runs again;
+// what CUDA refuses during a capture (a synchronization, a copy from or to the host) is refused
+// here too, and more strictly (pinned memory is not told apart), so that a backend that would
+// fail on a GPU fails here.
 //
 // This header stands in for <cuda_runtime.h> only when backends/cuda/emu is first on the include
 // path; nothing else includes it.
@@ -34,11 +38,22 @@ typedef enum cudaError {
   cudaErrorInvalidConfiguration = 9,
   cudaErrorInsufficientDriver = 35,
   cudaErrorInvalidDevice = 101,
+  cudaErrorIllegalState = 401,
   cudaErrorLaunchFailure = 719,
+  cudaErrorStreamCaptureUnsupported = 900,
+  cudaErrorStreamCaptureInvalidated = 901,
 } cudaError_t;
 
 typedef struct CUstream_st* cudaStream_t;
 typedef struct CUevent_st* cudaEvent_t;
+typedef struct CUgraph_st* cudaGraph_t;
+typedef struct CUgraphExec_st* cudaGraphExec_t;
+
+enum cudaStreamCaptureMode {
+  cudaStreamCaptureModeGlobal = 0,
+  cudaStreamCaptureModeThreadLocal = 1,
+  cudaStreamCaptureModeRelaxed = 2
+};
 
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost = 0,
@@ -81,6 +96,12 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end);
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
 cudaError_t cudaEventDestroy(cudaEvent_t e);
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
 
 // ---- CUDA C++ ----
 
@@ -108,8 +129,9 @@ struct Place {
 };
 // Where the running fiber is.
 const Place& Here();
-// Runs `kernel` on a grid of blocks; false (and cudaGetLastError() says why) for a bad shape.
-bool Launch(dim3 grid, dim3 block, const std::function<void()>& kernel);
+// Runs `kernel` (which holds copies of its arguments) on a grid of blocks, or records it when the
+// stream is being captured; false (and cudaGetLastError() says why) for a bad shape or a fault.
+bool Launch(dim3 grid, dim3 block, cudaStream_t s, std::function<void()> kernel);
 void SyncThreads();
 void SyncWarp();
 // Every lane of the calling warp gives `v` and gets lane `src(lane)`'s.

@@ -16,9 +16,22 @@
 #include "coda_dtypes.h"
 #include "cuda_runtime.h"
 
-struct CUstream_st {};
+// Work recorded from a captured stream, in issue order.
+using Recording = std::vector<std::function<void()>>;
+
+struct CUstream_st {
+  bool capturing = false;
+  bool invalidated = false;  // something CUDA refuses was tried during the capture
+  Recording recorded;
+};
 struct CUevent_st {
   std::chrono::steady_clock::time_point at;
+};
+struct CUgraph_st {
+  Recording work;
+};
+struct CUgraphExec_st {
+  Recording work;
 };
 
 namespace coda_cuda_emu {
@@ -194,17 +207,8 @@ bool RunBlock(Block& b) {
   }
 }
 
-}  // namespace
-
-const Place& Here() { return Self().place; }
-
-bool Launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {
+bool RunGrid(dim3 grid, dim3 block, const std::function<void()>& kernel) {
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
-  if (threads == 0 || threads > kMaxThreads || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
-      grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
-    t_last = cudaErrorInvalidConfiguration;
-    return false;
-  }
   std::lock_guard<std::mutex> lock(kLaunch);
   static Block b;
   if (b.fibers.size() < threads) b.fibers.resize(threads);
@@ -232,6 +236,27 @@ bool Launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {
   }
   return ok;
 }
+
+}  // namespace
+
+const Place& Here() { return Self().place; }
+
+bool Launch(dim3 grid, dim3 block, cudaStream_t s, std::function<void()> kernel) {
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  if (threads == 0 || threads > kMaxThreads || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+      grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
+    t_last = cudaErrorInvalidConfiguration;
+    return false;
+  }
+  if (s && s->capturing) {
+    s->recorded.push_back([grid, block, k = std::move(kernel)] {
+      if (!RunGrid(grid, block, k)) throw cudaErrorLaunchFailure;
+    });
+    return true;
+  }
+  return RunGrid(grid, block, kernel);
+}
+
 
 void SyncThreads() { Yield(State::kAtBarrier); }
 
@@ -292,6 +317,9 @@ const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
   }
   return "cudaErrorUnknown";
 }
@@ -306,6 +334,9 @@ const char* cudaGetErrorString(cudaError_t e) {
     case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
   }
   return "unknown error";
 }
@@ -355,16 +386,37 @@ cudaError_t cudaFree(void* p) {
   return cudaSuccess;
 }
 
+namespace {
+
+// What CUDA refuses on a stream being captured: the capture is invalidated, as CUDA does.
+cudaError_t Refuse(cudaStream_t s) {
+  s->invalidated = true;
+  return t_last = cudaErrorStreamCaptureUnsupported;
+}
+
+}  // namespace
+
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t size, cudaMemcpyKind kind) {
   return cudaMemcpyAsync(dst, src, size, kind, nullptr);
 }
 
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t size, cudaMemcpyKind, cudaStream_t) {
+// A capture takes device-to-device copies only: a host address in a graph would be read or
+// written at every replay, long after the call that named it.
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t size, cudaMemcpyKind kind, cudaStream_t s) {
+  if (s && s->capturing) {
+    if (kind != cudaMemcpyDeviceToDevice) return Refuse(s);
+    s->recorded.push_back([=] { if (size) std::memmove(dst, src, size); });
+    return cudaSuccess;
+  }
   if (size) std::memmove(dst, src, size);
   return cudaSuccess;
 }
 
-cudaError_t cudaMemsetAsync(void* dst, int value, size_t size, cudaStream_t) {
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t size, cudaStream_t s) {
+  if (s && s->capturing) {
+    s->recorded.push_back([=] { if (size) std::memset(dst, value, size); });
+    return cudaSuccess;
+  }
   if (size) std::memset(dst, value, size);
   return cudaSuccess;
 }
@@ -379,8 +431,9 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t s) { return s && s->capturing ? Refuse(s) : cudaSuccess; }
+// Events could join a capture on a GPU; this backend never needs that, so here they are refused.
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t, unsigned) { return s && s->capturing ? Refuse(s) : cudaSuccess; }
 
 cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, 0); }
 
@@ -394,7 +447,8 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
   return *e ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  if (s && s->capturing) return Refuse(s);
   e->at = std::chrono::steady_clock::now();
   return cudaSuccess;
 }
@@ -402,5 +456,54 @@ cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
 
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
   delete e;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
+  if (!s) return t_last = cudaErrorStreamCaptureUnsupported;  // the legacy stream cannot be captured
+  if (s->capturing) return t_last = cudaErrorIllegalState;
+  s->capturing = true;
+  s->invalidated = false;
+  s->recorded.clear();
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
+  if (!s || !s->capturing) return t_last = cudaErrorIllegalState;
+  s->capturing = false;
+  *graph = nullptr;
+  if (s->invalidated) {
+    s->recorded.clear();
+    return t_last = cudaErrorStreamCaptureInvalidated;
+  }
+  *graph = new (std::nothrow) CUgraph_st{std::move(s->recorded)};
+  s->recorded.clear();
+  return *graph ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+  if (!exec || !graph) return t_last = cudaErrorInvalidValue;
+  *exec = new (std::nothrow) CUgraphExec_st{graph->work};
+  return *exec ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
+  if (!exec) return t_last = cudaErrorInvalidValue;
+  if (s && s->capturing) return Refuse(s);
+  try {
+    for (const auto& w : exec->work) w();
+  } catch (cudaError_t e) {
+    return t_last = e;
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  delete exec;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete graph;
   return cudaSuccess;
 }

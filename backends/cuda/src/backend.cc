@@ -52,8 +52,44 @@ struct Prepared {
   std::unordered_map<const void*, void*> where;
 };
 
+// ---- Steps: forward passes the host brackets with step_begin and step_end, replayed as graphs ----
+//
+// The first time a key is seen, its ops run one by one and are recorded (OpRecord). The second
+// time, each op that matches its record is captured into a CUDA graph instead of run, and the graph
+// is launched when the step ends, or sooner when something that cannot be in a graph comes (an op
+// that writes host memory, a copy the host asks for, an op unlike the record): the graph then holds
+// the ops before it, and the rest of the step runs one by one. From the third time, an op that
+// matches its record is only checked and its host inputs kept, and the graph is launched when the
+// last of its ops has come. An op unlike the record there means that the ops held back run one by
+// one after all, and the key starts over. Either way the same kernels run with the same arguments
+// (the position excepted, which a graph reads from device memory), so results are identical.
+
+// One op of a step as it was executed: the op and copies of everything it points to.
+struct OpRecord {
+  coda_op op{};
+  std::vector<coda_tensor> tensors;  // inputs, outputs, weights, then the weights' scales
+  coda_hparams hp{};
+  std::vector<float> freq;
+  uint32_t delta = 0;                             // op.start_pos minus the step's first op's
+  bool capturable = false;                        // Capturable() when it was recorded
+  std::vector<std::pair<uint32_t, void*>> slots;  // in a graph: host input i is read from slot
+};
+
+// A key's record and, once captured, its graph.
+struct StepGraph {
+  uint32_t seen = 0;    // steps recorded for the key (from 1 the next one captures)
+  uint32_t breaks = 0;  // replays that broke off; at kMaxBreaks the key runs one by one for good
+  std::vector<OpRecord> ops;
+  cudaGraphExec_t exec = nullptr;
+  std::vector<void*> memory;  // the graph's own device memory: host inputs and tables it reads
+};
+
+struct Instance;
+std::string Settle(Instance& in);
+
 struct Instance {
   int device = 0;
+  const coda_host* host = nullptr;
   // Products may quantize activations (CODA_BACKEND_EXACT_PRODUCTS unset) and the device has FP8
   // tensor cores (sm_89 and later): FP8 weights then multiply on them (kernels.h, Fp8Eligible).
   bool fp8_products = false;
@@ -63,15 +99,61 @@ struct Instance {
   void* scratch = nullptr;
   uint64_t scratch_size = 0, scratch_used = 0;
 
+  // cos and sin for the positions [0, rope_positions) at rope_freq (backend_util::RopeTable):
+  // built once, so that no step uploads its own.
+  float* rope = nullptr;
+  uint64_t rope_positions = 0;
+  std::vector<float> rope_freq;
+  // The position a graph's kernels read (kernels.h, Position), written before each launch.
+  uint32_t* graph_start = nullptr;
+  bool graphs_enabled = true;  // CODA_CUDA_GRAPHS=off turns steps into plain calls
+  std::unordered_map<uint64_t, StepGraph> graphs;
+  // The step under way, between step_begin and step_end.
+  struct Step {
+    enum Mode { kNone, kEager, kRecord, kCapture, kReplay } mode = kNone;
+    StepGraph* g = nullptr;
+    uint64_t key = 0;
+    uint32_t start = 0;
+    bool started = false;    // an op has come, and `start` is its position
+    bool capturing = false;  // the compute stream is being captured
+    size_t index = 0;        // ops of the record matched so far
+    // Host bytes to copy to the device before the graph's launch, and each matched op's host
+    // inputs (index, bytes), kept to run the op one by one should the step break off.
+    std::vector<std::pair<void*, std::vector<uint8_t>>> uploads;
+    std::vector<std::vector<std::pair<uint32_t, std::vector<uint8_t>>>> inputs;
+  } step;
+
   ~Instance() {
     cudaSetDevice(device);
+    Settle(*this);
     if (compute) cudaStreamSynchronize(compute);
     if (transfer) cudaStreamSynchronize(transfer);
+    DropGraphs();
     if (scratch) cudaFree(scratch);
+    if (rope) cudaFree(rope);
+    if (graph_start) cudaFree(graph_start);
     if (compute) cudaStreamDestroy(compute);
     if (transfer) cudaStreamDestroy(transfer);
   }
-  backend_util::RopeCache rope;  // every MLA layer of a forward pass rotates by the same table
+  // Graphs hold the addresses of scratch, tables and buffers: when any of those moves or goes,
+  // every graph goes (after the work that may still use them). The records stay: the next step of
+  // a key captures again, from the ops as they then are.
+  void DropGraphs() {
+    bool any = false;
+    for (auto& [key, g] : graphs) any = any || g.exec || !g.memory.empty();
+    if (!any) return;
+    cudaStreamSynchronize(compute);
+    for (auto& [key, g] : graphs) {
+      if (g.exec) cudaGraphExecDestroy(g.exec);
+      g.exec = nullptr;
+      for (void* p : g.memory) cudaFree(p);
+      g.memory.clear();
+      for (OpRecord& r : g.ops) r.slots.clear();
+    }
+  }
+  void Log(int level, const std::string& m) const {
+    if (host && host->log) host->log(host->user, level, m.c_str());
+  }
   // Device ranges holding expert ids that this backend's MoeGate wrote and nothing has written
   // since: MoeExperts reads them without checking them on the host (no round trip per layer).
   std::vector<std::pair<const uint8_t*, uint64_t>> trusted_ids;
@@ -80,6 +162,9 @@ struct Instance {
   void Untrust(const void* p, uint64_t bytes) {
     const auto* b = static_cast<const uint8_t*>(p);
     std::erase_if(trusted_ids, [&](const auto& r) { return r.first < b + bytes && b < r.first + r.second; });
+  }
+  void Trust(const void* p, uint64_t bytes) {
+    if (!Trusted(p, bytes)) trusted_ids.emplace_back(static_cast<const uint8_t*>(p), bytes);
   }
   bool Trusted(const void* p, uint64_t bytes) const {
     const auto* b = static_cast<const uint8_t*>(p);
@@ -97,16 +182,35 @@ bool Fp8Tensor(const coda_tensor& t) {
          t.shape[1] % 128 == 0;
 }
 
+// An op being captured into a step's graph (see Steps above): its host inputs go to device memory
+// of the graph's own, copied before each launch, instead of scratch.
+struct Capture {
+  const coda_op* op = nullptr;
+  std::vector<std::pair<uint32_t, void*>> slots;  // input index, its device copy
+};
+
 // The work of one execute(): host inputs uploaded to scratch, host outputs downloaded at the end.
 class Call {
  public:
-  Call(Instance& in, const Prepared* prepared) : in_(in), prepared_(prepared) { in_.scratch_used = 0; }
+  Call(Instance& in, const Prepared* prepared, Capture* capture)
+      : in_(in), prepared_(prepared), capture_(capture) {
+    in_.scratch_used = 0;
+  }
+
+  // The op's first position, as its kernels take it.
+  Position At(const coda_op& op) const {
+    if (!capture_) return {op.start_pos, nullptr};
+    return {op.start_pos - in_.step.start, in_.graph_start};
+  }
 
   // `bytes` of scratch, growing the block (after the stream drains) when it is too small.
   std::string Scratch(uint64_t bytes, void** out) {
     const uint64_t need = in_.scratch_used + (bytes + kAlign - 1) / kAlign * kAlign;
     if (need > in_.scratch_size) {
       if (in_.scratch_used) return "scratch exhausted within one op";  // Reserve() sizes it first
+      // A capture follows a run of the same ops, which sized it.
+      if (in_.step.capturing) return "scratch would have to grow during a CUDA graph capture";
+      in_.DropGraphs();  // they use the block that goes
       cudaStreamSynchronize(in_.compute);
       if (in_.scratch) cudaFree(in_.scratch);
       in_.scratch = nullptr;
@@ -158,14 +262,18 @@ class Call {
     }
     return LaunchLinearFp8(job, quant_, quant_scales_, in_.compute);
   }
-  // Host bytes copied into scratch (queued; pageable sources are staged before this returns).
+  // Host bytes copied into scratch (queued; pageable sources are staged before this returns). In
+  // a capture, into the graph's memory, copied before its first launch (tables that follow from
+  // the op, which a replay matches).
   std::string Upload(const void* host, uint64_t bytes, void** out) {
+    if (capture_) return GraphCopy(host, bytes, out);
     if (std::string e = Scratch(bytes, out); !e.empty()) return e;
     const cudaError_t e = cudaMemcpyAsync(*out, host, bytes, cudaMemcpyHostToDevice, in_.compute);
     return e == cudaSuccess ? "" : CudaError(e, "uploading to the device");
   }
   // Device bytes read back now (waits for the stream).
   std::string Read(const void* device, uint64_t bytes, void* host) {
+    if (capture_) return "a read from the device during a CUDA graph capture";  // Capturable() rules it out
     cudaError_t e = cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, in_.compute);
     if (e == cudaSuccess) e = cudaStreamSynchronize(in_.compute);
     return e == cudaSuccess ? "" : CudaError(e, "reading from the device");
@@ -189,6 +297,14 @@ class Call {
         *out = it->second;
         return "";
       }
+    if (capture_) {  // Capturable() admits small host inputs only
+      const coda_op& op = *capture_->op;
+      if (is_output || &t < op.inputs || &t >= op.inputs + op.n_inputs)
+        return "host memory other than an input during a CUDA graph capture";
+      if (std::string e = GraphCopy(t.data, bytes, out); !e.empty()) return e;
+      capture_->slots.emplace_back(static_cast<uint32_t>(&t - op.inputs), *out);
+      return "";
+    }
     if (std::string e = Scratch(bytes, out); !e.empty()) return e;
     if (is_output) {
       DownloadLater(*out, t.data, bytes);
@@ -231,8 +347,19 @@ class Call {
     void* host;
     uint64_t bytes;
   };
+  // Device memory of the step's graph holding a copy of host bytes, made before the graph's launch.
+  std::string GraphCopy(const void* host, uint64_t bytes, void** out) {
+    if (!in_.step.g) return "a CUDA graph capture without its step";
+    if (cudaError_t e = cudaMalloc(out, std::max<uint64_t>(bytes, 1)); e != cudaSuccess) return CudaError(e, "cudaMalloc");
+    in_.step.g->memory.push_back(*out);
+    const auto* b = static_cast<const uint8_t*>(host);
+    in_.step.uploads.emplace_back(*out, std::vector<uint8_t>(b, b + bytes));
+    return "";
+  }
+
   Instance& in_;
   const Prepared* prepared_;
+  Capture* capture_;
   std::vector<Download> downloads_;
   uint64_t quant_bytes_ = 0, quant_scale_bytes_ = 0;
   uint8_t* quant_ = nullptr;
@@ -268,15 +395,95 @@ std::string CheckOp(const coda_op& op) {
 // The weight a DeviceWeight describes, after Call::Weight.
 std::string Weight(Call& call, const coda_tensor& t, DeviceWeight* w) { return Present(t) ? call.Weight(t, w) : ""; }
 
+// Embed's n token ids (host memory) name rows of its table.
+std::string CheckTokenIds(const int32_t* ids, const coda_op& op) {
+  const uint64_t vocab = op.weights[0].shape[0];
+  for (uint64_t i = 0; i < op.n_tokens; ++i)
+    if (ids[i] < 0 || static_cast<uint64_t>(ids[i]) >= vocab)
+      return "token id " + std::to_string(ids[i]) + " is outside the vocabulary (" + std::to_string(vocab) + ")";
+  return "";
+}
+
+// What an op's writes do to the trusted ids: its outputs and cache are no longer a MoeGate's ids,
+// and a MoeGate's ids output in a buffer is (once the op succeeded: TrustGateIds).
+void UntrustWrites(Instance& in, const coda_op& op) {
+  for (uint32_t i = 0; i < op.n_outputs; ++i)
+    if (op.outputs[i].buffer)
+      in.Untrust(static_cast<uint8_t*>(op.outputs[i].buffer->ptr) + op.outputs[i].offset, TensorBytes(op.outputs[i]));
+  if (op.kv.buffer)
+    in.Untrust(static_cast<uint8_t*>(op.kv.buffer->ptr) + op.kv.offset, op.kv.buffer->size - std::min(op.kv.offset, op.kv.buffer->size));
+}
+void TrustGateIds(Instance& in, const coda_op& op) {
+  const coda_tensor& t = op.outputs[0];
+  if (op.type == CODA_OP_MOE_GATE && t.buffer && t.offset <= t.buffer->size && TensorBytes(t) <= t.buffer->size - t.offset)
+    in.Trust(static_cast<uint8_t*>(t.buffer->ptr) + t.offset, TensorBytes(t));
+}
+
+// MoeExperts may take its ids as they are (no read back, nothing to check): this backend's own
+// MoeGate wrote them and every expert is on the device.
+bool IdsTrusted(const Instance& in, const coda_op& op, const Prepared* prepared) {
+  const coda_tensor& ids = op.inputs[1];
+  bool all_on_device = ids.buffer != nullptr;
+  for (uint32_t i = 0; all_on_device && i < op.n_weights; ++i) {
+    const coda_tensor& t = op.weights[i];
+    all_on_device = t.buffer || !t.data || (prepared && prepared->where.count(t.data));
+  }
+  return all_on_device && ids.offset <= ids.buffer->size &&
+         in.Trusted(static_cast<uint8_t*>(ids.buffer->ptr) + ids.offset, TensorBytes(ids));
+}
+
+// The cache an MLA op names holds its positions: checked by the op and by each replay of it.
+std::string CheckMlaCache(const coda_op& op) {
+  const coda_hparams& hp = *op.hparams;
+  const uint64_t total = uint64_t{op.start_pos} + op.n_tokens, row = uint64_t{hp.kv_lora_rank} + hp.qk_rope_head_dim;
+  if (total > op.kv.n_ctx)
+    return "the KV cache holds " + std::to_string(op.kv.n_ctx) + " positions; positions up to " + std::to_string(total) +
+           " were asked for";
+  if (op.kv.row != row) return "the KV cache row has " + std::to_string(op.kv.row) + " values, not " + std::to_string(row);
+  if (!op.kv.buffer && !op.kv.data) return "the KV cache has neither host memory nor a buffer";
+  const uint64_t kvb = op.kv.dtype == CODA_DTYPE_BF16 ? 2 : 4;
+  if (op.kv.buffer && (op.kv.offset > op.kv.buffer->size || total * row * kvb > op.kv.buffer->size - op.kv.offset))
+    return "the KV cache's rows lie outside its buffer";
+  return "";
+}
+
+// The device's table of cos and sin (Instance::rope) covers the op's positions: rebuilt when it
+// does not, for all the positions its cache buffer can hold (a replay at a later position then
+// finds them there), or for twice those asked for when the cache is host memory.
+std::string EnsureRope(Instance& in, const coda_op& op) {
+  const coda_hparams& hp = *op.hparams;
+  const uint64_t total = uint64_t{op.start_pos} + op.n_tokens, half = hp.qk_rope_head_dim / 2;
+  const std::vector<float> freq(hp.rope_inv_freq, hp.rope_inv_freq + half);
+  if (in.rope && in.rope_positions >= total && in.rope_freq == freq) return "";
+  if (in.step.capturing) return "the rope table would have to be rebuilt during a CUDA graph capture";
+  uint64_t positions = std::min<uint64_t>(op.kv.n_ctx, std::max<uint64_t>(2 * total, 4096));
+  if (op.kv.buffer)
+    positions = std::max(total, std::min<uint64_t>(op.kv.n_ctx, (op.kv.buffer->size - op.kv.offset) /
+                                                                    (uint64_t{op.kv.row} * (op.kv.dtype == CODA_DTYPE_BF16 ? 2 : 4))));
+  in.DropGraphs();  // they read the table that goes
+  cudaStreamSynchronize(in.compute);
+  if (in.rope) cudaFree(in.rope);
+  in.rope = nullptr;
+  in.rope_positions = 0;
+  backend_util::RopeCache cache;
+  const std::vector<float>& table = backend_util::RopeTable(cache, hp, 0, static_cast<uint32_t>(positions));
+  void* p = nullptr;
+  if (cudaError_t e = cudaMalloc(&p, 4 * table.size()); e != cudaSuccess) return CudaError(e, "cudaMalloc for the rope table");
+  if (cudaError_t e = cudaMemcpy(p, table.data(), 4 * table.size(), cudaMemcpyHostToDevice); e != cudaSuccess) {
+    cudaFree(p);
+    return CudaError(e, "uploading the rope table");
+  }
+  in.rope = static_cast<float*>(p);
+  in.rope_positions = positions;
+  in.rope_freq = freq;
+  return "";
+}
+
 std::string Mla(Instance& in, Call& call, const coda_op& op) {
   const coda_hparams& hp = *op.hparams;
   const uint64_t n = op.n_tokens, H = hp.n_heads, dn = hp.qk_nope_head_dim, dr = hp.qk_rope_head_dim,
                  dv = hp.v_head_dim, c = hp.kv_lora_rank, qk = dn + dr, row = c + dr, start = op.start_pos;
-  if (start + n > op.kv.n_ctx)
-    return "the KV cache holds " + std::to_string(op.kv.n_ctx) + " positions; positions up to " +
-           std::to_string(start + n) + " were asked for";
-  if (op.kv.row != row) return "the KV cache row has " + std::to_string(op.kv.row) + " values, not " + std::to_string(row);
-  if (!op.kv.buffer && !op.kv.data) return "the KV cache has neither host memory nor a buffer";
+  if (std::string e = CheckMlaCache(op); !e.empty()) return e;
   const uint64_t total = start + n, kvb = op.kv.dtype == CODA_DTYPE_BF16 ? 2 : 4;
   const bool q_lora = Present(op.weights[0]);
   const uint64_t qa_rows = q_lora ? op.weights[0].shape[0] : 0;
@@ -287,7 +494,8 @@ std::string Mla(Instance& in, Call& call, const coda_op& op) {
   m.dn = dn;
   m.dr = dr;
   m.dv = dv;
-  m.start = start;
+  m.start = call.At(op);
+  m.capacity = op.kv.n_ctx;
   m.scale = hp.softmax_scale;
   const MlaPlan plan = PlanMlaAttend(m);
   const uint64_t extra = Pad(4 * n * H * qk) + Pad(4 * n * qa_rows) + Pad(4 * n * row) + Pad(4 * n * dr) +
@@ -300,7 +508,7 @@ std::string Mla(Instance& in, Call& call, const coda_op& op) {
   if (w[6].cols != c || w[6].rows != H * (dn + dv))
     return "kv_b_proj is " + std::to_string(w[6].rows) + "x" + std::to_string(w[6].cols) + ", expected " +
            std::to_string(H * (dn + dv)) + "x" + std::to_string(c);
-  void *x = nullptr, *y = nullptr, *q = nullptr, *kv = nullptr, *qa = nullptr, *cs = nullptr, *ql = nullptr,
+  void *x = nullptr, *y = nullptr, *q = nullptr, *kv = nullptr, *qa = nullptr, *ql = nullptr,
        *ol = nullptr, *o = nullptr, *sc = nullptr, *cache = nullptr;
   std::string e = call.Device(op.inputs[0], false, &x);
   if (e.empty()) e = call.Device(op.outputs[0], true, &y);
@@ -308,14 +516,10 @@ std::string Mla(Instance& in, Call& call, const coda_op& op) {
                             {4 * n * H * dv, &o}, {plan.part_bytes, &sc}})
     if (e.empty()) e = call.Scratch(bytes, out);
   if (e.empty() && q_lora) e = call.Scratch(4 * n * qa_rows, &qa);
-  // Rotations from the host in double precision, as the CPU backend computes them.
-  const std::vector<float>& table = backend_util::RopeTable(in.rope, hp, static_cast<uint32_t>(start), static_cast<uint32_t>(n));
-  if (e.empty() && dr) e = call.Upload(table.data(), 4 * table.size(), &cs);
+  if (e.empty() && dr) e = EnsureRope(in, op);
   // The cache: this layer's rows in one of our buffers, or host rows staged through scratch.
   if (e.empty()) {
     if (op.kv.buffer) {
-      if (op.kv.offset > op.kv.buffer->size || total * row * kvb > op.kv.buffer->size - op.kv.offset)
-        return "the KV cache's rows lie outside its buffer";
       cache = static_cast<uint8_t*>(op.kv.buffer->ptr) + op.kv.offset;
     } else {
       e = call.Scratch(total * row * kvb, &cache);
@@ -343,10 +547,9 @@ std::string Mla(Instance& in, Call& call, const coda_op& op) {
   }
   if (!launch) launch = call.Product(PlainLinear(X, n, w[4], KV));
   if (!launch) launch = LaunchRmsNorm(KV, n, c, row, w[5].data, w[5].dtype, hp.rms_norm_eps, KV, row, in.compute);
-  const auto CS = static_cast<const float*>(cs);
-  if (!launch) launch = LaunchRope(KV + c, n, 1, dr, row, 0, CS, in.compute);
-  if (!launch) launch = LaunchRope(Q + dn, n, H, dr, H * qk, qk, CS, in.compute);
-  if (!launch) launch = LaunchKvStore(KV, n * row, cache, op.kv.dtype, start * row, in.compute);
+  if (!launch) launch = LaunchRope(KV + c, n, 1, dr, row, 0, in.rope, m.start, in.compute);
+  if (!launch) launch = LaunchRope(Q + dn, n, H, dr, H * qk, qk, in.rope, m.start, in.compute);
+  if (!launch) launch = LaunchKvStore(KV, n, row, cache, op.kv.dtype, m.start, in.compute);
   const auto QL = static_cast<float*>(ql), OL = static_cast<float*>(ol), O = static_cast<float*>(o);
   if (!launch) launch = LaunchMlaAbsorb(Q, w[6], m, QL, in.compute);
   if (!launch) launch = LaunchMlaAttend(QL, Q, cache, op.kv.dtype, m, plan, static_cast<float*>(sc), OL, in.compute);
@@ -397,7 +600,7 @@ std::string MoeGate(Instance& in, Call& call, const coda_op& op) {
     launch = LaunchMoeRoute(static_cast<const float*>(logits), bias.data, bias.dtype, r, static_cast<float*>(sc),
                             static_cast<float*>(sel), static_cast<int32_t*>(ids), static_cast<float*>(wts), in.compute);
   if (std::string f = call.Finish(launch); !f.empty()) return f;
-  if (op.outputs[0].buffer) in.trusted_ids.emplace_back(static_cast<const uint8_t*>(ids), 4 * n * K);
+  TrustGateIds(in, op);
   return "";
 }
 
@@ -407,13 +610,8 @@ std::string MoeExperts(Instance& in, Call& call, const coda_op& op, const Prepar
   const coda_tensor& ids_t = op.inputs[1];
   // Which experts the call names: read on the host unless this backend's own MoeGate wrote the
   // ids and every expert is already on the device (then nothing crosses back per layer).
-  bool all_on_device = true;
-  for (uint32_t i = 0; i < op.n_weights; ++i) {
-    const coda_tensor& t = op.weights[i];
-    all_on_device = all_on_device && (t.buffer || !t.data || (prepared && prepared->where.count(t.data)));
-  }
   std::vector<bool> named(E, true);
-  if (!(ids_t.buffer && all_on_device && in.Trusted(static_cast<uint8_t*>(ids_t.buffer->ptr) + ids_t.offset, 4 * n * K))) {
+  if (!IdsTrusted(in, op, prepared)) {
     std::vector<int32_t> ids(n * K);
     if (ids_t.buffer) {
       if (ids_t.offset > ids_t.buffer->size || 4 * n * K > ids_t.buffer->size - ids_t.offset)
@@ -487,15 +685,13 @@ std::string MoeExperts(Instance& in, Call& call, const coda_op& op, const Prepar
   return call.Finish(launch);
 }
 
-std::string RunOp(Instance& in, const coda_op& op) {
+// Runs an op now, or into the graph being captured when `capture` is set.
+std::string RunOp(Instance& in, const coda_op& op, Capture* capture) {
   const auto* prepared = static_cast<const Prepared*>(op.prepared);
-  Call call(in, prepared);
+  Call call(in, prepared, capture);
   const uint64_t n = op.n_tokens;
   if (n == 0) return "";
-  // What this op writes is no longer the ids a MoeGate wrote there.
-  for (uint32_t i = 0; i < op.n_outputs; ++i)
-    if (op.outputs[i].buffer) in.Untrust(static_cast<uint8_t*>(op.outputs[i].buffer->ptr) + op.outputs[i].offset, TensorBytes(op.outputs[i]));
-  if (op.kv.buffer) in.Untrust(static_cast<uint8_t*>(op.kv.buffer->ptr) + op.kv.offset, op.kv.buffer->size - std::min(op.kv.offset, op.kv.buffer->size));
+  UntrustWrites(in, op);
   switch (op.type) {
     case CODA_OP_MLA_ATTENTION: return Mla(in, call, op);
     case CODA_OP_MOE_GATE: return MoeGate(in, call, op);
@@ -519,10 +715,7 @@ std::string RunOp(Instance& in, const coda_op& op) {
       } else {
         std::memcpy(ids.data(), t.data, n * 4);
       }
-      const uint64_t vocab = op.weights[0].shape[0];
-      for (uint64_t i = 0; i < n; ++i)
-        if (ids[i] < 0 || static_cast<uint64_t>(ids[i]) >= vocab)
-          return "token id " + std::to_string(ids[i]) + " is outside the vocabulary (" + std::to_string(vocab) + ")";
+      if (std::string e = CheckTokenIds(ids.data(), op); !e.empty()) return e;
       DeviceWeight table;
       if (std::string e = call.Weight(op.weights[0], &table); !e.empty()) return e;
       return call.Finish(LaunchEmbed(static_cast<const int32_t*>(dids), n, table, static_cast<float*>(y), in.compute));
@@ -577,9 +770,321 @@ std::string RunOp(Instance& in, const coda_op& op) {
   }
 }
 
+// ---- Steps (see the top of the file) ----
+
+constexpr uint32_t kMaxBreaks = 3;          // replays that may break off before a key gives up
+constexpr size_t kMaxGraphKeys = 16;        // keys recorded at once
+constexpr size_t kMaxStepOps = 1 << 16;     // ops recorded per key
+constexpr uint64_t kMaxGraphInput = 1 << 20;  // host input bytes a graph copies in per op
+
+bool OnDevice(const coda_tensor& t, const Prepared* prepared) {
+  return t.buffer || !t.data || (prepared && prepared->where.count(t.data));
+}
+
+// Why a graph cannot hold the op, or empty when it can: everything the op reads and writes must
+// stay on the device, but small host inputs (copied in before each launch), and nothing in it may
+// read back to the host.
+std::string Uncapturable(const Instance& in, const coda_op& op) {
+  const auto* prepared = static_cast<const Prepared*>(op.prepared);
+  for (uint32_t i = 0; i < op.n_outputs; ++i)
+    if (!op.outputs[i].buffer) return "output " + std::to_string(i) + " is host memory";
+  for (uint32_t i = 0; i < op.n_weights; ++i) {
+    if (!OnDevice(op.weights[i], prepared)) return "weight " + std::to_string(i) + " is host memory prepare() did not upload";
+    if (op.weights[i].scale && !OnDevice(*op.weights[i].scale, prepared))
+      return "the scales of weight " + std::to_string(i) + " are host memory prepare() did not upload";
+  }
+  for (uint32_t i = 0; i < op.n_inputs; ++i) {
+    const coda_tensor& t = op.inputs[i];
+    if (t.buffer) {
+      if (op.type == CODA_OP_EMBED) return "its ids are in a buffer, and would be read back to be checked";
+      continue;
+    }
+    if (!t.data || TensorBytes(t) > kMaxGraphInput || op.type == CODA_OP_MOE_EXPERTS)
+      return "input " + std::to_string(i) + " is host memory";
+  }
+  if (op.type == CODA_OP_MLA_ATTENTION && !op.kv.buffer) return "its KV cache is host memory";
+  if (op.type == CODA_OP_MOE_EXPERTS && !IdsTrusted(in, op, prepared)) return "its expert ids are to be checked on the host";
+  return "";
+}
+bool Capturable(const Instance& in, const coda_op& op) { return Uncapturable(in, op).empty(); }
+
+// Points the record's op at its own copies (the record may have moved since).
+const coda_op& Fix(OpRecord& r) {
+  const uint32_t ni = r.op.n_inputs, no = r.op.n_outputs, nw = r.op.n_weights;
+  coda_tensor* t = r.tensors.data();
+  r.op.inputs = t;
+  r.op.outputs = t + ni;
+  r.op.weights = t + ni + no;
+  size_t next = ni + no + nw;
+  for (uint32_t i = 0; i < nw; ++i)
+    if (t[ni + no + i].scale) t[ni + no + i].scale = &t[next++];
+  r.hp.rope_inv_freq = r.freq.data();
+  r.op.hparams = &r.hp;
+  return r.op;
+}
+
+OpRecord Record(const coda_op& op, uint32_t delta, bool capturable) {
+  OpRecord r;
+  r.op = op;
+  r.delta = delta;
+  r.capturable = capturable;
+  r.tensors.reserve(op.n_inputs + op.n_outputs + 2 * op.n_weights);
+  r.tensors.insert(r.tensors.end(), op.inputs, op.inputs + op.n_inputs);
+  r.tensors.insert(r.tensors.end(), op.outputs, op.outputs + op.n_outputs);
+  r.tensors.insert(r.tensors.end(), op.weights, op.weights + op.n_weights);
+  for (uint32_t i = 0; i < op.n_weights; ++i)
+    if (op.weights[i].scale) r.tensors.push_back(*op.weights[i].scale);
+  r.hp = *op.hparams;
+  r.freq.assign(op.hparams->rope_inv_freq, op.hparams->rope_inv_freq + op.hparams->qk_rope_head_dim / 2);
+  Fix(r);
+  return r;
+}
+
+// Same dtype, shape and memory; host inputs (`host_bytes_may_differ`) match by shape only, as a
+// graph copies their bytes in anew.
+bool SameTensor(const coda_tensor& a, const coda_tensor& b, bool host_bytes_may_differ) {
+  if (a.dtype != b.dtype || a.ndim != b.ndim || a.ndim > CODA_MAX_DIMS || a.block != b.block || a.buffer != b.buffer ||
+      a.offset != b.offset || !a.data != !b.data || !a.scale != !b.scale)
+    return false;
+  for (uint32_t k = 0; k < a.ndim; ++k)
+    if (a.shape[k] != b.shape[k]) return false;
+  if (a.data != b.data && !(host_bytes_may_differ && !a.buffer)) return false;
+  return !a.scale || SameTensor(*a.scale, *b.scale, false);
+}
+
+// The op is the recorded one, at the same distance from the step's first position.
+bool Same(const coda_op& op, uint32_t delta, OpRecord& r) {
+  const coda_op& o = Fix(r);
+  if (op.type != o.type || op.layer != o.layer || op.n_tokens != o.n_tokens || delta != r.delta ||
+      op.n_inputs != o.n_inputs || op.n_outputs != o.n_outputs || op.n_weights != o.n_weights || op.prepared != o.prepared)
+    return false;
+  if (op.kv.dtype != o.kv.dtype || op.kv.n_ctx != o.kv.n_ctx || op.kv.row != o.kv.row || op.kv.data != o.kv.data ||
+      op.kv.buffer != o.kv.buffer || op.kv.offset != o.kv.offset)
+    return false;
+  for (uint32_t i = 0; i < op.n_inputs; ++i)
+    if (!SameTensor(op.inputs[i], o.inputs[i], true)) return false;
+  for (uint32_t i = 0; i < op.n_outputs; ++i)
+    if (!SameTensor(op.outputs[i], o.outputs[i], false)) return false;
+  for (uint32_t i = 0; i < op.n_weights; ++i)
+    if (!SameTensor(op.weights[i], o.weights[i], false)) return false;
+  // coda_hparams: 32-bit fields up to the frequencies, then those by value.
+  return std::memcmp(op.hparams, &r.hp, offsetof(coda_hparams, rope_inv_freq)) == 0 &&
+         std::equal(r.freq.begin(), r.freq.end(), op.hparams->rope_inv_freq);
+}
+
+// What execute() checks of an op before running it that depends on what a replay changes: the
+// position and the host inputs.
+std::string CheckReplay(const Instance& in, const coda_op& op) {
+  if (op.type == CODA_OP_EMBED) return CheckTokenIds(static_cast<const int32_t*>(op.inputs[0].data), op);
+  if (op.type == CODA_OP_MLA_ATTENTION) {
+    if (std::string e = CheckMlaCache(op); !e.empty()) return e;
+    if (uint64_t{op.start_pos} + op.n_tokens > in.rope_positions) return "positions beyond the rope table";  // rebuilt by a plain run
+  }
+  return "";
+}
+
+std::string LaunchGraph(Instance& in) {
+  Instance::Step& st = in.step;
+  for (auto& [dev, bytes] : st.uploads)
+    if (cudaError_t e = cudaMemcpyAsync(dev, bytes.data(), bytes.size(), cudaMemcpyHostToDevice, in.compute); e != cudaSuccess)
+      return CudaError(e, "copying a graph's inputs");
+  st.uploads.clear();
+  // Pageable sources are staged before cudaMemcpyAsync returns: st.start may change afterwards.
+  cudaError_t e = cudaMemcpyAsync(in.graph_start, &st.start, sizeof st.start, cudaMemcpyHostToDevice, in.compute);
+  if (e == cudaSuccess) e = cudaGraphLaunch(st.g->exec, in.compute);
+  return e == cudaSuccess ? "" : CudaError(e, "launching a CUDA graph");
+}
+
+// Runs the first k ops of the step's record one by one, with the host inputs they came with: a
+// replay that broke off, or a capture that could not become a graph.
+std::string RunRecorded(Instance& in, size_t k) {
+  Instance::Step& st = in.step;
+  for (size_t j = 0; j < k; ++j) {
+    OpRecord& r = st.g->ops[j];
+    coda_op op = Fix(r);
+    std::vector<coda_tensor> inputs(op.inputs, op.inputs + op.n_inputs);
+    for (auto& [i, bytes] : st.inputs[j]) inputs[i].data = bytes.data();
+    op.inputs = inputs.data();
+    op.start_pos = st.start + r.delta;
+    if (std::string e = RunOp(in, op, nullptr); !e.empty()) return e;
+  }
+  return "";
+}
+
+// Ends what the step holds back: the capture becomes a graph and runs, or the ops a replay has
+// matched so far run one by one. The rest of the step runs one by one.
+std::string Settle(Instance& in) {
+  Instance::Step& st = in.step;
+  std::string e;
+  if (st.mode == Instance::Step::kCapture && st.capturing) {
+    st.capturing = false;
+    cudaGraph_t graph = nullptr;
+    cudaError_t ce = cudaStreamEndCapture(in.compute, &graph);
+    if (ce == cudaSuccess) ce = cudaGraphInstantiate(&st.g->exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (ce == cudaSuccess) {
+      st.g->ops.resize(st.index);
+      e = LaunchGraph(in);
+      in.Log(CODA_LOG_DEBUG, "step " + std::to_string(st.key) + ": captured " + std::to_string(st.index) + " ops as a CUDA graph");
+    } else {
+      // Nothing captured has run: run it now, one by one.
+      in.Log(CODA_LOG_WARNING, CudaError(ce, "capturing a CUDA graph") + "; the step runs op by op");
+      st.g->exec = nullptr;
+      st.g->breaks = kMaxBreaks;
+      e = RunRecorded(in, st.index);
+    }
+  } else if (st.mode == Instance::Step::kReplay && st.index < st.g->ops.size()) {
+    e = RunRecorded(in, st.index);
+    cudaGraphExecDestroy(st.g->exec);
+    st.g->exec = nullptr;
+    st.g->seen = 0;  // record anew
+    in.Log(CODA_LOG_DEBUG, "step " + std::to_string(st.key) + ": the replay broke off after " + std::to_string(st.index) +
+                           " of " + std::to_string(st.g->ops.size()) + " ops");
+    if (++st.g->breaks >= kMaxBreaks) in.Log(CODA_LOG_INFO, "step " + std::to_string(st.key) + " runs op by op from now on");
+  }
+  st.uploads.clear();
+  st.inputs.clear();
+  // The rest of the step runs one by one (a recording goes on: it is only a list).
+  if (st.mode == Instance::Step::kCapture || st.mode == Instance::Step::kReplay) st.mode = Instance::Step::kEager;
+  return e;
+}
+
+// Why the op at st.index cannot join the graph being captured (for the log).
+std::string Why(Instance& in, const coda_op& op, uint32_t delta, bool placed) {
+  Instance::Step& st = in.step;
+  if (!placed) return "which lies before the step's first position";
+  if (st.index >= st.g->ops.size()) return "which the recorded step did not have";
+  if (!Same(op, delta, st.g->ops[st.index])) return "which differs from the recorded one";
+  const std::string why = Uncapturable(in, op);
+  return "which a graph cannot hold: " + (why.empty() ? "it could not when it was recorded" : why);
+}
+
+std::string StepExecute(Instance& in, const coda_op& op) {
+  Instance::Step& st = in.step;
+  if (!st.started) {
+    st.started = true;
+    st.start = op.start_pos;
+  }
+  const bool placed = op.start_pos >= st.start;  // every op of a step lies at or after its first
+  const uint32_t delta = placed ? op.start_pos - st.start : 0;
+  switch (st.mode) {
+    case Instance::Step::kRecord: {
+      const bool capturable = placed && Capturable(in, op);
+      std::string e = RunOp(in, op, nullptr);
+      if (e.empty() && st.g->ops.size() < kMaxStepOps) st.g->ops.push_back(Record(op, delta, capturable));
+      else st.mode = Instance::Step::kEager;  // a step that failed is not one to replay
+      return e;
+    }
+    case Instance::Step::kCapture: {
+      if (placed && st.index < st.g->ops.size() && st.g->ops[st.index].capturable && Same(op, delta, st.g->ops[st.index]) &&
+          Capturable(in, op)) {
+        if (!st.capturing) {
+          if (cudaError_t ce = cudaStreamBeginCapture(in.compute, cudaStreamCaptureModeRelaxed); ce != cudaSuccess) {
+            in.Log(CODA_LOG_WARNING, CudaError(ce, "starting a CUDA graph capture") + "; the step runs op by op");
+            st.g->breaks = kMaxBreaks;
+            st.mode = Instance::Step::kEager;
+            return RunOp(in, op, nullptr);
+          }
+          st.capturing = true;
+        }
+        Capture cap;
+        cap.op = &op;
+        std::vector<std::pair<uint32_t, std::vector<uint8_t>>> host;
+        for (uint32_t i = 0; i < op.n_inputs; ++i)
+          if (!op.inputs[i].buffer) {
+            const auto* b = static_cast<const uint8_t*>(op.inputs[i].data);
+            host.emplace_back(i, std::vector<uint8_t>(b, b + TensorBytes(op.inputs[i])));
+          }
+        if (std::string e = RunOp(in, op, &cap); !e.empty()) {
+          // The op failed while being captured: what came before it still runs.
+          st.g->breaks = kMaxBreaks;
+          const std::string s = Settle(in);
+          return s.empty() ? e : e + "; then " + s;
+        }
+        st.g->ops[st.index].slots = std::move(cap.slots);
+        st.inputs.push_back(std::move(host));
+        ++st.index;
+        return "";
+      }
+      in.Log(CODA_LOG_DEBUG, "step " + std::to_string(st.key) + ": the graph ends before op " + std::to_string(st.index) +
+                                 " (" + coda_op_name(op.type) + "), " + Why(in, op, delta, placed));
+      if (std::string e = Settle(in); !e.empty()) return e;
+      return RunOp(in, op, nullptr);
+    }
+    case Instance::Step::kReplay: {
+      if (placed && st.index < st.g->ops.size() && Same(op, delta, st.g->ops[st.index]) && Capturable(in, op) &&
+          CheckReplay(in, op).empty()) {
+        OpRecord& r = st.g->ops[st.index];
+        std::vector<std::pair<uint32_t, std::vector<uint8_t>>> host;
+        for (auto& [i, dev] : r.slots) {
+          const auto* b = static_cast<const uint8_t*>(op.inputs[i].data);
+          std::vector<uint8_t> bytes(b, b + TensorBytes(op.inputs[i]));
+          st.uploads.emplace_back(dev, bytes);
+          host.emplace_back(i, std::move(bytes));
+        }
+        st.inputs.push_back(std::move(host));
+        UntrustWrites(in, op);
+        TrustGateIds(in, op);
+        if (++st.index < st.g->ops.size()) return "";
+        std::string e = LaunchGraph(in);
+        in.Log(CODA_LOG_DEBUG, "step " + std::to_string(st.key) + ": replayed " + std::to_string(st.index) + " ops");
+        st.uploads.clear();
+        st.inputs.clear();
+        st.mode = Instance::Step::kEager;
+        return e;
+      }
+      if (std::string e = Settle(in); !e.empty()) return e;
+      return RunOp(in, op, nullptr);
+    }
+    default: return RunOp(in, op, nullptr);
+  }
+}
+
 coda_status_code Fail(const std::string& m, coda_status_code code, char* error, size_t error_size) {
   CopyError(m, error, error_size);
   return code;
+}
+
+// For the calls that return no status: a failure to settle is logged (the next call that waits
+// reports the device's state).
+void SettleOrLog(Instance& in) {
+  if (std::string e = Settle(in); !e.empty()) in.Log(CODA_LOG_ERROR, e);
+}
+
+coda_status_code StepBegin(void* self, uint64_t key, char* error, size_t error_size) {
+  Instance& in = *static_cast<Instance*>(self);
+  cudaSetDevice(in.device);
+  Instance::Step& st = in.step;
+  std::string e = Settle(in);  // a step the host left open (an op failed) ends here
+  st = Instance::Step{};
+  st.key = key;
+  st.mode = Instance::Step::kEager;
+  if (in.graphs_enabled && (in.graphs.count(key) || in.graphs.size() < kMaxGraphKeys)) {
+    StepGraph& g = in.graphs[key];
+    st.g = &g;
+    if (g.breaks >= kMaxBreaks) st.mode = Instance::Step::kEager;
+    else if (g.exec) st.mode = Instance::Step::kReplay;
+    else if (g.seen && !g.ops.empty()) st.mode = Instance::Step::kCapture;
+    else {
+      st.mode = Instance::Step::kRecord;
+      g.ops.clear();
+    }
+  }
+  return e.empty() ? CODA_STATUS_OK : Fail(e, CODA_STATUS_DEVICE_ERROR, error, error_size);
+}
+
+coda_status_code StepEnd(void* self, char* error, size_t error_size) {
+  Instance& in = *static_cast<Instance*>(self);
+  cudaSetDevice(in.device);
+  Instance::Step& st = in.step;
+  const Instance::Step::Mode mode = st.mode;
+  std::string e = Settle(in);
+  if (st.g) {
+    if (mode == Instance::Step::kRecord) ++st.g->seen;
+    if (mode == Instance::Step::kCapture && !st.g->exec) st.g->breaks = kMaxBreaks;  // nothing it could hold
+  }
+  st = Instance::Step{};
+  return e.empty() ? CODA_STATUS_OK : Fail(e, CODA_STATUS_DEVICE_ERROR, error, error_size);
 }
 
 coda_status_code Create(const coda_host* host, const coda_backend_options* options, void** self, char* error,
@@ -608,12 +1113,16 @@ coda_status_code Create(const coda_host* host, const coda_backend_options* optio
   auto in = std::unique_ptr<Instance>(new (std::nothrow) Instance());
   if (!in) return Fail("out of memory", CODA_STATUS_OUT_OF_MEMORY, error, error_size);
   in->device = static_cast<int>(index);
+  in->host = host;
+  const char* graphs = std::getenv("CODA_CUDA_GRAPHS");
+  in->graphs_enabled = !(graphs && std::string(graphs) == "off");
   const bool exact = options && options->struct_size >= offsetof(coda_backend_options, flags) + sizeof(uint32_t) &&
                      (options->flags & CODA_BACKEND_EXACT_PRODUCTS);
   in->fp8_products = !exact && prop.major * 10 + prop.minor >= 89;
   cudaError_t e = cudaSetDevice(in->device);
   if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&in->compute, cudaStreamNonBlocking);
   if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&in->transfer, cudaStreamNonBlocking);
+  if (e == cudaSuccess) e = cudaMalloc(reinterpret_cast<void**>(&in->graph_start), sizeof(uint32_t));
   if (e != cudaSuccess) return Fail(CudaError(e, "starting the device"), CODA_STATUS_DEVICE_ERROR, error, error_size);
   in->description = "CUDA device " + std::to_string(index) + ": " + prop.name + " (sm_" + std::to_string(prop.major) +
                     std::to_string(prop.minor) + ", " + std::to_string(prop.totalGlobalMem >> 20) + " MiB)";
@@ -642,7 +1151,7 @@ coda_status_code Execute(void* self, const coda_op* src, char* error, size_t err
   try {
     if (std::string why = CheckOp(op); !why.empty()) return Fail("unsupported op: " + why, CODA_STATUS_UNSUPPORTED, error, error_size);
     cudaSetDevice(in.device);
-    const std::string e = RunOp(in, op);
+    const std::string e = in.step.mode == Instance::Step::kNone ? RunOp(in, op, nullptr) : StepExecute(in, op);
     return e.empty() ? CODA_STATUS_OK : Fail(e, CODA_STATUS_DEVICE_ERROR, error, error_size);
   } catch (const std::bad_alloc&) {
     return Fail("out of memory", CODA_STATUS_OUT_OF_MEMORY, error, error_size);
@@ -679,13 +1188,20 @@ coda_status_code Prepare(void* self, const coda_weights* weights, void** prepare
     return Fail("invalid arguments to prepare()", CODA_STATUS_INVALID_ARGUMENT, error, error_size);
   Instance& in = *static_cast<Instance*>(self);
   cudaSetDevice(in.device);
+  if (std::string s = Settle(in); !s.empty()) return Fail(s, CODA_STATUS_DEVICE_ERROR, error, error_size);
   try {
     auto p = std::make_unique<Prepared>();
+    // Every tensor and its FP8 scales (linked, not listed), each host array once.
+    std::vector<const coda_tensor*> list;
+    std::unordered_map<const void*, bool> listed;
+    for (uint32_t i = 0; i < weights->n_tensors; ++i)
+      for (const coda_tensor* t = &weights->tensors[i]; t; t = t == &weights->tensors[i] ? t->scale : nullptr)
+        if (t->data && listed.emplace(t->data, true).second) list.push_back(t);
     uint64_t total = 0;
-    std::vector<uint64_t> at(weights->n_tensors);
-    for (uint32_t i = 0; i < weights->n_tensors; ++i) {
+    std::vector<uint64_t> at(list.size());
+    for (size_t i = 0; i < list.size(); ++i) {
       at[i] = total;
-      total += (TensorBytes(weights->tensors[i]) + kAlign - 1) / kAlign * kAlign;
+      total += (TensorBytes(*list[i]) + kAlign - 1) / kAlign * kAlign;
     }
     if (total == 0) {
       *prepared = p.release();
@@ -694,9 +1210,8 @@ coda_status_code Prepare(void* self, const coda_weights* weights, void** prepare
     if (cudaError_t e = cudaMalloc(&p->block, total); e != cudaSuccess)
       return Fail("uploading the weights: " + CudaError(e, "cudaMalloc of " + std::to_string(total) + " bytes"),
                   CODA_STATUS_OUT_OF_MEMORY, error, error_size);
-    for (uint32_t i = 0; i < weights->n_tensors; ++i) {
-      const coda_tensor& t = weights->tensors[i];
-      if (!t.data) continue;
+    for (size_t i = 0; i < list.size(); ++i) {
+      const coda_tensor& t = *list[i];
       void* dst = static_cast<uint8_t*>(p->block) + at[i];
       if (cudaError_t e = cudaMemcpyAsync(dst, t.data, TensorBytes(t), cudaMemcpyHostToDevice, in.transfer); e != cudaSuccess) {
         cudaFree(p->block);
@@ -718,16 +1233,19 @@ coda_status_code Prepare(void* self, const coda_weights* weights, void** prepare
 void Release(void* self, void* prepared) {
   auto* p = static_cast<Prepared*>(prepared);
   if (!p) return;
-  const Instance& in = *static_cast<Instance*>(self);
+  Instance& in = *static_cast<Instance*>(self);
   cudaSetDevice(in.device);
+  SettleOrLog(in);
+  in.DropGraphs();  // they read these weights
   cudaStreamSynchronize(in.compute);
   if (p->block) cudaFree(p->block);
   delete p;
 }
 
 coda_status_code Synchronize(void* self, char* error, size_t error_size) {
-  const Instance& in = *static_cast<Instance*>(self);
+  Instance& in = *static_cast<Instance*>(self);
   cudaSetDevice(in.device);
+  if (std::string s = Settle(in); !s.empty()) return Fail(s, CODA_STATUS_DEVICE_ERROR, error, error_size);
   cudaError_t e = cudaStreamSynchronize(in.compute);
   if (e == cudaSuccess) e = cudaStreamSynchronize(in.transfer);
   return e == cudaSuccess ? CODA_STATUS_OK : Fail(CudaError(e, "synchronize"), CODA_STATUS_DEVICE_ERROR, error, error_size);
@@ -748,8 +1266,10 @@ coda_status_code BufferAlloc(void* self, uint64_t size, coda_buffer* buffer, cha
 
 void BufferFree(void* self, coda_buffer buffer) {
   if (!buffer) return;
-  const Instance& in = *static_cast<Instance*>(self);
+  Instance& in = *static_cast<Instance*>(self);
   cudaSetDevice(in.device);
+  SettleOrLog(in);
+  in.DropGraphs();  // they may use it
   cudaStreamSynchronize(in.compute);  // no queued op may still use it
   cudaStreamSynchronize(in.transfer);
   static_cast<Instance*>(self)->Untrust(buffer->ptr, buffer->size);
@@ -759,8 +1279,11 @@ void BufferFree(void* self, coda_buffer buffer) {
 
 coda_status_code Copy(void* self, void* dst, const void* src, uint64_t size, cudaMemcpyKind kind, uint32_t queue,
                       char* error, size_t error_size) {
-  const Instance& in = *static_cast<Instance*>(self);
+  Instance& in = *static_cast<Instance*>(self);
   cudaSetDevice(in.device);
+  // Compute work held back for a graph comes first (transfers are ordered to it by events).
+  if (queue != CODA_QUEUE_TRANSFER)
+    if (std::string s = Settle(in); !s.empty()) return Fail(s, CODA_STATUS_DEVICE_ERROR, error, error_size);
   if (size == 0) return CODA_STATUS_OK;
   const cudaError_t e = cudaMemcpyAsync(dst, src, size, kind, in.Stream(queue));
   return e == cudaSuccess ? CODA_STATUS_OK : Fail(CudaError(e, "cudaMemcpyAsync"), CODA_STATUS_DEVICE_ERROR, error, error_size);
@@ -802,15 +1325,20 @@ coda_status_code EventCreate(void* self, coda_event* event, char* error, size_t 
 }
 
 coda_status_code EventRecord(void* self, coda_event event, uint32_t queue, char* error, size_t error_size) {
-  const Instance& in = *static_cast<Instance*>(self);
+  Instance& in = *static_cast<Instance*>(self);
   cudaSetDevice(in.device);
+  if (queue != CODA_QUEUE_TRANSFER)  // the event marks the compute work issued so far, held back or not
+    if (std::string s = Settle(in); !s.empty()) return Fail(s, CODA_STATUS_DEVICE_ERROR, error, error_size);
   const cudaError_t e = cudaEventRecord(event->event, in.Stream(queue));
   return e == cudaSuccess ? CODA_STATUS_OK : Fail(CudaError(e, "cudaEventRecord"), CODA_STATUS_DEVICE_ERROR, error, error_size);
 }
 
 coda_status_code EventWait(void* self, coda_event event, uint32_t queue, char* error, size_t error_size) {
-  const Instance& in = *static_cast<Instance*>(self);
+  Instance& in = *static_cast<Instance*>(self);
   cudaSetDevice(in.device);
+  // Compute work after the wait must not be in a graph launched without it.
+  if (queue != CODA_QUEUE_TRANSFER)
+    if (std::string s = Settle(in); !s.empty()) return Fail(s, CODA_STATUS_DEVICE_ERROR, error, error_size);
   const cudaError_t e = queue == CODA_QUEUE_HOST ? cudaEventSynchronize(event->event)
                                                  : cudaStreamWaitEvent(in.Stream(queue), event->event, 0);
   return e == cudaSuccess ? CODA_STATUS_OK : Fail(CudaError(e, "waiting for an event"), CODA_STATUS_DEVICE_ERROR, error, error_size);
@@ -835,6 +1363,7 @@ const coda_backend_api kApi = {
     Synchronize,
     BufferAlloc, BufferFree, Upload, Download, BufferCopy,
     EventCreate, EventRecord, EventWait, EventDestroy,
+    StepBegin, StepEnd,
 };
 
 }  // namespace

@@ -20,8 +20,7 @@ constexpr unsigned kMaxGridYZ = 65535;
 template <class... P, class... A>
 int Start(void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t s, A... a) {
 #ifdef CODA_CUDA_EMULATION
-  (void)s;
-  coda_cuda_emu::Launch(grid, block, [&] { kernel(a...); });
+  coda_cuda_emu::Launch(grid, block, s, [kernel, a...] { kernel(a...); });
 #else
   kernel<<<grid, block, 0, s>>>(a...);
 #endif
@@ -377,20 +376,25 @@ __global__ void LinearKernel(LinearJob job) {
   }
 }
 
-__global__ void RopeKernel(float* x, uint64_t n, uint64_t nvec, uint64_t dr, uint64_t ts, uint64_t vs, const float* cs) {
-  const uint64_t half = dr / 2;
+__device__ uint64_t At(Position p) { return p.dev ? *p.dev + p.value : p.value; }
+
+__global__ void RopeKernel(float* x, uint64_t n, uint64_t nvec, uint64_t dr, uint64_t ts, uint64_t vs, const float* cs,
+                           Position start) {
+  const uint64_t half = dr / 2, first = At(start);
   for (uint64_t t = blockIdx.x; t < n; t += gridDim.x)
     for (uint64_t v = blockIdx.y; v < nvec; v += gridDim.y)
       for (uint64_t i = threadIdx.x; i < half; i += blockDim.x) {
         float* p = x + t * ts + v * vs + 2 * i;
-        const float c = cs[(t * half + i) * 2], s = cs[(t * half + i) * 2 + 1];
+        const uint64_t k = ((first + t) * half + i) * 2;
+        const float c = cs[k], s = cs[k + 1];
         const float x0 = p[0], x1 = p[1];
         p[0] = x0 * c - x1 * s;
         p[1] = x0 * s + x1 * c;
       }
 }
 
-__global__ void KvStoreKernel(const float* x, uint64_t count, void* cache, uint32_t dtype, uint64_t first) {
+__global__ void KvStoreKernel(const float* x, uint64_t count, uint64_t row, void* cache, uint32_t dtype, Position start) {
+  const uint64_t first = At(start) * row;
   for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
     if (dtype == CODA_DTYPE_BF16) static_cast<uint16_t*>(cache)[first + i] = ToBf16(x[i]);
@@ -423,10 +427,11 @@ __global__ void MlaAbsorbKernel(const float* q, DeviceWeight w, MlaShape m, floa
 // maximum, sum and attended latent (lane j holds columns j, j + 32, ...), and the split's
 // unnormalized result goes to part for MlaCombineKernel.
 __global__ void MlaSplitKernel(const float* ql, const float* q, const void* cache, uint32_t dtype, MlaShape m,
-                               uint64_t t0, uint64_t split, float* part) {
+                               uint64_t t0, float* part) {
   __shared__ float qs[kMlaHeads][kMlaMaxRow];
   __shared__ float tile[kMlaTile][kMlaMaxRow];
-  const uint64_t t = t0 + blockIdx.z, row = m.c + m.dr, visible = m.start + t + 1, splits = gridDim.x;
+  const uint64_t start = At(m.start), splits = gridDim.x, split = (start + m.n + splits - 1) / splits;
+  const uint64_t t = t0 + blockIdx.z, row = m.c + m.dr, visible = start + t + 1;
   const unsigned warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const uint64_t h = blockIdx.y * kMlaHeads + warp;
   const bool head = h < m.heads;
@@ -436,7 +441,7 @@ __global__ void MlaSplitKernel(const float* ql, const float* q, const void* cach
                      : j < m.c   ? ql[(t * m.heads + hh) * m.c + j]
                                  : q[(t * m.heads + hh) * (m.dn + m.dr) + m.dn + (j - m.c)];
   }
-  const uint64_t p0 = blockIdx.x * split, p1 = p0 + split < visible ? p0 + split : visible;
+  const uint64_t p0 = blockIdx.x * split, p1 = p0 + split < visible ? p0 + split : visible;  // p0 >= p1: empty
   float mx = -INFINITY, sum = 0, acc[kMlaMaxRow / kWarp];
   for (int k = 0; k < static_cast<int>(kMlaMaxRow / kWarp); ++k) acc[k] = 0;
   for (uint64_t pt = p0; pt < p1; pt += kMlaTile) {
@@ -760,15 +765,16 @@ int LaunchLinear(const LinearJob& job, cudaStream_t s) {
 }
 
 int LaunchRope(float* x, uint64_t n, uint64_t nvec, uint64_t dr, uint64_t t_stride, uint64_t v_stride, const float* cs,
-               cudaStream_t s) {
+               Position start, cudaStream_t s) {
   if (!n || !nvec || dr < 2) return 0;
   return Start(RopeKernel, dim3(Clamp(n, kMaxGridYZ), Clamp(nvec, kMaxGridYZ)), dim3(64), s, x, n, nvec, dr, t_stride,
-               v_stride, cs);
+               v_stride, cs, start);
 }
 
-int LaunchKvStore(const float* x, uint64_t count, void* cache, uint32_t cache_dtype, uint64_t first, cudaStream_t s) {
-  return count ? Start(KvStoreKernel, dim3(Blocks(count, kThreads)), dim3(kThreads), s, x, count, cache, cache_dtype, first)
-               : 0;
+int LaunchKvStore(const float* x, uint64_t n, uint64_t row, void* cache, uint32_t cache_dtype, Position start, cudaStream_t s) {
+  return n && row ? Start(KvStoreKernel, dim3(Blocks(n * row, kThreads)), dim3(kThreads), s, x, n * row, row, cache,
+                         cache_dtype, start)
+                 : 0;
 }
 
 int LaunchMlaAbsorb(const float* q, const DeviceWeight& kv_b, const MlaShape& m, float* ql, cudaStream_t s) {
@@ -779,12 +785,12 @@ int LaunchMlaAbsorb(const float* q, const DeviceWeight& kv_b, const MlaShape& m,
 
 MlaPlan PlanMlaAttend(const MlaShape& m) {
   MlaPlan p;
-  const uint64_t total = m.start + m.n, groups = (m.heads + kMlaHeads - 1) / kMlaHeads;
-  // About 1024 blocks in flight: a short decode splits its positions, a long prefill does not.
+  const uint64_t groups = (m.heads + kMlaHeads - 1) / kMlaHeads;
+  // About 1024 blocks in flight: a decode splits its positions, a long prefill does not. The
+  // count follows the cache's capacity, never the position, so that one plan (and one captured
+  // graph) serves every step of a sequence; splits past the positions in use have nothing to do.
   const uint64_t want = (1024 + m.n * groups - 1) / (m.n * groups);
-  p.splits = std::max<uint64_t>(1, std::min(want, (total + 63) / 64));
-  p.split = (total + p.splits - 1) / p.splits;
-  p.splits = (total + p.split - 1) / p.split;
+  p.splits = std::max<uint64_t>(1, std::min(want, (std::max(m.capacity, m.n) + 63) / 64));
   const uint64_t per_token = m.heads * p.splits * (m.c + 2) * 4;
   p.chunk = std::clamp<uint64_t>((uint64_t{256} << 20) / per_token, 1, std::min<uint64_t>(m.n, kMaxGridYZ));
   p.part_bytes = p.chunk * per_token;
@@ -801,7 +807,7 @@ int LaunchMlaAttend(const float* ql, const float* q, const void* cache, uint32_t
   for (uint64_t t0 = 0; !e && t0 < m.n; t0 += plan.chunk) {
     const unsigned count = static_cast<unsigned>(std::min(plan.chunk, m.n - t0));
     e = Start(MlaSplitKernel, dim3(static_cast<unsigned>(plan.splits), static_cast<unsigned>(groups), count),
-              dim3(kMlaHeads * kWarp), s, ql, q, cache, cache_dtype, m, t0, plan.split, part);
+              dim3(kMlaHeads * kWarp), s, ql, q, cache, cache_dtype, m, t0, part);
     if (!e)
       e = Start(MlaCombineKernel, dim3(static_cast<unsigned>(m.heads), count), dim3(128), s,
                 static_cast<const float*>(part), plan.splits, m, t0, ol);

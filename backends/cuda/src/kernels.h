@@ -72,22 +72,34 @@ constexpr uint64_t kTileMinTokensForFp8 = 16;
 int LaunchLinearFp8(const LinearJob& job, uint8_t* xq, float* xs, cudaStream_t s);
 
 // ---- MLA attention (coda_ops.h, MlaAttention), in the absorbed form ----
+// The position of an op's first token: `value`, plus the word at `dev` when it is set. A CUDA
+// graph replays its kernels with the arguments they were captured with, so a step that is
+// replayed reads its position from device memory (backend.cc, steps); other work passes it as is.
+struct Position {
+  uint64_t value = 0;
+  const uint32_t* dev = nullptr;
+};
 // Rotates nvec vectors of dr values per token in place, on interleaved pairs: vector v of token t
-// starts at x + t * t_stride + v * v_stride; cs holds (cos, sin) per token and pair.
+// starts at x + t * t_stride + v * v_stride; cs holds (cos, sin) per position and pair, from
+// position 0, and token t is at position start + t.
 int LaunchRope(float* x, uint64_t n, uint64_t nvec, uint64_t dr, uint64_t t_stride, uint64_t v_stride, const float* cs,
-               cudaStream_t s);
-// Cache elements [first, first + count) = x[0 .. count), as F32 or BF16 (rounded to nearest even).
-int LaunchKvStore(const float* x, uint64_t count, void* cache, uint32_t cache_dtype, uint64_t first, cudaStream_t s);
+               Position start, cudaStream_t s);
+// Cache rows [start, start + n) = the n rows of `row` values at x, as F32 or BF16 (rounded to
+// nearest even).
+int LaunchKvStore(const float* x, uint64_t n, uint64_t row, void* cache, uint32_t cache_dtype, Position start, cudaStream_t s);
 struct MlaShape {
-  uint64_t n = 0, heads = 0, c = 0, dn = 0, dr = 0, dv = 0, start = 0;
+  uint64_t n = 0, heads = 0, c = 0, dn = 0, dr = 0, dv = 0;
+  Position start;
+  uint64_t capacity = 0;  // the cache's positions: the plan depends on it, not on start
   float scale = 0;
 };
 // ql[t][h] = q_nope[t][h] W_UK[h] (c values) from q [n, heads, dn + dr] and kv_b_proj.
 int LaunchMlaAbsorb(const float* q, const DeviceWeight& kv_b, const MlaShape& m, float* ql, cudaStream_t s);
-// Attention over the cache rows 0 .. start + t of each token t, in `splits` ranges of `split`
-// positions, tokens in chunks of `chunk`; part holds part_bytes of partial results.
+// Attention over the cache rows 0 .. start + t of each token t, in `splits` equal ranges of the
+// start + n positions (sized on the device, so that a replayed graph splits the positions it
+// sees), tokens in chunks of `chunk`; part holds part_bytes of partial results.
 struct MlaPlan {
-  uint64_t splits = 1, split = 1, chunk = 1, part_bytes = 0;
+  uint64_t splits = 1, chunk = 1, part_bytes = 0;
 };
 MlaPlan PlanMlaAttend(const MlaShape& m);
 // ol[t][h] = the attended latent (c values): softmax over the scores of (ql, q_pe) against the

@@ -166,6 +166,22 @@ Status Backend::Synchronize() const {
   return code == CODA_STATUS_OK ? Status::Ok() : Error(code, error, "synchronize()");
 }
 
+Status Backend::StepBegin(uint64_t key) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!has_steps()) return Status::Ok();
+  char error[kErrorSize] = {};
+  const coda_status_code code = api_.step_begin(self_, key, error, kErrorSize - 1);
+  return code == CODA_STATUS_OK ? Status::Ok() : Error(code, error, "step_begin()");
+}
+
+Status Backend::StepEnd() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!has_steps()) return Status::Ok();
+  char error[kErrorSize] = {};
+  const coda_status_code code = api_.step_end(self_, error, kErrorSize - 1);
+  return code == CODA_STATUS_OK ? Status::Ok() : Error(code, error, "step_end()");
+}
+
 Result<coda_buffer> Backend::AllocBuffer(uint64_t size) const {
   std::lock_guard<std::mutex> lock(mu_);
   if (!has_buffers()) return Missing("buffers");

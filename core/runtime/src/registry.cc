@@ -90,7 +90,8 @@ Status CheckBackendTable(const coda_backend_api* api) {
                                 {"buffer_upload", t.buffer_upload}, {"buffer_download", t.buffer_download},
                                 {"buffer_copy", t.buffer_copy}}),
         PartialGroup("event", {{"event_create", t.event_create}, {"event_record", t.event_record},
-                               {"event_wait", t.event_wait}, {"event_destroy", t.event_destroy}})})
+                               {"event_wait", t.event_wait}, {"event_destroy", t.event_destroy}}),
+        PartialGroup("step", {{"step_begin", t.step_begin}, {"step_end", t.step_end}})})
     if (!e.empty()) return InvalidArgument("its function table " + e);
   return Status::Ok();
 }

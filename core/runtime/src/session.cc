@@ -283,6 +283,22 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
   for (uint32_t v = 0; v < g.n_values; ++v) im.host_valid[v] = im.home[v] == nullptr;
   std::memcpy(im.arena.data.get() + plan.offsets[0], tokens.data(), tokens.size() * sizeof(int32_t));
 
+  // A backend may replay a pass it has seen before (coda_backend.h, steps): the key names this
+  // session's plan for n tokens. The steps end on every way out.
+  const uint64_t key = (reinterpret_cast<uintptr_t>(&im) * 0x9E3779B97F4A7C15ull) ^ (uint64_t{n} << 1) ^ (all_logits ? 1 : 0);
+  size_t begun = 0;
+  auto end_steps = [&]() -> Status {
+    Status first = Status::Ok();
+    for (; begun > 0; --begun)
+      if (Status st = im.used[begun - 1]->StepEnd(); !st.ok() && first.ok()) first = st;
+    return first;
+  };
+  struct Guard {
+    decltype(end_steps)& f;
+    ~Guard() { (void)f(); }
+  } guard{end_steps};
+  for (; begun < im.used.size(); ++begun) CODA_RETURN_IF_ERROR(im.used[begun]->StepBegin(key));
+
   std::vector<coda_tensor> observed;
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const GraphNode& node = g.nodes[i];
@@ -303,6 +319,7 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
       observer_(node, observed);
     }
   }
+  CODA_RETURN_IF_ERROR(end_steps());
   CODA_RETURN_IF_ERROR(im.ToHost(plan, g.logits).WithContext("copying the logits to the host"));
   // Host-memory outputs are complete when execute() returns; this also settles any work a
   // backend still has queued before the cache counts the new positions.

@@ -119,6 +119,7 @@ class Backend {
   bool has_synchronize() const { return api_.synchronize != nullptr; }
   bool has_buffers() const { return api_.buffer_alloc != nullptr; }
   bool has_events() const { return api_.event_create != nullptr; }
+  bool has_steps() const { return api_.step_begin != nullptr; }
   // The instance's device has memory apart from the host's (a GPU, or a Vulkan driver on the
   // CPU): state it keeps across calls, the KV cache, lives in its buffers.
   bool uses_device_memory() const { return device_memory_; }
@@ -132,6 +133,10 @@ class Backend {
   void Release(void* prepared) const;
   // Without synchronize(): Ok (the backend runs everything synchronously).
   Status Synchronize() const;
+  // Bracket a forward pass (coda_backend.h, step_begin); Ok without doing anything when the
+  // backend has no steps.
+  Status StepBegin(uint64_t key) const;
+  Status StepEnd() const;
   Result<coda_buffer> AllocBuffer(uint64_t size) const;
   void FreeBuffer(coda_buffer buffer) const;
   Status Upload(coda_buffer dst, uint64_t dst_offset, const void* src, uint64_t size,
