@@ -55,14 +55,16 @@ struct Prepared {
 // ---- Steps: forward passes the host brackets with step_begin and step_end, replayed as graphs ----
 //
 // The first time a key is seen, its ops run one by one and are recorded (OpRecord). The second
-// time, each op that matches its record is captured into a CUDA graph instead of run, and the graph
-// is launched when the step ends, or sooner when something that cannot be in a graph comes (an op
-// that writes host memory, a copy the host asks for, an op unlike the record): the graph then holds
-// the ops before it, and the rest of the step runs one by one. From the third time, an op that
-// matches its record is only checked and its host inputs kept, and the graph is launched when the
-// last of its ops has come. An op unlike the record there means that the ops held back run one by
-// one after all, and the key starts over. Either way the same kernels run with the same arguments
-// (the position excepted, which a graph reads from device memory), so results are identical.
+// time, each run of consecutive ops that match their records and that a graph can hold is
+// captured into a CUDA graph (a Segment) instead of run, and launched where the run ends: before
+// an op a graph cannot hold (one that writes host memory, or reads an expert cache the host
+// refills), a copy the host asks for, or the step's end. From the third time, ops are only checked
+// against their records, those in a segment held back with their host inputs, and each segment's
+// graph is launched when its last op has come; the ops between segments run one by one. An op
+// unlike its record in a segment, or a call that must see the work held back, means the ops held
+// back run one by one after all, and the key records anew. Either way the same kernels run with
+// the same arguments (the position excepted, which a graph reads from device memory), so results
+// are identical.
 
 // One op of a step as it was executed: the op and copies of everything it points to.
 struct OpRecord {
@@ -75,13 +77,19 @@ struct OpRecord {
   std::vector<std::pair<uint32_t, void*>> slots;  // in a graph: host input i is read from slot
 };
 
-// A key's record and, once captured, its graph.
+// Ops [first, end) of a step's record, captured as one CUDA graph.
+struct Segment {
+  size_t first = 0, end = 0;
+  cudaGraphExec_t exec = nullptr;
+};
+
+// A key's record and, once captured, its graphs.
 struct StepGraph {
   uint32_t seen = 0;    // steps recorded for the key (from 1 the next one captures)
   uint32_t breaks = 0;  // replays that broke off; at kMaxBreaks the key runs one by one for good
   std::vector<OpRecord> ops;
-  cudaGraphExec_t exec = nullptr;
-  std::vector<void*> memory;  // the graph's own device memory: host inputs and tables it reads
+  std::vector<Segment> segments;  // in order
+  std::vector<void*> memory;      // the graphs' own device memory: host inputs and tables they read
 };
 
 struct Instance;
@@ -115,10 +123,14 @@ struct Instance {
     uint64_t key = 0;
     uint32_t start = 0;
     bool started = false;    // an op has come, and `start` is its position
-    bool capturing = false;  // the compute stream is being captured
-    size_t index = 0;        // ops of the record matched so far
-    // Host bytes to copy to the device before the graph's launch, and each matched op's host
-    // inputs (index, bytes), kept to run the op one by one should the step break off.
+    size_t index = 0;        // ops of the step so far
+    bool capturing = false;  // capture: the compute stream is being captured, from op `first`
+    size_t first = 0;
+    size_t segment = 0;      // replay: the next segment to launch
+    size_t from_graphs = 0;  // ops run by graphs in this step
+    // Host bytes to copy to the device before the next graph's launch, and the host inputs
+    // (index, bytes) of each op held back for it, kept to run the op one by one should the step
+    // break off.
     std::vector<std::pair<void*, std::vector<uint8_t>>> uploads;
     std::vector<std::vector<std::pair<uint32_t, std::vector<uint8_t>>>> inputs;
   } step;
@@ -140,16 +152,20 @@ struct Instance {
   // a key captures again, from the ops as they then are.
   void DropGraphs() {
     bool any = false;
-    for (auto& [key, g] : graphs) any = any || g.exec || !g.memory.empty();
+    for (auto& [key, g] : graphs) any = any || !g.segments.empty() || !g.memory.empty();
     if (!any) return;
     cudaStreamSynchronize(compute);
-    for (auto& [key, g] : graphs) {
-      if (g.exec) cudaGraphExecDestroy(g.exec);
-      g.exec = nullptr;
-      for (void* p : g.memory) cudaFree(p);
-      g.memory.clear();
-      for (OpRecord& r : g.ops) r.slots.clear();
-    }
+    for (auto& [key, g] : graphs) ClearGraphs(g);
+    // Nothing is held back when this is called (only plain runs and settled calls get here).
+    if (step.mode == Step::kCapture || step.mode == Step::kReplay) step.mode = Step::kEager;
+  }
+  // A key's graphs and their memory (after the stream has drained).
+  static void ClearGraphs(StepGraph& g) {
+    for (Segment& seg : g.segments) cudaGraphExecDestroy(seg.exec);
+    g.segments.clear();
+    for (void* p : g.memory) cudaFree(p);
+    g.memory.clear();
+    for (OpRecord& r : g.ops) r.slots.clear();
   }
   void Log(int level, const std::string& m) const {
     if (host && host->log) host->log(host->user, level, m.c_str());
@@ -789,6 +805,9 @@ std::string Uncapturable(const Instance& in, const coda_op& op) {
   for (uint32_t i = 0; i < op.n_outputs; ++i)
     if (!op.outputs[i].buffer) return "output " + std::to_string(i) + " is host memory";
   for (uint32_t i = 0; i < op.n_weights; ++i) {
+    // A weight in a buffer is the host's to refill (its expert cache): a graph would keep reading
+    // the slot it was captured with.
+    if (op.weights[i].buffer) return "weight " + std::to_string(i) + " is in a buffer the host may refill";
     if (!OnDevice(op.weights[i], prepared)) return "weight " + std::to_string(i) + " is host memory prepare() did not upload";
     if (op.weights[i].scale && !OnDevice(*op.weights[i].scale, prepared))
       return "the scales of weight " + std::to_string(i) + " are host memory prepare() did not upload";
@@ -883,80 +902,99 @@ std::string CheckReplay(const Instance& in, const coda_op& op) {
   return "";
 }
 
-std::string LaunchGraph(Instance& in) {
+// Copies the held-back host bytes and the step's position in, then launches a graph.
+std::string LaunchGraph(Instance& in, cudaGraphExec_t exec) {
   Instance::Step& st = in.step;
   for (auto& [dev, bytes] : st.uploads)
     if (cudaError_t e = cudaMemcpyAsync(dev, bytes.data(), bytes.size(), cudaMemcpyHostToDevice, in.compute); e != cudaSuccess)
       return CudaError(e, "copying a graph's inputs");
   st.uploads.clear();
+  st.inputs.clear();
   // Pageable sources are staged before cudaMemcpyAsync returns: st.start may change afterwards.
   cudaError_t e = cudaMemcpyAsync(in.graph_start, &st.start, sizeof st.start, cudaMemcpyHostToDevice, in.compute);
-  if (e == cudaSuccess) e = cudaGraphLaunch(st.g->exec, in.compute);
+  if (e == cudaSuccess) e = cudaGraphLaunch(exec, in.compute);
   return e == cudaSuccess ? "" : CudaError(e, "launching a CUDA graph");
 }
 
-// Runs the first k ops of the step's record one by one, with the host inputs they came with: a
-// replay that broke off, or a capture that could not become a graph.
-std::string RunRecorded(Instance& in, size_t k) {
+// Runs the record's ops [from, to) one by one, with the host inputs they came with (st.inputs):
+// a replay that broke off, or a capture that could not become a graph.
+std::string RunRecorded(Instance& in, size_t from, size_t to) {
   Instance::Step& st = in.step;
-  for (size_t j = 0; j < k; ++j) {
+  std::string e;
+  for (size_t j = from; j < to && e.empty(); ++j) {
     OpRecord& r = st.g->ops[j];
     coda_op op = Fix(r);
     std::vector<coda_tensor> inputs(op.inputs, op.inputs + op.n_inputs);
-    for (auto& [i, bytes] : st.inputs[j]) inputs[i].data = bytes.data();
+    if (j - from < st.inputs.size())
+      for (auto& [i, bytes] : st.inputs[j - from]) inputs[i].data = bytes.data();
     op.inputs = inputs.data();
     op.start_pos = st.start + r.delta;
-    if (std::string e = RunOp(in, op, nullptr); !e.empty()) return e;
-  }
-  return "";
-}
-
-// Ends what the step holds back: the capture becomes a graph and runs, or the ops a replay has
-// matched so far run one by one. The rest of the step runs one by one.
-std::string Settle(Instance& in) {
-  Instance::Step& st = in.step;
-  std::string e;
-  if (st.mode == Instance::Step::kCapture && st.capturing) {
-    st.capturing = false;
-    cudaGraph_t graph = nullptr;
-    cudaError_t ce = cudaStreamEndCapture(in.compute, &graph);
-    if (ce == cudaSuccess) ce = cudaGraphInstantiate(&st.g->exec, graph, 0);
-    if (graph) cudaGraphDestroy(graph);
-    if (ce == cudaSuccess) {
-      st.g->ops.resize(st.index);
-      e = LaunchGraph(in);
-      in.Log(CODA_LOG_DEBUG, "step " + std::to_string(st.key) + ": captured " + std::to_string(st.index) + " ops as a CUDA graph");
-    } else {
-      // Nothing captured has run: run it now, one by one.
-      in.Log(CODA_LOG_WARNING, CudaError(ce, "capturing a CUDA graph") + "; the step runs op by op");
-      st.g->exec = nullptr;
-      st.g->breaks = kMaxBreaks;
-      e = RunRecorded(in, st.index);
-    }
-  } else if (st.mode == Instance::Step::kReplay && st.index < st.g->ops.size()) {
-    e = RunRecorded(in, st.index);
-    cudaGraphExecDestroy(st.g->exec);
-    st.g->exec = nullptr;
-    st.g->seen = 0;  // record anew
-    in.Log(CODA_LOG_DEBUG, "step " + std::to_string(st.key) + ": the replay broke off after " + std::to_string(st.index) +
-                           " of " + std::to_string(st.g->ops.size()) + " ops");
-    if (++st.g->breaks >= kMaxBreaks) in.Log(CODA_LOG_INFO, "step " + std::to_string(st.key) + " runs op by op from now on");
+    e = RunOp(in, op, nullptr);
   }
   st.uploads.clear();
   st.inputs.clear();
-  // The rest of the step runs one by one (a recording goes on: it is only a list).
-  if (st.mode == Instance::Step::kCapture || st.mode == Instance::Step::kReplay) st.mode = Instance::Step::kEager;
   return e;
 }
 
-// Why the op at st.index cannot join the graph being captured (for the log).
-std::string Why(Instance& in, const coda_op& op, uint32_t delta, bool placed) {
+// Capture: the open segment becomes a graph and runs (or, should that fail, its ops run one by one).
+std::string EndSegment(Instance& in) {
   Instance::Step& st = in.step;
-  if (!placed) return "which lies before the step's first position";
-  if (st.index >= st.g->ops.size()) return "which the recorded step did not have";
-  if (!Same(op, delta, st.g->ops[st.index])) return "which differs from the recorded one";
+  if (!st.capturing) return "";
+  st.capturing = false;
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  cudaError_t ce = cudaStreamEndCapture(in.compute, &graph);
+  if (ce == cudaSuccess) ce = cudaGraphInstantiate(&exec, graph, 0);
+  if (graph) cudaGraphDestroy(graph);
+  if (ce != cudaSuccess) {  // nothing captured has run: it runs now
+    in.Log(CODA_LOG_WARNING, CudaError(ce, "capturing a CUDA graph") + "; step " + std::to_string(st.key) + " runs op by op");
+    st.g->breaks = kMaxBreaks;
+    return RunRecorded(in, st.first, st.index);
+  }
+  st.g->segments.push_back({st.first, st.index, exec});
+  st.from_graphs += st.index - st.first;
+  return LaunchGraph(in, exec);
+}
+
+// Replay: the ops held back for the next segment run one by one, the key's graphs go, and the
+// key records anew (or, after kMaxBreaks, runs op by op for good).
+std::string BreakReplay(Instance& in) {
+  Instance::Step& st = in.step;
+  StepGraph& g = *st.g;
+  std::string e;
+  if (st.segment < g.segments.size() && st.index > g.segments[st.segment].first)
+    e = RunRecorded(in, g.segments[st.segment].first, st.index);
+  cudaStreamSynchronize(in.compute);  // earlier graphs of this step may still read their memory
+  Instance::ClearGraphs(g);
+  g.seen = 0;
+  in.Log(CODA_LOG_DEBUG, "step " + std::to_string(st.key) + ": the replay broke off at op " + std::to_string(st.index));
+  if (++g.breaks >= kMaxBreaks) in.Log(CODA_LOG_INFO, "step " + std::to_string(st.key) + " runs op by op from now on");
+  st.mode = Instance::Step::kEager;
+  return e;
+}
+
+// Issues what the step holds back, before a call that must see it: the open capture becomes a
+// graph and runs (the next capturable op opens another); in a replay, ops held back for a segment
+// mean that the step no longer follows its record.
+std::string Settle(Instance& in) {
+  Instance::Step& st = in.step;
+  if (st.mode == Instance::Step::kCapture) return EndSegment(in);
+  if (st.mode == Instance::Step::kReplay && st.segment < st.g->segments.size() && st.index > st.g->segments[st.segment].first)
+    return BreakReplay(in);
+  return "";
+}
+
+// The same op of the plan: what keeps a step's ops in line with its record.
+bool Aligned(const coda_op& op, const OpRecord& r) {
+  return op.type == r.op.type && op.layer == r.op.layer && op.n_tokens == r.op.n_tokens;
+}
+
+// Why op `i` of a capture cannot join a graph (for the log).
+std::string Why(Instance& in, const coda_op& op, size_t i, uint32_t delta, bool placed) {
+  if (!placed) return "it lies before the step's first position";
+  if (!Same(op, delta, in.step.g->ops[i])) return "it differs from the recorded one";
   const std::string why = Uncapturable(in, op);
-  return "which a graph cannot hold: " + (why.empty() ? "it could not when it was recorded" : why);
+  return why.empty() ? "a graph could not hold it when it was recorded" : why;
 }
 
 std::string StepExecute(Instance& in, const coda_op& op) {
@@ -967,74 +1005,92 @@ std::string StepExecute(Instance& in, const coda_op& op) {
   }
   const bool placed = op.start_pos >= st.start;  // every op of a step lies at or after its first
   const uint32_t delta = placed ? op.start_pos - st.start : 0;
+  const size_t i = st.index;
+  const bool aligned = st.g && i < st.g->ops.size() && Aligned(op, st.g->ops[i]);
   switch (st.mode) {
     case Instance::Step::kRecord: {
       const bool capturable = placed && Capturable(in, op);
       std::string e = RunOp(in, op, nullptr);
+      ++st.index;
       if (e.empty() && st.g->ops.size() < kMaxStepOps) st.g->ops.push_back(Record(op, delta, capturable));
       else st.mode = Instance::Step::kEager;  // a step that failed is not one to replay
       return e;
     }
     case Instance::Step::kCapture: {
-      if (placed && st.index < st.g->ops.size() && st.g->ops[st.index].capturable && Same(op, delta, st.g->ops[st.index]) &&
-          Capturable(in, op)) {
-        if (!st.capturing) {
-          if (cudaError_t ce = cudaStreamBeginCapture(in.compute, cudaStreamCaptureModeRelaxed); ce != cudaSuccess) {
-            in.Log(CODA_LOG_WARNING, CudaError(ce, "starting a CUDA graph capture") + "; the step runs op by op");
-            st.g->breaks = kMaxBreaks;
-            st.mode = Instance::Step::kEager;
-            return RunOp(in, op, nullptr);
-          }
-          st.capturing = true;
-        }
-        Capture cap;
-        cap.op = &op;
-        std::vector<std::pair<uint32_t, std::vector<uint8_t>>> host;
-        for (uint32_t i = 0; i < op.n_inputs; ++i)
-          if (!op.inputs[i].buffer) {
-            const auto* b = static_cast<const uint8_t*>(op.inputs[i].data);
-            host.emplace_back(i, std::vector<uint8_t>(b, b + TensorBytes(op.inputs[i])));
-          }
-        if (std::string e = RunOp(in, op, &cap); !e.empty()) {
-          // The op failed while being captured: what came before it still runs.
-          st.g->breaks = kMaxBreaks;
-          const std::string s = Settle(in);
-          return s.empty() ? e : e + "; then " + s;
-        }
-        st.g->ops[st.index].slots = std::move(cap.slots);
-        st.inputs.push_back(std::move(host));
+      if (!aligned) {  // the plan changed: record it anew
+        std::string e = EndSegment(in);
+        st.g->seen = 0;
+        st.mode = Instance::Step::kEager;
         ++st.index;
-        return "";
+        return e.empty() ? RunOp(in, op, nullptr) : e;
       }
-      in.Log(CODA_LOG_DEBUG, "step " + std::to_string(st.key) + ": the graph ends before op " + std::to_string(st.index) +
-                                 " (" + coda_op_name(op.type) + "), " + Why(in, op, delta, placed));
-      if (std::string e = Settle(in); !e.empty()) return e;
-      return RunOp(in, op, nullptr);
+      if (!(placed && st.g->ops[i].capturable && Same(op, delta, st.g->ops[i]) && Capturable(in, op))) {
+        if (st.capturing)
+          in.Log(CODA_LOG_DEBUG, "step " + std::to_string(st.key) + ": a graph ends before op " + std::to_string(i) + " (" +
+                                     coda_op_name(op.type) + "): " + Why(in, op, i, delta, placed));
+        std::string e = EndSegment(in);
+        ++st.index;
+        return e.empty() ? RunOp(in, op, nullptr) : e;
+      }
+      if (!st.capturing) {
+        if (cudaError_t ce = cudaStreamBeginCapture(in.compute, cudaStreamCaptureModeRelaxed); ce != cudaSuccess) {
+          in.Log(CODA_LOG_WARNING, CudaError(ce, "starting a CUDA graph capture") + "; step " + std::to_string(st.key) +
+                                       " runs op by op");
+          st.g->breaks = kMaxBreaks;
+          st.mode = Instance::Step::kEager;
+          ++st.index;
+          return RunOp(in, op, nullptr);
+        }
+        st.capturing = true;
+        st.first = i;
+      }
+      Capture cap;
+      cap.op = &op;
+      std::vector<std::pair<uint32_t, std::vector<uint8_t>>> host;
+      for (uint32_t k = 0; k < op.n_inputs; ++k)
+        if (!op.inputs[k].buffer) {
+          const auto* b = static_cast<const uint8_t*>(op.inputs[k].data);
+          host.emplace_back(k, std::vector<uint8_t>(b, b + TensorBytes(op.inputs[k])));
+        }
+      if (std::string e = RunOp(in, op, &cap); !e.empty()) {
+        // Failed while captured: what came before it runs, and this key runs op by op.
+        std::string s = EndSegment(in);
+        cudaStreamSynchronize(in.compute);
+        Instance::ClearGraphs(*st.g);
+        st.g->breaks = kMaxBreaks;
+        st.mode = Instance::Step::kEager;
+        ++st.index;
+        return s.empty() ? e : e + "; then " + s;
+      }
+      st.g->ops[i].slots = std::move(cap.slots);
+      st.inputs.push_back(std::move(host));
+      ++st.index;
+      return "";
     }
     case Instance::Step::kReplay: {
-      if (placed && st.index < st.g->ops.size() && Same(op, delta, st.g->ops[st.index]) && Capturable(in, op) &&
-          CheckReplay(in, op).empty()) {
-        OpRecord& r = st.g->ops[st.index];
-        std::vector<std::pair<uint32_t, std::vector<uint8_t>>> host;
-        for (auto& [i, dev] : r.slots) {
-          const auto* b = static_cast<const uint8_t*>(op.inputs[i].data);
-          std::vector<uint8_t> bytes(b, b + TensorBytes(op.inputs[i]));
-          st.uploads.emplace_back(dev, bytes);
-          host.emplace_back(i, std::move(bytes));
-        }
-        st.inputs.push_back(std::move(host));
-        UntrustWrites(in, op);
-        TrustGateIds(in, op);
-        if (++st.index < st.g->ops.size()) return "";
-        std::string e = LaunchGraph(in);
-        in.Log(CODA_LOG_DEBUG, "step " + std::to_string(st.key) + ": replayed " + std::to_string(st.index) + " ops");
-        st.uploads.clear();
-        st.inputs.clear();
-        st.mode = Instance::Step::kEager;
-        return e;
+      std::vector<Segment>& segs = st.g->segments;
+      const bool in_segment = st.segment < segs.size() && i >= segs[st.segment].first;
+      if (!aligned || (in_segment && !(placed && Same(op, delta, st.g->ops[i]) && Capturable(in, op) &&
+                                       CheckReplay(in, op).empty()))) {
+        std::string e = BreakReplay(in);
+        ++st.index;
+        return e.empty() ? RunOp(in, op, nullptr) : e;
       }
-      if (std::string e = Settle(in); !e.empty()) return e;
-      return RunOp(in, op, nullptr);
+      ++st.index;
+      if (!in_segment) return RunOp(in, op, nullptr);  // between graphs
+      std::vector<std::pair<uint32_t, std::vector<uint8_t>>> host;
+      for (auto& [k, dev] : st.g->ops[i].slots) {
+        const auto* b = static_cast<const uint8_t*>(op.inputs[k].data);
+        std::vector<uint8_t> bytes(b, b + TensorBytes(op.inputs[k]));
+        st.uploads.emplace_back(dev, bytes);
+        host.emplace_back(k, std::move(bytes));
+      }
+      st.inputs.push_back(std::move(host));
+      UntrustWrites(in, op);
+      TrustGateIds(in, op);
+      if (st.index < segs[st.segment].end) return "";
+      st.from_graphs += segs[st.segment].end - segs[st.segment].first;
+      return LaunchGraph(in, segs[st.segment++].exec);
     }
     default: return RunOp(in, op, nullptr);
   }
@@ -1063,7 +1119,7 @@ coda_status_code StepBegin(void* self, uint64_t key, char* error, size_t error_s
     StepGraph& g = in.graphs[key];
     st.g = &g;
     if (g.breaks >= kMaxBreaks) st.mode = Instance::Step::kEager;
-    else if (g.exec) st.mode = Instance::Step::kReplay;
+    else if (!g.segments.empty()) st.mode = Instance::Step::kReplay;
     else if (g.seen && !g.ops.empty()) st.mode = Instance::Step::kCapture;
     else {
       st.mode = Instance::Step::kRecord;
@@ -1077,11 +1133,21 @@ coda_status_code StepEnd(void* self, char* error, size_t error_size) {
   Instance& in = *static_cast<Instance*>(self);
   cudaSetDevice(in.device);
   Instance::Step& st = in.step;
-  const Instance::Step::Mode mode = st.mode;
   std::string e = Settle(in);
   if (st.g) {
-    if (mode == Instance::Step::kRecord) ++st.g->seen;
-    if (mode == Instance::Step::kCapture && !st.g->exec) st.g->breaks = kMaxBreaks;  // nothing it could hold
+    const std::string what = std::to_string(st.from_graphs) + " of " + std::to_string(st.index) + " ops";
+    const std::string graphs = std::to_string(st.g->segments.size()) + " graph" + (st.g->segments.size() == 1 ? "" : "s");
+    switch (st.mode) {
+      case Instance::Step::kRecord: ++st.g->seen; break;
+      case Instance::Step::kCapture:
+        if (st.g->segments.empty()) st.g->breaks = kMaxBreaks;  // nothing in it a graph can hold
+        in.Log(CODA_LOG_DEBUG, "step " + std::to_string(st.key) + ": captured " + what + " in " + graphs);
+        break;
+      case Instance::Step::kReplay:
+        in.Log(CODA_LOG_DEBUG, "step " + std::to_string(st.key) + ": replayed " + what + " from " + graphs);
+        break;
+      default: break;
+    }
   }
   st = Instance::Step{};
   return e.empty() ? CODA_STATUS_OK : Fail(e, CODA_STATUS_DEVICE_ERROR, error, error_size);
