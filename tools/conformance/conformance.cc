@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -278,6 +279,172 @@ void CheckAbi(const Backend& b, std::vector<CaseResult>& out) {
   }
 }
 
+// ---- Steps (coda_backend.h, step_begin / step_end). ----
+
+constexpr uint32_t kSteps = 6;
+
+// Runs a program of ops (one per case, decode-sized) for kSteps steps: bracketed by step_begin
+// and step_end when `bracket`, else one op at a time. Everything lives in the backend's buffers but
+// Embed's ids, which stay host memory, as the runtime passes them; each step moves the positions
+// on by one (the attention appends to its cache) and changes the ids, and from the middle step on
+// the second op writes to another buffer (a step unlike the ones before). Returns each step's
+// outputs, then the caches.
+struct StepOutput {
+  size_t op = 0;  // index in the program
+  int step = -1;  // -1: the op's cache after the last step
+  std::vector<uint8_t> bytes;
+};
+Result<std::vector<StepOutput>> RunSteps(const Backend& b, const std::vector<Case>& cases, bool bracket) {
+  struct Op {
+    coda_hparams hp{};
+    std::unique_ptr<Views> v;
+    coda_op op{};
+    std::vector<int32_t> ids;
+    coda_buffer spare = nullptr;
+  };
+  BufferGuard guard{b, {}};
+  std::vector<std::unique_ptr<PreparedGuard>> prepared;
+  std::vector<Op> ops(cases.size());
+  auto alloc = [&](uint64_t bytes, const void* init) -> Result<coda_buffer> {
+    CODA_ASSIGN_OR_RETURN(coda_buffer buf, b.AllocBuffer(std::max<uint64_t>(bytes, 1)));
+    guard.list.push_back(buf);
+    if (init) CODA_RETURN_IF_ERROR(b.Upload(buf, 0, init, bytes, CODA_QUEUE_COMPUTE));
+    return buf;
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    Op& o = ops[i];
+    o.hp = c.hp;
+    o.hp.rope_inv_freq = c.inv_freq.empty() ? nullptr : c.inv_freq.data();
+    o.v = std::make_unique<Views>(c);
+    for (size_t j = 0; j < c.inputs.size(); ++j) {
+      coda_tensor& t = o.v->inputs[j];
+      if (c.op == CODA_OP_EMBED) {
+        o.ids.resize(c.inputs[j].bytes.size() / 4);
+        std::memcpy(o.ids.data(), c.inputs[j].bytes.data(), c.inputs[j].bytes.size());
+        t.data = o.ids.data();
+        continue;
+      }
+      CODA_ASSIGN_OR_RETURN(t.buffer, alloc(c.inputs[j].bytes.size(), c.inputs[j].bytes.data()));
+      t.data = nullptr;
+    }
+    for (const Blob& out : c.outputs) {
+      coda_tensor t = out.View();
+      t.data = nullptr;
+      CODA_ASSIGN_OR_RETURN(t.buffer, alloc(out.bytes.size(), nullptr));
+      o.v->outputs.push_back(t);
+    }
+    CODA_ASSIGN_OR_RETURN(o.spare, alloc(c.outputs[0].bytes.size(), nullptr));
+    o.op.struct_size = sizeof o.op;
+    o.op.type = c.op;
+    o.op.layer = static_cast<int32_t>(i);
+    o.op.n_tokens = c.n_tokens;
+    o.op.n_inputs = static_cast<uint32_t>(o.v->inputs.size());
+    o.op.n_outputs = static_cast<uint32_t>(o.v->outputs.size());
+    o.op.n_weights = static_cast<uint32_t>(o.v->weights.size());
+    o.op.inputs = o.v->inputs.data();
+    o.op.outputs = o.v->outputs.data();
+    o.op.weights = o.v->weights.data();
+    o.op.hparams = &o.hp;
+    if (c.has_kv) {
+      o.op.kv.dtype = c.kv_dtype;
+      o.op.kv.n_ctx = c.kv_n_ctx;
+      o.op.kv.row = c.kv_row;
+      CODA_ASSIGN_OR_RETURN(o.op.kv.buffer, alloc(c.kv_init.size(), c.kv_init.data()));
+    }
+    if (b.has_prepare()) {
+      std::vector<coda_tensor> present;
+      for (size_t j = 0; j < c.weights.size(); ++j)
+        if (!c.weights[j].absent) present.push_back(o.v->weights[j]);
+      const coda_weights table{sizeof(coda_weights), static_cast<uint32_t>(present.size()), present.data(), &o.hp};
+      prepared.push_back(std::make_unique<PreparedGuard>(PreparedGuard{b, false, nullptr}));
+      CODA_ASSIGN_OR_RETURN(prepared.back()->handle, b.Prepare(table));
+      prepared.back()->active = true;
+      o.op.prepared = prepared.back()->handle;
+    }
+  }
+  CODA_RETURN_IF_ERROR(b.Synchronize());
+  std::vector<StepOutput> result;
+  for (uint32_t k = 0; k < kSteps; ++k) {
+    if (bracket) CODA_RETURN_IF_ERROR(b.StepBegin(7));
+    for (size_t i = 0; i < ops.size(); ++i) {
+      Op& o = ops[i];
+      const Case& c = cases[i];
+      o.op.start_pos = c.has_kv ? c.start_pos + k : k;
+      if (c.op == CODA_OP_EMBED) {
+        const uint64_t vocab = c.weights[0].data.shape[0];
+        for (size_t t = 0; t < o.ids.size(); ++t) o.ids[t] = static_cast<int32_t>((t * 5 + k * 3 + 1) % vocab);
+      }
+      if (i == 1 && k == kSteps / 2) o.v->outputs[0].buffer = o.spare;
+      if (Status s = b.Execute(o.op); !s.ok()) {
+        if (bracket) (void)b.StepEnd();
+        return s.WithContext(OpName(c.op) + " in step " + std::to_string(k));
+      }
+    }
+    if (bracket) CODA_RETURN_IF_ERROR(b.StepEnd());
+    for (size_t i = 0; i < ops.size(); ++i)
+      for (size_t j = 0; j < cases[i].outputs.size(); ++j) {
+        StepOutput& r = result.emplace_back(StepOutput{i, static_cast<int>(k), std::vector<uint8_t>(cases[i].outputs[j].bytes.size())});
+        CODA_RETURN_IF_ERROR(b.Download(ops[i].v->outputs[j].buffer, 0, r.bytes.data(), r.bytes.size()));
+      }
+    CODA_RETURN_IF_ERROR(b.Synchronize());
+  }
+  for (size_t i = 0; i < ops.size(); ++i)
+    if (cases[i].has_kv) {
+      StepOutput& r = result.emplace_back(StepOutput{i, -1, std::vector<uint8_t>(cases[i].kv_init.size())});
+      CODA_RETURN_IF_ERROR(b.Download(ops[i].op.kv.buffer, 0, r.bytes.data(), r.bytes.size()));
+    }
+  CODA_RETURN_IF_ERROR(b.Synchronize());
+  return result;
+}
+
+// Steps give what the same ops give one at a time: a program of one decode-sized case per op the
+// backend runs from buffers, over steps at moving positions, bracketed and not.
+void CheckSteps(const Backend& b, const std::vector<Case>& all, std::vector<CaseResult>& out) {
+  CaseResult r = Area("steps", std::to_string(kSteps) + " steps of one op of each type, against the same ops unbracketed");
+  if (!b.has_steps() || !b.has_buffers()) {
+    r.outcome = Outcome::kUnsupported;
+    out.push_back(r);
+    return;
+  }
+  std::vector<Case> program;
+  std::vector<std::string> names;
+  for (uint32_t type = 0; type < CODA_OP_COUNT; ++type)
+    for (const Case& c : all) {
+      if (c.op != type || c.n_tokens != 1 || (c.has_kv && c.start_pos == 0)) continue;
+      if (!RunCase(b, c, true).ok()) continue;  // what it does not run from buffers
+      Case p = c;
+      if (p.has_kv) {  // room for every step's row
+        p.kv_n_ctx = std::max(p.kv_n_ctx, p.start_pos + kSteps);
+        p.kv_init.resize(uint64_t{p.kv_n_ctx} * p.kv_row * coda_dtype_size(p.kv_dtype), 0);
+      }
+      r.tolerance = std::max(r.tolerance, p.tol);
+      names.push_back(OpName(type));
+      program.push_back(std::move(p));
+      break;
+    }
+  auto with = RunSteps(b, program, true);
+  auto without = RunSteps(b, program, false);
+  if (!with.ok() || !without.ok()) {
+    Fail(r, !with.ok() ? with.status().WithContext("bracketed") : without.status().WithContext("one at a time"));
+  } else {
+    for (size_t i = 0; i < with->size() && r.outcome == Outcome::kPass; ++i) {
+      const StepOutput &got = (*with)[i], &want = (*without)[i];
+      const Case& c = program[got.op];
+      const uint32_t dtype = got.step < 0 ? c.kv_dtype : uint32_t{CODA_DTYPE_F32};
+      const double e = got.bytes == want.bytes ? 0 : RelError(AsDoubles(got.bytes, dtype), AsDoubles(want.bytes, dtype));
+      r.error = std::max(r.error, e);
+      if (e > c.tol) {
+        r.outcome = Outcome::kFail;
+        r.detail = names[got.op] + (got.step < 0 ? ": the cache after the steps" : ": step " + std::to_string(got.step)) +
+                   " differs from the same ops run one at a time";
+      }
+    }
+  }
+  r.name += " (" + std::to_string(program.size()) + " ops)";
+  out.push_back(r);
+}
+
 }  // namespace
 
 std::string_view OutcomeName(Outcome o) {
@@ -437,7 +604,10 @@ Result<Report> Run(const Backend& backend, const Backend& reference, const Optio
       report.cases.push_back(std::move(r));
     }
   }
-  if (options.ops.empty()) CheckAbi(backend, report.cases);
+  if (options.ops.empty()) {
+    CheckAbi(backend, report.cases);
+    CheckSteps(backend, AllCases(options.seed), report.cases);
+  }
   return report;
 }
 
