@@ -102,6 +102,56 @@ TEST(CudaEmulator, RefusesShapesCudaRefuses) {
 
 // coda-cuda-bench (tools/gpu-check runs it on a GPU) in the emulator: its products and its MLA
 // decode check out against the host's sums, and it prints its tables.
+// A captured stream records its work with the arguments of the moment, and a graph replays it
+// (reading memory as it is then); what CUDA refuses during a capture (a synchronization, a copy
+// to or from the host) fails and invalidates the capture, as on a GPU.
+TEST(CudaEmulator, CapturedWorkReplaysAndSynchronizationsAreRefused) {
+  cudaStream_t s = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  void* dev = nullptr;
+  ASSERT_EQ(cudaMalloc(&dev, 8), cudaSuccess);
+  auto* d = static_cast<int*>(dev);
+  d[0] = 1;
+  d[1] = 0;
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed), cudaSuccess);
+  int add = 10;
+  ASSERT_TRUE(Launch(dim3(1), dim3(1), s, [d, add] { d[1] += d[0] + add; }));
+  add = 1000;  // the launch took its own copy
+  ASSERT_EQ(cudaMemcpyAsync(d, d + 1, 4, cudaMemcpyDeviceToDevice, s), cudaSuccess);
+  EXPECT_EQ(d[1], 0) << "captured work ran during the capture";
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
+  EXPECT_EQ(d[1], 11);
+  EXPECT_EQ(d[0], 11);
+  ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
+  EXPECT_EQ(d[1], 32);  // 11 + 11 + 10
+  EXPECT_EQ(d[0], 32);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+
+  int host = 0;
+  for (int refused = 0; refused < 3; ++refused) {
+    ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed), cudaSuccess);
+    const cudaError_t e = refused == 0   ? cudaStreamSynchronize(s)
+                          : refused == 1 ? cudaMemcpyAsync(&host, d, 4, cudaMemcpyDeviceToHost, s)
+                                         : cudaMemcpyAsync(d, &host, 4, cudaMemcpyHostToDevice, s);
+    EXPECT_EQ(e, cudaErrorStreamCaptureUnsupported) << refused;
+    EXPECT_EQ(cudaGetLastError(), cudaErrorStreamCaptureUnsupported);
+    graph = nullptr;
+    EXPECT_EQ(cudaStreamEndCapture(s, &graph), cudaErrorStreamCaptureInvalidated) << refused;
+    EXPECT_EQ(graph, nullptr);
+    (void)cudaGetLastError();
+  }
+  EXPECT_EQ(cudaStreamEndCapture(s, &graph), cudaErrorIllegalState);  // no capture is open
+  (void)cudaGetLastError();
+  EXPECT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+  cudaFree(dev);
+  cudaStreamDestroy(s);
+}
+
 TEST(CudaBench, RunsAndChecksInTheEmulator) {
   const auto r = coda::test::RunCommand(std::string(CODA_TEST_PLUGIN_DIR) + "/coda-cuda-bench-emu --smoke");
   const std::string& out = r.out;
