@@ -433,14 +433,12 @@ TEST(DeviceOffload, ABudgetTooSmallIsRefusedNamingTheMinimum) {
   EXPECT_FALSE(Session::Create(*ctx, model, so).ok());
 }
 
-// CUDA graphs (backends/cuda/src/backend.cc, steps): the emulated backend records the first
+// CUDA graphs (backends/cuda/src/steps.cc): the backend `name` (in `file`) records the first
 // decode step of a plan, captures the second and replays the rest, and those give the logits of
 // the same steps run op by op (CODA_CUDA_GRAPHS=off) bit for bit: after a rewind (the graph reads
 // its position from device memory), and around steps whose replay breaks off (an observer copies
 // every output to the host, so the backend must run the ops it held back).
-TEST(CudaGraphs, ReplayedStepsEqualStepsRunOpByOp) {
-  const std::string file = std::string(CODA_TEST_PLUGIN_DIR) + "/" + BackendFileName("cuda-emu");
-  if (!std::filesystem::exists(file)) GTEST_SKIP() << file << " was not built";
+void ExpectReplayedStepsEqualStepsRunOpByOp(const std::string& name, const std::string& file) {
   auto model = test::GoldenModel("v2lite-bf16");
   ASSERT_TRUE(model);
   const uint32_t V = model->config().vocab_size;
@@ -459,7 +457,7 @@ TEST(CudaGraphs, ReplayedStepsEqualStepsRunOpByOp) {
     SessionOptions so;
     so.n_ctx = 64;
     so.kv_dtype = DType::kF32;
-    so.backends = {"cuda-emu"};
+    so.backends = {name};
     auto s = Session::Create(**ctx, model, so);
     EXPECT_TRUE(s.ok()) << s.status().message();
     if (!s.ok()) return all;
@@ -494,6 +492,22 @@ TEST(CudaGraphs, ReplayedStepsEqualStepsRunOpByOp) {
   EXPECT_EQ(count(with_log, "replay broke off"), 1);
   EXPECT_EQ(count(with_log, "replayed"), 6 + 3 + 3);
   EXPECT_EQ(count(without_log, "captured") + count(without_log, "replayed"), 0);
+}
+
+TEST(CudaGraphs, ReplayedStepsEqualStepsRunOpByOpInTheEmulator) {
+  const std::string file = std::string(CODA_TEST_PLUGIN_DIR) + "/" + BackendFileName("cuda-emu");
+  ASSERT_TRUE(std::filesystem::exists(file)) << file;
+  ExpectReplayedStepsEqualStepsRunOpByOp("cuda-emu", file);
+}
+
+// The same on a GPU (tools/gpu-check); without one it skips and says why.
+TEST(CudaGraphs, ReplayedStepsEqualStepsRunOpByOpOnTheGpu) {
+  std::string why;
+  if (!BackendContext("cuda", &why)) {
+    if (test::BackendRequired("cuda")) FAIL() << "the cuda backend is required but unavailable: " << why;
+    GTEST_SKIP() << "cuda backend unavailable: " << why;
+  }
+  ExpectReplayedStepsEqualStepsRunOpByOp("cuda", test::BinDir() + "/" + BackendFileName("cuda"));
 }
 
 // A BF16 checkpoint converted with its projection weights and head quantized to FP8 (--dtype fp8

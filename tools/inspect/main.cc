@@ -222,6 +222,7 @@ std::string Capabilities(const coda::Backend& b) {
   add(b.has_synchronize(), "synchronize");
   add(b.has_buffers(), "buffers");
   add(b.has_events(), "events");
+  add(b.has_steps(), "steps");
   return s.empty() ? "none" : s;
 }
 
