@@ -46,6 +46,7 @@ struct OpRecord {
   std::vector<coda_tensor> tensors;  // inputs, outputs, weights, then the weights' scales
   coda_hparams hp{};
   std::vector<float> freq;
+  bool no_freq = false;                           // the op had no frequencies (rope_inv_freq NULL)
   uint32_t delta = 0;                             // op.start_pos minus the step's first op's
   bool capturable = false;                        // Capturable() when it was recorded
   std::vector<std::pair<uint32_t, void*>> slots;  // in a graph: host input i is read from slot
@@ -61,6 +62,7 @@ struct Segment {
 struct StepGraph {
   uint32_t seen = 0;    // steps recorded for the key (from 1 the next one captures)
   uint32_t breaks = 0;  // replays that broke off; at kMaxBreaks the key runs one by one for good
+  uint64_t used = 0;    // the step count when the key was last begun
   std::vector<OpRecord> ops;
   std::vector<Segment> segments;  // in order
   std::vector<void*> memory;      // the graphs' own device memory: host inputs and tables they read
@@ -87,6 +89,7 @@ struct Instance {
   uint32_t* graph_start = nullptr;
   bool graphs_enabled = true;  // CODA_CUDA_GRAPHS=off turns steps into plain calls
   std::unordered_map<uint64_t, StepGraph> graphs;
+  uint64_t steps = 0;  // steps begun
   // The step under way, between step_begin and step_end.
   struct Step {
     enum Mode { kNone, kEager, kRecord, kCapture, kReplay } mode = kNone;
@@ -99,6 +102,7 @@ struct Instance {
     size_t first = 0;
     size_t segment = 0;      // replay: the next segment to launch
     size_t from_graphs = 0;  // ops run by graphs in this step
+    bool start_written = false;  // graph_start holds `start`
     // Host bytes to copy to the device before the next graph's launch, and the host inputs
     // (index, bytes) of each op held back for it, kept to run the op one by one should the step
     // break off.

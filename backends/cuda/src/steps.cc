@@ -12,6 +12,7 @@
 // back run one by one after all, and the key records anew. Either way the same kernels run with
 // the same arguments (the position excepted, which a graph reads from device memory), so results
 // are identical.
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -23,10 +24,13 @@ namespace {
 
 using backend_util::TensorBytes;
 
-constexpr uint32_t kMaxBreaks = 3;          // replays that may break off before a key gives up
-constexpr size_t kMaxGraphKeys = 16;        // keys recorded at once
-constexpr size_t kMaxStepOps = 1 << 16;     // ops recorded per key
+constexpr uint32_t kMaxBreaks = 3;            // replays that may break off before a key gives up
+constexpr size_t kMaxGraphKeys = 16;          // keys recorded at once (the least recently used goes)
+constexpr size_t kMaxStepOps = 1 << 16;       // ops recorded per key
 constexpr uint64_t kMaxGraphInput = 1 << 20;  // host input bytes a graph copies in per op
+// Steps of more tokens (prefill) are not recorded: their kernels are long enough that launching
+// them one by one costs little, and their records would be large.
+constexpr uint32_t kMaxGraphTokens = 16;
 
 bool OnDevice(const coda_tensor& t, const Prepared* prepared) {
   return t.buffer || !t.data || (prepared && prepared->where.count(t.data));
@@ -72,7 +76,7 @@ const coda_op& Fix(OpRecord& r) {
   size_t next = ni + no + nw;
   for (uint32_t i = 0; i < nw; ++i)
     if (t[ni + no + i].scale) t[ni + no + i].scale = &t[next++];
-  r.hp.rope_inv_freq = r.freq.data();
+  r.hp.rope_inv_freq = r.no_freq ? nullptr : r.freq.data();
   r.op.hparams = &r.hp;
   return r.op;
 }
@@ -89,7 +93,8 @@ OpRecord Record(const coda_op& op, uint32_t delta, bool capturable) {
   for (uint32_t i = 0; i < op.n_weights; ++i)
     if (op.weights[i].scale) r.tensors.push_back(*op.weights[i].scale);
   r.hp = *op.hparams;
-  r.freq.assign(op.hparams->rope_inv_freq, op.hparams->rope_inv_freq + op.hparams->qk_rope_head_dim / 2);
+  if (op.hparams->rope_inv_freq) r.freq.assign(op.hparams->rope_inv_freq, op.hparams->rope_inv_freq + op.hparams->qk_rope_head_dim / 2);
+  r.no_freq = !op.hparams->rope_inv_freq;
   Fix(r);
   return r;
 }
@@ -123,7 +128,8 @@ bool Same(const coda_op& op, uint32_t delta, OpRecord& r) {
     if (!SameTensor(op.weights[i], o.weights[i], false)) return false;
   // coda_hparams: 32-bit fields up to the frequencies, then those by value.
   return std::memcmp(op.hparams, &r.hp, offsetof(coda_hparams, rope_inv_freq)) == 0 &&
-         std::equal(r.freq.begin(), r.freq.end(), op.hparams->rope_inv_freq);
+         !op.hparams->rope_inv_freq == r.no_freq &&
+         (r.no_freq || std::equal(r.freq.begin(), r.freq.end(), op.hparams->rope_inv_freq));
 }
 
 // What execute() checks of an op before running it that depends on what a replay changes: the
@@ -145,8 +151,12 @@ std::string LaunchGraph(Instance& in, cudaGraphExec_t exec) {
       return CudaError(e, "copying a graph's inputs");
   st.uploads.clear();
   st.inputs.clear();
-  // Pageable sources are staged before cudaMemcpyAsync returns: st.start may change afterwards.
-  cudaError_t e = cudaMemcpyAsync(in.graph_start, &st.start, sizeof st.start, cudaMemcpyHostToDevice, in.compute);
+  // Once per step (every graph of it reads the same). Pageable sources are staged before
+  // cudaMemcpyAsync returns: st.start may change afterwards.
+  cudaError_t e = cudaSuccess;
+  if (!st.start_written)
+    e = cudaMemcpyAsync(in.graph_start, &st.start, sizeof st.start, cudaMemcpyHostToDevice, in.compute);
+  st.start_written = e == cudaSuccess;
   if (e == cudaSuccess) e = cudaGraphLaunch(exec, in.compute);
   return e == cudaSuccess ? "" : CudaError(e, "launching a CUDA graph");
 }
@@ -264,10 +274,16 @@ std::string StepExecute(Instance& in, const coda_op& op) {
   const bool aligned = st.g && i < st.g->ops.size() && Aligned(op, st.g->ops[i]);
   switch (st.mode) {
     case Instance::Step::kRecord: {
+      if (op.n_tokens > kMaxGraphTokens || st.g->ops.size() >= kMaxStepOps) {
+        st.g->breaks = kMaxBreaks;  // a key for prefill (or a pass too long to record) runs op by op
+        st.g->ops.clear();
+        st.mode = Instance::Step::kEager;
+        return RunOp(in, op, nullptr);
+      }
       const bool capturable = placed && Capturable(in, op);
       std::string e = RunOp(in, op, nullptr);
       ++st.index;
-      if (e.empty() && st.g->ops.size() < kMaxStepOps) st.g->ops.push_back(Record(op, delta, capturable));
+      if (e.empty()) st.g->ops.push_back(Record(op, delta, capturable));
       else st.mode = Instance::Step::kEager;  // a step that failed is not one to replay
       return e;
     }
@@ -357,8 +373,16 @@ std::string BeginStep(Instance& in, uint64_t key) {
   st = Instance::Step{};
   st.key = key;
   st.mode = Instance::Step::kEager;
-  if (in.graphs_enabled && (in.graphs.count(key) || in.graphs.size() < kMaxGraphKeys)) {
+  if (in.graphs_enabled) {
+    if (!in.graphs.count(key) && in.graphs.size() >= kMaxGraphKeys) {
+      auto lru = std::min_element(in.graphs.begin(), in.graphs.end(),
+                                  [](const auto& a, const auto& b) { return a.second.used < b.second.used; });
+      cudaStreamSynchronize(in.compute);  // its graphs may still run
+      Instance::ClearGraphs(lru->second);
+      in.graphs.erase(lru);
+    }
     StepGraph& g = in.graphs[key];
+    g.used = ++in.steps;
     st.g = &g;
     if (g.breaks >= kMaxBreaks) st.mode = Instance::Step::kEager;
     else if (!g.segments.empty()) st.mode = Instance::Step::kReplay;
