@@ -278,10 +278,10 @@ typedef struct coda_backend_api {
      likely the same ops on the same tensors, the position (start_pos) and the bytes in memory
      excepted, so that a backend may record it once and replay it (as CUDA graphs do), issuing
      the ops' work later than execute() returns. The host promises nothing: a backend checks each
-     op against what it recorded, and results must be those of running the ops one by one. Work
-     held back is issued by step_end() and before any other call that touches the compute queue
-     or waits (copies on it, events, synchronize, buffer_free, prepare, release). A step_begin()
-     while a step is open ends that one first. */
+     op against what it recorded, and results must be those of running the ops one by one, bit
+     for bit. Work held back is issued by step_end() and before any other call that touches the
+     compute queue or waits (copies on it, events, synchronize, buffer_free, prepare, release). A
+     step_begin() while a step is open ends that one first. */
   coda_status_code (*step_begin)(void* self, uint64_t key, char* error, size_t error_size);
   coda_status_code (*step_end)(void* self, char* error, size_t error_size);
 } coda_backend_api;

@@ -145,6 +145,15 @@ TEST(CudaEmulator, CapturedWorkReplaysAndSynchronizationsAreRefused) {
     EXPECT_EQ(graph, nullptr);
     (void)cudaGetLastError();
   }
+  // cudaFree may synchronize the device: refused while a capture is open, allowed after.
+  void* spare = nullptr;
+  ASSERT_EQ(cudaMalloc(&spare, 4), cudaSuccess);
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed), cudaSuccess);
+  EXPECT_EQ(cudaFree(spare), cudaErrorStreamCaptureUnsupported);
+  (void)cudaGetLastError();
+  ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+  cudaGraphDestroy(graph);
+  EXPECT_EQ(cudaFree(spare), cudaSuccess);
   EXPECT_EQ(cudaStreamEndCapture(s, &graph), cudaErrorIllegalState);  // no capture is open
   (void)cudaGetLastError();
   EXPECT_EQ(cudaStreamSynchronize(s), cudaSuccess);

@@ -13,9 +13,9 @@
 // message instead. Memory is host memory; streams run in order at once, so events are already
 // reached when recorded. A stream being captured (cudaStreamBeginCapture) records its launches,
 // device copies and memsets, with their arguments, into a graph that cudaGraphLaunch runs again;
-// what CUDA refuses during a capture (a synchronization, a copy from or to the host) is refused
-// here too, and more strictly (pinned memory is not told apart), so that a backend that would
-// fail on a GPU fails here.
+// what CUDA refuses during a capture (a synchronization, a copy from or to the host, a cudaFree)
+// is refused here too, and more strictly (pinned memory is not told apart, nor other threads), so
+// that a backend that would fail on a GPU fails here.
 //
 // This header stands in for <cuda_runtime.h> only when backends/cuda/emu is first on the include
 // path; nothing else includes it.

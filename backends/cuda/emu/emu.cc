@@ -381,7 +381,13 @@ cudaError_t cudaMalloc(void** p, size_t size) {
   return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 
+namespace {
+int g_captures = 0;  // streams being captured in the process
+}  // namespace
+
+// cudaFree may synchronize the device, which a capture in progress anywhere forbids.
 cudaError_t cudaFree(void* p) {
+  if (g_captures) return t_last = cudaErrorStreamCaptureUnsupported;
   std::free(p);
   return cudaSuccess;
 }
@@ -463,6 +469,7 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
   if (!s) return t_last = cudaErrorStreamCaptureUnsupported;  // the legacy stream cannot be captured
   if (s->capturing) return t_last = cudaErrorIllegalState;
   s->capturing = true;
+  ++g_captures;
   s->invalidated = false;
   s->recorded.clear();
   return cudaSuccess;
@@ -471,6 +478,7 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
 cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
   if (!s || !s->capturing) return t_last = cudaErrorIllegalState;
   s->capturing = false;
+  --g_captures;
   *graph = nullptr;
   if (s->invalidated) {
     s->recorded.clear();

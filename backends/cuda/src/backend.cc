@@ -256,13 +256,17 @@ void BufferFree(void* self, coda_buffer buffer) {
   delete buffer;
 }
 
+// A copy the host asks for; `written` (device memory it writes, or NULL) is no longer a MoeGate's
+// ids.
 coda_status_code Copy(void* self, void* dst, const void* src, uint64_t size, cudaMemcpyKind kind, uint32_t queue,
-                      char* error, size_t error_size) {
+                      const void* written, char* error, size_t error_size) {
   Instance& in = *static_cast<Instance*>(self);
   cudaSetDevice(in.device);
-  // Compute work held back for a graph comes first (transfers are ordered to it by events).
+  // Compute work held back for a graph comes first (transfers are ordered to it by events), and
+  // before the trust it leaves is changed (running it may mark ids trusted).
   if (queue != CODA_QUEUE_TRANSFER)
     if (std::string s = Settle(in); !s.empty()) return Fail(s, CODA_STATUS_DEVICE_ERROR, error, error_size);
+  if (written) in.Untrust(written, size);
   if (size == 0) return CODA_STATUS_OK;
   const cudaError_t e = cudaMemcpyAsync(dst, src, size, kind, in.Stream(queue));
   return e == cudaSuccess ? CODA_STATUS_OK : Fail(CudaError(e, "cudaMemcpyAsync"), CODA_STATUS_DEVICE_ERROR, error, error_size);
@@ -271,24 +275,25 @@ coda_status_code Copy(void* self, void* dst, const void* src, uint64_t size, cud
 coda_status_code Upload(void* self, coda_buffer dst, uint64_t off, const void* src, uint64_t size, uint32_t queue,
                         char* error, size_t error_size) {
   if (!InRange(dst, off, size, error, error_size)) return CODA_STATUS_INVALID_ARGUMENT;
-  static_cast<Instance*>(self)->Untrust(static_cast<uint8_t*>(dst->ptr) + off, size);
-  return Copy(self, static_cast<uint8_t*>(dst->ptr) + off, src, size, cudaMemcpyHostToDevice, queue, error, error_size);
+  uint8_t* to = static_cast<uint8_t*>(dst->ptr) + off;
+  return Copy(self, to, src, size, cudaMemcpyHostToDevice, queue, to, error, error_size);
 }
 
 coda_status_code Download(void* self, coda_buffer src, uint64_t off, void* dst, uint64_t size, uint32_t queue,
                           char* error, size_t error_size) {
   if (!InRange(src, off, size, error, error_size)) return CODA_STATUS_INVALID_ARGUMENT;
-  return Copy(self, dst, static_cast<uint8_t*>(src->ptr) + off, size, cudaMemcpyDeviceToHost, queue, error, error_size);
+  return Copy(self, dst, static_cast<uint8_t*>(src->ptr) + off, size, cudaMemcpyDeviceToHost, queue, nullptr, error,
+              error_size);
 }
 
 coda_status_code BufferCopy(void* self, coda_buffer src, uint64_t src_off, coda_buffer dst, uint64_t dst_off,
                             uint64_t size, uint32_t queue, char* error, size_t error_size) {
   if (!InRange(src, src_off, size, error, error_size) || !InRange(dst, dst_off, size, error, error_size))
     return CODA_STATUS_INVALID_ARGUMENT;
-  static_cast<Instance*>(self)->Untrust(static_cast<uint8_t*>(dst->ptr) + dst_off, size);
   // cudaMemcpy handles overlapping device ranges like memmove.
-  return Copy(self, static_cast<uint8_t*>(dst->ptr) + dst_off, static_cast<uint8_t*>(src->ptr) + src_off, size,
-              cudaMemcpyDeviceToDevice, queue, error, error_size);
+  uint8_t* to = static_cast<uint8_t*>(dst->ptr) + dst_off;
+  return Copy(self, to, static_cast<uint8_t*>(src->ptr) + src_off, size, cudaMemcpyDeviceToDevice, queue, to, error,
+              error_size);
 }
 
 coda_status_code EventCreate(void* self, coda_event* event, char* error, size_t error_size) {

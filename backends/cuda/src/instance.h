@@ -98,14 +98,15 @@ struct Instance {
     uint32_t start = 0;
     bool started = false;    // an op has come, and `start` is its position
     size_t index = 0;        // ops of the step so far
-    bool capturing = false;  // capture: the compute stream is being captured, from op `first`
+    bool open = false;       // capture: ops [first, index) are held back for a graph
     size_t first = 0;
+    bool stale = false;      // capture: an op could be in a graph, but not as recorded
     size_t segment = 0;      // replay: the next segment to launch
     size_t from_graphs = 0;  // ops run by graphs in this step
     bool start_written = false;  // graph_start holds `start`
     // Host bytes to copy to the device before the next graph's launch, and the host inputs
-    // (index, bytes) of each op held back for it, kept to run the op one by one should the step
-    // break off.
+    // (index, bytes) of each op held back for it, from which it is captured, or run one by one
+    // should the step break off.
     std::vector<std::pair<void*, std::vector<uint8_t>>> uploads;
     std::vector<std::vector<std::pair<uint32_t, std::vector<uint8_t>>>> inputs;
   } step;

@@ -74,7 +74,7 @@ int LaunchLinearFp8(const LinearJob& job, uint8_t* xq, float* xs, cudaStream_t s
 // ---- MLA attention (coda_ops.h, MlaAttention), in the absorbed form ----
 // The position of an op's first token: `value`, plus the word at `dev` when it is set. A CUDA
 // graph replays its kernels with the arguments they were captured with, so a step that is
-// replayed reads its position from device memory (backend.cc, steps); other work passes it as is.
+// replayed reads its position from device memory (steps.cc); other work passes it as is.
 struct Position {
   uint64_t value = 0;
   const uint32_t* dev = nullptr;

@@ -31,6 +31,7 @@ class Call {
     in_.scratch_used = 0;
   }
 
+  bool Capturing() const { return capture_ != nullptr; }
   // The op's first position, as its kernels take it.
   Position At(const coda_op& op) const {
     if (!capture_) return {op.start_pos, nullptr};
@@ -43,7 +44,7 @@ class Call {
     if (need > in_.scratch_size) {
       if (in_.scratch_used) return "scratch exhausted within one op";  // Reserve() sizes it first
       // A capture follows a run of the same ops, which sized it.
-      if (in_.step.capturing) return "scratch would have to grow during a CUDA graph capture";
+      if (capture_) return "scratch would have to grow during a CUDA graph capture";
       in_.DropGraphs();  // they use the block that goes
       cudaStreamSynchronize(in_.compute);
       if (in_.scratch) cudaFree(in_.scratch);
@@ -204,12 +205,12 @@ bool Present(const coda_tensor& t) { return t.data || t.buffer; }
 
 std::string Weight(Call& call, const coda_tensor& t, DeviceWeight* w) { return Present(t) ? call.Weight(t, w) : ""; }
 
-std::string EnsureRope(Instance& in, const coda_op& op) {
+std::string EnsureRope(Instance& in, const coda_op& op, bool capturing) {
   const coda_hparams& hp = *op.hparams;
   const uint64_t total = uint64_t{op.start_pos} + op.n_tokens, half = hp.qk_rope_head_dim / 2;
   const std::vector<float> freq(hp.rope_inv_freq, hp.rope_inv_freq + half);
   if (in.rope && in.rope_positions >= total && in.rope_freq == freq) return "";
-  if (in.step.capturing) return "the rope table would have to be rebuilt during a CUDA graph capture";
+  if (capturing) return "the rope table would have to be rebuilt during a CUDA graph capture";
   uint64_t positions = std::min<uint64_t>(op.kv.n_ctx, std::max<uint64_t>(2 * total, 4096));
   if (op.kv.buffer)
     positions = std::max(total, std::min<uint64_t>(op.kv.n_ctx, (op.kv.buffer->size - op.kv.offset) /
@@ -270,7 +271,7 @@ std::string Mla(Instance& in, Call& call, const coda_op& op) {
                             {4 * n * H * dv, &o}, {plan.part_bytes, &sc}})
     if (e.empty()) e = call.Scratch(bytes, out);
   if (e.empty() && q_lora) e = call.Scratch(4 * n * qa_rows, &qa);
-  if (e.empty() && dr) e = EnsureRope(in, op);
+  if (e.empty() && dr) e = EnsureRope(in, op, call.Capturing());
   // The cache: this layer's rows in one of our buffers, or host rows staged through scratch.
   if (e.empty()) {
     if (op.kv.buffer) {

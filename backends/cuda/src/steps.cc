@@ -2,16 +2,17 @@
 // CUDA graphs.
 //
 // The first time a key is seen, its ops run one by one and are recorded (OpRecord). The second
-// time, each run of consecutive ops that match their records and that a graph can hold is
-// captured into a CUDA graph (a Segment) instead of run, and launched where the run ends: before
-// an op a graph cannot hold (one that writes host memory, or reads an expert cache the host
-// refills), a copy the host asks for, or the step's end. From the third time, ops are only checked
-// against their records, those in a segment held back with their host inputs, and each segment's
-// graph is launched when its last op has come; the ops between segments run one by one. An op
-// unlike its record in a segment, or a call that must see the work held back, means the ops held
-// back run one by one after all, and the key records anew. Either way the same kernels run with
-// the same arguments (the position excepted, which a graph reads from device memory), so results
-// are identical.
+// time, each run of consecutive ops that match their records and that a graph can hold is held
+// back, then captured into a CUDA graph (a Segment) and launched, all within the call where the
+// run ends: before an op a graph cannot hold (one that writes host memory, or reads an expert
+// cache the host refills), a copy the host asks for, or the step's end. So no capture stays open
+// between calls, and one that fails leaves nothing half done: the ops held back run one by one.
+// From the third time, ops are only checked against their records, those in a segment held back
+// with their host inputs, and each segment's graph is launched when its last op has come; the ops
+// between segments run one by one. An op unlike its record in a segment, or a call that must see
+// the work held back, means the ops held back run one by one after all, and the key records anew.
+// Either way the same kernels run with the same arguments (the position excepted, which a graph
+// reads from device memory), so results are identical.
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -60,7 +61,15 @@ std::string Uncapturable(const Instance& in, const coda_op& op) {
     if (!t.data || TensorBytes(t) > kMaxGraphInput || op.type == CODA_OP_MOE_EXPERTS)
       return "input " + std::to_string(i) + " is host memory";
   }
-  if (op.type == CODA_OP_MLA_ATTENTION && !op.kv.buffer) return "its KV cache is host memory";
+  if (op.type == CODA_OP_MLA_ATTENTION) {
+    if (!op.kv.buffer) return "its KV cache is host memory";
+    // The table is rebuilt by a plain run only (another model's step may have replaced it).
+    const coda_hparams& hp = *op.hparams;
+    const uint32_t half = hp.qk_rope_head_dim / 2;
+    if (half && (!in.rope || uint64_t{op.start_pos} + op.n_tokens > in.rope_positions || !hp.rope_inv_freq ||
+                 in.rope_freq.size() != half || !std::equal(in.rope_freq.begin(), in.rope_freq.end(), hp.rope_inv_freq)))
+      return "the rope table does not cover its positions and frequencies";
+  }
   if (op.type == CODA_OP_MOE_EXPERTS && !IdsTrusted(in, op, prepared)) return "its expert ids are to be checked on the host";
   return "";
 }
@@ -126,31 +135,29 @@ bool Same(const coda_op& op, uint32_t delta, OpRecord& r) {
     if (!SameTensor(op.outputs[i], o.outputs[i], false)) return false;
   for (uint32_t i = 0; i < op.n_weights; ++i)
     if (!SameTensor(op.weights[i], o.weights[i], false)) return false;
-  // coda_hparams: 32-bit fields up to the frequencies, then those by value.
-  return std::memcmp(op.hparams, &r.hp, offsetof(coda_hparams, rope_inv_freq)) == 0 &&
+  // coda_hparams: its 32-bit fields (not the padding before the pointer), then the frequencies.
+  return std::memcmp(op.hparams, &r.hp, offsetof(coda_hparams, softmax_scale) + sizeof(float)) == 0 &&
          !op.hparams->rope_inv_freq == r.no_freq &&
          (r.no_freq || std::equal(r.freq.begin(), r.freq.end(), op.hparams->rope_inv_freq));
 }
 
 // What execute() checks of an op before running it that depends on what a replay changes: the
 // position and the host inputs.
-std::string CheckReplay(const Instance& in, const coda_op& op) {
+std::string CheckReplay(const coda_op& op) {
   if (op.type == CODA_OP_EMBED) return CheckTokenIds(static_cast<const int32_t*>(op.inputs[0].data), op);
-  if (op.type == CODA_OP_MLA_ATTENTION) {
-    if (std::string e = CheckMlaCache(op); !e.empty()) return e;
-    if (uint64_t{op.start_pos} + op.n_tokens > in.rope_positions) return "positions beyond the rope table";  // rebuilt by a plain run
-  }
+  if (op.type == CODA_OP_MLA_ATTENTION) return CheckMlaCache(op);
   return "";
 }
 
 // Copies the held-back host bytes and the step's position in, then launches a graph.
 std::string LaunchGraph(Instance& in, cudaGraphExec_t exec) {
   Instance::Step& st = in.step;
+  cudaError_t up = cudaSuccess;
   for (auto& [dev, bytes] : st.uploads)
-    if (cudaError_t e = cudaMemcpyAsync(dev, bytes.data(), bytes.size(), cudaMemcpyHostToDevice, in.compute); e != cudaSuccess)
-      return CudaError(e, "copying a graph's inputs");
+    if (up == cudaSuccess) up = cudaMemcpyAsync(dev, bytes.data(), bytes.size(), cudaMemcpyHostToDevice, in.compute);
   st.uploads.clear();
   st.inputs.clear();
+  if (up != cudaSuccess) return CudaError(up, "copying a graph's inputs");
   // Once per step (every graph of it reads the same). Pageable sources are staged before
   // cudaMemcpyAsync returns: st.start may change afterwards.
   cudaError_t e = cudaSuccess;
@@ -161,44 +168,70 @@ std::string LaunchGraph(Instance& in, cudaGraphExec_t exec) {
   return e == cudaSuccess ? "" : CudaError(e, "launching a CUDA graph");
 }
 
-// Runs the record's ops [from, to) one by one, with the host inputs they came with (st.inputs):
-// a replay that broke off, or a capture that could not become a graph.
+// Op j of the record as this step has it, ops held back from `from` on: its position, and the
+// host inputs it came with (st.inputs).
+struct Rebuilt {
+  coda_op op{};
+  std::vector<coda_tensor> inputs;
+};
+void Rebuild(Instance::Step& st, size_t j, size_t from, Rebuilt* out) {
+  OpRecord& r = st.g->ops[j];
+  out->op = Fix(r);
+  out->inputs.assign(out->op.inputs, out->op.inputs + out->op.n_inputs);
+  if (j - from < st.inputs.size())
+    for (auto& [i, bytes] : st.inputs[j - from]) out->inputs[i].data = bytes.data();
+  out->op.inputs = out->inputs.data();
+  out->op.start_pos = st.start + r.delta;
+}
+
+// Runs the ops held back, [from, to) of the record, one by one: a replay that broke off, or a
+// capture that could not become a graph.
 std::string RunRecorded(Instance& in, size_t from, size_t to) {
   Instance::Step& st = in.step;
   std::string e;
+  Rebuilt op;
   for (size_t j = from; j < to && e.empty(); ++j) {
-    OpRecord& r = st.g->ops[j];
-    coda_op op = Fix(r);
-    std::vector<coda_tensor> inputs(op.inputs, op.inputs + op.n_inputs);
-    if (j - from < st.inputs.size())
-      for (auto& [i, bytes] : st.inputs[j - from]) inputs[i].data = bytes.data();
-    op.inputs = inputs.data();
-    op.start_pos = st.start + r.delta;
-    e = RunOp(in, op, nullptr);
+    Rebuild(st, j, from, &op);
+    e = RunOp(in, op.op, nullptr);
   }
   st.uploads.clear();
   st.inputs.clear();
   return e;
 }
 
-// Capture: the open segment becomes a graph and runs (or, should that fail, its ops run one by one).
+// Capture: the ops held back, [st.first, st.index), are captured into a graph that then runs. A
+// capture that fails is thrown away before anything of it ran, and the ops run one by one.
 std::string EndSegment(Instance& in) {
   Instance::Step& st = in.step;
-  if (!st.capturing) return "";
-  st.capturing = false;
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  cudaError_t ce = cudaStreamEndCapture(in.compute, &graph);
-  if (ce == cudaSuccess) ce = cudaGraphInstantiate(&exec, graph, 0);
-  if (graph) cudaGraphDestroy(graph);
-  if (ce != cudaSuccess) {  // nothing captured has run: it runs now
-    in.Log(CODA_LOG_WARNING, CudaError(ce, "capturing a CUDA graph") + "; step " + std::to_string(st.key) + " runs op by op");
-    st.g->breaks = kMaxBreaks;
-    return RunRecorded(in, st.first, st.index);
+  if (!st.open) return "";
+  st.open = false;
+  std::string e;
+  cudaError_t ce = cudaStreamBeginCapture(in.compute, cudaStreamCaptureModeRelaxed);
+  if (ce == cudaSuccess) {
+    Rebuilt op;
+    for (size_t j = st.first; j < st.index && e.empty(); ++j) {
+      Rebuild(st, j, st.first, &op);
+      Capture cap;
+      cap.op = &op.op;
+      e = RunOp(in, op.op, &cap);
+      st.g->ops[j].slots = std::move(cap.slots);
+    }
+    cudaGraph_t graph = nullptr;
+    ce = cudaStreamEndCapture(in.compute, &graph);  // always: the stream leaves capture mode
+    cudaGraphExec_t exec = nullptr;
+    if (e.empty() && ce == cudaSuccess) ce = cudaGraphInstantiate(&exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (e.empty() && ce == cudaSuccess) {
+      st.g->segments.push_back({st.first, st.index, exec});
+      st.from_graphs += st.index - st.first;
+      return LaunchGraph(in, exec);
+    }
+    if (exec) cudaGraphExecDestroy(exec);
   }
-  st.g->segments.push_back({st.first, st.index, exec});
-  st.from_graphs += st.index - st.first;
-  return LaunchGraph(in, exec);
+  in.Log(CODA_LOG_WARNING, (e.empty() ? CudaError(ce, "capturing a CUDA graph") : "capturing a CUDA graph: " + e) +
+                               "; step " + std::to_string(st.key) + " runs op by op");
+  st.g->breaks = kMaxBreaks;
+  return RunRecorded(in, st.first, st.index);
 }
 
 // Replay: the ops held back for the next segment run one by one, the key's graphs go, and the
@@ -229,6 +262,24 @@ std::string Why(Instance& in, const coda_op& op, size_t i, uint32_t delta, bool 
   if (!Same(op, delta, in.step.g->ops[i])) return "it differs from the recorded one";
   const std::string why = Uncapturable(in, op);
   return why.empty() ? "a graph could not hold it when it was recorded" : why;
+}
+
+// Holds an op back for a graph: a copy of its host inputs (for the graph's slots, when it has
+// them, and to run it one by one should the step break off), and what it does to the trusted
+// ids, as if it had run.
+void HoldBack(Instance& in, const coda_op& op, const std::vector<std::pair<uint32_t, void*>>& slots) {
+  Instance::Step& st = in.step;
+  std::vector<std::pair<uint32_t, std::vector<uint8_t>>> host;
+  for (uint32_t k = 0; k < op.n_inputs; ++k)
+    if (!op.inputs[k].buffer && op.inputs[k].data) {
+      const auto* b = static_cast<const uint8_t*>(op.inputs[k].data);
+      host.emplace_back(k, std::vector<uint8_t>(b, b + TensorBytes(op.inputs[k])));
+      for (const auto& [i, dev] : slots)
+        if (i == k) st.uploads.emplace_back(dev, host.back().second);
+    }
+  st.inputs.push_back(std::move(host));
+  UntrustWrites(in, op);
+  TrustGateIds(in, op);
 }
 
 }  // namespace
@@ -288,53 +339,32 @@ std::string StepExecute(Instance& in, const coda_op& op) {
       return e;
     }
     case Instance::Step::kCapture: {
-      if (!aligned) {  // the plan changed: record it anew
+      if (!aligned) {  // the plan changed: this step runs op by op, and the next records it anew
         std::string e = EndSegment(in);
+        cudaStreamSynchronize(in.compute);
+        Instance::ClearGraphs(*st.g);
         st.g->seen = 0;
         st.mode = Instance::Step::kEager;
         ++st.index;
         return e.empty() ? RunOp(in, op, nullptr) : e;
       }
-      if (!(placed && st.g->ops[i].capturable && Same(op, delta, st.g->ops[i]) && Capturable(in, op))) {
-        if (st.capturing)
+      const bool same = placed && Same(op, delta, st.g->ops[i]);
+      if (!(same && st.g->ops[i].capturable && Capturable(in, op))) {
+        if (st.open)
           in.Log(CODA_LOG_DEBUG, "step " + std::to_string(st.key) + ": a graph ends before op " + std::to_string(i) + " (" +
                                      coda_op_name(op.type) + "): " + Why(in, op, i, delta, placed));
+        // An op that could be in a graph but not as recorded (its buffers moved, say): the
+        // record is stale, and the next step records anew.
+        if (!same && st.g->ops[i].capturable) st.stale = true;
         std::string e = EndSegment(in);
         ++st.index;
         return e.empty() ? RunOp(in, op, nullptr) : e;
       }
-      if (!st.capturing) {
-        if (cudaError_t ce = cudaStreamBeginCapture(in.compute, cudaStreamCaptureModeRelaxed); ce != cudaSuccess) {
-          in.Log(CODA_LOG_WARNING, CudaError(ce, "starting a CUDA graph capture") + "; step " + std::to_string(st.key) +
-                                       " runs op by op");
-          st.g->breaks = kMaxBreaks;
-          st.mode = Instance::Step::kEager;
-          ++st.index;
-          return RunOp(in, op, nullptr);
-        }
-        st.capturing = true;
+      if (!st.open) {
+        st.open = true;
         st.first = i;
       }
-      Capture cap;
-      cap.op = &op;
-      std::vector<std::pair<uint32_t, std::vector<uint8_t>>> host;
-      for (uint32_t k = 0; k < op.n_inputs; ++k)
-        if (!op.inputs[k].buffer) {
-          const auto* b = static_cast<const uint8_t*>(op.inputs[k].data);
-          host.emplace_back(k, std::vector<uint8_t>(b, b + TensorBytes(op.inputs[k])));
-        }
-      if (std::string e = RunOp(in, op, &cap); !e.empty()) {
-        // Failed while captured: what came before it runs, and this key runs op by op.
-        std::string s = EndSegment(in);
-        cudaStreamSynchronize(in.compute);
-        Instance::ClearGraphs(*st.g);
-        st.g->breaks = kMaxBreaks;
-        st.mode = Instance::Step::kEager;
-        ++st.index;
-        return s.empty() ? e : e + "; then " + s;
-      }
-      st.g->ops[i].slots = std::move(cap.slots);
-      st.inputs.push_back(std::move(host));
+      HoldBack(in, op, {});
       ++st.index;
       return "";
     }
@@ -342,23 +372,14 @@ std::string StepExecute(Instance& in, const coda_op& op) {
       std::vector<Segment>& segs = st.g->segments;
       const bool in_segment = st.segment < segs.size() && i >= segs[st.segment].first;
       if (!aligned || (in_segment && !(placed && Same(op, delta, st.g->ops[i]) && Capturable(in, op) &&
-                                       CheckReplay(in, op).empty()))) {
+                                       CheckReplay(op).empty()))) {
         std::string e = BreakReplay(in);
         ++st.index;
         return e.empty() ? RunOp(in, op, nullptr) : e;
       }
       ++st.index;
       if (!in_segment) return RunOp(in, op, nullptr);  // between graphs
-      std::vector<std::pair<uint32_t, std::vector<uint8_t>>> host;
-      for (auto& [k, dev] : st.g->ops[i].slots) {
-        const auto* b = static_cast<const uint8_t*>(op.inputs[k].data);
-        std::vector<uint8_t> bytes(b, b + TensorBytes(op.inputs[k]));
-        st.uploads.emplace_back(dev, bytes);
-        host.emplace_back(k, std::move(bytes));
-      }
-      st.inputs.push_back(std::move(host));
-      UntrustWrites(in, op);
-      TrustGateIds(in, op);
+      HoldBack(in, op, st.g->ops[i].slots);
       if (st.index < segs[st.segment].end) return "";
       st.from_graphs += segs[st.segment].end - segs[st.segment].first;
       return LaunchGraph(in, segs[st.segment++].exec);
@@ -404,13 +425,24 @@ std::string EndStep(Instance& in) {
     switch (st.mode) {
       case Instance::Step::kRecord: ++st.g->seen; break;
       case Instance::Step::kCapture:
-        if (st.g->segments.empty()) st.g->breaks = kMaxBreaks;  // nothing in it a graph can hold
         in.Log(CODA_LOG_DEBUG, "step " + std::to_string(st.key) + ": captured " + what + " in " + graphs);
+        if (st.stale) {  // record anew, a limited number of times
+          cudaStreamSynchronize(in.compute);
+          Instance::ClearGraphs(*st.g);
+          st.g->seen = 0;
+          ++st.g->breaks;
+        } else if (st.g->segments.empty()) {
+          st.g->breaks = kMaxBreaks;  // nothing in it a graph can hold
+        }
         break;
       case Instance::Step::kReplay:
         in.Log(CODA_LOG_DEBUG, "step " + std::to_string(st.key) + ": replayed " + what + " from " + graphs);
         break;
       default: break;
+    }
+    if (st.g->breaks >= kMaxBreaks && (!st.g->segments.empty() || !st.g->memory.empty())) {
+      cudaStreamSynchronize(in.compute);
+      Instance::ClearGraphs(*st.g);  // a key that runs op by op for good keeps nothing on the device
     }
   }
   st = Instance::Step{};

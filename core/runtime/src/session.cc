@@ -48,6 +48,7 @@ Result<std::unique_ptr<Session>> Session::Create(const Context& context, std::sh
   s->impl_ = std::make_unique<Impl>();
   Impl& im = *s->impl_;
   im.context = &context;
+  im.id = context.NewSessionId();
   im.model = s->model_.get();
   CODA_ASSIGN_OR_RETURN(im.kv, LatentKvCache::Create(c, options.n_ctx, options.kv_dtype));
   CODA_ASSIGN_OR_RETURN(im.placement, PlaceGraph(context, *s->model_, options));
@@ -284,8 +285,9 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
   std::memcpy(im.arena.data.get() + plan.offsets[0], tokens.data(), tokens.size() * sizeof(int32_t));
 
   // A backend may replay a pass it has seen before (coda_backend.h, steps): the key names this
-  // session's plan for n tokens. The steps end on every way out.
-  const uint64_t key = (reinterpret_cast<uintptr_t>(&im) * 0x9E3779B97F4A7C15ull) ^ (uint64_t{n} << 1) ^ (all_logits ? 1 : 0);
+  // session's plan for n tokens in the memory it has now. The steps end on every way out.
+  const uint64_t key = (im.id * 0x9E3779B97F4A7C15ull) ^ (im.memory_generation * 0xC2B2AE3D27D4EB4Full) ^
+                       (uint64_t{n} << 1) ^ (all_logits ? 1 : 0);
   size_t begun = 0;
   auto end_steps = [&]() -> Status {
     Status first = Status::Ok();
@@ -297,7 +299,11 @@ Result<std::span<const float>> Session::Forward(std::span<const int32_t> tokens,
     decltype(end_steps)& f;
     ~Guard() { (void)f(); }
   } guard{end_steps};
-  for (; begun < im.used.size(); ++begun) CODA_RETURN_IF_ERROR(im.used[begun]->StepBegin(key));
+  while (begun < im.used.size()) {
+    const Status st = im.used[begun]->StepBegin(key);
+    ++begun;  // a failed step_begin may still have opened the step
+    CODA_RETURN_IF_ERROR(st);
+  }
 
   std::vector<coda_tensor> observed;
   for (size_t i = 0; i < g.nodes.size(); ++i) {

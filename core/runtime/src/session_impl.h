@@ -41,6 +41,7 @@ struct Session::Impl {
   using AlignedBytes = runtime::AlignedBytes;
   using Step = runtime::Step;
   const Context* context = nullptr;
+  uint64_t id = 0;  // Context::NewSessionId
   const Model* model = nullptr;
   std::unique_ptr<LatentKvCache> kv;
   std::vector<NodePlacement> placement;            // per node

@@ -2,6 +2,7 @@
 // runs the model's graph over one sequence with its own latent KV cache.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -51,10 +52,14 @@ class Context {
   Result<Backend*> Find(std::string_view name) const;
   // Libraries found but not used: refused (with the reason) or skipped as duplicates.
   const std::vector<BackendNote>& notes() const { return registry_.notes(); }
+  // A number no other session of this context has: with its plan, it names a session's forward
+  // passes to the backends (coda_backend.h, steps).
+  uint64_t NewSessionId() const { return ++sessions_; }
 
  private:
   BackendRegistry registry_;  // declared first: instances go before their libraries are closed
   std::vector<std::unique_ptr<Backend>> backends_;
+  mutable std::atomic<uint64_t> sessions_{0};
 };
 
 struct ModelLoadOptions {
