@@ -47,6 +47,45 @@ struct PreparedGuard {
   }
 };
 
+// The op of a case over its views (each tensor where it lies) and hparams; the cache's memory is
+// the caller's to set.
+coda_op CaseOp(const Case& c, Views& v, const coda_hparams* hp) {
+  coda_op op{};
+  op.struct_size = sizeof op;
+  op.type = c.op;
+  op.layer = -1;
+  op.n_tokens = c.n_tokens;
+  op.start_pos = c.start_pos;
+  op.n_inputs = static_cast<uint32_t>(v.inputs.size());
+  op.n_outputs = static_cast<uint32_t>(v.outputs.size());
+  op.n_weights = static_cast<uint32_t>(v.weights.size());
+  op.inputs = v.inputs.data();
+  op.outputs = v.outputs.data();
+  op.weights = v.weights.data();
+  op.hparams = hp;
+  if (c.has_kv) {
+    op.kv.dtype = c.kv_dtype;
+    op.kv.n_ctx = c.kv_n_ctx;
+    op.kv.row = c.kv_row;
+  }
+  return op;
+}
+
+// On a backend with prepare(): its present weights prepared, the handle in op.prepared and in the
+// guard, which releases it.
+Status PrepareCase(const Backend& b, const Case& c, const Views& v, const coda_hparams* hp, PreparedGuard& guard,
+                   coda_op& op) {
+  if (!b.has_prepare()) return Status::Ok();
+  std::vector<coda_tensor> present;
+  for (size_t i = 0; i < c.weights.size(); ++i)
+    if (!c.weights[i].absent) present.push_back(v.weights[i]);
+  const coda_weights table{sizeof(coda_weights), static_cast<uint32_t>(present.size()), present.data(), hp};
+  CODA_ASSIGN_OR_RETURN(guard.handle, b.Prepare(table));
+  guard.active = true;
+  op.prepared = guard.handle;
+  return Status::Ok();
+}
+
 // Builds the op; `buffers`: inputs, outputs and the cache in the backend's buffers.
 // Returns Unsupported when supports_op() declines.
 Result<RunOutput> RunCase(const Backend& b, const Case& c, bool buffers) {
@@ -62,22 +101,8 @@ Result<RunOutput> RunCase(const Backend& b, const Case& c, bool buffers) {
     v.outputs.push_back(t);
   }
   BufferGuard guard{b, {}};
-  coda_op op{};
-  op.struct_size = sizeof op;
-  op.type = c.op;
-  op.layer = -1;
-  op.n_tokens = c.n_tokens;
-  op.start_pos = c.start_pos;
-  op.n_inputs = static_cast<uint32_t>(v.inputs.size());
-  op.n_outputs = static_cast<uint32_t>(v.outputs.size());
-  op.n_weights = static_cast<uint32_t>(v.weights.size());
-  op.hparams = &hp;
-  if (c.has_kv) {
-    op.kv.dtype = c.kv_dtype;
-    op.kv.n_ctx = c.kv_n_ctx;
-    op.kv.row = c.kv_row;
-    op.kv.data = kv.data();
-  }
+  coda_op op = CaseOp(c, v, &hp);
+  if (c.has_kv) op.kv.data = kv.data();
   if (buffers) {
     // Each activation in its own buffer at a nonzero offset, so offsets are honoured too.
     constexpr uint64_t kOffset = 64;
@@ -111,20 +136,9 @@ Result<RunOutput> RunCase(const Backend& b, const Case& c, bool buffers) {
       CODA_RETURN_IF_ERROR(b.Synchronize());
     }
   }
-  op.inputs = v.inputs.data();
-  op.outputs = v.outputs.data();
-  op.weights = v.weights.data();
   if (!b.Supports(op)) return Unsupported("supports_op() returned 0");
   PreparedGuard prepared{b, false, nullptr};
-  if (b.has_prepare()) {
-    std::vector<coda_tensor> present;
-    for (size_t i = 0; i < c.weights.size(); ++i)
-      if (!c.weights[i].absent) present.push_back(v.weights[i]);
-    const coda_weights table{sizeof(coda_weights), static_cast<uint32_t>(present.size()), present.data(), &hp};
-    CODA_ASSIGN_OR_RETURN(prepared.handle, b.Prepare(table));
-    prepared.active = true;
-    op.prepared = prepared.handle;
-  }
+  CODA_RETURN_IF_ERROR(PrepareCase(b, c, v, &hp, prepared, op));
   Status s = b.Execute(op);
   if (s.code() == StatusCode::kUnsupported) return Internal("supports_op() accepted it, but execute() said: " + s.message());
   CODA_RETURN_IF_ERROR(s);
@@ -336,33 +350,13 @@ Result<std::vector<StepOutput>> RunSteps(const Backend& b, const std::vector<Cas
       o.v->outputs.push_back(t);
     }
     CODA_ASSIGN_OR_RETURN(o.spare, alloc(c.outputs[0].bytes.size(), nullptr));
-    o.op.struct_size = sizeof o.op;
-    o.op.type = c.op;
+    o.op = CaseOp(c, *o.v, &o.hp);
     o.op.layer = static_cast<int32_t>(i);
-    o.op.n_tokens = c.n_tokens;
-    o.op.n_inputs = static_cast<uint32_t>(o.v->inputs.size());
-    o.op.n_outputs = static_cast<uint32_t>(o.v->outputs.size());
-    o.op.n_weights = static_cast<uint32_t>(o.v->weights.size());
-    o.op.inputs = o.v->inputs.data();
-    o.op.outputs = o.v->outputs.data();
-    o.op.weights = o.v->weights.data();
-    o.op.hparams = &o.hp;
     if (c.has_kv) {
-      o.op.kv.dtype = c.kv_dtype;
-      o.op.kv.n_ctx = c.kv_n_ctx;
-      o.op.kv.row = c.kv_row;
       CODA_ASSIGN_OR_RETURN(o.op.kv.buffer, alloc(c.kv_init.size(), c.kv_init.data()));
     }
-    if (b.has_prepare()) {
-      std::vector<coda_tensor> present;
-      for (size_t j = 0; j < c.weights.size(); ++j)
-        if (!c.weights[j].absent) present.push_back(o.v->weights[j]);
-      const coda_weights table{sizeof(coda_weights), static_cast<uint32_t>(present.size()), present.data(), &o.hp};
-      prepared.push_back(std::make_unique<PreparedGuard>(PreparedGuard{b, false, nullptr}));
-      CODA_ASSIGN_OR_RETURN(prepared.back()->handle, b.Prepare(table));
-      prepared.back()->active = true;
-      o.op.prepared = prepared.back()->handle;
-    }
+    prepared.push_back(std::make_unique<PreparedGuard>(PreparedGuard{b, false, nullptr}));
+    CODA_RETURN_IF_ERROR(PrepareCase(b, c, *o.v, &o.hp, *prepared.back(), o.op));
   }
   CODA_RETURN_IF_ERROR(b.Synchronize());
   std::vector<StepOutput> result;

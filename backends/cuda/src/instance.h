@@ -38,6 +38,11 @@ struct Prepared {
   std::unordered_map<const void*, void*> where;
 };
 
+// The tensor is in device memory already (a buffer, or uploaded by prepare()), or absent.
+inline bool OnDevice(const coda_tensor& t, const Prepared* prepared) {
+  return t.buffer || !t.data || (prepared && prepared->where.count(t.data));
+}
+
 // ---- Steps (steps.cc says how they are recorded, captured and replayed) ----
 
 // One op of a step as it was executed: the op and copies of everything it points to.
@@ -163,6 +168,8 @@ void TrustGateIds(Instance& in, const coda_op& op);
 // MoeExperts may take its ids as they are (no read back, nothing to check): this backend's own
 // MoeGate wrote them and every expert is on the device.
 bool IdsTrusted(const Instance& in, const coda_op& op, const Prepared* prepared);
+// The device's rope table (Instance::rope) holds the op's positions at its frequencies.
+bool RopeCovers(const Instance& in, const coda_op& op);
 
 // ---- steps.cc ----
 // Begins a step under `key`, ending one left open first.

@@ -69,7 +69,7 @@ class Call {
     quant_scale_bytes_ = Pad(op.n_tokens * widest / 128 * 4);
     uint64_t total = extra + quant_bytes_ + quant_scale_bytes_;
     auto add = [&](const coda_tensor& t) {
-      if (!t.buffer && t.data && !(prepared_ && prepared_->where.count(t.data))) total += Pad(TensorBytes(t));
+      if (!OnDevice(t, prepared_)) total += Pad(TensorBytes(t));
     };
     for (uint32_t i = 0; i < op.n_inputs; ++i) add(op.inputs[i]);
     for (uint32_t i = 0; i < op.n_outputs; ++i) add(op.outputs[i]);
@@ -206,10 +206,10 @@ bool Present(const coda_tensor& t) { return t.data || t.buffer; }
 std::string Weight(Call& call, const coda_tensor& t, DeviceWeight* w) { return Present(t) ? call.Weight(t, w) : ""; }
 
 std::string EnsureRope(Instance& in, const coda_op& op, bool capturing) {
+  if (RopeCovers(in, op)) return "";
   const coda_hparams& hp = *op.hparams;
   const uint64_t total = uint64_t{op.start_pos} + op.n_tokens, half = hp.qk_rope_head_dim / 2;
   const std::vector<float> freq(hp.rope_inv_freq, hp.rope_inv_freq + half);
-  if (in.rope && in.rope_positions >= total && in.rope_freq == freq) return "";
   if (capturing) return "the rope table would have to be rebuilt during a CUDA graph capture";
   uint64_t positions = std::min<uint64_t>(op.kv.n_ctx, std::max<uint64_t>(2 * total, 4096));
   if (op.kv.buffer)
@@ -491,12 +491,16 @@ void TrustGateIds(Instance& in, const coda_op& op) {
 bool IdsTrusted(const Instance& in, const coda_op& op, const Prepared* prepared) {
   const coda_tensor& ids = op.inputs[1];
   bool all_on_device = ids.buffer != nullptr;
-  for (uint32_t i = 0; all_on_device && i < op.n_weights; ++i) {
-    const coda_tensor& t = op.weights[i];
-    all_on_device = t.buffer || !t.data || (prepared && prepared->where.count(t.data));
-  }
+  for (uint32_t i = 0; all_on_device && i < op.n_weights; ++i) all_on_device = OnDevice(op.weights[i], prepared);
   return all_on_device && ids.offset <= ids.buffer->size &&
          in.Trusted(static_cast<uint8_t*>(ids.buffer->ptr) + ids.offset, TensorBytes(ids));
+}
+
+bool RopeCovers(const Instance& in, const coda_op& op) {
+  const coda_hparams& hp = *op.hparams;
+  const uint32_t half = hp.qk_rope_head_dim / 2;
+  return in.rope && uint64_t{op.start_pos} + op.n_tokens <= in.rope_positions && hp.rope_inv_freq &&
+         in.rope_freq.size() == half && std::equal(in.rope_freq.begin(), in.rope_freq.end(), hp.rope_inv_freq);
 }
 
 std::string CheckMlaCache(const coda_op& op) {

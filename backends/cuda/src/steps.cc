@@ -33,10 +33,6 @@ constexpr uint64_t kMaxGraphInput = 1 << 20;  // host input bytes a graph copies
 // them one by one costs little, and their records would be large.
 constexpr uint32_t kMaxGraphTokens = 16;
 
-bool OnDevice(const coda_tensor& t, const Prepared* prepared) {
-  return t.buffer || !t.data || (prepared && prepared->where.count(t.data));
-}
-
 // Why a graph cannot hold the op, or empty when it can: everything the op reads and writes must
 // stay on the device, but small host inputs (copied in before each launch), and nothing in it may
 // read back to the host.
@@ -64,10 +60,7 @@ std::string Uncapturable(const Instance& in, const coda_op& op) {
   if (op.type == CODA_OP_MLA_ATTENTION) {
     if (!op.kv.buffer) return "its KV cache is host memory";
     // The table is rebuilt by a plain run only (another model's step may have replaced it).
-    const coda_hparams& hp = *op.hparams;
-    const uint32_t half = hp.qk_rope_head_dim / 2;
-    if (half && (!in.rope || uint64_t{op.start_pos} + op.n_tokens > in.rope_positions || !hp.rope_inv_freq ||
-                 in.rope_freq.size() != half || !std::equal(in.rope_freq.begin(), in.rope_freq.end(), hp.rope_inv_freq)))
+    if (op.hparams->qk_rope_head_dim / 2 && !RopeCovers(in, op))
       return "the rope table does not cover its positions and frequencies";
   }
   if (op.type == CODA_OP_MOE_EXPERTS && !IdsTrusted(in, op, prepared)) return "its expert ids are to be checked on the host";
