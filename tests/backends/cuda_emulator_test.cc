@@ -100,8 +100,6 @@ TEST(CudaEmulator, RefusesShapesCudaRefuses) {
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
 }
 
-// coda-cuda-bench (tools/gpu-check runs it on a GPU) in the emulator: its products and its MLA
-// decode check out against the host's sums, and it prints its tables.
 // A captured stream records its work with the arguments of the moment, and a graph replays it
 // (reading memory as it is then); what CUDA refuses during a capture (a synchronization, a copy
 // to or from the host) fails and invalidates the capture, as on a GPU.
@@ -161,12 +159,22 @@ TEST(CudaEmulator, CapturedWorkReplaysAndSynchronizationsAreRefused) {
   cudaStreamDestroy(s);
 }
 
+// coda-cuda-bench (tools/gpu-check runs it on a GPU) in the emulator, with the stand-in for
+// cuBLASLt: its products (exact, FP8 on the emulated tensor cores, and the stand-in's) and its MLA
+// decode check out against the host's sums, the activation scales come out the same in both
+// layouts, and it prints its tables.
 TEST(CudaBench, RunsAndChecksInTheEmulator) {
-  const auto r = coda::test::RunCommand(std::string(CODA_TEST_PLUGIN_DIR) + "/coda-cuda-bench-emu --smoke");
+  const std::string dir = CODA_TEST_PLUGIN_DIR;
+  const auto r = coda::test::RunCommand("CODA_CUDA_EMU_CUBLASLT=" + dir + "/libcublasLt-emu.so " + dir +
+                                        "/coda-cuda-bench-emu --smoke");
   const std::string& out = r.out;
   EXPECT_EQ(r.exit_code, 0) << out;
-  EXPECT_NE(out.find("| tiny | 96x160 | 20 |"), std::string::npos) << out;
-  EXPECT_NE(out.find("(host)"), std::string::npos) << out;
+  EXPECT_NE(out.find("cuBLASLt block-scaled FP8: cuBLASLt 130000 block-scaled FP8 from 64 tokens\n"), std::string::npos)
+      << out;
+  EXPECT_NE(out.find("| tiny | 128x512 | 20 |"), std::string::npos) << out;
+  EXPECT_NE(out.find("against host: exact"), std::string::npos) << out;
+  EXPECT_NE(out.find(", FP8 "), std::string::npos) << out;
+  EXPECT_NE(out.find("scale layouts agree, cuBLASLt FP8 vs FP8 "), std::string::npos) << out;
   EXPECT_NE(out.find("| matches the host | 9 | 300 |"), std::string::npos) << out;
   EXPECT_NE(out.find("all checks passed"), std::string::npos) << out;
   EXPECT_EQ(out.find("FAIL"), std::string::npos) << out;

@@ -211,7 +211,7 @@ TEST(Conformance, CudaKernelsPassEveryCaseInTheEmulator) {
 // The CUDA backend's FP8 products on tensor cores (activations quantized per 1 x 128 tile, each
 // 128-column block's sum promoted to F32 with both scales) against the scalar reference: every
 // non-FP8 case passes as before, the FP8 ones stay within E4M3's rounding.
-void ExpectFastProductsNearTheReference(const std::string& lib, const std::string& name) {
+void ExpectFastProductsNearTheReference(const std::string& lib, const std::string& name, std::vector<std::string> ops = {}) {
   ContextOptions co;
   co.plugin_files = {lib};
   co.exact_products = false;
@@ -221,7 +221,9 @@ void ExpectFastProductsNearTheReference(const std::string& lib, const std::strin
   ASSERT_TRUE(found.ok()) << found.status().message();
   auto ref = Backend::Create(conformance::ReferenceBackendEntry(CODA_BACKEND_ABI_VERSION), {sizeof(coda_backend_options), 0, 0, 0});
   ASSERT_TRUE(ref.ok());
-  auto report = conformance::Run(**found, **ref, {});
+  conformance::Options o;
+  o.ops = std::move(ops);
+  auto report = conformance::Run(**found, **ref, o);
   ASSERT_TRUE(report.ok()) << report.status().message();
   double worst_fp8 = 0, worst_exact = 0;
   for (const auto& c : report->cases) {
@@ -253,6 +255,34 @@ TEST(Conformance, CudaFastProductsStayNearTheScalarReference) {
 // In the emulator, which runs mma as the PTX ISA lays out its fragments.
 TEST(Conformance, CudaFastProductsStayNearTheScalarReferenceInTheEmulator) {
   ExpectFastProductsNearTheReference(TestPlugin("cuda-emu"), "cuda-emu");
+}
+
+// With the emulator's stand-in for cuBLASLt (backends/cuda/emu/cublaslt_emu.cc), which the backend
+// loads and checks when it starts (lt.h): the products it takes (from 64 tokens, Linear 384 x 512)
+// go through the backend's plumbing to it, with the same outcome. A stand-in that misreads the
+// scales is refused at start, and one that refuses odd token counts is kept for the others.
+TEST(Conformance, CudaFastProductsThroughCublasLtStandInInTheEmulator) {
+  const std::string lt = std::string(CODA_TEST_PLUGIN_DIR) + "/libcublasLt-emu.so";
+  setenv("CODA_CUDA_EMU_CUBLASLT", lt.c_str(), 1);
+  auto describe = [](const char* fault) {
+    if (fault) setenv("CODA_CUDA_EMU_CUBLASLT_FAULT", fault, 1);
+    ContextOptions co;
+    co.plugin_files = {TestPlugin("cuda-emu")};
+    co.exact_products = false;
+    auto ctx = Context::Create(co);
+    unsetenv("CODA_CUDA_EMU_CUBLASLT_FAULT");
+    if (!ctx.ok()) return ctx.status().message();
+    auto found = (*ctx)->Find("cuda-emu");
+    return found.ok() ? (*found)->describe() : found.status().message();
+  };
+  EXPECT_NE(describe(nullptr).find("; cuBLASLt 130000 block-scaled FP8 from 64 tokens"), std::string::npos) << describe(nullptr);
+  const std::string misread = describe("scales");
+  EXPECT_NE(misread.find("FP8 products by own kernels only: cuBLASLt's block-scaled FP8 product differs from the host by"),
+            std::string::npos)
+      << misread;
+  EXPECT_NE(describe("odd").find("(token counts in multiples of 4: at 37 tokens it refused)"), std::string::npos);
+  ExpectFastProductsNearTheReference(TestPlugin("cuda-emu"), "cuda-emu", {"Linear"});
+  unsetenv("CODA_CUDA_EMU_CUBLASLT");
 }
 
 TEST(Conformance, NoticesAWrongBackend) {

@@ -1,8 +1,9 @@
 // coda-cuda-bench: the CUDA backend's kernels on DeepSeek-V3's shapes, beside cuBLASLt's BF16
-// product on the same shapes and a device-to-device copy, the bandwidth bound measured in the
-// same run. Each product is also checked against cuBLASLt's result, so a first run on a new GPU
-// proves the kernels there as well as timing them. Prints markdown tables; exit status 1 when a
-// check fails.
+// product on the same shapes (the baseline), cuBLASLt's block-scaled FP8 product (which the
+// backend uses for prefill where it can), the FP8 peak and a device-to-device copy, the bandwidth
+// bound measured in the same run. Each product is also checked against the baseline, so a first
+// run on a new GPU proves the kernels there as well as timing them. Prints markdown tables; exit
+// status 1 when a check fails.
 //
 //   coda-cuda-bench [--smoke]
 //
@@ -16,12 +17,14 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "coda_dtypes.h"
 #include "kernels.h"
+#include "lt.h"
 
 namespace coda::cuda {
 namespace {
@@ -167,24 +170,54 @@ int Main(int argc, char** argv) {
     all_ok = all_ok && ok;
   }
 
-  // Products: FP8 weights with 128x128 block scales, F32 activations.
+  // Products: FP8 weights with 128x128 block scales, F32 activations, four ways: exactly in F32
+  // (decode, and CODA_BACKEND_EXACT_PRODUCTS), on the tensor cores from 16 tokens with the
+  // activations quantized per 1x128 tile, by cuBLASLt's block-scaled FP8 product where it takes
+  // the shape (lt.h: the backend's choice from kLtMinTokens tokens), and by cuBLASLt in BF16 on the
+  // dequantized weights, the baseline.
+  std::string lt_why;
+  std::unique_ptr<LtFp8> lt = LtFp8::Open(nullptr, &lt_why);
+  std::printf("cuBLASLt block-scaled FP8: %s\n", lt ? lt->Summary().c_str() : lt_why.c_str());
+  double peak_tflops = 0;  // dense FP8 on Hopper: 8192 flops per clock and SM
+#ifndef CODA_CUDA_EMULATION
+  int khz = 0;
+  if (prop.major == 9 && cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0) == cudaSuccess)
+    peak_tflops = prop.multiProcessorCount * (khz * 1e3) * 8192 / 1e12;
+  if (peak_tflops > 0) std::printf("FP8 dense peak: %.0f TFLOPS (%d SMs at %.2f GHz)\n", peak_tflops, prop.multiProcessorCount, khz / 1e6);
+#endif
+  std::printf("\n| weight (FP8) | rows x cols | tokens | exact ms | exact GB/s | of copy | FP8 ms | FP8 TFLOPS | "
+              "cuBLASLt FP8 ms | cuBLASLt FP8 TFLOPS | cuBLASLt BF16 ms | cuBLASLt BF16 TFLOPS | checks |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   const std::vector<Shape> shapes =
-      smoke ? std::vector<Shape>{{"tiny", 96, 160}}
+      smoke ? std::vector<Shape>{{"tiny", 128, 512}}
             : std::vector<Shape>{{"expert gate/up", 2048, 7168}, {"expert down", 7168, 2048}, {"dense gate/up", 18432, 7168},
                                  {"dense down", 7168, 18432}};
   const std::vector<uint64_t> tokens = smoke ? std::vector<uint64_t>{1, 20} : std::vector<uint64_t>{1, 4, 16, 128, 512, 4096};
-  std::printf("| weight (FP8) | rows x cols | tokens | coda ms | coda TFLOPS | coda GB/s | of copy | cuBLASLt BF16 ms | "
-              "cuBLASLt TFLOPS | rel. difference |\n|---|---|---|---|---|---|---|---|---|---|\n");
   std::mt19937 rng(7);
 #ifndef CODA_CUDA_EMULATION
-  LtProduct lt;
+  LtProduct bf16;
 #endif
+  auto cell = [](const char* fmt, double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, fmt, v);
+    return std::string(buf);
+  };
+  auto tflops_cell = [&](double flops, double ms) {
+    std::string c = cell("%.1f", flops / (ms * 1e9));
+    if (peak_tflops > 0) c += cell(" (%.0f%%)", 100.0 * flops / (ms * 1e9) / peak_tflops);
+    return c;
+  };
+  auto download = [](const DeviceBuffer& d, size_t count) {
+    std::vector<float> v(count);
+    if (!Check(cudaMemcpy(v.data(), d.p, count * 4, cudaMemcpyDeviceToHost), "download")) v.clear();
+    return v;
+  };
   for (const Shape& sh : shapes) {
     std::vector<uint8_t> codes;
     std::vector<float> scales;
     RandomFp8(rng, sh.rows, sh.cols, &codes, &scales);
     const uint64_t scols = (sh.cols + 127) / 128;
-    std::vector<uint16_t> wbf(sh.rows * sh.cols);  // the same weights, dequantized, for cuBLASLt
+    std::vector<uint16_t> wbf(sh.rows * sh.cols);  // the same weights, dequantized, for cuBLASLt BF16
     for (uint64_t r = 0; r < sh.rows; ++r)
       for (uint64_t c = 0; c < sh.cols; ++c)
         wbf[r * sh.cols + c] = coda_f32_to_bf16(coda_e4m3_to_f32(codes[r * sh.cols + c]) * scales[(r / 128) * scols + c / 128]);
@@ -195,7 +228,8 @@ int Main(int argc, char** argv) {
     std::vector<uint16_t> xbf(x.size());
     for (size_t i = 0; i < x.size(); ++i) xbf[i] = coda_f32_to_bf16(x[i]);
     DeviceBuffer dw(codes.size()), ds(scales.size() * 4), dwbf(wbf.size() * 2), dx(x.size() * 4), dxbf(xbf.size() * 2),
-        dy(nmax * sh.rows * 4), dyl(nmax * sh.rows * 4);
+        dy(nmax * sh.rows * 4), dy8(nmax * sh.rows * 4), dylt(nmax * sh.rows * 4), dyl(nmax * sh.rows * 4),
+        dq(nmax * sh.cols), dqs(nmax * scols * 4), dqs2(nmax * scols * 4);
     if (!Upload(dw, codes) || !Upload(ds, scales) || !Upload(dwbf, wbf) || !Upload(dx, x) || !Upload(dxbf, xbf)) return 1;
     DeviceWeight w;
     w.dtype = CODA_DTYPE_FP8_E4M3;
@@ -208,53 +242,93 @@ int Main(int argc, char** argv) {
     SetVectorized(w);
     for (uint64_t n : tokens) {
       bool ok = true;
-      const double ms = Time([&] { return LaunchLinear(PlainLinear(dx.as<float>(), n, w, dy.as<float>()), nullptr); }, reps, &ok);
+      const LinearJob exact = PlainLinear(dx.as<float>(), n, w, dy.as<float>());
+      const double ms = Time([&] { return LaunchLinear(exact, nullptr); }, reps, &ok);
       const double flops = 2.0 * n * sh.rows * sh.cols;
       const double bytes = static_cast<double>(sh.rows * sh.cols + scales.size() * 4 + 4 * n * (sh.rows + sh.cols));
-      std::string lt_ms = "-", lt_tf = "-", diff = "-";
+      std::string fp8_ms = "-", fp8_tf = "-", lt_ms = "-", lt_tf = "-", bf_ms = "-", bf_tf = "-", checks;
+      // The baseline: cuBLASLt BF16 on a GPU, the same sums on the host in the emulator.
+      std::vector<float> want;
 #ifndef CODA_CUDA_EMULATION
-      bool lok = true;
-      const double lms = Time([&] { return lt.Run(dwbf.p, dxbf.p, dyl.as<float>(), sh.rows, sh.cols, n); }, reps, &lok);
-      if (lok) {
-        std::vector<float> a(n * sh.rows), b(n * sh.rows);
-        ok = ok && Check(cudaMemcpy(a.data(), dy.p, a.size() * 4, cudaMemcpyDeviceToHost), "download") &&
-             Check(cudaMemcpy(b.data(), dyl.p, b.size() * 4, cudaMemcpyDeviceToHost), "download");
-        const double err = RelErr(a, b);
-        // BF16 rounding of the dequantized weights (2^-9 relative) over sums of thousands.
-        ok = ok && err < 2e-2;
-        char buf[64];
-        std::snprintf(buf, sizeof buf, "%.3f", lms);
-        lt_ms = buf;
-        std::snprintf(buf, sizeof buf, "%.1f", flops / (lms * 1e9));
-        lt_tf = buf;
-        std::snprintf(buf, sizeof buf, "%.1e%s", err, err < 2e-2 ? "" : " FAIL");
-        diff = buf;
+      bool bok = true;
+      const double bms = Time([&] { return bf16.Run(dwbf.p, dxbf.p, dyl.as<float>(), sh.rows, sh.cols, n); }, reps, &bok);
+      if (bok) {
+        want = download(dyl, n * sh.rows);
+        bf_ms = cell("%.3f", bms);
+        bf_tf = cell("%.1f", flops / (bms * 1e9));
       } else {
-        lt_ms = "cuBLASLt refused";
+        bf_ms = "refused";
       }
+      const char* against = "cuBLASLt BF16";
 #else
-      // No cuBLASLt here: the same sums on the host, from the BF16 copy of the weights.
       (void)dwbf;
+      (void)dxbf;
       (void)dyl;
-      std::vector<float> a(n * sh.rows), b(n * sh.rows);
-      ok = ok && Check(cudaMemcpy(a.data(), dy.p, a.size() * 4, cudaMemcpyDeviceToHost), "download");
+      want.resize(n * sh.rows);
       for (uint64_t t = 0; t < n; ++t)
         for (uint64_t r = 0; r < sh.rows; ++r) {
           double v = 0;
           for (uint64_t c = 0; c < sh.cols; ++c) v += coda_bf16_to_f32(wbf[r * sh.cols + c]) * static_cast<double>(x[t * sh.cols + c]);
-          b[t * sh.rows + r] = static_cast<float>(v);
+          want[t * sh.rows + r] = static_cast<float>(v);
         }
-      const double err = RelErr(a, b);
-      ok = ok && err < 2e-2;
-      char buf[64];
-      std::snprintf(buf, sizeof buf, "%.1e (host)%s", err, err < 2e-2 ? "" : " FAIL");
-      diff = buf;
-      lt_ms = "not in the emulator";
+      bf_ms = "not in the emulator";
+      const char* against = "host";
 #endif
-      std::printf("| %s | %llux%llu | %llu | %.3f | %.2f | %.0f | %.0f%% | %s | %s | %s |\n", sh.name,
+      // Each result against the baseline (or, for cuBLASLt FP8, against the own FP8 kernel, which
+      // multiplies the same quantized activations), with its tolerance.
+      auto check = [&](const char* what, const std::vector<float>& got, const std::vector<float>& ref, double tol) {
+        if (ref.empty()) return;
+        const double err = got.empty() ? INFINITY : RelErr(got, ref);
+        ok = ok && err < tol;
+        checks += std::string(checks.empty() ? "" : ", ") + what + cell(" %.1e", err) + (err < tol ? "" : " FAIL");
+      };
+      // BF16 rounding of the dequantized weights (2^-9 relative) over sums of thousands.
+      check("exact", download(dy, n * sh.rows), want, 2e-2);
+      const LinearJob fp8 = PlainLinear(dx.as<float>(), n, w, dy8.as<float>());
+      std::vector<float> got8;
+      if (Fp8Eligible(fp8)) {
+        bool fok = true;
+        const double fms = Time([&] { return LaunchLinearFp8(fp8, dq.as<uint8_t>(), dqs.as<float>(), nullptr); }, reps, &fok);
+        ok = ok && fok;
+        fp8_ms = cell("%.3f", fms);
+        fp8_tf = tflops_cell(flops, fms);
+        got8 = download(dy8, n * sh.rows);
+        // E4M3 keeps 3 bits of each activation: about 4% of the largest result (a misread scale
+        // is off by the whole value).
+        check("FP8", got8, want, 1e-1);
+        // The scales cuBLASLt reads (block-major) are the own kernel's (token-major), transposed.
+        std::vector<float> tm = download(dqs, n * scols), bm;
+        ok = ok && LaunchQuantize(dx.as<float>(), n, sh.cols, sh.cols, dq.as<uint8_t>(), dqs2.as<float>(), true, nullptr) == 0;
+        bm = download(dqs2, n * scols);
+        bool same = tm.size() == bm.size() && !tm.empty();
+        for (uint64_t t = 0; same && t < n; ++t)
+          for (uint64_t b = 0; same && b < scols; ++b) same = tm[t * scols + b] == bm[b * n + t];
+        ok = ok && same;
+        checks += same ? ", scale layouts agree" : ", scale layouts differ FAIL";
+      }
+      if (lt && !got8.empty() && lt->Takes(PlainLinear(dx.as<float>(), n, w, dylt.as<float>()))) {
+        const LinearJob job = PlainLinear(dx.as<float>(), n, w, dylt.as<float>());
+        bool lok = true;
+        const double lms = Time(
+            [&] {
+              const int e = LaunchQuantize(job.x, n, sh.cols, sh.cols, dq.as<uint8_t>(), dqs2.as<float>(), true, nullptr);
+              return e ? e : lt->Run(job, dq.as<uint8_t>(), dqs2.as<float>(), nullptr) ? 0 : 1;
+            },
+            reps, &lok);
+        if (lok) {
+          lt_ms = cell("%.3f", lms);
+          lt_tf = tflops_cell(flops, lms);
+          check("cuBLASLt FP8 vs FP8", download(dylt, n * sh.rows), got8, 1e-2);
+        } else {
+          lt_ms = "failed";
+          ok = false;
+        }
+      }
+      std::printf("| %s | %llux%llu | %llu | %.3f | %.0f | %.0f%% | %s | %s | %s | %s | %s | %s | against %s: %s |\n", sh.name,
                   static_cast<unsigned long long>(sh.rows), static_cast<unsigned long long>(sh.cols),
-                  static_cast<unsigned long long>(n), ms, flops / (ms * 1e9), bytes / (ms * 1e6),
-                  copy_gbs > 0 ? 100.0 * bytes / (ms * 1e6) / copy_gbs : 0.0, lt_ms.c_str(), lt_tf.c_str(), diff.c_str());
+                  static_cast<unsigned long long>(n), ms, bytes / (ms * 1e6),
+                  copy_gbs > 0 ? 100.0 * bytes / (ms * 1e6) / copy_gbs : 0.0, fp8_ms.c_str(), fp8_tf.c_str(), lt_ms.c_str(),
+                  lt_tf.c_str(), bf_ms.c_str(), bf_tf.c_str(), against, checks.c_str());
       all_ok = all_ok && ok;
     }
   }

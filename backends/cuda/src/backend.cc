@@ -7,8 +7,8 @@
 // scales, which stay FP8 in device memory): MLA attention in the absorbed form over an F32 or
 // BF16 latent cache, MoE routing on the device, the routed experts in one grouped pass per call,
 // and FP8 products on tensor cores unless exact ones are asked for (ops.cc, kernels.cu); forward
-// passes replayed as CUDA graphs (steps.cc). This file holds the ABI's functions. Not written
-// yet: cuBLASLt products.
+// passes replayed as CUDA graphs (steps.cc); cuBLASLt's block-scaled FP8 products for prefill where
+// the library is there (lt.h). This file holds the ABI's functions.
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -27,6 +27,7 @@ Instance::~Instance() {
   if (compute) cudaStreamSynchronize(compute);
   if (transfer) cudaStreamSynchronize(transfer);
   DropGraphs();
+  lt.reset();
   if (scratch) cudaFree(scratch);
   if (rope) cudaFree(rope);
   if (graph_start) cudaFree(graph_start);
@@ -105,6 +106,14 @@ coda_status_code Create(const coda_host* host, const coda_backend_options* optio
   if (e != cudaSuccess) return Fail(CudaError(e, "starting the device"), CODA_STATUS_DEVICE_ERROR, error, error_size);
   in->description = "CUDA device " + std::to_string(index) + ": " + prop.name + " (sm_" + std::to_string(prop.major) +
                     std::to_string(prop.minor) + ", " + std::to_string(prop.totalGlobalMem >> 20) + " MiB)";
+  // cuBLASLt's block scaling runs on sm_90 only (lt.h).
+  const char* lt = std::getenv("CODA_CUDA_CUBLASLT");
+  if (in->fp8_products && prop.major == 9 && !(lt && std::string(lt) == "off")) {
+    std::string why;
+    in->lt = LtFp8::Open(in->compute, &why);
+    in->description += "; " + (in->lt ? in->lt->Summary() : "FP8 products by own kernels only: " + why);
+    in->Log(in->lt ? CODA_LOG_DEBUG : CODA_LOG_INFO, in->description);
+  }
   *self = in.release();
   return CODA_STATUS_OK;
 }

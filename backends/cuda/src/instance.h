@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -14,6 +15,7 @@
 #include "backend_util.h"
 #include "coda_backend.h"
 #include "kernels.h"
+#include "lt.h"
 
 struct coda_buffer_impl {
   void* ptr;
@@ -79,6 +81,9 @@ struct Instance {
   // Products may quantize activations (CODA_BACKEND_EXACT_PRODUCTS unset) and the device has FP8
   // tensor cores (sm_89 and later): FP8 weights then multiply on them (kernels.h, Fp8Eligible).
   bool fp8_products = false;
+  // cuBLASLt's block-scaled FP8 products for prefill (lt.h), where the library is there and proved
+  // itself; CODA_CUDA_CUBLASLT=off leaves all products to the own kernels.
+  std::unique_ptr<LtFp8> lt;
   cudaStream_t compute = nullptr, transfer = nullptr;
   std::string description;
   // Per-call device memory for host-memory tensors (bump allocation, reset by each execute).

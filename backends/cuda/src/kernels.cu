@@ -260,10 +260,11 @@ __global__ void GemmKernel(LinearJob job) {
 // then promoted: multiplied by both blocks' scales and added to the F32 sum, as DeepSeek-V3's
 // GEMM does because the tensor cores' FP8 accumulation is narrow.
 
-// One warp per (token, 128-column block): codes into xq [n, cols], scales into xs [n, cols / 128].
-// With `limit`, rows from *limit on are left alone (rows the grouped experts did not fill).
+// One warp per (token, 128-column block): codes into xq [n, cols], token t's scale for block b
+// into xs[t * xs_t + b * xs_b]. With `limit`, rows from *limit on are left alone (rows the grouped
+// experts did not fill).
 __global__ void QuantizeKernel(const float* x, uint64_t n, uint64_t cols, uint64_t x_stride, uint8_t* xq, float* xs,
-                               const uint32_t* limit) {
+                               uint64_t xs_t, uint64_t xs_b, const uint32_t* limit) {
   const uint64_t blocks = cols / 128, g = (blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x) / kWarp;
   if (g >= n * blocks) return;
   const uint64_t t = g / blocks, b = g % blocks;
@@ -277,7 +278,7 @@ __global__ void QuantizeKernel(const float* x, uint64_t n, uint64_t cols, uint64
   uint32_t word = 0;
   for (int i = 0; i < 4; ++i) word |= uint32_t{ToE4m3(v[i] / scale)} << (8 * i);
   memcpy(xq + t * cols + b * 128 + lane * 4, &word, 4);
-  if (lane == 0) xs[t * blocks + b] = scale;
+  if (lane == 0) xs[t * xs_t + b * xs_b] = scale;
 }
 
 __device__ __forceinline__ void MmaE4m3(float* d, const uint32_t* a, const uint32_t* b) {
@@ -698,11 +699,18 @@ bool Fp8Weight(const DeviceWeight& w) {
 
 bool Fp8Eligible(const LinearJob& job) { return Fp8Weight(job.w) && job.z == 1 && job.row0 == 0 && job.n >= kTileMinTokens; }
 
+int LaunchQuantize(const float* x, uint64_t n, uint64_t cols, uint64_t x_stride, uint8_t* xq, float* xs, bool block_major,
+                   cudaStream_t s) {
+  const uint64_t blocks = cols / 128;
+  if (!n || !blocks) return 0;
+  return Start(QuantizeKernel, dim3(Blocks(n * blocks * kWarp, kThreads)), dim3(kThreads), s, x, n, cols, x_stride, xq, xs,
+               block_major ? uint64_t{1} : blocks, block_major ? n : uint64_t{1}, static_cast<const uint32_t*>(nullptr));
+}
+
 int LaunchLinearFp8(const LinearJob& job, uint8_t* xq, float* xs, cudaStream_t s) {
   const uint64_t tiles = (job.n + 63) / 64;
   if (tiles > kMaxGridYZ) return static_cast<int>(cudaErrorInvalidValue);
-  int e = Start(QuantizeKernel, dim3(Blocks(job.n * (job.w.cols / 128) * kWarp, kThreads)), dim3(kThreads), s, job.x, job.n,
-                job.w.cols, job.x_stride, xq, xs, static_cast<const uint32_t*>(nullptr));
+  int e = LaunchQuantize(job.x, job.n, job.w.cols, job.x_stride, xq, xs, false, s);
   if (!e)
     e = Start(Fp8GemmKernel, dim3(Clamp((job.rows + 63) / 64, 0x7fffffffu), static_cast<unsigned>(tiles)), dim3(128), s, job,
               static_cast<const uint8_t*>(xq), static_cast<const float*>(xs));
@@ -841,15 +849,13 @@ int LaunchMoeExperts(const float* x, const int32_t* ids, const float* weights, u
   const bool fp8 = sc.q && d % 128 == 0 && f % 128 == 0;
   const uint8_t* aq = fp8 ? sc.q : nullptr;
   const float* aqs = fp8 ? sc.qs : nullptr;
-  if (!e && fp8)
-    e = Start(QuantizeKernel, dim3(Blocks(n * (d / 128) * kWarp, kThreads)), dim3(kThreads), s, x, n, d, d, sc.q, sc.qs,
-              static_cast<const uint32_t*>(nullptr));
+  if (!e && fp8) e = LaunchQuantize(x, n, d, d, sc.q, sc.qs, false, s);
   if (!e && pairs && experts && f)
     e = Start(MoeProjectKernel<true>, dim3(grid_e, Clamp((f + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxGridYZ)),
               dim3(kThreads), s, x, k, d, f, table, starts, list, sc.h, sc.out, aq, aqs);
   if (!e && fp8 && pairs && experts)
     e = Start(QuantizeKernel, dim3(Blocks(pairs * (f / 128) * kWarp, kThreads)), dim3(kThreads), s,
-              static_cast<const float*>(sc.h), pairs, f, f, sc.q, sc.qs, starts + experts);
+              static_cast<const float*>(sc.h), pairs, f, f, sc.q, sc.qs, f / 128, uint64_t{1}, starts + experts);
   if (!e && pairs && experts)
     e = Start(MoeProjectKernel<false>, dim3(grid_e, Clamp((d + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxGridYZ)),
               dim3(kThreads), s, x, k, d, f, table, starts, list, sc.h, sc.out, aq, aqs);

@@ -69,6 +69,11 @@ bool Fp8Eligible(const LinearJob& job);
 // An FP8 weight the tensor-core products take: 128x128 blocks, whole 128-column blocks, aligned.
 bool Fp8Weight(const DeviceWeight& w);
 constexpr uint64_t kTileMinTokensForFp8 = 16;
+// Activations for FP8 products: x [n, cols] (rows x_stride apart) quantized per token and
+// 128-column block to E4M3 codes xq [n, cols], scale = amax / 448, the scales into xs token-major
+// [n, cols / 128] (the own kernels) or block-major [cols / 128, n] (cuBLASLt, lt.h).
+int LaunchQuantize(const float* x, uint64_t n, uint64_t cols, uint64_t x_stride, uint8_t* xq, float* xs, bool block_major,
+                   cudaStream_t s);
 int LaunchLinearFp8(const LinearJob& job, uint8_t* xq, float* xs, cudaStream_t s);
 
 // ---- MLA attention (coda_ops.h, MlaAttention), in the absorbed form ----

@@ -85,7 +85,8 @@ class Call {
     return e;
   }
   // A product: on the tensor cores in FP8 where the instance allows it and the job does
-  // (kernels.h, Fp8Eligible), else exactly in F32.
+  // (kernels.h, Fp8Eligible), by cuBLASLt from kLtMinTokens tokens where it takes the job (lt.h),
+  // else exactly in F32. cuBLASLt is never captured: graphs hold steps of fewer tokens.
   int Product(const LinearJob& job) {
     if (!in_.fp8_products || !Fp8Eligible(job) || job.n * job.w.cols > quant_bytes_) return LaunchLinear(job, in_.compute);
     if (!quant_) {
@@ -94,6 +95,10 @@ class Call {
         return static_cast<int>(cudaErrorMemoryAllocation);
       quant_ = static_cast<uint8_t*>(q);
       quant_scales_ = static_cast<float*>(s);
+    }
+    if (in_.lt && !capture_ && job.n >= kLtMinTokens && in_.lt->Takes(job)) {
+      if (int e = LaunchQuantize(job.x, job.n, job.w.cols, job.x_stride, quant_, quant_scales_, true, in_.compute)) return e;
+      if (in_.lt->Run(job, quant_, quant_scales_, in_.compute)) return 0;
     }
     return LaunchLinearFp8(job, quant_, quant_scales_, in_.compute);
   }
