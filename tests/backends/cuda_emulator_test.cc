@@ -175,7 +175,8 @@ TEST(CudaBench, RunsAndChecksInTheEmulator) {
   EXPECT_NE(out.find("against host: exact"), std::string::npos) << out;
   EXPECT_NE(out.find(", FP8 "), std::string::npos) << out;
   EXPECT_NE(out.find("scale layouts agree, cuBLASLt FP8 vs FP8 "), std::string::npos) << out;
-  EXPECT_NE(out.find("| matches the host | 9 | 300 |"), std::string::npos) << out;
+  EXPECT_NE(out.find("| matches the host | tensor cores | 18 | 300 |"), std::string::npos) << out;
+  EXPECT_NE(out.find("| matches the host | CUDA cores, F32 | 18 | 300 |"), std::string::npos) << out;
   EXPECT_NE(out.find("all checks passed"), std::string::npos) << out;
   EXPECT_EQ(out.find("FAIL"), std::string::npos) << out;
 }

@@ -12,6 +12,7 @@
 #include "cuda_runtime.h"
 
 #define CUBLAS_VER_MAJOR 13
+#define CUBLAS_VERSION 130000
 
 typedef enum { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7, CUBLAS_STATUS_NOT_SUPPORTED = 15 } cublasStatus_t;
 typedef enum { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 } cublasOperation_t;

@@ -1,11 +1,13 @@
 // The tests' stand-in for cuBLASLt (libcublasLt-emu.so, API in cublasLt.h here): the one product
 // the CUDA backend asks for (lt.h), E4M3 x E4M3 with 128x128 block scales on A and 1x128 tile
 // scales on B, F32 out, computed at once on the host (the emulator's device memory is host memory
-// and its streams run in order at once). Anything else it refuses, as cuBLASLt's heuristic does.
+// and its streams run in order at once). Anything else it refuses, as cuBLASLt's heuristic does,
+// token counts that are not multiples of 4 included (the cuBLAS guide asks for them).
 //
-// CODA_CUDA_EMU_CUBLASLT_FAULT plays a library the backend must not trust or not fully:
+// CODA_CUDA_EMU_CUBLASLT_FAULT plays a library the backend must not trust, or that fails later:
 //   scales  reads A's block scales transposed (the start-up check must refuse the library);
-//   odd     refuses token counts that are not multiples of 4.
+//   wrong   multiplies every result after a handle's first product by 1.5 (what uses it fails);
+//   fail    fails every product after a handle's first (the backend's own kernel takes over).
 #include "cublasLt.h"
 
 #include <cstdlib>
@@ -15,7 +17,7 @@
 #include "coda_dtypes.h"
 
 struct cublasLtContext {
-  int unused = 0;
+  int products = 0;  // the first is the backend's start-up check
 };
 struct cublasLtMatmulDescEmu {
   int32_t transa = CUBLAS_OP_N, transb = CUBLAS_OP_N, a_mode = 0, b_mode = 0;
@@ -50,7 +52,7 @@ bool Supported(const cublasLtMatmulDescEmu* d, const cublasLtMatrixLayoutEmu* a,
                const cublasLtMatrixLayoutEmu* c, const cublasLtMatrixLayoutEmu* out) {
   if (!d || !a || !b || !c || !out) return false;
   const uint64_t k = a->rows, m = a->cols, n = b->cols;
-  if (Fault() == "odd" && n % 4) return false;
+  if (n % 4) return false;
   return d->transa == CUBLAS_OP_T && d->transb == CUBLAS_OP_N && d->a_mode == CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F &&
          d->b_mode == CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F && a->type == CUDA_R_8F_E4M3 && b->type == CUDA_R_8F_E4M3 &&
          c->type == CUDA_R_32F && out->type == CUDA_R_32F && b->rows == k && k % 128 == 0 && c->rows == m && c->cols == n &&
@@ -130,11 +132,14 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
   return CUBLAS_STATUS_SUCCESS;
 }
 
-cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const void* alpha, const void* A,
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc, const void* alpha, const void* A,
                               cublasLtMatrixLayout_t a, const void* B, cublasLtMatrixLayout_t b, const void* beta, const void* C,
                               cublasLtMatrixLayout_t c, void* D, cublasLtMatrixLayout_t d, const cublasLtMatmulAlgo_t*, void*,
                               size_t, cudaStream_t) {
-  if (!Supported(desc, a, b, c, d) || !desc->a_scale || !desc->b_scale) return CUBLAS_STATUS_NOT_SUPPORTED;
+  const bool later = handle->products++ > 0;
+  if (!Supported(desc, a, b, c, d) || !desc->a_scale || !desc->b_scale || (later && Fault() == "fail"))
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+  const float factor = later && Fault() == "wrong" ? 1.5f : 1.0f;
   const uint64_t k = a->rows, m = a->cols, n = b->cols, kb = k / 128, kb4 = (kb + 3) / 4 * 4, mb = (m + 127) / 128;
   const bool transposed = Fault() == "scales";
   const auto* wa = static_cast<const uint8_t*>(A);
@@ -152,7 +157,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
       }
       float* out = static_cast<float*>(D) + j * d->ld + i;
       const float prior = be != 0 ? static_cast<const float*>(C)[j * c->ld + i] : 0.0f;
-      *out = static_cast<float>(al * sum + be * prior);
+      *out = static_cast<float>(al * sum + be * prior) * factor;
     }
   return CUBLAS_STATUS_SUCCESS;
 }

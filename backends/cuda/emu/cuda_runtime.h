@@ -152,6 +152,11 @@ T Shuffle(T v, int (*src)(int, int), int arg) {
 // a[3] = A[g+8][16+4t..]; b[0] = B[4t..4t+3][g], b[1] = B[16+4t..][g]; d = D[g][2t], D[g][2t+1],
 // D[g+8][2t], D[g+8][2t+1]; the lowest byte of a word holds the lowest k. Sums in F32.
 void MmaE4m3(float* d, const uint32_t* a, const uint32_t* b);
+// PTX mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32: the same with A 16x16 and B 16x8 in
+// BF16, two values a word (the low half holds the lower k): a[0] = A[g][2t..2t+1], a[1] =
+// A[g+8][2t..], a[2] = A[g][8+2t..], a[3] = A[g+8][8+2t..]; b[0] = B[2t..2t+1][g], b[1] =
+// B[8+2t..][g]; d as above.
+void MmaBf16(float* d, const uint32_t* a, const uint32_t* b);
 
 inline int XorLane(int lane, int m) { return lane ^ m; }
 inline int FromLane(int, int src) { return src; }

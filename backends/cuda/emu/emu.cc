@@ -276,7 +276,14 @@ uint64_t WarpExchange(uint64_t v, int (*src)(int, int), int arg) {
   return g.take;
 }
 
-void MmaE4m3(float* d, const uint32_t* a, const uint32_t* b) {
+namespace {
+
+// D += A B for the calling warp, A 16 x kK and B kK x 8, from fragments of kK / 8 elements a word
+// (a[4] and b[2] per lane, as the PTX ISA lays them out for mma m16n8k32 E4M3 and m16n8k16 BF16):
+// A[r][k] is in lane (r % 8) * 4 + (k % (kK / 2)) / (kK / 8), register (r >= 8) + 2 (k >= kK / 2);
+// B[k][c] in lane c * 4 + the same, register (k >= kK / 2); value(word, k) decodes k's element.
+template <size_t kK, class Value>
+void Mma(float* d, const uint32_t* a, const uint32_t* b, Value value) {
   // Fragments of each warp of the block, exchanged through a warp barrier.
   static uint32_t frags[kMaxThreads][6];
   Block& blk = *g_block;
@@ -285,22 +292,29 @@ void MmaE4m3(float* d, const uint32_t* a, const uint32_t* b) {
   frags[me][4] = b[0];
   frags[me][5] = b[1];
   SyncWarp();
-  auto A = [&](size_t r, size_t k) {  // the lane, register and byte that hold A[r][k]
-    const size_t from = w0 + (r % 8) * 4 + (k % 16) / 4, reg = (r >= 8 ? 1 : 0) + (k >= 16 ? 2 : 0);
-    return coda_e4m3_to_f32(static_cast<uint8_t>((frags[from][reg] >> (8 * (k % 4))) & 0xff));
+  constexpr size_t kHalf = kK / 2, kPerWord = kK / 8;
+  auto A = [&](size_t r, size_t k) {
+    return value(frags[w0 + (r % 8) * 4 + (k % kHalf) / kPerWord][(r >= 8 ? 1 : 0) + (k >= kHalf ? 2 : 0)], k);
   };
-  auto B = [&](size_t k, size_t c) {
-    const size_t from = w0 + c * 4 + (k % 16) / 4, reg = 4 + (k >= 16 ? 1 : 0);
-    return coda_e4m3_to_f32(static_cast<uint8_t>((frags[from][reg] >> (8 * (k % 4))) & 0xff));
-  };
+  auto B = [&](size_t k, size_t c) { return value(frags[w0 + c * 4 + (k % kHalf) / kPerWord][4 + (k >= kHalf ? 1 : 0)], k); };
   const size_t g = lane / 4, t = lane % 4;
   for (int i = 0; i < 4; ++i) {
     const size_t r = g + (i >= 2 ? 8 : 0), c = 2 * t + (i & 1);
     float sum = 0;
-    for (size_t k = 0; k < 32; ++k) sum += A(r, k) * B(k, c);
+    for (size_t k = 0; k < kK; ++k) sum += A(r, k) * B(k, c);
     d[i] += sum;
   }
   SyncWarp();  // no lane overwrites its fragments before every lane has read them
+}
+
+}  // namespace
+
+void MmaE4m3(float* d, const uint32_t* a, const uint32_t* b) {
+  Mma<32>(d, a, b, [](uint32_t word, size_t k) { return coda_e4m3_to_f32(static_cast<uint8_t>(word >> (8 * (k % 4)))); });
+}
+
+void MmaBf16(float* d, const uint32_t* a, const uint32_t* b) {
+  Mma<16>(d, a, b, [](uint32_t word, size_t k) { return coda_bf16_to_f32(static_cast<uint16_t>(word >> (16 * (k % 2)))); });
 }
 
 }  // namespace coda_cuda_emu

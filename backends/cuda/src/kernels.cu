@@ -10,6 +10,13 @@
 namespace coda::cuda {
 namespace {
 
+// Loops over register arrays, unrolled so that the arrays stay in registers.
+#ifdef CODA_CUDA_EMULATION
+#define CODA_UNROLL
+#else
+#define CODA_UNROLL _Pragma("unroll")
+#endif
+
 constexpr int kWarp = 32;
 constexpr int kTokenGroup = 4;  // tokens whose sums a warp keeps in registers
 constexpr unsigned kThreads = 256;
@@ -485,6 +492,179 @@ __global__ void MlaSplitKernel(const float* ql, const float* q, const void* cach
   }
 }
 
+// ---- The same on tensor cores (sm_80 and later), for BF16 caches with rows of up to 576 ----
+// A block takes token t, kMlaTcHeads heads (one m16 tile of the mma) and split `blockIdx.x` of
+// the positions, in tiles of 16 cache rows read into shared memory once for all 16 heads. Scores
+// are S = Q K^T and the attended latent O = P V (V: each row's first c values) on mma m16n8k16
+// BF16 with F32 sums. The cache is BF16 already; Q and P are split into two BF16 halves (v = hi +
+// lo, lo = bf16(v - hi)) and multiplied twice, so that each product is as exact as in F32 within
+// 2^-16 and the results match the F32 kernel above.
+constexpr unsigned kMlaTcHeads = 16, kMlaTcTile = 16, kMlaTcWarps = 4;
+constexpr uint64_t kMlaTcMaxRow = 576;  // DeepSeek-V3's 512 + 64, as every model in scope
+constexpr unsigned kMlaTcStride = kMlaTcMaxRow + 8;  // BF16 values per shared row (+8: fewer bank conflicts)
+constexpr unsigned kMlaTcSteps = kMlaTcMaxRow / 16 / kMlaTcWarps;   // k-steps of S per warp
+constexpr unsigned kMlaTcColTiles = 512 / 8 / kMlaTcWarps;          // n-tiles of O per warp (c <= 512)
+
+__device__ __forceinline__ void MmaBf16(float* d, const uint32_t* a, const uint32_t* b) {
+#if defined(CODA_CUDA_EMULATION)
+  coda_cuda_emu::MmaBf16(d, a, b);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  (void)d, (void)a, (void)b;
+  __trap();  // this build holds sm_80 code and newer only
+#endif
+}
+
+__device__ __forceinline__ uint32_t Pack(uint16_t lo_k, uint16_t hi_k) { return uint32_t{lo_k} | uint32_t{hi_k} << 16; }
+// v as hi + lo, each BF16.
+__device__ __forceinline__ void Split(float v, uint16_t* hi, uint16_t* lo) {
+  *hi = ToBf16(v);
+  *lo = ToBf16(v - AsFloat(uint32_t{*hi} << 16));
+}
+
+__global__ void MlaSplitTcKernel(const float* ql, const float* q, const uint16_t* cache, MlaShape m, uint64_t t0, float* part) {
+  __shared__ __align__(16) uint16_t ks[kMlaTcTile][kMlaTcStride];
+  __shared__ float sp[kMlaTcWarps][kMlaTcHeads][kMlaTcTile];  // each warp's share of the scores
+  __shared__ uint16_t ph[kMlaTcHeads][kMlaTcTile], pl[kMlaTcHeads][kMlaTcTile];
+  __shared__ float smax[kMlaTcHeads], ssum[kMlaTcHeads], salpha[kMlaTcHeads];
+  const uint64_t start = At(m.start), splits = gridDim.x, split = (start + m.n + splits - 1) / splits;
+  const uint64_t t = t0 + blockIdx.z, row = m.c + m.dr, rowp = (row + 15) / 16 * 16, visible = start + t + 1;
+  const unsigned warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, tq = lane % 4;
+  const uint64_t h0 = blockIdx.y * kMlaTcHeads;
+  const bool vector = row % 8 == 0 && reinterpret_cast<uintptr_t>(cache) % 16 == 0;
+  // This warp's k-steps of Q (steps warp, warp + 4, ...), as A fragments, hi and lo.
+  auto qv = [&](uint64_t r, uint64_t j) {
+    const uint64_t hh = h0 + r;
+    if (hh >= m.heads || j >= row) return 0.0f;
+    return j < m.c ? ql[(t * m.heads + hh) * m.c + j] : q[(t * m.heads + hh) * (m.dn + m.dr) + m.dn + (j - m.c)];
+  };
+  uint32_t qa[kMlaTcSteps][2][4];
+CODA_UNROLL
+  for (unsigned i = 0; i < kMlaTcSteps; ++i) {
+    const uint64_t k0 = (warp + i * kMlaTcWarps) * 16;
+CODA_UNROLL
+    for (int r = 0; r < 4; ++r) {
+      const uint64_t rr = g + (r & 1 ? 8 : 0), kk = k0 + 2 * tq + (r & 2 ? 8 : 0);
+      uint16_t h[2], l[2];
+      Split(qv(rr, kk), &h[0], &l[0]);
+      Split(qv(rr, kk + 1), &h[1], &l[1]);
+      qa[i][0][r] = Pack(h[0], h[1]);
+      qa[i][1][r] = Pack(l[0], l[1]);
+    }
+  }
+  if (threadIdx.x < kMlaTcHeads) {
+    smax[threadIdx.x] = -INFINITY;
+    ssum[threadIdx.x] = 0;
+  }
+  float acc[kMlaTcColTiles][4];
+CODA_UNROLL
+  for (unsigned z = 0; z < kMlaTcColTiles; ++z)
+    for (int i = 0; i < 4; ++i) acc[z][i] = 0;
+  const uint64_t p0 = blockIdx.x * split, p1 = p0 + split < visible ? p0 + split : visible;  // p0 >= p1: empty
+  for (uint64_t pt = p0; pt < p1; pt += kMlaTcTile) {
+    const uint64_t np = p1 - pt < kMlaTcTile ? p1 - pt : kMlaTcTile;
+    __syncthreads();  // the previous tile's readers are done
+    if (vector) {  // 16-byte pieces: rows of whole pieces, 16-byte aligned
+      for (uint64_t i = threadIdx.x; i < kMlaTcTile * (rowp / 8); i += blockDim.x) {
+        const uint64_t r = i / (rowp / 8), j = i % (rowp / 8) * 8;
+        Piece v{};
+        if (r < np && j < row) v = LoadPiece(cache + (pt + r) * row + j);
+        memcpy(&ks[r][j], &v, 16);
+      }
+    } else {
+      for (uint64_t i = threadIdx.x; i < kMlaTcTile * rowp; i += blockDim.x) {
+        const uint64_t r = i / rowp, j = i % rowp;
+        ks[r][j] = r < np && j < row ? cache[(pt + r) * row + j] : uint16_t{0};
+      }
+    }
+    __syncthreads();
+    // S: this warp's k-steps for both 8-position halves of the tile.
+    float s[2][4] = {};
+CODA_UNROLL
+    for (unsigned i = 0; i < kMlaTcSteps; ++i) {
+      const uint64_t k0 = (warp + i * kMlaTcWarps) * 16;
+      if (k0 >= rowp) break;
+      for (int f = 0; f < 2; ++f) {
+        const uint16_t* kr = &ks[f * 8 + g][k0 + 2 * tq];
+        const uint32_t b[2] = {Pack(kr[0], kr[1]), Pack(kr[8], kr[9])};
+        MmaBf16(s[f], qa[i][0], b);
+        MmaBf16(s[f], qa[i][1], b);
+      }
+    }
+    for (int f = 0; f < 2; ++f)
+      for (int i = 0; i < 4; ++i) sp[warp][g + (i >= 2 ? 8 : 0)][f * 8 + 2 * tq + (i & 1)] = s[f][i];
+    __syncthreads();
+    // The online softmax, a thread per head: P as hi and lo halves, and the factor that rescales
+    // what came before.
+    if (threadIdx.x < kMlaTcHeads) {
+      const unsigned r = threadIdx.x;
+      float sc[kMlaTcTile], tile_max = -INFINITY;
+      for (unsigned p = 0; p < kMlaTcTile; ++p) {
+        sc[p] = -INFINITY;
+        if (p < np) {
+          float v = 0;
+          for (unsigned w = 0; w < kMlaTcWarps; ++w) v += sp[w][r][p];
+          sc[p] = v * m.scale;
+          tile_max = fmaxf(tile_max, sc[p]);
+        }
+      }
+      const float next = fmaxf(smax[r], tile_max), keep = expf(smax[r] - next);  // -inf at first: keep = 0
+      float sum = ssum[r] * keep;
+      for (unsigned p = 0; p < kMlaTcTile; ++p) {
+        const float e = p < np ? expf(sc[p] - next) : 0.0f;
+        sum += e;
+        Split(e, &ph[r][p], &pl[r][p]);
+      }
+      smax[r] = next;
+      ssum[r] = sum;
+      salpha[r] = keep;
+    }
+    __syncthreads();
+    // O = O * keep + P V for this warp's 8-column tiles (warp, warp + 4, ...).
+    uint32_t pa[2][4];
+    for (int r = 0; r < 4; ++r) {
+      const unsigned rr = g + (r & 1 ? 8 : 0), kk = 2 * tq + (r & 2 ? 8 : 0);
+      pa[0][r] = Pack(ph[rr][kk], ph[rr][kk + 1]);
+      pa[1][r] = Pack(pl[rr][kk], pl[rr][kk + 1]);
+    }
+    const float keep_g = salpha[g], keep_g8 = salpha[g + 8];
+CODA_UNROLL
+    for (unsigned z = 0; z < kMlaTcColTiles; ++z) {
+      const uint64_t n0 = (warp + z * kMlaTcWarps) * 8;
+      if (n0 >= m.c) break;
+      acc[z][0] *= keep_g;
+      acc[z][1] *= keep_g;
+      acc[z][2] *= keep_g8;
+      acc[z][3] *= keep_g8;
+      const uint64_t n = n0 + g;
+      const uint32_t b[2] = {Pack(ks[2 * tq][n], ks[2 * tq + 1][n]), Pack(ks[2 * tq + 8][n], ks[2 * tq + 9][n])};
+      MmaBf16(acc[z], pa[0], b);
+      MmaBf16(acc[z], pa[1], b);
+    }
+  }
+  __syncthreads();
+  // part[t][h][split] = (max, sum, c values), as MlaSplitKernel writes it.
+  if (threadIdx.x < kMlaTcHeads && h0 + threadIdx.x < m.heads) {
+    float* o = part + ((blockIdx.z * m.heads + h0 + threadIdx.x) * splits + blockIdx.x) * (m.c + 2);
+    o[0] = smax[threadIdx.x];
+    o[1] = ssum[threadIdx.x];
+  }
+CODA_UNROLL
+  for (unsigned z = 0; z < kMlaTcColTiles; ++z) {
+    const uint64_t n0 = (warp + z * kMlaTcWarps) * 8;
+    if (n0 >= m.c) break;
+    for (int i = 0; i < 4; ++i) {
+      const uint64_t hh = h0 + g + (i >= 2 ? 8 : 0), j = n0 + 2 * tq + (i & 1);
+      if (hh < m.heads && j < m.c) part[((blockIdx.z * m.heads + hh) * splits + blockIdx.x) * (m.c + 2) + 2 + j] = acc[z][i];
+    }
+  }
+}
+
 // One block per (head, token): the splits' results rescaled to a common maximum and summed.
 __global__ void MlaCombineKernel(const float* part, uint64_t splits, MlaShape m, uint64_t t0, float* ol) {
   const uint64_t h = blockIdx.x, tl = blockIdx.y;
@@ -791,9 +971,10 @@ int LaunchMlaAbsorb(const float* q, const DeviceWeight& kv_b, const MlaShape& m,
                kv_b, m, ql);
 }
 
-MlaPlan PlanMlaAttend(const MlaShape& m) {
+MlaPlan PlanMlaAttend(const MlaShape& m, uint32_t cache_dtype) {
   MlaPlan p;
-  const uint64_t groups = (m.heads + kMlaHeads - 1) / kMlaHeads;
+  p.tensor_cores = cache_dtype == CODA_DTYPE_BF16 && m.c <= 512 && m.c + m.dr <= kMlaTcMaxRow;
+  const uint64_t per_block = p.tensor_cores ? kMlaTcHeads : kMlaHeads, groups = (m.heads + per_block - 1) / per_block;
   // About 1024 blocks in flight: a decode splits its positions, a long prefill does not. The
   // count follows the cache's capacity, never the position, so that one plan (and one captured
   // graph) serves every step of a sequence; splits past the positions in use have nothing to do.
@@ -808,14 +989,17 @@ MlaPlan PlanMlaAttend(const MlaShape& m) {
 int LaunchMlaAttend(const float* ql, const float* q, const void* cache, uint32_t cache_dtype, const MlaShape& m,
                     const MlaPlan& plan, float* part, float* ol, cudaStream_t s) {
   if (!m.n || !m.heads) return 0;
-  const uint64_t groups = (m.heads + kMlaHeads - 1) / kMlaHeads;
-  if (groups > kMaxGridYZ || m.heads > kMaxGridYZ || plan.splits > 0x7fffffffu || m.c + m.dr > kMlaMaxRow)
+  const bool tc = plan.tensor_cores;
+  const uint64_t per_block = tc ? kMlaTcHeads : kMlaHeads, groups = (m.heads + per_block - 1) / per_block;
+  if (groups > kMaxGridYZ || m.heads > kMaxGridYZ || plan.splits > 0x7fffffffu || m.c + m.dr > kMlaMaxRow ||
+      (tc && (cache_dtype != CODA_DTYPE_BF16 || m.c > 512 || m.c + m.dr > kMlaTcMaxRow)))
     return static_cast<int>(cudaErrorInvalidValue);
   int e = 0;
   for (uint64_t t0 = 0; !e && t0 < m.n; t0 += plan.chunk) {
     const unsigned count = static_cast<unsigned>(std::min(plan.chunk, m.n - t0));
-    e = Start(MlaSplitKernel, dim3(static_cast<unsigned>(plan.splits), static_cast<unsigned>(groups), count),
-              dim3(kMlaHeads * kWarp), s, ql, q, cache, cache_dtype, m, t0, part);
+    const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(groups), count);
+    e = tc ? Start(MlaSplitTcKernel, grid, dim3(kMlaTcWarps * kWarp), s, ql, q, static_cast<const uint16_t*>(cache), m, t0, part)
+           : Start(MlaSplitKernel, grid, dim3(kMlaHeads * kWarp), s, ql, q, cache, cache_dtype, m, t0, part);
     if (!e)
       e = Start(MlaCombineKernel, dim3(static_cast<unsigned>(m.heads), count), dim3(128), s,
                 static_cast<const float*>(part), plan.splits, m, t0, ol);

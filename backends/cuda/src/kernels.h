@@ -103,12 +103,17 @@ int LaunchMlaAbsorb(const float* q, const DeviceWeight& kv_b, const MlaShape& m,
 // Attention over the cache rows 0 .. start + t of each token t, in `splits` equal ranges of the
 // start + n positions (sized on the device, so that a replayed graph splits the positions it
 // sees), tokens in chunks of `chunk`; part holds part_bytes of partial results.
+// With a BF16 cache (rows of up to 576 values, c <= 512) the scores and the attended latent run
+// on tensor cores (mma BF16, 16 heads a block; Q and P in two BF16 halves each, so products stay
+// as exact as in F32), else on the CUDA cores in F32.
 struct MlaPlan {
   uint64_t splits = 1, chunk = 1, part_bytes = 0;
+  bool tensor_cores = false;
 };
-MlaPlan PlanMlaAttend(const MlaShape& m);
+MlaPlan PlanMlaAttend(const MlaShape& m, uint32_t cache_dtype);
 // ol[t][h] = the attended latent (c values): softmax over the scores of (ql, q_pe) against the
-// cache rows, each row read once per group of kMlaHeads heads.
+// cache rows, each row read once per block's group of heads (16 on the tensor cores, else
+// kMlaHeads).
 int LaunchMlaAttend(const float* ql, const float* q, const void* cache, uint32_t cache_dtype, const MlaShape& m,
                     const MlaPlan& plan, float* part, float* ol, cudaStream_t s);
 // Heads per block, cache rows per shared-memory tile, and the longest latent row (c + dr): the

@@ -2,12 +2,34 @@
 //
 // In cuBLASLt's column-major terms a row-major y[n, rows] = x[n, cols] W^T is D[rows, n] =
 // op(A) B with A = W (stored [cols, rows] column-major, transposed) and B = x: A takes the 128x128
-// block scales (W's own, [rows / 128, cols / 128] row-major, which is the layout cuBLASLt reads
-// when cols / 128 is a multiple of 4) and B the 1x128 tile scales, block-major [cols / 128, n].
+// block scales (W's own, [ceil(rows / 128), cols / 128] row-major: the K-major layout the cuBLAS
+// guide asks for, "128-element 1D and 128x128 2D block scaling", when cols / 128 is a multiple of
+// 4) and B the 1x128 tile scales, block-major [cols / 128, n] (N-major). The guide also asks for
+// M and N in multiples of 4: Product() gives cuBLASLt a multiple of 4 tokens, its own kernel the rest.
 #include "lt.h"
 
-#include <cublasLt.h>  // in the emulator builds, its stand-in (emu/cublasLt.h)
 #include <cuda_runtime.h>
+#if __has_include(<cublasLt.h>)
+#include <cublasLt.h>  // in the emulator builds, its stand-in (emu/cublasLt.h)
+#endif
+
+#if !defined(CUBLAS_VERSION) || CUBLAS_VERSION < 120900
+
+// Built against a toolkit without cuBLASLt's block scaling (before 12.9): the own kernels only.
+namespace coda::cuda {
+struct LtFp8::Impl {};
+LtFp8::LtFp8(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+LtFp8::~LtFp8() = default;
+std::unique_ptr<LtFp8> LtFp8::Open(cudaStream_t, std::string* why) {
+  *why = "built without cuBLASLt 12.9 or later";
+  return nullptr;
+}
+bool LtFp8::Takes(const LinearJob&) { return false; }
+bool LtFp8::Run(const LinearJob&, const uint8_t*, const float*, cudaStream_t) { return false; }
+}  // namespace coda::cuda
+
+#else
+
 #include <dlfcn.h>
 
 #include <algorithm>
@@ -55,7 +77,6 @@ struct LtFp8::Impl {
 
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
-  uint64_t n_multiple = 1;  // token counts cuBLASLt gets right (Open's checks decide 1 or 4)
 
   // One shape's descriptors and algorithm, or its refusal.
   struct Plan {
@@ -64,8 +85,8 @@ struct LtFp8::Impl {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
     cublasLtMatmulAlgo_t algo{};
   };
-  // rows, cols, n, and the alignments of W, y and W's scales (x is always in aligned scratch).
-  using Key = std::tuple<uint64_t, uint64_t, uint64_t, uint32_t, uint32_t, uint32_t>;
+  // rows, cols, n, and the alignments of W and y (x is in scratch, 256-byte aligned: Run checks).
+  using Key = std::tuple<uint64_t, uint64_t, uint64_t, uint32_t, uint32_t>;
   std::map<Key, Plan> plans;
   static constexpr size_t kMaxPlans = 256;  // prefill lengths vary; past this, plans are made anew
 
@@ -130,7 +151,7 @@ struct LtFp8::Impl {
   }
 
   Plan& Find(const LinearJob& job) {
-    const Key key{job.rows, job.w.cols, job.n, Alignment(job.w.data), Alignment(job.y), Alignment(job.w.scales)};
+    const Key key{job.rows, job.w.cols, job.n, Alignment(job.w.data), Alignment(job.y)};
     if (auto it = plans.find(key); it != plans.end()) return it->second;
     if (plans.size() >= kMaxPlans) ClearPlans();
     Plan& p = plans[key];
@@ -257,7 +278,10 @@ struct LtFp8::Impl {
     if (e != cudaSuccess) return std::string("device error: ") + cudaGetErrorName(e);
     if (!ran) return "refused";
     double err = 0;
-    for (size_t i = 0; i < got.size(); ++i) err = std::max(err, std::fabs(got[i] - want[i]));
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double d = std::fabs(got[i] - want[i]);
+      err = std::isnan(d) ? INFINITY : std::max(err, d);  // a NaN fails
+    }
     // Hopper's FP8 tensor cores sum a block's 128 products in limited precision; a misread scale
     // is off by a factor of up to 16.
     if (!(err <= 1e-2 * big))
@@ -276,19 +300,14 @@ std::unique_ptr<LtFp8> LtFp8::Open(cudaStream_t s, std::string* why) {
     *why = e;
     return nullptr;
   }
-  // 96 tokens: whole tiles of 4 scales; 37: a token count that is not.
-  if (std::string e = impl->Check(96, 384, 512, s); !e.empty()) {
+  // 576 rows: a partial last block of weight rows, as DeepSeek-V3's kv_a_proj has.
+  if (std::string e = impl->Check(96, 576, 512, s); !e.empty()) {
     *why = "cuBLASLt's block-scaled FP8 product " + (e == "refused" ? std::string("is refused on this device") : e);
     return nullptr;
   }
-  std::string note;
-  if (std::string e = impl->Check(37, 384, 512, s); !e.empty()) {
-    impl->n_multiple = 4;
-    note = " (token counts in multiples of 4: at 37 tokens it " + (e == "refused" ? std::string("refused") : e) + ")";
-  }
   std::unique_ptr<LtFp8> lt(new LtFp8(std::move(impl)));
   lt->summary_ = "cuBLASLt " + std::to_string(lt->impl_->get_version()) + " block-scaled FP8 from " +
-                 std::to_string(kLtMinTokens) + " tokens" + note;
+                 std::to_string(kLtMinTokens) + " tokens";
   return lt;
 }
 
@@ -296,15 +315,18 @@ bool LtFp8::Takes(const LinearJob& job) {
   const DeviceWeight& w = job.w;
   if (w.dtype != CODA_DTYPE_FP8_E4M3 || w.block != 128 || w.cols % 512 != 0 || w.scale_cols != w.cols / 128 ||
       job.rows % 16 != 0 || w.rows != job.rows || job.z != 1 || job.row0 != 0 || job.y_stride != job.rows ||
-      job.n % impl_->n_multiple != 0 || reinterpret_cast<uintptr_t>(w.data) % 16 || reinterpret_cast<uintptr_t>(w.scales) % 16 ||
+      job.n % 4 != 0 || reinterpret_cast<uintptr_t>(w.data) % 16 || reinterpret_cast<uintptr_t>(w.scales) % 16 ||
       reinterpret_cast<uintptr_t>(job.y) % 16)
     return false;
   return impl_->Find(job).ok;
 }
 
 bool LtFp8::Run(const LinearJob& job, const uint8_t* xq, const float* xs, cudaStream_t s) {
+  if (reinterpret_cast<uintptr_t>(xq) % 256 || reinterpret_cast<uintptr_t>(xs) % 16) return false;
   Impl::Plan& p = impl_->Find(job);
   return p.ok && impl_->Launch(p, job, xq, xs, s);
 }
 
 }  // namespace coda::cuda
+
+#endif

@@ -3,8 +3,9 @@
 // time, so that the plugin still needs only the driver; where the library is missing, too old, or
 // gives a wrong product, the backend's own FP8 kernel (kernels.h, LaunchLinearFp8) does the work.
 //
-// Its scale layouts are documented loosely, so Open() proves them before anything uses them: two
-// products against sums on the host, with a different scale for every block.
+// Nothing of it has run on a GPU here, so Open() proves the scale layouts (as the cuBLAS guide
+// describes them) before anything uses them: a product against sums on the host, with a different
+// scale for every block.
 #pragma once
 
 #include <cstdint>
@@ -27,11 +28,13 @@ class LtFp8 {
   LtFp8(const LtFp8&) = delete;
   LtFp8& operator=(const LtFp8&) = delete;
 
-  // cuBLASLt takes the job: an FP8 weight with 128x128 blocks, z = 1, row0 = 0, results packed
-  // (y_stride = rows), and a shape its heuristic accepts (asked once per shape, on the host).
+  // cuBLASLt takes the job: an FP8 weight with 128x128 blocks and whole groups of 4 blocks of
+  // columns, rows in multiples of 16, z = 1, row0 = 0, results packed (y_stride = rows), tokens in
+  // multiples of 4, and a shape its heuristic accepts (asked once per shape, on the host).
   bool Takes(const LinearJob& job);
-  // y = the job's product from xq [n, cols] and xs block-major [cols / 128, n] (LaunchQuantize).
-  // False when cuBLASLt refused the launch (nothing was queued): the caller runs its own kernel.
+  // y = the job's product from xq [n, cols] (256-byte aligned) and xs block-major [cols / 128, n]
+  // (LaunchQuantize). False when cuBLASLt refused the launch (nothing was queued): the caller runs
+  // its own kernel.
   bool Run(const LinearJob& job, const uint8_t* xq, const float* xs, cudaStream_t s);
   // What Open() found, for the backend's description.
   const std::string& Summary() const { return summary_; }

@@ -85,8 +85,9 @@ class Call {
     return e;
   }
   // A product: on the tensor cores in FP8 where the instance allows it and the job does
-  // (kernels.h, Fp8Eligible), by cuBLASLt from kLtMinTokens tokens where it takes the job (lt.h),
-  // else exactly in F32. cuBLASLt is never captured: graphs hold steps of fewer tokens.
+  // (kernels.h, Fp8Eligible), by cuBLASLt from kLtMinTokens tokens where it takes the job (lt.h:
+  // the tokens down to a multiple of 4; the own kernel takes the rest), else exactly in F32.
+  // cuBLASLt is never captured: graphs hold steps of fewer tokens.
   int Product(const LinearJob& job) {
     if (!in_.fp8_products || !Fp8Eligible(job) || job.n * job.w.cols > quant_bytes_) return LaunchLinear(job, in_.compute);
     if (!quant_) {
@@ -96,9 +97,18 @@ class Call {
       quant_ = static_cast<uint8_t*>(q);
       quant_scales_ = static_cast<float*>(s);
     }
-    if (in_.lt && !capture_ && job.n >= kLtMinTokens && in_.lt->Takes(job)) {
-      if (int e = LaunchQuantize(job.x, job.n, job.w.cols, job.x_stride, quant_, quant_scales_, true, in_.compute)) return e;
-      if (in_.lt->Run(job, quant_, quant_scales_, in_.compute)) return 0;
+    LinearJob lt = job;
+    lt.n = job.n / 4 * 4;
+    if (in_.lt && !capture_ && lt.n >= kLtMinTokens && in_.lt->Takes(lt)) {
+      if (int e = LaunchQuantize(lt.x, lt.n, lt.w.cols, lt.x_stride, quant_, quant_scales_, true, in_.compute)) return e;
+      if (in_.lt->Run(lt, quant_, quant_scales_, in_.compute)) {
+        if (lt.n == job.n) return 0;
+        LinearJob rest = job;  // its quantized rows follow cuBLASLt's in stream order
+        rest.x += lt.n * job.x_stride;
+        rest.y += lt.n * job.y_stride;
+        rest.n = job.n - lt.n;
+        return LaunchLinearFp8(rest, quant_, quant_scales_, in_.compute);
+      }
     }
     return LaunchLinearFp8(job, quant_, quant_scales_, in_.compute);
   }
@@ -257,7 +267,7 @@ std::string Mla(Instance& in, Call& call, const coda_op& op) {
   m.start = call.At(op);
   m.capacity = op.kv.n_ctx;
   m.scale = hp.softmax_scale;
-  const MlaPlan plan = PlanMlaAttend(m);
+  const MlaPlan plan = PlanMlaAttend(m, op.kv.dtype);
   const uint64_t extra = Pad(4 * n * H * qk) + Pad(4 * n * qa_rows) + Pad(4 * n * row) + Pad(4 * n * dr) +
                          2 * Pad(4 * n * H * c) + Pad(4 * n * H * dv) + Pad(plan.part_bytes) +
                          (op.kv.buffer ? 0 : Pad(total * row * kvb));

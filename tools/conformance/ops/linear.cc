@@ -13,11 +13,12 @@ void LinearCases(Gen& g, std::vector<Case>& out, uint32_t op) {
   struct Shape {
     uint64_t rows, cols;
   };
-  // 384 x 512 at 72 tokens is a product the CUDA backend gives cuBLASLt (backends/cuda/src/lt.h).
+  // 384 x 512 at 70 tokens: the CUDA backend gives 68 to cuBLASLt and 2 to its own FP8 kernel
+  // (backends/cuda/src/lt.h).
   const std::vector<Shape> shapes = op == CODA_OP_LINEAR
                                         ? std::vector<Shape>{{1, 1}, {37, 53}, {130, 200}, {257, 384}, {384, 512}}
                                         : std::vector<Shape>{{129, 64}, {333, 200}};
-  const std::vector<uint32_t> tokens = op == CODA_OP_LINEAR ? std::vector<uint32_t>{1, 5, 33, 72} : std::vector<uint32_t>{1, 4};
+  const std::vector<uint32_t> tokens = op == CODA_OP_LINEAR ? std::vector<uint32_t>{1, 5, 33, 70} : std::vector<uint32_t>{1, 4};
   for (uint32_t dt : kWeightDtypes)
     for (const Shape& s : shapes)
       for (uint32_t n : tokens) {
