@@ -100,6 +100,55 @@ TEST(CudaEmulator, RefusesShapesCudaRefuses) {
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
 }
 
+// The emulated mma against the PTX ISA's fragment tables ("Matrix Fragments for mma.m16n8k16 with
+// floating point type", and m16n8k32 for .e4m3), written out here on their own: lane l holds, with
+// g = l / 4 and t = l % 4, for BF16 a0 = A[g][2t, 2t+1], a1 = A[g+8][2t, 2t+1], a2 = A[g][2t+8,
+// 2t+9], a3 = A[g+8][2t+8, 2t+9], b0 = B[2t, 2t+1][g], b1 = B[2t+8, 2t+9][g]; for E4M3 the same with
+// four values a word (a0 = A[g][4t..4t+3], a2 = A[g][4t+16..], b0 = B[4t..4t+3][g], ...); the
+// lowest bits hold the first; and d = D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]. (An order
+// within words that A and B share leaves every product as it is; lanes and registers do not.)
+TEST(CudaEmulator, MmaFragmentsAreLaidOutAsThePtxIsaSays) {
+  for (const int per : {2, 4}) {  // values a word: BF16, E4M3
+    const int K = 8 * per;
+    std::vector<float> A(16 * K), B(K * 8), want(16 * 8, 0.0f), got(16 * 8, -1.0f);
+    std::vector<uint32_t> code_a(16 * K), code_b(K * 8);
+    for (int i = 0; i < 16 * K; ++i) {  // distinct small values, exact in both formats
+      const float v = static_cast<float>((i * 7) % 13 - 6) * 0.25f;
+      code_a[i] = per == 2 ? coda_f32_to_bf16(v) : coda::cuda::ToE4m3(v);
+      A[i] = per == 2 ? coda_bf16_to_f32(static_cast<uint16_t>(code_a[i])) : coda_e4m3_to_f32(static_cast<uint8_t>(code_a[i]));
+    }
+    for (int i = 0; i < K * 8; ++i) {
+      const float v = static_cast<float>((i * 5) % 11 - 5) * 0.5f;
+      code_b[i] = per == 2 ? coda_f32_to_bf16(v) : coda::cuda::ToE4m3(v);
+      B[i] = per == 2 ? coda_bf16_to_f32(static_cast<uint16_t>(code_b[i])) : coda_e4m3_to_f32(static_cast<uint8_t>(code_b[i]));
+    }
+    for (int r = 0; r < 16; ++r)
+      for (int c = 0; c < 8; ++c)
+        for (int k = 0; k < K; ++k) want[r * 8 + c] += A[r * K + k] * B[k * 8 + c];
+    auto word = [&](auto value, int first) {  // `per` values from `first` on, the first lowest
+      uint32_t w = 0;
+      for (int i = 0; i < per; ++i) w |= value(first + i) << (32 / per * i);
+      return w;
+    };
+    ASSERT_TRUE(Launch(dim3(1), dim3(32), nullptr, [&] {
+      const int l = static_cast<int>(threadIdx.x), g = l / 4, t = l % 4, half = K / 2;
+      auto a_at = [&](int r) { return [&, r](int k) { return code_a[r * K + k]; }; };
+      auto b_at = [&](int c) { return [&, c](int k) { return code_b[k * 8 + c]; }; };
+      const uint32_t a[4] = {word(a_at(g), per * t), word(a_at(g + 8), per * t), word(a_at(g), per * t + half),
+                             word(a_at(g + 8), per * t + half)};
+      const uint32_t b[2] = {word(b_at(g), per * t), word(b_at(g), per * t + half)};
+      float d[4] = {};
+      if (per == 2) coda_cuda_emu::MmaBf16(d, a, b);
+      else coda_cuda_emu::MmaE4m3(d, a, b);
+      got[g * 8 + 2 * t] = d[0];
+      got[g * 8 + 2 * t + 1] = d[1];
+      got[(g + 8) * 8 + 2 * t] = d[2];
+      got[(g + 8) * 8 + 2 * t + 1] = d[3];
+    }));
+    EXPECT_EQ(got, want) << (per == 2 ? "BF16" : "E4M3");
+  }
+}
+
 // A captured stream records its work with the arguments of the moment, and a graph replays it
 // (reading memory as it is then); what CUDA refuses during a capture (a synchronization, a copy
 // to or from the host) fails and invalidates the capture, as on a GPU.

@@ -350,14 +350,15 @@ int Main(int argc, char** argv) {
     m.start.value = ctx - 1;
     m.capacity = ctx;
     const uint64_t row = m.c + m.dr;
-    const MlaPlan tc_plan = PlanMlaAttend(m, CODA_DTYPE_BF16);
+    // Each kernel with its own plan: the tensor cores' (a BF16 cache's) and the F32 kernel's.
+    const MlaPlan tc_plan = PlanMlaAttend(m, CODA_DTYPE_BF16), f32_plan = PlanMlaAttend(m, CODA_DTYPE_F32);
     std::vector<uint16_t> cache(ctx * row);
     std::vector<float> ql(m.heads * m.c), q(m.heads * (m.dn + m.dr));
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (uint16_t& v : cache) v = coda_f32_to_bf16(normal(rng));
     for (float& v : ql) v = normal(rng) * 0.05f;
     for (float& v : q) v = normal(rng) * 0.05f;
-    DeviceBuffer dc(cache.size() * 2), dql(ql.size() * 4), dq(q.size() * 4), dpart(tc_plan.part_bytes),
+    DeviceBuffer dc(cache.size() * 2), dql(ql.size() * 4), dq(q.size() * 4), dpart(std::max(tc_plan.part_bytes, f32_plan.part_bytes)),
         dol(m.heads * m.c * 4);
     if (!Upload(dc, cache) || !Upload(dql, ql) || !Upload(dq, q) || !dpart.p || !dol.p) return 1;
     // The attended latent of head h, from the same sums on the host.
@@ -381,8 +382,7 @@ int Main(int argc, char** argv) {
     // The first and the last head: the first and the last group of heads.
     const std::vector<double> want_first = host(0), want_last = host(m.heads - 1);
     for (const bool tc : {true, false}) {
-      MlaPlan plan = tc_plan;  // the same splits (part_bytes depends on them alone)
-      plan.tensor_cores = tc;
+      const MlaPlan& plan = tc ? tc_plan : f32_plan;
       bool ok = true;
       const double ms = Time(
           [&] {

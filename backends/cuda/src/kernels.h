@@ -104,8 +104,8 @@ int LaunchMlaAbsorb(const float* q, const DeviceWeight& kv_b, const MlaShape& m,
 // start + n positions (sized on the device, so that a replayed graph splits the positions it
 // sees), tokens in chunks of `chunk`; part holds part_bytes of partial results.
 // With a BF16 cache (rows of up to 576 values, c <= 512) the scores and the attended latent run
-// on tensor cores (mma BF16, 16 heads a block; Q and P in two BF16 halves each, so products stay
-// as exact as in F32), else on the CUDA cores in F32.
+// on tensor cores (mma BF16, 16 heads a block; Q and P in two BF16 halves each, every value within
+// 2^-16 of F32's), else on the CUDA cores in F32.
 struct MlaPlan {
   uint64_t splits = 1, chunk = 1, part_bytes = 0;
   bool tensor_cores = false;

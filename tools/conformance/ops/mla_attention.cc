@@ -17,6 +17,8 @@ void Cases(Gen& g, std::vector<Case>& out) {
   const Attn shapes[] = {
       {"plain q", 64, 2, 0, 32, 16, 8, 16},
       {"q LoRA, odd dims", 200, 3, 136, 144, 24, 10, 20},
+      // More heads than one group of 16 (the CUDA backend's tensor cores), a latent of 8k + 4.
+      {"many heads", 96, 20, 0, 36, 16, 6, 12},
   };
   struct Steps {
     uint32_t n, start;
