@@ -21,7 +21,7 @@ constexpr int kWarp = 32;
 constexpr int kTokenGroup = 4;  // tokens whose sums a warp keeps in registers
 constexpr unsigned kThreads = 256;
 constexpr unsigned kWarpsPerBlock = kThreads / kWarp;
-constexpr unsigned kMaxGridYZ = 65535;
+constexpr unsigned kMaxGridYZ = 65535, kMaxGridX = 0x7fffffffu;
 
 // A launch, written once for both builds: nvcc's triple chevrons, or the CPU emulator.
 template <class... P, class... A>
@@ -437,8 +437,21 @@ __global__ void MlaAbsorbKernel(const float* q, DeviceWeight w, MlaShape m, floa
   }
 }
 
+// Where an attention block works: blockIdx.x runs over (token, head group) pairs, head groups
+// fastest, and blockIdx.y over splits of the positions. So the blocks reading one split's cache
+// rows, for every head and token of the step, are neighbours and run at the same time: each row
+// comes from HBM once per step and layer, the other reads of it hit L2 (V3's 128 heads are 8
+// groups; with the split outermost they would be 8 reads a row once the cache outgrows L2).
+struct MlaBlock {
+  uint64_t tl, h0, split;  // token within the launch, first head, split
+};
+__device__ __forceinline__ MlaBlock MlaBlockOf(const MlaShape& m, uint64_t heads_per_block) {
+  const uint64_t groups = (m.heads + heads_per_block - 1) / heads_per_block;
+  return {blockIdx.x / groups, blockIdx.x % groups * heads_per_block, blockIdx.y};
+}
+
 // Attention in splits of positions (flash-decoding). A block takes token t, a group of kMlaHeads
-// heads (a warp each) and split `blockIdx.x` of the positions; tiles of kMlaTile cache rows go
+// heads (a warp each) and a split of the positions (MlaBlockOf); tiles of kMlaTile cache rows go
 // through shared memory once for all the group's heads. Each warp keeps its head's running
 // maximum, sum and attended latent (lane j holds columns j, j + 32, ...), and the split's
 // unnormalized result goes to part for MlaCombineKernel.
@@ -446,18 +459,19 @@ __global__ void MlaSplitKernel(const float* ql, const float* q, const void* cach
                                uint64_t t0, float* part) {
   __shared__ float qs[kMlaHeads][kMlaMaxRow];
   __shared__ float tile[kMlaTile][kMlaMaxRow];
-  const uint64_t start = At(m.start), splits = gridDim.x, split = (start + m.n + splits - 1) / splits;
-  const uint64_t t = t0 + blockIdx.z, row = m.c + m.dr, visible = start + t + 1;
+  const MlaBlock b = MlaBlockOf(m, kMlaHeads);
+  const uint64_t start = At(m.start), splits = gridDim.y, split = (start + m.n + splits - 1) / splits;
+  const uint64_t t = t0 + b.tl, row = m.c + m.dr, visible = start + t + 1;
   const unsigned warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  const uint64_t h = blockIdx.y * kMlaHeads + warp;
+  const uint64_t h = b.h0 + warp;
   const bool head = h < m.heads;
   for (uint64_t i = threadIdx.x; i < kMlaHeads * row; i += blockDim.x) {
-    const uint64_t hh = blockIdx.y * kMlaHeads + i / row, j = i % row;
+    const uint64_t hh = b.h0 + i / row, j = i % row;
     qs[i / row][j] = hh >= m.heads ? 0.0f
                      : j < m.c   ? ql[(t * m.heads + hh) * m.c + j]
                                  : q[(t * m.heads + hh) * (m.dn + m.dr) + m.dn + (j - m.c)];
   }
-  const uint64_t p0 = blockIdx.x * split, p1 = p0 + split < visible ? p0 + split : visible;  // p0 >= p1: empty
+  const uint64_t p0 = b.split * split, p1 = p0 + split < visible ? p0 + split : visible;  // p0 >= p1: empty
   float mx = -INFINITY, sum = 0, acc[kMlaMaxRow / kWarp];
   for (int k = 0; k < static_cast<int>(kMlaMaxRow / kWarp); ++k) acc[k] = 0;
   for (uint64_t pt = p0; pt < p1; pt += kMlaTile) {
@@ -489,7 +503,7 @@ __global__ void MlaSplitKernel(const float* ql, const float* q, const void* cach
   }
   if (!head) return;
   // part[t][h][split] = (max, sum, c values); a split past the visible rows has sum 0.
-  float* o = part + ((blockIdx.z * m.heads + h) * splits + blockIdx.x) * (m.c + 2);
+  float* o = part + ((b.tl * m.heads + h) * splits + b.split) * (m.c + 2);
   if (lane == 0) {
     o[0] = mx;
     o[1] = sum;
@@ -501,7 +515,7 @@ __global__ void MlaSplitKernel(const float* ql, const float* q, const void* cach
 }
 
 // ---- The same on tensor cores (sm_80 and later), for BF16 caches with rows of up to 576 ----
-// A block takes token t, kMlaTcHeads heads (one m16 tile of the mma) and split `blockIdx.x` of
+// A block takes token t, kMlaTcHeads heads (one m16 tile of the mma) and a split (MlaBlockOf) of
 // the positions, in tiles of 16 cache rows read into shared memory once for all 16 heads. Scores
 // are S = Q K^T and the attended latent O = P V (V: each row's first c values) on mma m16n8k16
 // BF16 with F32 sums. The cache is BF16 already; Q and P are split into two BF16 halves (v = hi +
@@ -544,10 +558,11 @@ __global__ void MlaSplitTcKernel(const float* ql, const float* q, const uint16_t
   __shared__ float sp[kMlaTcWarps][kMlaTcHeads][kMlaTcTile];  // each warp's share of the scores
   __shared__ uint16_t ph[kMlaTcHeads][kMlaTcTile], pl[kMlaTcHeads][kMlaTcTile];
   __shared__ float smax[kMlaTcHeads], ssum[kMlaTcHeads], salpha[kMlaTcHeads];
-  const uint64_t start = At(m.start), splits = gridDim.x, split = (start + m.n + splits - 1) / splits;
-  const uint64_t t = t0 + blockIdx.z, row = m.c + m.dr, rowp = (row + 15) / 16 * 16, visible = start + t + 1;
+  const MlaBlock b = MlaBlockOf(m, kMlaTcHeads);
+  const uint64_t start = At(m.start), splits = gridDim.y, split = (start + m.n + splits - 1) / splits;
+  const uint64_t t = t0 + b.tl, row = m.c + m.dr, rowp = (row + 15) / 16 * 16, visible = start + t + 1;
   const unsigned warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, tq = lane % 4;
-  const uint64_t h0 = blockIdx.y * kMlaTcHeads;
+  const uint64_t h0 = b.h0;
   const bool vector = row % 8 == 0 && reinterpret_cast<uintptr_t>(cache) % 16 == 0;
   // This warp's k-steps of Q (steps warp, warp + 4, ...), as A fragments, hi and lo.
   auto qv = [&](uint64_t r, uint64_t j) {
@@ -577,7 +592,7 @@ CODA_UNROLL
 CODA_UNROLL
   for (unsigned z = 0; z < kMlaTcColTiles; ++z)
     for (int i = 0; i < 4; ++i) acc[z][i] = 0;
-  const uint64_t p0 = blockIdx.x * split, p1 = p0 + split < visible ? p0 + split : visible;  // p0 >= p1: empty
+  const uint64_t p0 = b.split * split, p1 = p0 + split < visible ? p0 + split : visible;  // p0 >= p1: empty
   for (uint64_t pt = p0; pt < p1; pt += kMlaTcTile) {
     const uint64_t np = p1 - pt < kMlaTcTile ? p1 - pt : kMlaTcTile;
     __syncthreads();  // the previous tile's readers are done
@@ -662,7 +677,7 @@ CODA_UNROLL
   __syncthreads();
   // part[t][h][split] = (max, sum, c values), as MlaSplitKernel writes it.
   if (threadIdx.x < kMlaTcHeads && h0 + threadIdx.x < m.heads) {
-    float* o = part + ((blockIdx.z * m.heads + h0 + threadIdx.x) * splits + blockIdx.x) * (m.c + 2);
+    float* o = part + ((b.tl * m.heads + h0 + threadIdx.x) * splits + b.split) * (m.c + 2);
     o[0] = smax[threadIdx.x];
     o[1] = ssum[threadIdx.x];
   }
@@ -672,7 +687,7 @@ CODA_UNROLL
     if (n0 >= m.c) break;
     for (int i = 0; i < 4; ++i) {
       const uint64_t hh = h0 + g + (i >= 2 ? 8 : 0), j = n0 + 2 * tq + (i & 1);
-      if (hh < m.heads && j < m.c) part[((blockIdx.z * m.heads + hh) * splits + blockIdx.x) * (m.c + 2) + 2 + j] = acc[z][i];
+      if (hh < m.heads && j < m.c) part[((b.tl * m.heads + hh) * splits + b.split) * (m.c + 2) + 2 + j] = acc[z][i];
     }
   }
 }
@@ -904,7 +919,7 @@ int LaunchLinearFp8(const LinearJob& job, uint8_t* xq, float* xs, cudaStream_t s
   if (tiles > kMaxGridYZ) return static_cast<int>(cudaErrorInvalidValue);
   int e = LaunchQuantize(job.x, job.n, job.w.cols, job.x_stride, xq, xs, false, s);
   if (!e)
-    e = Start(Fp8GemmKernel, dim3(Clamp((job.rows + 63) / 64, 0x7fffffffu), static_cast<unsigned>(tiles)), dim3(128), s, job,
+    e = Start(Fp8GemmKernel, dim3(Clamp((job.rows + 63) / 64, kMaxGridX), static_cast<unsigned>(tiles)), dim3(128), s, job,
               static_cast<const uint8_t*>(xq), static_cast<const float*>(xs));
   return e;
 }
@@ -957,7 +972,7 @@ int LaunchLinear(const LinearJob& job, cudaStream_t s) {
   if (job.n >= kTileMinTokens) {
     const uint64_t tiles = (job.n + kTileTokens - 1) / kTileTokens;
     if (tiles > kMaxGridYZ || job.z > kMaxGridYZ) return static_cast<int>(cudaErrorInvalidValue);
-    return Start(GemmKernel, dim3(Clamp((job.rows + kTileRows - 1) / kTileRows, 0x7fffffffu), static_cast<unsigned>(tiles),
+    return Start(GemmKernel, dim3(Clamp((job.rows + kTileRows - 1) / kTileRows, kMaxGridX), static_cast<unsigned>(tiles),
                                   static_cast<unsigned>(job.z)),
                  dim3(kThreads), s, job);
   }
@@ -993,7 +1008,8 @@ MlaPlan PlanMlaAttend(const MlaShape& m, uint32_t cache_dtype) {
   const uint64_t want = (1024 + m.n * groups - 1) / (m.n * groups);
   p.splits = std::max<uint64_t>(1, std::min(want, (std::max(m.capacity, m.n) + 63) / 64));
   const uint64_t per_token = m.heads * p.splits * (m.c + 2) * 4;
-  p.chunk = std::clamp<uint64_t>((uint64_t{256} << 20) / per_token, 1, std::min<uint64_t>(m.n, kMaxGridYZ));
+  p.chunk = std::clamp<uint64_t>((uint64_t{256} << 20) / per_token, 1,
+                                 std::min<uint64_t>({m.n, kMaxGridYZ, kMaxGridX / std::max<uint64_t>(groups, 1)}));
   p.part_bytes = p.chunk * per_token;
   return p;
 }
@@ -1003,13 +1019,14 @@ int LaunchMlaAttend(const float* ql, const float* q, const void* cache, uint32_t
   if (!m.n || !m.heads) return 0;
   const bool tc = plan.tensor_cores;
   const uint64_t per_block = tc ? kMlaTcHeads : kMlaHeads, groups = (m.heads + per_block - 1) / per_block;
-  if (groups > kMaxGridYZ || m.heads > kMaxGridYZ || plan.splits > 0x7fffffffu || m.c + m.dr > kMlaMaxRow ||
+  if (groups > kMaxGridYZ || m.heads > kMaxGridYZ || plan.splits > kMaxGridYZ || plan.chunk > kMaxGridX / groups ||
+      m.c + m.dr > kMlaMaxRow ||
       (tc && (cache_dtype != CODA_DTYPE_BF16 || m.c > 512 || m.c + m.dr > kMlaTcMaxRow)))
     return static_cast<int>(cudaErrorInvalidValue);
   int e = 0;
   for (uint64_t t0 = 0; !e && t0 < m.n; t0 += plan.chunk) {
     const unsigned count = static_cast<unsigned>(std::min(plan.chunk, m.n - t0));
-    const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(groups), count);
+    const dim3 grid(static_cast<unsigned>(groups * count), static_cast<unsigned>(plan.splits));  // see MlaBlockOf
     e = tc ? Start(MlaSplitTcKernel, grid, dim3(kMlaTcWarps * kWarp), s, ql, q, static_cast<const uint16_t*>(cache), m, t0, part)
            : Start(MlaSplitKernel, grid, dim3(kMlaHeads * kWarp), s, ql, q, cache, cache_dtype, m, t0, part);
     if (!e)
@@ -1040,7 +1057,7 @@ int LaunchMoeExperts(const float* x, const int32_t* ids, const float* weights, u
               sc.list);
   const auto* starts = static_cast<const uint32_t*>(sc.starts);
   const auto* list = static_cast<const uint32_t*>(sc.list);
-  const unsigned grid_e = Clamp(experts, 0x7fffffffu);
+  const unsigned grid_e = Clamp(experts, kMaxGridX);
   // FP8: the token rows quantized before the gate and up products, the pairs' rows of h before down.
   const bool fp8 = sc.q && d % 128 == 0 && f % 128 == 0;
   const uint8_t* aq = fp8 ? sc.q : nullptr;

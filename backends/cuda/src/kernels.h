@@ -112,8 +112,9 @@ struct MlaPlan {
 };
 MlaPlan PlanMlaAttend(const MlaShape& m, uint32_t cache_dtype);
 // ol[t][h] = the attended latent (c values): softmax over the scores of (ql, q_pe) against the
-// cache rows, each row read once per block's group of heads (16 on the tensor cores, else
-// kMlaHeads).
+// cache rows. Each block reads its split's rows once for its group of heads (16 on the tensor
+// cores, else kMlaHeads); the blocks of one split, every group and token, are launched side by
+// side so that the other groups' reads of a row hit L2 and HBM sees it once per step.
 int LaunchMlaAttend(const float* ql, const float* q, const void* cache, uint32_t cache_dtype, const MlaShape& m,
                     const MlaPlan& plan, float* part, float* ol, cudaStream_t s);
 // Heads per block, cache rows per shared-memory tile, and the longest latent row (c + dr): the
