@@ -209,9 +209,9 @@ TEST(CudaEmulator, CapturedWorkReplaysAndSynchronizationsAreRefused) {
 }
 
 // coda-cuda-bench (tools/gpu-check runs it on a GPU) in the emulator, with the stand-in for
-// cuBLASLt: its products (exact, FP8 on the emulated tensor cores, and the stand-in's) and its MLA
-// decode check out against the host's sums, the activation scales come out the same in both
-// layouts, and it prints its tables.
+// cuBLASLt: its products (exact, FP8 and BF16 on the emulated tensor cores, and the stand-in's)
+// and its MLA decode check out against the host's sums, the activation scales come out the same
+// in both layouts, and it prints its tables.
 TEST(CudaBench, RunsAndChecksInTheEmulator) {
   const std::string dir = CODA_TEST_PLUGIN_DIR;
   const auto r = coda::test::RunCommand("CODA_CUDA_EMU_CUBLASLT=" + dir + "/libcublasLt-emu.so " + dir +
@@ -223,7 +223,8 @@ TEST(CudaBench, RunsAndChecksInTheEmulator) {
   EXPECT_NE(out.find("| tiny | 128x512 | 20 |"), std::string::npos) << out;
   EXPECT_NE(out.find("against host: exact"), std::string::npos) << out;
   EXPECT_NE(out.find(", FP8 "), std::string::npos) << out;
-  EXPECT_NE(out.find("scale layouts agree, cuBLASLt FP8 vs FP8 "), std::string::npos) << out;
+  EXPECT_NE(out.find("scale layouts agree, BF16 TC "), std::string::npos) << out;
+  EXPECT_NE(out.find(", cuBLASLt FP8 vs FP8 "), std::string::npos) << out;
   EXPECT_NE(out.find("| matches the host | tensor cores | 18 | 300 |"), std::string::npos) << out;
   EXPECT_NE(out.find("| matches the host | CUDA cores, F32 | 18 | 300 |"), std::string::npos) << out;
   EXPECT_NE(out.find("all checks passed"), std::string::npos) << out;

@@ -228,11 +228,13 @@ TEST(Conformance, CudaKernelsPassEveryCaseInTheEmulator) {
 // The CUDA backend's FP8 products on tensor cores (activations quantized per 1 x 128 tile, each
 // 128-column block's sum promoted to F32 with both scales) against the scalar reference: every
 // non-FP8 case passes as before, the FP8 ones stay within E4M3's rounding.
-// The conformance report of `name` (in `lib`) with fast products, over `ops` (all when empty).
-void FastReport(const std::string& lib, const std::string& name, std::vector<std::string> ops, conformance::Report* out) {
+// The conformance report of `name` (in `lib`) with fast products (or exact ones), over `ops` (all
+// when empty).
+void FastReport(const std::string& lib, const std::string& name, std::vector<std::string> ops, conformance::Report* out,
+                bool exact = false) {
   ContextOptions co;
   co.plugin_files = {lib};
-  co.exact_products = false;
+  co.exact_products = exact;
   auto ctx = Context::Create(co);
   ASSERT_TRUE(ctx.ok()) << ctx.status().message();
   auto found = (*ctx)->Find(name);
@@ -332,6 +334,50 @@ TEST(Conformance, CudaFastProductsThroughCublasLtStandInInTheEmulator) {
     if (std::string(fault) == "wrong") {
       EXPECT_EQ(wrong, 2);  // with host tensors and in buffers
     }
+  }
+}
+
+// BF16 products on tensor cores (kernels.h, Bf16Eligible): BF16 weights from 16 tokens on, and on
+// a GPU without FP8 tensor cores (the emulator playing an A100, sm_80) FP8 weights too, widened
+// to BF16. With the activations in two BF16 halves they stay near the F32 product: at most 4.7e-6
+// from the scalar reference (emulator; the F32 path: 8e-7), where one half alone gives 3e-3 and
+// the FP8 tensor cores' quantized activations 5e-2, so the bound below tells them apart.
+TEST(Conformance, CudaBf16ProductsStayNearTheScalarReferenceInTheEmulator) {
+  struct Env {
+    ~Env() { unsetenv("CODA_CUDA_EMU_SM"); }
+  } env;
+  for (const char* sm : {"90", "80"}) {
+    setenv("CODA_CUDA_EMU_SM", sm, 1);
+    ContextOptions co;
+    co.plugin_files = {TestPlugin("cuda-emu")};
+    co.exact_products = false;
+    auto ctx = Context::Create(co);
+    ASSERT_TRUE(ctx.ok()) << ctx.status().message();
+    auto found = (*ctx)->Find("cuda-emu");
+    ASSERT_TRUE(found.ok()) << found.status().message();
+    const bool a100 = std::string(sm) == "80";
+    EXPECT_NE((*found)->describe().find(a100 ? "; FP8 and BF16 weights on BF16 tensor cores"
+                                             : "; FP8 weights on FP8 tensor cores, BF16 ones on BF16 tensor cores"),
+              std::string::npos)
+        << (*found)->describe();
+    conformance::Report report, exact;
+    ASSERT_NO_FATAL_FAILURE(FastReport(TestPlugin("cuda-emu"), "cuda-emu", {"Linear", "Mlp"}, &report));
+    ASSERT_NO_FATAL_FAILURE(FastReport(TestPlugin("cuda-emu"), "cuda-emu", {"Linear", "Mlp"}, &exact, true));
+    ASSERT_EQ(report.cases.size(), exact.cases.size());
+    double worst_bf16 = 0, worst_fp8 = 0;
+    int differ = 0;  // cases whose products did not run in F32 as in exact mode
+    for (size_t i = 0; i < report.cases.size(); ++i) {
+      const auto& c = report.cases[i];
+      if (c.outcome == Outcome::kUnsupported || (c.dtype == "FP8" && !a100)) continue;  // FP8 products: above
+      EXPECT_EQ(c.outcome, Outcome::kPass) << sm << ": " << c.op << " [" << c.dtype << "] " << c.name << ": " << c.detail;
+      if (c.dtype == "F32") continue;
+      EXPECT_LT(c.error, 1e-5) << sm << ": " << c.op << " [" << c.dtype << "] " << c.name;
+      (c.dtype == "BF16" ? worst_bf16 : worst_fp8) = std::max(c.dtype == "BF16" ? worst_bf16 : worst_fp8, c.error);
+      differ += c.error != exact.cases[i].error;
+    }
+    std::printf("sm_%s: largest error with BF16 weights %.3g, FP8 weights on BF16 tensor cores %.3g; %d cases unlike "
+                "exact mode\n", sm, worst_bf16, worst_fp8, differ);
+    EXPECT_GT(differ, 0) << "no product took the BF16 tensor cores";
   }
 }
 

@@ -171,11 +171,12 @@ int Main(int argc, char** argv) {
     all_ok = all_ok && ok;
   }
 
-  // Products: FP8 weights with 128x128 block scales, F32 activations, four ways: exactly in F32
+  // Products: FP8 weights with 128x128 block scales, F32 activations, five ways: exactly in F32
   // (decode, and CODA_BACKEND_EXACT_PRODUCTS), on the tensor cores from 16 tokens with the
-  // activations quantized per 1x128 tile, by cuBLASLt's block-scaled FP8 product where it takes
-  // the shape (lt.h: the backend's choice from kLtMinTokens tokens), and by cuBLASLt in BF16 on the
-  // dequantized weights, the baseline.
+  // activations quantized per 1x128 tile, on the BF16 tensor cores with the weights widened (the
+  // path of GPUs without FP8 tensor cores, and of BF16 weights), by cuBLASLt's block-scaled FP8
+  // product where it takes the shape (lt.h: the backend's choice from kLtMinTokens tokens), and by
+  // cuBLASLt in BF16 on the dequantized weights, the baseline.
   std::string lt_why;
   std::unique_ptr<LtFp8> lt = LtFp8::Open(nullptr, &lt_why);
   std::printf("cuBLASLt block-scaled FP8: %s\n", lt ? lt->Summary().c_str() : lt_why.c_str());
@@ -187,8 +188,9 @@ int Main(int argc, char** argv) {
   if (peak_tflops > 0) std::printf("FP8 dense peak: %.0f TFLOPS (%d SMs at %.2f GHz)\n", peak_tflops, prop.multiProcessorCount, khz / 1e6);
 #endif
   std::printf("\n| weight (FP8) | rows x cols | tokens | exact ms | exact GB/s | of copy | FP8 ms | FP8 TFLOPS | "
-              "cuBLASLt FP8 ms | cuBLASLt FP8 TFLOPS | cuBLASLt BF16 ms | cuBLASLt BF16 TFLOPS | checks |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+              "BF16 TC ms | BF16 TC TFLOPS | cuBLASLt FP8 ms | cuBLASLt FP8 TFLOPS | cuBLASLt BF16 ms | cuBLASLt BF16 TFLOPS | "
+              "checks |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   const std::vector<Shape> shapes =
       smoke ? std::vector<Shape>{{"tiny", 128, 512}}
             : std::vector<Shape>{{"expert gate/up", 2048, 7168}, {"expert down", 7168, 2048}, {"dense gate/up", 18432, 7168},
@@ -229,7 +231,7 @@ int Main(int argc, char** argv) {
     std::vector<uint16_t> xbf(x.size());
     for (size_t i = 0; i < x.size(); ++i) xbf[i] = coda_f32_to_bf16(x[i]);
     DeviceBuffer dw(codes.size()), ds(scales.size() * 4), dwbf(wbf.size() * 2), dx(x.size() * 4), dxbf(xbf.size() * 2),
-        dy(nmax * sh.rows * 4), dy8(nmax * sh.rows * 4), dylt(nmax * sh.rows * 4), dyl(nmax * sh.rows * 4),
+        dy(nmax * sh.rows * 4), dy8(nmax * sh.rows * 4), dylt(nmax * sh.rows * 4), dyl(nmax * sh.rows * 4), dyb(nmax * sh.rows * 4),
         dq(nmax * sh.cols), dqs(nmax * scols * 4), dqs2(nmax * scols * 4);
     if (!Upload(dw, codes) || !Upload(ds, scales) || !Upload(dwbf, wbf) || !Upload(dx, x) || !Upload(dxbf, xbf)) return 1;
     DeviceWeight w;
@@ -247,7 +249,8 @@ int Main(int argc, char** argv) {
       const double ms = Time([&] { return LaunchLinear(exact, nullptr); }, reps, &ok);
       const double flops = 2.0 * n * sh.rows * sh.cols;
       const double bytes = static_cast<double>(sh.rows * sh.cols + scales.size() * 4 + 4 * n * (sh.rows + sh.cols));
-      std::string fp8_ms = "-", fp8_tf = "-", lt_ms = "-", lt_tf = "-", bf_ms = "-", bf_tf = "-", checks;
+      std::string fp8_ms = "-", fp8_tf = "-", tc_ms = "-", tc_tf = "-", lt_ms = "-", lt_tf = "-", bf_ms = "-", bf_tf = "-",
+                  checks;
       // The baseline: cuBLASLt BF16 on a GPU, the same sums on the host in the emulator.
       std::vector<float> want;
 #ifndef CODA_CUDA_EMULATION
@@ -307,6 +310,16 @@ int Main(int argc, char** argv) {
         ok = ok && same;
         checks += same ? ", scale layouts agree" : ", scale layouts differ FAIL";
       }
+      const LinearJob wide = PlainLinear(dx.as<float>(), n, w, dyb.as<float>());
+      if (Bf16Eligible(wide)) {
+        bool tok = true;
+        const double tms = Time([&] { return LaunchLinearBf16(wide, nullptr); }, reps, &tok);
+        ok = ok && tok;
+        tc_ms = cell("%.3f", tms);
+        tc_tf = cell("%.1f", flops / (tms * 1e9));
+        // Exact FP8 weights and near-exact activations: only the baseline's own rounding.
+        check("BF16 TC", download(dyb, n * sh.rows), want, 2e-2);
+      }
       if (lt && !got8.empty() && lt->Takes(PlainLinear(dx.as<float>(), n, w, dylt.as<float>()))) {
         const LinearJob job = PlainLinear(dx.as<float>(), n, w, dylt.as<float>());
         bool lok = true;
@@ -325,11 +338,11 @@ int Main(int argc, char** argv) {
           ok = false;
         }
       }
-      std::printf("| %s | %llux%llu | %llu | %.3f | %.0f | %.0f%% | %s | %s | %s | %s | %s | %s | against %s: %s |\n", sh.name,
-                  static_cast<unsigned long long>(sh.rows), static_cast<unsigned long long>(sh.cols),
+      std::printf("| %s | %llux%llu | %llu | %.3f | %.0f | %.0f%% | %s | %s | %s | %s | %s | %s | %s | %s | against %s: %s |\n",
+                  sh.name, static_cast<unsigned long long>(sh.rows), static_cast<unsigned long long>(sh.cols),
                   static_cast<unsigned long long>(n), ms, bytes / (ms * 1e6),
-                  copy_gbs > 0 ? 100.0 * bytes / (ms * 1e6) / copy_gbs : 0.0, fp8_ms.c_str(), fp8_tf.c_str(), lt_ms.c_str(),
-                  lt_tf.c_str(), bf_ms.c_str(), bf_tf.c_str(), against, checks.c_str());
+                  copy_gbs > 0 ? 100.0 * bytes / (ms * 1e6) / copy_gbs : 0.0, fp8_ms.c_str(), fp8_tf.c_str(), tc_ms.c_str(),
+                  tc_tf.c_str(), lt_ms.c_str(), lt_tf.c_str(), bf_ms.c_str(), bf_tf.c_str(), against, checks.c_str());
       all_ok = all_ok && ok;
     }
   }

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -373,8 +374,16 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   struct sysinfo si{};
   sysinfo(&si);
   prop->totalGlobalMem = static_cast<size_t>(si.totalram) * si.mem_unit;
+  // An H100's 9.0, or CODA_CUDA_EMU_SM (two digits, 80 to 99), so that tests can take the paths
+  // of GPUs without FP8 tensor cores; anything else is refused rather than guessed at.
   prop->major = 9;
   prop->minor = 0;
+  if (const char* sm = std::getenv("CODA_CUDA_EMU_SM")) {
+    if (!(std::strlen(sm) == 2 && sm[0] >= '8' && sm[0] <= '9' && sm[1] >= '0' && sm[1] <= '9'))
+      return cudaErrorInvalidValue;
+    prop->major = sm[0] - '0';
+    prop->minor = sm[1] - '0';
+  }
   prop->multiProcessorCount = 1;
   return cudaSuccess;
 }

@@ -99,6 +99,7 @@ coda_status_code Create(const coda_host* host, const coda_backend_options* optio
   const bool exact = options && options->struct_size >= offsetof(coda_backend_options, flags) + sizeof(uint32_t) &&
                      (options->flags & CODA_BACKEND_EXACT_PRODUCTS);
   in->fp8_products = !exact && prop.major * 10 + prop.minor >= 89;
+  in->bf16_products = !exact;  // every device this build runs on (sm_80 and later)
   cudaError_t e = cudaSetDevice(in->device);
   if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&in->compute, cudaStreamNonBlocking);
   if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&in->transfer, cudaStreamNonBlocking);
@@ -106,6 +107,9 @@ coda_status_code Create(const coda_host* host, const coda_backend_options* optio
   if (e != cudaSuccess) return Fail(CudaError(e, "starting the device"), CODA_STATUS_DEVICE_ERROR, error, error_size);
   in->description = "CUDA device " + std::to_string(index) + ": " + prop.name + " (sm_" + std::to_string(prop.major) +
                     std::to_string(prop.minor) + ", " + std::to_string(prop.totalGlobalMem >> 20) + " MiB)";
+  in->description += exact              ? "; weight products exact, in F32"
+                     : in->fp8_products ? "; FP8 weights on FP8 tensor cores, BF16 ones on BF16 tensor cores"
+                                        : "; FP8 and BF16 weights on BF16 tensor cores";
   // cuBLASLt's block scaling runs on sm_90 only (lt.h).
   const char* lt = std::getenv("CODA_CUDA_CUBLASLT");
   if (in->fp8_products && prop.major == 9 && !(lt && std::string(lt) == "off")) {

@@ -81,6 +81,9 @@ struct Instance {
   // Products may quantize activations (CODA_BACKEND_EXACT_PRODUCTS unset) and the device has FP8
   // tensor cores (sm_89 and later): FP8 weights then multiply on them (kernels.h, Fp8Eligible).
   bool fp8_products = false;
+  // Unless exact: BF16 weights, and FP8 weights where fp8_products is off, multiply on the BF16
+  // tensor cores (kernels.h, Bf16Eligible).
+  bool bf16_products = false;
   // cuBLASLt's block-scaled FP8 products for prefill (lt.h), where the library is there and proved
   // itself; CODA_CUDA_CUBLASLT=off leaves all products to the own kernels.
   std::unique_ptr<LtFp8> lt;

@@ -197,6 +197,10 @@ constexpr uint64_t kTileMinTokens = kTileMinTokensForFp8;
 // FP8 tiles (below): 16 tokens per warp, 64 weight rows, rows of 128 codes padded to kFp8Row
 // bytes so that a fragment's 32 lanes hit 32 banks.
 constexpr int kFp8Row = 144, kFp8Rows = 64, kFp8MaxWarps = 8;
+// BF16 tiles (below): 16 tokens per warp, 64 weight rows, kBf16K columns at a time in rows padded
+// to kBf16Stride values (144 bytes, as kFp8Row, so that a fragment's lanes hit 32 banks).
+constexpr int kBf16K = 64, kBf16Stride = kBf16K + 8, kBf16Warps = 4;
+static_assert(kBf16Stride * 2 == kFp8Row, "BF16 and FP8 tile rows share their padding");
 
 // The tile functions' shared memory, declared once per kernel: kernels that may take either
 // path (or several instantiations) then use the largest, not the sum.
@@ -209,6 +213,10 @@ union TileShared {
     uint8_t a[kFp8MaxWarps * 16 * kFp8Row];
     uint8_t b[kFp8Rows * kFp8Row];
   } fp8;
+  struct {
+    uint16_t ah[kBf16Warps * 16 * kBf16Stride], al[kBf16Warps * 16 * kBf16Stride];  // activations, two halves
+    uint16_t b[kFp8Rows * kBf16Stride];
+  } bf16;
 };
 
 // Sums over all columns for tokens 0 .. mt - 1 (token i's row at xrow(i)) and weight rows
@@ -311,6 +319,28 @@ __device__ __forceinline__ void MmaE4m3(float* d, const uint32_t* a, const uint3
 #endif
 }
 
+__device__ __forceinline__ void MmaBf16(float* d, const uint32_t* a, const uint32_t* b) {
+#if defined(CODA_CUDA_EMULATION)
+  coda_cuda_emu::MmaBf16(d, a, b);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  (void)d, (void)a, (void)b;
+  __trap();  // this build holds sm_80 code and newer only
+#endif
+}
+
+__device__ __forceinline__ uint32_t Pack(uint16_t lo_k, uint16_t hi_k) { return uint32_t{lo_k} | uint32_t{hi_k} << 16; }
+// v as hi + lo, each BF16.
+__device__ __forceinline__ void Split(float v, uint16_t* hi, uint16_t* lo) {
+  *hi = ToBf16(v);
+  *lo = ToBf16(v - AsFloat(uint32_t{*hi} << 16));
+}
+
 // Tokens 0 .. mt - 1 (quantized row arow(i) of xq, its block scales at xs) against weight rows
 // i0 .. i0 + nr - 1 of w (FP8, 128-column blocks), then store(i, j, value). Warp v takes tokens
 // 16v .. 16v + 15, against all 64 rows (8 mma column groups of 8); mt <= 16 * warps.
@@ -373,6 +403,109 @@ __global__ void Fp8GemmKernel(LinearJob job, const uint8_t* xq, const float* xs)
   const uint64_t nr = job.rows - i0 < 64 ? job.rows - i0 : 64, mt = job.n - t0 < 64 ? job.n - t0 : 64;
   Fp8Tile(
       sh, job.w, i0, nr, mt, xq, xs, [&](uint64_t m) { return t0 + m; },
+      [&](uint64_t m, uint64_t j, float v) { job.y[(t0 + m) * job.y_stride + i0 + j] = v; });
+}
+
+// ---- BF16 products on tensor cores (sm_80 and later) ----
+// For BF16 weights, and for FP8 weights where the tensor cores lack FP8 (sm_80 to sm_87): FP8
+// codes widen to BF16 exactly and each 128-column block's sum is promoted with its weight scale,
+// as in the FP8 path. Activations are split into two BF16 halves (hi + lo, as in the MLA kernel)
+// and multiplied twice, so that each keeps 16 bits of mantissa: near the F32 product, where
+// rounding them to BF16 once would cost about 2e-3 (the tests tell the two apart).
+
+// A fragment of A (rows g and g + 8, columns 2q and 2q + 1, then 8 on): p at row g, column 2q.
+__device__ __forceinline__ void FragmentA(const uint16_t* p, uint32_t* a) {
+  memcpy(&a[0], p, 4);
+  memcpy(&a[1], p + 8 * kBf16Stride, 4);
+  memcpy(&a[2], p + 8, 4);
+  memcpy(&a[3], p + 8 * kBf16Stride + 8, 4);
+}
+
+// Tokens 0 .. mt - 1 (token m's row at xrow(m)) against weight rows row0 .. row0 + nr - 1 of w (BF16,
+// or FP8 in 128x128 blocks), then store(m, j, value). Warp v takes tokens 16v .. 16v + 15 against
+// all 64 rows (8 mma column groups of 8); blockDim.x is kBf16Warps warps.
+template <class XRow, class Store>
+__device__ void Bf16Tile(TileShared& sh, const DeviceWeight& w, uint64_t row0, uint64_t nr, uint64_t mt, XRow xrow,
+                         Store store) {
+  uint16_t* ah = sh.bf16.ah;
+  uint16_t* al = sh.bf16.al;
+  uint16_t* bs = sh.bf16.b;
+  const unsigned warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, q = lane % 4;
+  const bool fp8 = w.dtype == CODA_DTYPE_FP8_E4M3;
+  const unsigned per = fp8 ? 16 : 8, width = fp8 ? 1 : 2;  // values per 16-byte piece, bytes per value
+  const bool vector = w.cols % per == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
+  float acc[8][4] = {}, part[8][4] = {};
+  for (uint64_t k0 = 0; k0 < w.cols; k0 += kBf16K) {
+    __syncthreads();  // the previous chunk's readers are done
+    for (unsigned i = threadIdx.x; i < kBf16Warps * 16 * kBf16K; i += blockDim.x) {
+      const unsigned m = i / kBf16K, k = i % kBf16K;  // consecutive threads read consecutive columns
+      Split(m < mt && k0 + k < w.cols ? xrow(m)[k0 + k] : 0.0f, &ah[m * kBf16Stride + k], &al[m * kBf16Stride + k]);
+    }
+    if (vector) {
+      for (unsigned i = threadIdx.x; i < kFp8Rows * (kBf16K / per); i += blockDim.x) {
+        const unsigned j = i / (kBf16K / per), k = i % (kBf16K / per) * per;
+        Piece v{};
+        if (j < nr && k0 + k < w.cols)
+          v = LoadPiece(static_cast<const uint8_t*>(w.data) + ((row0 + j) * w.cols + k0 + k) * width);
+        uint16_t* dst = bs + j * kBf16Stride + k;
+        if (!fp8) {
+          StorePiece(dst, v);
+          continue;
+        }
+        Piece wide[2] = {};  // 16 codes as 16 BF16 values, the first lowest
+        for (int e = 0; e < 16; ++e)
+          wide[e / 8].w[e % 8 / 2] |= uint32_t{ToBf16(PieceValue<CODA_DTYPE_FP8_E4M3>(v, e))} << (16 * (e % 2));
+        StorePiece(dst, wide[0]);
+        StorePiece(dst + 8, wide[1]);
+      }
+    } else {
+      for (unsigned i = threadIdx.x; i < kFp8Rows * kBf16K; i += blockDim.x) {
+        const unsigned j = i / kBf16K, k = i % kBf16K;
+        bs[j * kBf16Stride + k] =
+            j < nr && k0 + k < w.cols ? ToBf16(Load(w.data, w.dtype, (row0 + j) * w.cols + k0 + k)) : uint16_t{0};
+      }
+    }
+    __syncthreads();
+CODA_UNROLL
+    for (int s = 0; s < kBf16K / 16; ++s) {
+      uint32_t hi[4], lo[4];
+      FragmentA(ah + (warp * 16 + g) * kBf16Stride + s * 16 + 2 * q, hi);
+      FragmentA(al + (warp * 16 + g) * kBf16Stride + s * 16 + 2 * q, lo);
+CODA_UNROLL
+      for (int f = 0; f < 8; ++f) {
+        const uint16_t* br = bs + (f * 8 + g) * kBf16Stride + s * 16 + 2 * q;
+        uint32_t b[2];
+        memcpy(&b[0], br, 4);
+        memcpy(&b[1], br + 8, 4);
+        MmaBf16(part[f], hi, b);
+        MmaBf16(part[f], lo, b);
+      }
+    }
+    // FP8: promotion at the end of each 128-column block (cols is a multiple of 128), with the
+    // weight's scale; BF16: once, at the end.
+    const uint64_t end = k0 + kBf16K;
+    if (fp8 ? end % 128 == 0 : end >= w.cols)
+      for (int f = 0; f < 8; ++f)
+        for (int i = 0; i < 4; ++i) {
+          const uint64_t j = f * 8 + q * 2 + (i & 1);
+          if (j < nr) acc[f][i] += part[f][i] * (fp8 ? w.scales[((row0 + j) / 128) * w.scale_cols + k0 / 128] : 1.0f);
+          part[f][i] = 0;
+        }
+  }
+  for (int f = 0; f < 8; ++f)
+    for (int i = 0; i < 4; ++i) {
+      const uint64_t m = warp * 16 + g + (i >= 2 ? 8 : 0), j = f * 8 + q * 2 + (i & 1);
+      if (m < mt && j < nr) store(m, j, acc[f][i]);
+    }
+}
+
+// Grid (row tiles of 64, token tiles of 64), kBf16Warps warps.
+__global__ void Bf16GemmKernel(LinearJob job) {
+  __shared__ __align__(16) TileShared sh;
+  const uint64_t i0 = blockIdx.x * 64ull, t0 = blockIdx.y * 64ull;
+  const uint64_t nr = job.rows - i0 < 64 ? job.rows - i0 : 64, mt = job.n - t0 < 64 ? job.n - t0 : 64;
+  Bf16Tile(
+      sh, job.w, job.row0 + i0, nr, mt, [&](uint64_t m) { return job.x + (t0 + m) * job.x_stride; },
       [&](uint64_t m, uint64_t j, float v) { job.y[(t0 + m) * job.y_stride + i0 + j] = v; });
 }
 
@@ -530,28 +663,6 @@ constexpr unsigned kMlaTcColTiles = 512 / 8 / kMlaTcWarps;          // n-tiles o
 static_assert(kMlaTcMaxRow % (16 * kMlaTcWarps) == 0, "the warps' k-steps cover a row");
 static_assert(kMlaTcStride * 2 % 16 == 0, "shared rows hold whole 16-byte pieces");
 static_assert(kMlaTcMaxRow <= kMlaMaxRow, "LaunchMlaAttend's bound holds both kernels");
-
-__device__ __forceinline__ void MmaBf16(float* d, const uint32_t* a, const uint32_t* b) {
-#if defined(CODA_CUDA_EMULATION)
-  coda_cuda_emu::MmaBf16(d, a, b);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-  (void)d, (void)a, (void)b;
-  __trap();  // this build holds sm_80 code and newer only
-#endif
-}
-
-__device__ __forceinline__ uint32_t Pack(uint16_t lo_k, uint16_t hi_k) { return uint32_t{lo_k} | uint32_t{hi_k} << 16; }
-// v as hi + lo, each BF16.
-__device__ __forceinline__ void Split(float v, uint16_t* hi, uint16_t* lo) {
-  *hi = ToBf16(v);
-  *lo = ToBf16(v - AsFloat(uint32_t{*hi} << 16));
-}
 
 __global__ void MlaSplitTcKernel(const float* ql, const float* q, const uint16_t* cache, MlaShape m, uint64_t t0, float* part) {
   __shared__ __align__(16) uint16_t ks[kMlaTcTile][kMlaTcStride];
@@ -905,6 +1016,17 @@ bool Fp8Weight(const DeviceWeight& w) {
 }
 
 bool Fp8Eligible(const LinearJob& job) { return Fp8Weight(job.w) && job.z == 1 && job.row0 == 0 && job.n >= kTileMinTokens; }
+
+bool Bf16Eligible(const LinearJob& job) {
+  return job.z == 1 && job.n >= kTileMinTokens && job.w.cols && (job.w.dtype == CODA_DTYPE_BF16 || Fp8Weight(job.w));
+}
+
+int LaunchLinearBf16(const LinearJob& job, cudaStream_t s) {
+  const uint64_t tiles = (job.n + 63) / 64;
+  if (tiles > kMaxGridYZ || !Bf16Eligible(job)) return static_cast<int>(cudaErrorInvalidValue);
+  return Start(Bf16GemmKernel, dim3(Clamp((job.rows + 63) / 64, kMaxGridX), static_cast<unsigned>(tiles)),
+               dim3(kBf16Warps * kWarp), s, job);
+}
 
 int LaunchQuantize(const float* x, uint64_t n, uint64_t cols, uint64_t x_stride, uint8_t* xq, float* xs, bool block_major,
                    cudaStream_t s) {

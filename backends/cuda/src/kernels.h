@@ -69,6 +69,12 @@ bool Fp8Eligible(const LinearJob& job);
 // An FP8 weight the tensor-core products take: 128x128 blocks, whole 128-column blocks, aligned.
 bool Fp8Weight(const DeviceWeight& w);
 constexpr uint64_t kTileMinTokensForFp8 = 16;
+// BF16 products on tensor cores (sm_80 and later; not exact, though near: activations split into
+// two BF16 halves, see kernels.cu): for a job with BF16 weights, or FP8 weights as Fp8Weight
+// takes them (widened to BF16 exactly, for GPUs without FP8 tensor cores), z = 1 and 16 tokens or
+// more.
+bool Bf16Eligible(const LinearJob& job);
+int LaunchLinearBf16(const LinearJob& job, cudaStream_t s);
 // Activations for FP8 products: x [n, cols] (rows x_stride apart) quantized per token and
 // 128-column block to E4M3 codes xq [n, cols], scale = amax / 448, the scales into xs token-major
 // [n, cols / 128] (the own kernels) or block-major [cols / 128, n] (cuBLASLt, lt.h).

@@ -86,10 +86,12 @@ class Call {
   }
   // A product: on the tensor cores in FP8 where the instance allows it and the job does
   // (kernels.h, Fp8Eligible), by cuBLASLt from kLtMinTokens tokens where it takes the job (lt.h:
-  // the tokens down to a multiple of 4; the own kernel takes the rest), else exactly in F32.
+  // the tokens down to a multiple of 4; the own kernel takes the rest); else on the BF16 tensor
+  // cores where allowed (Bf16Eligible), else exactly in F32.
   // cuBLASLt is never captured: graphs hold steps of fewer tokens.
   int Product(const LinearJob& job) {
-    if (!in_.fp8_products || !Fp8Eligible(job) || job.n * job.w.cols > quant_bytes_) return LaunchLinear(job, in_.compute);
+    if (!in_.fp8_products || !Fp8Eligible(job) || job.n * job.w.cols > quant_bytes_)
+      return in_.bf16_products && Bf16Eligible(job) ? LaunchLinearBf16(job, in_.compute) : LaunchLinear(job, in_.compute);
     if (!quant_) {
       void *q = nullptr, *s = nullptr;
       if (!Scratch(quant_bytes_, &q).empty() || !Scratch(quant_scale_bytes_, &s).empty())
