@@ -197,9 +197,9 @@ constexpr uint64_t kTileMinTokens = kTileMinTokensForFp8;
 // FP8 tiles (below): 16 tokens per warp, 64 weight rows, rows of 128 codes padded to kFp8Row
 // bytes so that a fragment's 32 lanes hit 32 banks.
 constexpr int kFp8Row = 144, kFp8Rows = 64, kFp8MaxWarps = 8;
-// BF16 tiles (below): 16 tokens per warp, 64 weight rows, kBf16K columns at a time in rows padded
-// to kBf16Stride values (144 bytes, as kFp8Row, so that a fragment's lanes hit 32 banks).
-constexpr int kBf16K = 64, kBf16Stride = kBf16K + 8, kBf16Warps = 4;
+// BF16 tiles (below): 64 tokens (16 per warp) x 64 weight rows, kBf16K columns at a time in rows
+// padded to kBf16Stride values (144 bytes, as kFp8Row, so that a fragment's lanes hit 32 banks).
+constexpr int kBf16K = 64, kBf16Stride = kBf16K + 8, kBf16Tokens = 64;
 static_assert(kBf16Stride * 2 == kFp8Row, "BF16 and FP8 tile rows share their padding");
 
 // The tile functions' shared memory, declared once per kernel: kernels that may take either
@@ -214,7 +214,7 @@ union TileShared {
     uint8_t b[kFp8Rows * kFp8Row];
   } fp8;
   struct {
-    uint16_t ah[kBf16Warps * 16 * kBf16Stride], al[kBf16Warps * 16 * kBf16Stride];  // activations, two halves
+    uint16_t ah[kBf16Tokens * kBf16Stride], al[kBf16Tokens * kBf16Stride];  // activations, two halves
     uint16_t b[kFp8Rows * kBf16Stride];
   } bf16;
 };
@@ -421,23 +421,33 @@ __device__ __forceinline__ void FragmentA(const uint16_t* p, uint32_t* a) {
   memcpy(&a[3], p + 8 * kBf16Stride + 8, 4);
 }
 
-// Tokens 0 .. mt - 1 (token m's row at xrow(m)) against weight rows row0 .. row0 + nr - 1 of w (BF16,
-// or FP8 in 128x128 blocks), then store(m, j, value). Warp v takes tokens 16v .. 16v + 15 against
-// all 64 rows (8 mma column groups of 8); blockDim.x is kBf16Warps warps.
-template <class XRow, class Store>
+// A weight the BF16 tile takes: BF16, or FP8 in 128x128 blocks of whole 128-column blocks, aligned.
+__host__ __device__ inline bool Bf16Weight(const DeviceWeight& w) {
+  if (w.dtype == CODA_DTYPE_BF16) return w.cols > 0;
+  return w.dtype == CODA_DTYPE_FP8_E4M3 && w.block == 128 && w.cols % 128 == 0 && w.cols &&
+         reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
+}
+
+// Tokens 0 .. mt - 1 (mt <= 64, token m's row at xrow(m)) against weight rows row0 .. row0 + nr - 1
+// (nr <= 64) of w (Bf16Weight), then store(m, j, value); blockDim.x is kWarps warps. Warp v takes
+// tokens 16 (v % 4) .. + 15 against 64 / (kWarps / 4) of the rows, in mma column groups of 8.
+template <int kWarps, class XRow, class Store>
 __device__ void Bf16Tile(TileShared& sh, const DeviceWeight& w, uint64_t row0, uint64_t nr, uint64_t mt, XRow xrow,
                          Store store) {
+  static_assert(kWarps == 4 || kWarps == 8, "4 warps of 16 tokens, once or twice over the rows");
+  constexpr int kGroups = 8 / (kWarps / 4);  // column groups of 8 rows per warp
   uint16_t* ah = sh.bf16.ah;
   uint16_t* al = sh.bf16.al;
   uint16_t* bs = sh.bf16.b;
   const unsigned warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, q = lane % 4;
+  const unsigned tw = warp % 4 * 16, rw = warp / 4 * kGroups * 8;  // this warp's first token and row
   const bool fp8 = w.dtype == CODA_DTYPE_FP8_E4M3;
   const unsigned per = fp8 ? 16 : 8, width = fp8 ? 1 : 2;  // values per 16-byte piece, bytes per value
   const bool vector = w.cols % per == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
-  float acc[8][4] = {}, part[8][4] = {};
+  float acc[kGroups][4] = {}, part[kGroups][4] = {};
   for (uint64_t k0 = 0; k0 < w.cols; k0 += kBf16K) {
     __syncthreads();  // the previous chunk's readers are done
-    for (unsigned i = threadIdx.x; i < kBf16Warps * 16 * kBf16K; i += blockDim.x) {
+    for (unsigned i = threadIdx.x; i < kBf16Tokens * kBf16K; i += blockDim.x) {
       const unsigned m = i / kBf16K, k = i % kBf16K;  // consecutive threads read consecutive columns
       Split(m < mt && k0 + k < w.cols ? xrow(m)[k0 + k] : 0.0f, &ah[m * kBf16Stride + k], &al[m * kBf16Stride + k]);
     }
@@ -469,11 +479,11 @@ __device__ void Bf16Tile(TileShared& sh, const DeviceWeight& w, uint64_t row0, u
 CODA_UNROLL
     for (int s = 0; s < kBf16K / 16; ++s) {
       uint32_t hi[4], lo[4];
-      FragmentA(ah + (warp * 16 + g) * kBf16Stride + s * 16 + 2 * q, hi);
-      FragmentA(al + (warp * 16 + g) * kBf16Stride + s * 16 + 2 * q, lo);
+      FragmentA(ah + (tw + g) * kBf16Stride + s * 16 + 2 * q, hi);
+      FragmentA(al + (tw + g) * kBf16Stride + s * 16 + 2 * q, lo);
 CODA_UNROLL
-      for (int f = 0; f < 8; ++f) {
-        const uint16_t* br = bs + (f * 8 + g) * kBf16Stride + s * 16 + 2 * q;
+      for (int f = 0; f < kGroups; ++f) {
+        const uint16_t* br = bs + (rw + f * 8 + g) * kBf16Stride + s * 16 + 2 * q;
         uint32_t b[2];
         memcpy(&b[0], br, 4);
         memcpy(&b[1], br + 8, 4);
@@ -485,26 +495,26 @@ CODA_UNROLL
     // weight's scale; BF16: once, at the end.
     const uint64_t end = k0 + kBf16K;
     if (fp8 ? end % 128 == 0 : end >= w.cols)
-      for (int f = 0; f < 8; ++f)
+      for (int f = 0; f < kGroups; ++f)
         for (int i = 0; i < 4; ++i) {
-          const uint64_t j = f * 8 + q * 2 + (i & 1);
+          const uint64_t j = rw + f * 8 + q * 2 + (i & 1);
           if (j < nr) acc[f][i] += part[f][i] * (fp8 ? w.scales[((row0 + j) / 128) * w.scale_cols + k0 / 128] : 1.0f);
           part[f][i] = 0;
         }
   }
-  for (int f = 0; f < 8; ++f)
+  for (int f = 0; f < kGroups; ++f)
     for (int i = 0; i < 4; ++i) {
-      const uint64_t m = warp * 16 + g + (i >= 2 ? 8 : 0), j = f * 8 + q * 2 + (i & 1);
+      const uint64_t m = tw + g + (i >= 2 ? 8 : 0), j = rw + f * 8 + q * 2 + (i & 1);
       if (m < mt && j < nr) store(m, j, acc[f][i]);
     }
 }
 
-// Grid (row tiles of 64, token tiles of 64), kBf16Warps warps.
+// Grid (row tiles of 64, token tiles of 64), 4 warps.
 __global__ void Bf16GemmKernel(LinearJob job) {
   __shared__ __align__(16) TileShared sh;
   const uint64_t i0 = blockIdx.x * 64ull, t0 = blockIdx.y * 64ull;
   const uint64_t nr = job.rows - i0 < 64 ? job.rows - i0 : 64, mt = job.n - t0 < 64 ? job.n - t0 : 64;
-  Bf16Tile(
+  Bf16Tile<4>(
       sh, job.w, job.row0 + i0, nr, mt, [&](uint64_t m) { return job.x + (t0 + m) * job.x_stride; },
       [&](uint64_t m, uint64_t j, float v) { job.y[(t0 + m) * job.y_stride + i0 + j] = v; });
 }
@@ -935,7 +945,8 @@ __global__ void MoeScatterKernel(const int32_t* ids, uint64_t pairs, const Exper
 template <bool kUp>
 __global__ void MoeProjectKernel(const float* x, uint64_t k, uint64_t d, uint64_t f, const ExpertWeights* table,
                                  const uint32_t* starts, const uint32_t* list, float* h, float* out, const uint8_t* aq,
-                                 const float* aqs) {
+                                 const float* aqs, bool bf16) {
+  static_assert(kTileTokens == kBf16Tokens && kTileRows == 64, "the F32 and BF16 tiles step alike");
   __shared__ __align__(16) TileShared sh;
   const uint64_t e = blockIdx.x, first = starts[e], count = starts[e + 1] - first, rows = kUp ? f : d;
   if (count == 0) return;
@@ -957,14 +968,22 @@ __global__ void MoeProjectKernel(const float* x, uint64_t k, uint64_t d, uint64_
           hs[m * f + j] = g / (1.0f + expf(-g)) * v;
         };
         auto put_out = [&](uint64_t m, uint64_t j, float v) { out[uint64_t{slots[m]} * d + i0 + j] = v; };
+        // BF16 tensor cores (unless exact) for the weights the BF16 tile takes; 64 pairs a step,
+        // as the F32 tiles.
+        const bool tc = bf16 && (kUp ? Bf16Weight(table[e].gate) && Bf16Weight(table[e].up) : Bf16Weight(table[e].down));
         if (kUp && aq) {
           Fp8Tile(sh, table[e].gate, i0, nr, mt, aq, aqs, token, put_h);
           Fp8Tile(sh, table[e].up, i0, nr, mt, aq, aqs, token, gate_up);
+        } else if (kUp && tc) {
+          Bf16Tile<kWarpsPerBlock>(sh, table[e].gate, i0, nr, mt, [&](uint64_t m) { return x + token(m) * d; }, put_h);
+          Bf16Tile<kWarpsPerBlock>(sh, table[e].up, i0, nr, mt, [&](uint64_t m) { return x + token(m) * d; }, gate_up);
         } else if (kUp) {
           GemmTile(sh, table[e].gate, i0, nr, mt, [&](uint64_t m) { return x + token(m) * d; }, put_h);
           GemmTile(sh, table[e].up, i0, nr, mt, [&](uint64_t m) { return x + token(m) * d; }, gate_up);
         } else if (aq) {
           Fp8Tile(sh, table[e].down, i0, nr, mt, aq, aqs, slot, put_out);
+        } else if (tc) {
+          Bf16Tile<kWarpsPerBlock>(sh, table[e].down, i0, nr, mt, [&](uint64_t m) { return h + slot(m) * f; }, put_out);
         } else {
           GemmTile(sh, table[e].down, i0, nr, mt, [&](uint64_t m) { return h + slot(m) * f; }, put_out);
         }
@@ -1010,22 +1029,17 @@ unsigned Clamp(uint64_t v, unsigned most) { return static_cast<unsigned>(v < mos
 
 }  // namespace
 
-bool Fp8Weight(const DeviceWeight& w) {
-  return w.dtype == CODA_DTYPE_FP8_E4M3 && w.block == 128 && w.cols % 128 == 0 && w.cols &&
-         reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
-}
+bool Fp8Weight(const DeviceWeight& w) { return w.dtype == CODA_DTYPE_FP8_E4M3 && Bf16Weight(w); }
 
 bool Fp8Eligible(const LinearJob& job) { return Fp8Weight(job.w) && job.z == 1 && job.row0 == 0 && job.n >= kTileMinTokens; }
 
-bool Bf16Eligible(const LinearJob& job) {
-  return job.z == 1 && job.n >= kTileMinTokens && job.w.cols && (job.w.dtype == CODA_DTYPE_BF16 || Fp8Weight(job.w));
-}
+bool Bf16Eligible(const LinearJob& job) { return job.z == 1 && job.n >= kTileMinTokens && Bf16Weight(job.w); }
 
 int LaunchLinearBf16(const LinearJob& job, cudaStream_t s) {
   const uint64_t tiles = (job.n + 63) / 64;
   if (tiles > kMaxGridYZ || !Bf16Eligible(job)) return static_cast<int>(cudaErrorInvalidValue);
   return Start(Bf16GemmKernel, dim3(Clamp((job.rows + 63) / 64, kMaxGridX), static_cast<unsigned>(tiles)),
-               dim3(kBf16Warps * kWarp), s, job);
+               dim3(4 * kWarp), s, job);
 }
 
 int LaunchQuantize(const float* x, uint64_t n, uint64_t cols, uint64_t x_stride, uint8_t* xq, float* xs, bool block_major,
@@ -1187,13 +1201,13 @@ int LaunchMoeExperts(const float* x, const int32_t* ids, const float* weights, u
   if (!e && fp8) e = LaunchQuantize(x, n, d, d, sc.q, sc.qs, false, s);
   if (!e && pairs && experts && f)
     e = Start(MoeProjectKernel<true>, dim3(grid_e, Clamp((f + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxGridYZ)),
-              dim3(kThreads), s, x, k, d, f, table, starts, list, sc.h, sc.out, aq, aqs);
+              dim3(kThreads), s, x, k, d, f, table, starts, list, sc.h, sc.out, aq, aqs, sc.bf16);
   if (!e && fp8 && pairs && experts)
     e = Start(QuantizeKernel, dim3(Blocks(pairs * (f / 128) * kWarp, kThreads)), dim3(kThreads), s,
               static_cast<const float*>(sc.h), pairs, f, f, sc.q, sc.qs, f / 128, uint64_t{1}, starts + experts);
   if (!e && pairs && experts)
     e = Start(MoeProjectKernel<false>, dim3(grid_e, Clamp((d + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxGridYZ)),
-              dim3(kThreads), s, x, k, d, f, table, starts, list, sc.h, sc.out, aq, aqs);
+              dim3(kThreads), s, x, k, d, f, table, starts, list, sc.h, sc.out, aq, aqs, sc.bf16);
   if (!e)
     e = Start(MoeSumKernel, dim3(Blocks(n * d, kThreads)), dim3(kThreads), s, ids, weights, n, k, d, table, experts,
               static_cast<const float*>(sc.out), y);

@@ -153,6 +153,9 @@ struct ExpertScratch {
   // and scales of max(n * d, n * k * f) values; null for F32 products.
   uint8_t* q = nullptr;
   float* qs = nullptr;
+  // Without q: experts whose weights are BF16 (or FP8 in 128x128 blocks) multiply on the BF16
+  // tensor cores from 16 pairs (Bf16Eligible's products), unless exact.
+  bool bf16 = false;
 };
 int LaunchMoeExperts(const float* x, const int32_t* ids, const float* weights, uint64_t n, uint64_t k, uint64_t d,
                      uint64_t f, const ExpertWeights* table, uint64_t experts, const ExpertScratch& sc, float* y,

@@ -441,6 +441,7 @@ std::string MoeExperts(Instance& in, Call& call, const coda_op& op, const Prepar
   if (!e.empty()) return e;
   sc.q = static_cast<uint8_t*>(q);
   sc.qs = static_cast<float*>(qs);
+  sc.bf16 = in.bf16_products;
   sc.counts = static_cast<uint32_t*>(p[0]);
   sc.starts = static_cast<uint32_t*>(p[1]);
   sc.cursor = static_cast<uint32_t*>(p[2]);
