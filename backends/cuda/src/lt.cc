@@ -58,22 +58,28 @@ uint32_t Alignment(const void* p) {
 
 }  // namespace
 
+// The functions used, each named once: the member that holds it and the symbol dlsym finds.
+#define CODA_LT_FUNCTIONS(X)                                                                                           \
+  X(get_version, cublasLtGetVersion)                                                                                   \
+  X(create, cublasLtCreate)                                                                                            \
+  X(destroy, cublasLtDestroy)                                                                                          \
+  X(desc_create, cublasLtMatmulDescCreate)                                                                             \
+  X(desc_destroy, cublasLtMatmulDescDestroy)                                                                           \
+  X(desc_set, cublasLtMatmulDescSetAttribute)                                                                          \
+  X(layout_create, cublasLtMatrixLayoutCreate)                                                                         \
+  X(layout_destroy, cublasLtMatrixLayoutDestroy)                                                                       \
+  X(pref_create, cublasLtMatmulPreferenceCreate)                                                                       \
+  X(pref_destroy, cublasLtMatmulPreferenceDestroy)                                                                     \
+  X(pref_set, cublasLtMatmulPreferenceSetAttribute)                                                                    \
+  X(heuristic, cublasLtMatmulAlgoGetHeuristic)                                                                         \
+  X(matmul, cublasLtMatmul)
+
 struct LtFp8::Impl {
-  // The functions used, from the library dlopen found.
+  // From the library dlopen found.
   void* lib = nullptr;
-  decltype(&cublasLtGetVersion) get_version = nullptr;
-  decltype(&cublasLtCreate) create = nullptr;
-  decltype(&cublasLtDestroy) destroy = nullptr;
-  decltype(&cublasLtMatmulDescCreate) desc_create = nullptr;
-  decltype(&cublasLtMatmulDescDestroy) desc_destroy = nullptr;
-  decltype(&cublasLtMatmulDescSetAttribute) desc_set = nullptr;
-  decltype(&cublasLtMatrixLayoutCreate) layout_create = nullptr;
-  decltype(&cublasLtMatrixLayoutDestroy) layout_destroy = nullptr;
-  decltype(&cublasLtMatmulPreferenceCreate) pref_create = nullptr;
-  decltype(&cublasLtMatmulPreferenceDestroy) pref_destroy = nullptr;
-  decltype(&cublasLtMatmulPreferenceSetAttribute) pref_set = nullptr;
-  decltype(&cublasLtMatmulAlgoGetHeuristic) heuristic = nullptr;
-  decltype(&cublasLtMatmul) matmul = nullptr;
+#define CODA_LT_MEMBER(member, symbol) decltype(&symbol) member = nullptr;
+  CODA_LT_FUNCTIONS(CODA_LT_MEMBER)
+#undef CODA_LT_MEMBER
 
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
@@ -130,14 +136,10 @@ struct LtFp8::Impl {
 #endif
 #endif
     if (!lib) return soname + " not found";
-    if (!Sym("cublasLtGetVersion", &get_version) || !Sym("cublasLtCreate", &create) || !Sym("cublasLtDestroy", &destroy) ||
-        !Sym("cublasLtMatmulDescCreate", &desc_create) || !Sym("cublasLtMatmulDescDestroy", &desc_destroy) ||
-        !Sym("cublasLtMatmulDescSetAttribute", &desc_set) || !Sym("cublasLtMatrixLayoutCreate", &layout_create) ||
-        !Sym("cublasLtMatrixLayoutDestroy", &layout_destroy) || !Sym("cublasLtMatmulPreferenceCreate", &pref_create) ||
-        !Sym("cublasLtMatmulPreferenceDestroy", &pref_destroy) ||
-        !Sym("cublasLtMatmulPreferenceSetAttribute", &pref_set) || !Sym("cublasLtMatmulAlgoGetHeuristic", &heuristic) ||
-        !Sym("cublasLtMatmul", &matmul))
-      return soname + " lacks a function this backend calls";
+#define CODA_LT_LOAD(member, symbol) \
+  if (!Sym(#symbol, &member)) return soname + " lacks " #symbol ", a function this backend calls";
+    CODA_LT_FUNCTIONS(CODA_LT_LOAD)
+#undef CODA_LT_LOAD
     if (get_version() < 120900) return soname + " is version " + std::to_string(get_version()) + "; block scaling needs 120900";
     if (create(&handle) != CUBLAS_STATUS_SUCCESS) {
       handle = nullptr;
@@ -313,9 +315,10 @@ std::unique_ptr<LtFp8> LtFp8::Open(cudaStream_t s, std::string* why) {
 
 bool LtFp8::Takes(const LinearJob& job) {
   const DeviceWeight& w = job.w;
-  if (w.dtype != CODA_DTYPE_FP8_E4M3 || w.block != 128 || w.cols % 512 != 0 || w.scale_cols != w.cols / 128 ||
-      job.rows % 16 != 0 || w.rows != job.rows || job.z != 1 || job.row0 != 0 || job.y_stride != job.rows ||
-      job.n % 4 != 0 || reinterpret_cast<uintptr_t>(w.data) % 16 || reinterpret_cast<uintptr_t>(w.scales) % 16 ||
+  // Beyond the own FP8 kernel's terms (FP8 in aligned 128x128 blocks, z = 1, row0 = 0): the cuBLAS
+  // guide's.
+  if (!Fp8Eligible(job) || w.cols % 512 != 0 || w.scale_cols != w.cols / 128 || job.rows % 16 != 0 || w.rows != job.rows ||
+      job.y_stride != job.rows || job.n % 4 != 0 || reinterpret_cast<uintptr_t>(w.scales) % 16 ||
       reinterpret_cast<uintptr_t>(job.y) % 16)
     return false;
   return impl_->Find(job).ok;

@@ -28,9 +28,9 @@ class LtFp8 {
   LtFp8(const LtFp8&) = delete;
   LtFp8& operator=(const LtFp8&) = delete;
 
-  // cuBLASLt takes the job: an FP8 weight with 128x128 blocks and whole groups of 4 blocks of
-  // columns, rows in multiples of 16, z = 1, row0 = 0, results packed (y_stride = rows), tokens in
-  // multiples of 4, and a shape its heuristic accepts (asked once per shape, on the host).
+  // cuBLASLt takes the job: one the own FP8 kernel takes (kernels.h, Fp8Eligible) with whole
+  // groups of 4 blocks of columns, rows in multiples of 16, results packed (y_stride = rows),
+  // tokens in multiples of 4, and a shape its heuristic accepts (asked once per shape, on the host).
   bool Takes(const LinearJob& job);
   // y = the job's product from xq [n, cols] (256-byte aligned) and xs block-major [cols / 128, n]
   // (LaunchQuantize). False when cuBLASLt refused the launch (nothing was queued): the caller runs
