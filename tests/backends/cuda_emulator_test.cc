@@ -171,9 +171,12 @@ TEST(CudaEmulator, CapturedWorkReplaysAndSynchronizationsAreRefused) {
   cudaGraphExec_t exec = nullptr;
   ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
   ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
+  EXPECT_EQ(d[1], 0) << "a launched graph is queued on its stream";
+  ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
   EXPECT_EQ(d[1], 11);
   EXPECT_EQ(d[0], 11);
   ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
   EXPECT_EQ(d[1], 32);  // 11 + 11 + 10
   EXPECT_EQ(d[0], 32);
   cudaGraphExecDestroy(exec);
@@ -206,6 +209,99 @@ TEST(CudaEmulator, CapturedWorkReplaysAndSynchronizationsAreRefused) {
   EXPECT_EQ(cudaStreamSynchronize(s), cudaSuccess);
   cudaFree(dev);
   cudaStreamDestroy(s);
+}
+
+// Work on a stream waits until something needs it, so two streams' work runs only in the order
+// their events impose: the bug this exists to catch, a kernel reading what another stream copies
+// without waiting for it, reads stale data here as it may on a GPU.
+TEST(CudaEmulator, StreamsRunInTheOrderTheirEventsImpose) {
+  cudaStream_t transfer = nullptr, compute = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&transfer, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking), cudaSuccess);
+  cudaEvent_t copied = nullptr, later = nullptr;
+  ASSERT_EQ(cudaEventCreateWithFlags(&copied, cudaEventDisableTiming), cudaSuccess);
+  ASSERT_EQ(cudaEventCreate(&later), cudaSuccess);
+  void* dev = nullptr;
+  ASSERT_EQ(cudaMalloc(&dev, 8), cudaSuccess);
+  auto* d = static_cast<int*>(dev);
+  d[0] = d[1] = 0;
+  auto read = [d] { d[1] = d[0] + 1; };  // the kernel: reads what the transfer stream wrote
+
+  // No wait: the compute stream's kernel runs when its stream is synchronized, before the copy.
+  int host = 5;
+  ASSERT_EQ(cudaMemcpyAsync(d, &host, 4, cudaMemcpyHostToDevice, transfer), cudaSuccess);
+  host = 6;  // a host source is read at the call
+  ASSERT_TRUE(Launch(dim3(1), dim3(1), compute, read));
+  EXPECT_EQ(d[0], 0) << "queued work ran at once";
+  ASSERT_EQ(cudaStreamSynchronize(compute), cudaSuccess);
+  EXPECT_EQ(d[1], 1) << "the kernel waited for a copy it had no event for";
+  ASSERT_EQ(cudaStreamSynchronize(transfer), cudaSuccess);
+  EXPECT_EQ(d[0], 5);
+
+  // With the event: synchronizing the compute stream alone runs the copy first.
+  ASSERT_EQ(cudaMemcpyAsync(d, &host, 4, cudaMemcpyHostToDevice, transfer), cudaSuccess);
+  ASSERT_EQ(cudaEventRecord(copied, transfer), cudaSuccess);
+  ASSERT_EQ(cudaStreamWaitEvent(compute, copied, 0), cudaSuccess);
+  host = 9;
+  ASSERT_EQ(cudaMemcpyAsync(d, &host, 4, cudaMemcpyHostToDevice, transfer), cudaSuccess);
+  ASSERT_EQ(cudaEventRecord(copied, transfer), cudaSuccess);  // the wait keeps the earlier record
+  ASSERT_TRUE(Launch(dim3(1), dim3(1), compute, read));
+  ASSERT_EQ(cudaStreamSynchronize(compute), cudaSuccess);
+  EXPECT_EQ(d[1], 7) << "the wait did not order the kernel after the copy it names";
+  EXPECT_EQ(d[0], 6) << "the wait ran more of the other stream than its event";
+
+  // A host destination is written when the copy runs; the events say when that is.
+  int got = 0;
+  ASSERT_EQ(cudaEventRecord(later, transfer), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(&got, d, 4, cudaMemcpyDeviceToHost, transfer), cudaSuccess);
+  ASSERT_EQ(cudaEventRecord(copied, transfer), cudaSuccess);
+  EXPECT_EQ(got, 0);
+  float ms = 0;
+  EXPECT_EQ(cudaEventElapsedTime(&ms, later, copied), cudaErrorNotReady);
+  (void)cudaGetLastError();
+  ASSERT_EQ(cudaEventSynchronize(copied), cudaSuccess);
+  EXPECT_EQ(got, 9);
+  EXPECT_EQ(cudaEventElapsedTime(&ms, later, copied), cudaSuccess);
+
+  // Addresses of the wrong kind: refused, as a GPU would fault on them.
+  EXPECT_EQ(cudaMemcpyAsync(&got, &host, 4, cudaMemcpyHostToDevice, transfer), cudaErrorInvalidValue);
+  EXPECT_EQ(cudaMemcpyAsync(&got, &host, 4, cudaMemcpyDeviceToHost, transfer), cudaErrorInvalidValue);
+  EXPECT_EQ(cudaMemcpyAsync(d, d + 1, 8, cudaMemcpyDeviceToDevice, transfer), cudaErrorInvalidValue);  // past the end
+  EXPECT_EQ(cudaMemsetAsync(&got, 0, 4, transfer), cudaErrorInvalidValue);
+  (void)cudaGetLastError();
+  EXPECT_TRUE(coda_cuda_emu::DeviceArguments(d, d + 2, static_cast<const float*>(nullptr), 3));
+  EXPECT_FALSE(coda_cuda_emu::DeviceArguments(d, 3, &got));
+  EXPECT_EQ(cudaGetLastError(), cudaErrorIllegalAddress);
+  EXPECT_NE(std::string(cudaGetErrorString(cudaErrorIllegalAddress)).find("argument 2 of a kernel launch"), std::string::npos);
+
+  // Destroying a stream, and freeing memory, first finish what is queued.
+  ASSERT_EQ(cudaMemsetAsync(d, 0, 4, transfer), cudaSuccess);
+  ASSERT_EQ(cudaStreamDestroy(transfer), cudaSuccess);
+  EXPECT_EQ(d[0], 0);
+  ASSERT_TRUE(Launch(dim3(1), dim3(1), compute, read));
+  EXPECT_EQ(cudaFree(dev), cudaSuccess);  // ran the kernel first (ASan would see it otherwise)
+  EXPECT_EQ(cudaFree(dev), cudaErrorInvalidValue);
+  (void)cudaGetLastError();
+  cudaEventDestroy(copied);
+  cudaEventDestroy(later);
+  cudaStreamDestroy(compute);
+}
+
+// A fault of queued work comes out of the synchronizations, every one after it, as CUDA's sticky
+// errors do (in a child process: nothing after it could run).
+TEST(CudaEmulator, AFaultOfQueuedWorkIsSticky) {
+  EXPECT_EXIT(
+      {
+        cudaStream_t s = nullptr;
+        std::vector<float> out(64);
+        bool ok = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess &&
+                  Launch(dim3(1), dim3(64), s, [&] { ShuffleAfterReturn(out.data()); }) && cudaGetLastError() == cudaSuccess;
+        ok = ok && cudaStreamSynchronize(s) == cudaErrorLaunchFailure &&
+             std::string(cudaGetErrorString(cudaErrorLaunchFailure)).find("returned") != std::string::npos;
+        ok = ok && cudaStreamSynchronize(s) == cudaErrorLaunchFailure;
+        std::exit(ok ? 0 : 1);
+      },
+      testing::ExitedWithCode(0), "");
 }
 
 // coda-cuda-bench (tools/gpu-check runs it on a GPU) in the emulator, with the stand-in for

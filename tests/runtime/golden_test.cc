@@ -630,7 +630,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, Golden,
                                             // cuda,cpu: the CUDA backend (on a machine with a
                                             // GPU); cuda-emu: its kernels in the CPU emulator.
                                             ::testing::Values("cpu", "cpu+fast", "vulkan", "example,vulkan", "cuda,cpu", "cuda,cpu+fast", "cuda-emu",
-                                                              "cuda-emu+fast", "cuda-emu+devmem+offload", "cpu+offload",
+                                                              "cuda-emu+fast", "cuda-emu+devmem", "cuda-emu+devmem+offload", "cpu+offload",
                                                               "vulkan+devmem", "vulkan+devmem+offload")),
                          [](const auto& info) {
                            std::string n = std::get<0>(info.param) + "_" + std::get<1>(info.param);

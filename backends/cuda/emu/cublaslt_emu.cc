@@ -1,8 +1,9 @@
 // The tests' stand-in for cuBLASLt (libcublasLt-emu.so, API in cublasLt.h here): the one product
 // the CUDA backend asks for (lt.h), E4M3 x E4M3 with 128x128 block scales on A and 1x128 tile
-// scales on B, F32 out, computed at once on the host (the emulator's device memory is host memory
-// and its streams run in order at once). Anything else it refuses, as cuBLASLt's heuristic does,
-// token counts that are not multiples of 4 included (the cuBLAS guide asks for them).
+// scales on B, F32 out, computed on the host (the emulator's device memory is host memory) in the
+// stream's turn, through the emulator's queue that the backend hands it (coda_cublaslt_emu_bind).
+// Anything else it refuses, as cuBLASLt's heuristic does, token counts that are not multiples of
+// 4 included (the cuBLAS guide asks for them).
 //
 // CODA_CUDA_EMU_CUBLASLT_FAULT plays a library the backend must not trust, or that fails later:
 //   scales  reads A's block scales transposed (the start-up check must refuse the library);
@@ -34,6 +35,9 @@ struct cublasLtMatmulPreferenceEmu {
 };
 
 namespace {
+
+// The emulator's queue for a stream (coda_cublaslt_emu_bind); unbound, products run at the call.
+bool (*g_enqueue)(cudaStream_t, std::function<void()>) = nullptr;
 
 std::string Fault() {
   const char* f = std::getenv("CODA_CUDA_EMU_CUBLASLT_FAULT");
@@ -132,33 +136,43 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
   return CUBLAS_STATUS_SUCCESS;
 }
 
+void coda_cublaslt_emu_bind(bool (*enqueue)(cudaStream_t, std::function<void()>)) { g_enqueue = enqueue; }
+
+// Checked at the call; computed in the stream's turn, with the descriptors' values of the call.
 cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc, const void* alpha, const void* A,
                               cublasLtMatrixLayout_t a, const void* B, cublasLtMatrixLayout_t b, const void* beta, const void* C,
                               cublasLtMatrixLayout_t c, void* D, cublasLtMatrixLayout_t d, const cublasLtMatmulAlgo_t*, void*,
-                              size_t, cudaStream_t) {
+                              size_t, cudaStream_t stream) {
   const bool later = handle->products++ > 0;
   if (!Supported(desc, a, b, c, d) || !desc->a_scale || !desc->b_scale || (later && Fault() == "fail"))
     return CUBLAS_STATUS_NOT_SUPPORTED;
   const float factor = later && Fault() == "wrong" ? 1.5f : 1.0f;
-  const uint64_t k = a->rows, m = a->cols, n = b->cols, kb = k / 128, kb4 = (kb + 3) / 4 * 4, mb = (m + 127) / 128;
   const bool transposed = Fault() == "scales";
-  const auto* wa = static_cast<const uint8_t*>(A);
-  const auto* xb = static_cast<const uint8_t*>(B);
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
-  for (uint64_t j = 0; j < n; ++j)
-    for (uint64_t i = 0; i < m; ++i) {
-      double sum = 0;
-      for (uint64_t q = 0; q < kb; ++q) {
-        double part = 0;
-        for (uint64_t r = q * 128; r < q * 128 + 128; ++r)
-          part += static_cast<double>(coda_e4m3_to_f32(wa[i * a->ld + r])) * coda_e4m3_to_f32(xb[j * b->ld + r]);
-        const float sa = transposed ? desc->a_scale[q * mb + i / 128] : desc->a_scale[(i / 128) * kb4 + q];
-        sum += part * sa * desc->b_scale[q * n + j];
+  auto product = [factor, transposed, al, be, A, B, C, D, ds = *desc, la = *a, lb = *b, lc = *c, ld = *d] {
+    const uint64_t k = la.rows, m = la.cols, n = lb.cols, kb = k / 128, kb4 = (kb + 3) / 4 * 4, mb = (m + 127) / 128;
+    const auto* wa = static_cast<const uint8_t*>(A);
+    const auto* xb = static_cast<const uint8_t*>(B);
+    for (uint64_t j = 0; j < n; ++j)
+      for (uint64_t i = 0; i < m; ++i) {
+        double sum = 0;
+        for (uint64_t q = 0; q < kb; ++q) {
+          double part = 0;
+          for (uint64_t r = q * 128; r < q * 128 + 128; ++r)
+            part += static_cast<double>(coda_e4m3_to_f32(wa[i * la.ld + r])) * coda_e4m3_to_f32(xb[j * lb.ld + r]);
+          const float sa = transposed ? ds.a_scale[q * mb + i / 128] : ds.a_scale[(i / 128) * kb4 + q];
+          sum += part * sa * ds.b_scale[q * n + j];
+        }
+        float* out = static_cast<float*>(D) + j * ld.ld + i;
+        const float prior = be != 0 ? static_cast<const float*>(C)[j * lc.ld + i] : 0.0f;
+        *out = static_cast<float>(al * sum + be * prior) * factor;
       }
-      float* out = static_cast<float*>(D) + j * d->ld + i;
-      const float prior = be != 0 ? static_cast<const float*>(C)[j * c->ld + i] : 0.0f;
-      *out = static_cast<float>(al * sum + be * prior) * factor;
-    }
+  };
+  if (!g_enqueue) {
+    product();
+  } else if (!g_enqueue(stream, product)) {
+    return CUBLAS_STATUS_EXECUTION_FAILED;
+  }
   return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -2,19 +2,30 @@
 // implemented on the CPU, so that the backend's own sources (backend.cc and kernels.cu, not a
 // copy) build with the C++ compiler into libcoda-backend-cuda-emu.so and run the conformance and
 // golden tests on any machine. It checks the kernels' arithmetic, indexing, reductions and
-// barriers; it cannot check speed, real concurrency (threads run one at a time, in reverse
-// order, so a read before its writer's barrier sees stale data) or what only hardware has.
+// barriers, and the order of work between streams; it cannot check speed, real concurrency
+// (threads run one at a time, in reverse order, so a read before its writer's barrier sees stale
+// data) or what only hardware has.
 //
 // How it runs a launch: each block's threads are fibers on the calling thread (one launch at a
-// time in the process), run
-// in turn until each reaches a barrier (__syncthreads, or a warp's shuffle) or ends; then the
-// barrier opens. A kernel that would hang or diverge on a GPU (a shuffle with lanes that
-// returned, a barrier some threads skip while others wait at another) stops the process with a
-// message instead. Memory is host memory; streams run in order at once, so events are already
-// reached when recorded. A stream being captured (cudaStreamBeginCapture) records its launches,
-// device copies and memsets, with their arguments, into a graph that cudaGraphLaunch runs again;
-// what CUDA refuses during a capture (a synchronization, a copy from or to the host, a cudaFree)
-// is refused here too, and more strictly (pinned memory is not told apart, nor other threads), so
+// time in the process), run in turn until each reaches a barrier (__syncthreads, or a warp's
+// shuffle) or ends; then the barrier opens. A kernel that would hang or diverge on a GPU (a
+// shuffle with lanes that returned, a barrier some threads skip while others wait at another)
+// fails instead, with a message; so does a launch with a pointer argument that is not device
+// memory (pointers inside structs are not seen). Device memory is host memory, and copies check
+// that their addresses are of the kind they say.
+//
+// Streams: work issued to a stream (kernels, copies, event records, graphs) waits in its queue
+// until something needs it: a synchronization of the stream or of an event on it, a stream that
+// waits for such an event and runs, a cudaFree or the stream's destruction. So two streams' work
+// runs in the order their events impose and in no other: a kernel that reads what another stream
+// copies, with no wait between them, reads it before it is written, and a host buffer filled by
+// a copy is filled only once the caller has waited for it. A host source is read at the call (as
+// CUDA stages pageable memory). Work on the legacy stream (a null stream) runs at once, and a
+// fault of queued work is kept and returned by every later synchronization, as CUDA's sticky
+// errors are. A stream being captured (cudaStreamBeginCapture) records its launches, device
+// copies and memsets, with their arguments, into a graph that cudaGraphLaunch queues again; what
+// CUDA refuses during a capture (a synchronization, a copy from or to the host, a cudaFree) is
+// refused here too, and more strictly (pinned memory is not told apart, nor other threads), so
 // that a backend that would fail on a GPU fails here.
 //
 // This header stands in for <cuda_runtime.h> only when backends/cuda/emu is first on the include
@@ -26,6 +37,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <type_traits>
 
 // ---- Runtime API ----
 
@@ -40,6 +52,8 @@ typedef enum cudaError {
   cudaErrorInvalidDevice = 101,
   cudaErrorIllegalState = 401,
   cudaErrorLaunchFailure = 719,
+  cudaErrorNotReady = 600,
+  cudaErrorIllegalAddress = 700,
   cudaErrorStreamCaptureUnsupported = 900,
   cudaErrorStreamCaptureInvalidated = 901,
 } cudaError_t;
@@ -91,7 +105,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s);
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags);
 cudaError_t cudaEventCreate(cudaEvent_t* e);
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags);
-// Host time between the two records (the work between them ran when it was queued).
+// Host time between the runs of the two records (both reached, else cudaErrorNotReady).
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end);
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
@@ -129,9 +143,30 @@ struct Place {
 };
 // Where the running fiber is.
 const Place& Here();
-// Runs `kernel` (which holds copies of its arguments) on a grid of blocks, or records it when the
-// stream is being captured; false (and cudaGetLastError() says why) for a bad shape or a fault.
+// Runs `work` on stream s in its turn (at once on the legacy stream, a null s), or records it
+// when s is being captured. Work that fails throws its cudaError_t; false (and cudaGetLastError()
+// says why) when it ran at once and failed.
+bool Enqueue(cudaStream_t s, std::function<void()> work);
+// Runs `kernel` (which holds copies of its arguments) on a grid of blocks, on stream s as Enqueue
+// does; false (and cudaGetLastError() says why) for a bad shape, or a fault when it ran at once.
 bool Launch(dim3 grid, dim3 block, cudaStream_t s, std::function<void()> kernel);
+// Whether p is null or in (or one past the end of) memory from cudaMalloc.
+bool OnDevice(const void* p);
+// Fails a launch whose argument `index` is p, not device memory: false, cudaErrorIllegalAddress.
+bool RefuseHostArgument(int index, const void* p);
+// Whether every pointer among a kernel's arguments may be dereferenced on the device.
+template <class... A>
+bool DeviceArguments(const A&... a) {
+  int i = 0;
+  bool ok = true;
+  auto one = [&](const auto& v) {
+    if constexpr (std::is_pointer_v<std::decay_t<decltype(v)>>)
+      if (ok && !OnDevice(v)) ok = RefuseHostArgument(i, v);
+    ++i;
+  };
+  (one(a), ...);
+  return ok;
+}
 void SyncThreads();
 void SyncWarp();
 // Every lane of the calling warp gives `v` and gets lane `src(lane)`'s.

@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -20,19 +22,28 @@
 // Work recorded from a captured stream, in issue order.
 using Recording = std::vector<std::function<void()>>;
 
+// A stream's work waits in its queue until something needs it done: a synchronization, an event
+// waited on, a copy that must land. So work on two streams runs in the order their events impose
+// and no other, and a missing wait shows as data read before it is written (see cuda_runtime.h).
 struct CUstream_st {
+  uint64_t id = 0;  // never reused, unlike the address
   bool capturing = false;
   bool invalidated = false;  // something CUDA refuses was tried during the capture
   Recording recorded;
+  std::deque<std::function<void()>> queue;  // issued, not yet run
+  uint64_t issued = 0, ran = 0;             // work items so far
 };
 struct CUevent_st {
-  std::chrono::steady_clock::time_point at;
+  // The last record: the stream's id (0: none, or the legacy stream's, run at once) and its count
+  // of issued items then; the event is reached once that stream has run as many.
+  uint64_t stream = 0, mark = 0;
+  std::shared_ptr<std::chrono::steady_clock::time_point> at = std::make_shared<std::chrono::steady_clock::time_point>();
 };
 struct CUgraph_st {
   Recording work;
 };
 struct CUgraphExec_st {
-  Recording work;
+  std::shared_ptr<const Recording> work;  // shared with launches not yet run
 };
 
 namespace coda_cuda_emu {
@@ -211,7 +222,7 @@ bool RunBlock(Block& b) {
 bool RunGrid(dim3 grid, dim3 block, const std::function<void()>& kernel) {
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   std::lock_guard<std::mutex> lock(kLaunch);
-  static Block b;
+  static Block& b = *new Block;  // never destroyed, as g_streams (below)
   if (b.fibers.size() < threads) b.fibers.resize(threads);
   b.count = threads;
   b.kernel = &kernel;
@@ -238,9 +249,92 @@ bool RunGrid(dim3 grid, dim3 block, const std::function<void()>& kernel) {
   return ok;
 }
 
+// ---- Streams and memory ----
+// Never destroyed: a backend may be freed by another library's static destructor, after ours.
+// g_streams guards every stream's queue and capture, g_live and the sticky error; queued work
+// runs under it (and takes kLaunch for a kernel: always in that order).
+std::recursive_mutex& g_streams = *new std::recursive_mutex;
+std::map<uint64_t, CUstream_st*>& g_live = *new std::map<uint64_t, CUstream_st*>;  // streams by id
+uint64_t g_next_stream = 1;
+// A fault of queued work, kept as CUDA keeps its sticky errors: every synchronization returns it.
+cudaError_t g_sticky = cudaSuccess;
+std::string& g_sticky_fault = *new std::string;
+
+std::mutex& g_memory = *new std::mutex;
+std::map<uintptr_t, size_t>& g_device = *new std::map<uintptr_t, size_t>;  // cudaMalloc's blocks: start, size
+
+// Runs s's queue until `upto` of its items have run. Work that fails throws its error.
+void RunTo(CUstream_st* s, uint64_t upto) {
+  while (s->ran < upto && !s->queue.empty()) {
+    std::function<void()> w = std::move(s->queue.front());
+    s->queue.pop_front();
+    try {
+      w();
+    } catch (cudaError_t e) {
+      if (g_sticky == cudaSuccess) {
+        g_sticky = e;
+        g_sticky_fault = t_fault;
+      }
+    }
+    ++s->ran;
+  }
+}
+
+// Runs the stream `id` (if it still exists) until `mark` of its items have run.
+void RunStreamTo(uint64_t id, uint64_t mark) {
+  if (auto it = g_live.find(id); it != g_live.end()) RunTo(it->second, mark);
+}
+
+void RunAll() {
+  for (auto& [id, s] : g_live) RunTo(s, s->issued);
+}
+
+bool Reached(const CUevent_st& e) {
+  auto it = g_live.find(e.stream);
+  return it == g_live.end() || it->second->ran >= e.mark;
+}
+
+// What a synchronization returns: the sticky error, once queued work has failed.
+cudaError_t Sticky() {
+  if (g_sticky == cudaSuccess) return cudaSuccess;
+  t_fault = g_sticky_fault;
+  return t_last = g_sticky;
+}
+
+// Whether [p, p + size] lies in one block from cudaMalloc (its end included: an empty range, or
+// a pointer one past the last element, is a device address too).
+bool InDevice(const void* p, size_t size) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  std::lock_guard<std::mutex> lock(g_memory);
+  auto it = g_device.upper_bound(a);
+  if (it == g_device.begin()) return false;
+  --it;
+  return a - it->first <= it->second && size <= it->second - (a - it->first);
+}
+
 }  // namespace
 
 const Place& Here() { return Self().place; }
+
+bool Enqueue(cudaStream_t s, std::function<void()> work) {
+  if (s) {
+    std::lock_guard<std::recursive_mutex> lock(g_streams);
+    if (s->capturing) {
+      s->recorded.push_back(std::move(work));
+    } else {
+      s->queue.push_back(std::move(work));
+      ++s->issued;
+    }
+    return true;
+  }
+  try {
+    work();
+  } catch (cudaError_t e) {
+    t_last = e;
+    return false;
+  }
+  return true;
+}
 
 bool Launch(dim3 grid, dim3 block, cudaStream_t s, std::function<void()> kernel) {
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
@@ -249,15 +343,22 @@ bool Launch(dim3 grid, dim3 block, cudaStream_t s, std::function<void()> kernel)
     t_last = cudaErrorInvalidConfiguration;
     return false;
   }
-  if (s && s->capturing) {
-    s->recorded.push_back([grid, block, k = std::move(kernel)] {
-      if (!RunGrid(grid, block, k)) throw cudaErrorLaunchFailure;
-    });
-    return true;
-  }
-  return RunGrid(grid, block, kernel);
+  return Enqueue(s, [grid, block, k = std::move(kernel)] {
+    if (!RunGrid(grid, block, k)) throw cudaErrorLaunchFailure;
+  });
 }
 
+bool OnDevice(const void* p) { return !p || InDevice(p, 0); }
+
+bool RefuseHostArgument(int index, const void* p) {
+  char text[160];
+  std::snprintf(text, sizeof text, "argument %d of a kernel launch, %p, is not device memory (a GPU would fault on it)",
+                index, p);
+  t_fault = text;
+  std::fprintf(stderr, "CUDA emulator: %s\n", text);
+  t_last = cudaErrorIllegalAddress;
+  return false;
+}
 
 void SyncThreads() { Yield(State::kAtBarrier); }
 
@@ -333,6 +434,8 @@ const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     case cudaErrorIllegalState: return "cudaErrorIllegalState";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
   }
@@ -340,7 +443,7 @@ const char* cudaGetErrorName(cudaError_t e) {
 }
 
 const char* cudaGetErrorString(cudaError_t e) {
-  if (e == cudaErrorLaunchFailure && !t_fault.empty()) return t_fault.c_str();
+  if ((e == cudaErrorLaunchFailure || e == cudaErrorIllegalAddress) && !t_fault.empty()) return t_fault.c_str();
   switch (e) {
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument";
@@ -350,6 +453,8 @@ const char* cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
     case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
+    case cudaErrorNotReady: return "device not ready";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
     case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
     case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
   }
@@ -398,24 +503,21 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
   return cudaSuccess;
 }
 
-// The exact size (not rounded up), so that a sanitizer build sees a kernel read past the end.
-cudaError_t cudaMalloc(void** p, size_t size) {
-  if (posix_memalign(p, 256, std::max<size_t>(size, 1)) != 0) *p = nullptr;
-  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
-}
-
 namespace {
+
+using coda_cuda_emu::Enqueue;
+using coda_cuda_emu::g_device;
+using coda_cuda_emu::g_live;
+using coda_cuda_emu::g_memory;
+using coda_cuda_emu::g_streams;
+using coda_cuda_emu::InDevice;
+using coda_cuda_emu::RunAll;
+using coda_cuda_emu::RunStreamTo;
+using coda_cuda_emu::RunTo;
+using coda_cuda_emu::Sticky;
+using StreamLock = std::lock_guard<std::recursive_mutex>;
+
 int g_captures = 0;  // streams being captured in the process
-}  // namespace
-
-// cudaFree may synchronize the device, which a capture in progress anywhere forbids.
-cudaError_t cudaFree(void* p) {
-  if (g_captures) return t_last = cudaErrorStreamCaptureUnsupported;
-  std::free(p);
-  return cudaSuccess;
-}
-
-namespace {
 
 // What CUDA refuses on a stream being captured: the capture is invalidated, as CUDA does.
 cudaError_t Refuse(cudaStream_t s) {
@@ -425,49 +527,109 @@ cudaError_t Refuse(cudaStream_t s) {
 
 }  // namespace
 
+// The exact size (not rounded up), so that a sanitizer build sees a kernel read past the end.
+cudaError_t cudaMalloc(void** p, size_t size) {
+  if (posix_memalign(p, 256, std::max<size_t>(size, 1)) != 0) *p = nullptr;
+  if (!*p) return cudaErrorMemoryAllocation;
+  std::lock_guard<std::mutex> lock(g_memory);
+  g_device[reinterpret_cast<uintptr_t>(*p)] = size;
+  return cudaSuccess;
+}
+
+// cudaFree waits for the device (CUDA's does, and queued work may still use the block), which a
+// capture in progress anywhere forbids.
+cudaError_t cudaFree(void* p) {
+  StreamLock streams(g_streams);
+  if (g_captures) return t_last = cudaErrorStreamCaptureUnsupported;
+  if (!p) return cudaSuccess;
+  RunAll();
+  {
+    std::lock_guard<std::mutex> lock(g_memory);
+    if (g_device.erase(reinterpret_cast<uintptr_t>(p)) == 0) return t_last = cudaErrorInvalidValue;
+  }
+  std::free(p);
+  return cudaSuccess;
+}
+
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t size, cudaMemcpyKind kind) {
   return cudaMemcpyAsync(dst, src, size, kind, nullptr);
 }
 
-// A capture takes device-to-device copies only: a host address in a graph would be read or
-// written at every replay, long after the call that named it.
+// The kind must match the addresses (cudaMemcpyDefault: taken from them). A host source is read
+// at the call, as CUDA stages pageable memory then; a host destination is written when the copy
+// runs, so the caller must synchronize before reading it. A capture takes device-to-device copies
+// only: a host address in a graph would be read or written at every replay, long after the call
+// that named it.
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t size, cudaMemcpyKind kind, cudaStream_t s) {
-  if (s && s->capturing) {
-    if (kind != cudaMemcpyDeviceToDevice) return Refuse(s);
-    s->recorded.push_back([=] { if (size) std::memmove(dst, src, size); });
-    return cudaSuccess;
+  const bool dst_device = InDevice(dst, size), src_device = InDevice(src, size);
+  if (kind == cudaMemcpyDefault)
+    kind = src_device ? (dst_device ? cudaMemcpyDeviceToDevice : cudaMemcpyDeviceToHost)
+                      : (dst_device ? cudaMemcpyHostToDevice : cudaMemcpyHostToHost);
+  const bool want_src = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  const bool want_dst = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  if (size && (src_device != want_src || dst_device != want_dst)) return t_last = cudaErrorInvalidValue;
+  if (s) {
+    StreamLock lock(g_streams);
+    if (s->capturing && kind != cudaMemcpyDeviceToDevice) return Refuse(s);
   }
-  if (size) std::memmove(dst, src, size);
+  if (!size) return cudaSuccess;
+  if (kind == cudaMemcpyHostToDevice || kind == cudaMemcpyHostToHost) {
+    auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<const uint8_t*>(src),
+                                                         static_cast<const uint8_t*>(src) + size);
+    Enqueue(s, [dst, bytes] { std::memcpy(dst, bytes->data(), bytes->size()); });
+  } else {
+    Enqueue(s, [=] { std::memmove(dst, src, size); });
+  }
   return cudaSuccess;
 }
 
 cudaError_t cudaMemsetAsync(void* dst, int value, size_t size, cudaStream_t s) {
-  if (s && s->capturing) {
-    s->recorded.push_back([=] { if (size) std::memset(dst, value, size); });
-    return cudaSuccess;
-  }
-  if (size) std::memset(dst, value, size);
+  if (size && !InDevice(dst, size)) return t_last = cudaErrorInvalidValue;
+  Enqueue(s, [=] { if (size) std::memset(dst, value, size); });
   return cudaSuccess;
 }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
   *s = new (std::nothrow) CUstream_st;
-  return *s ? cudaSuccess : cudaErrorMemoryAllocation;
+  if (!*s) return cudaErrorMemoryAllocation;
+  StreamLock lock(g_streams);
+  (*s)->id = coda_cuda_emu::g_next_stream++;
+  g_live[(*s)->id] = *s;
+  return cudaSuccess;
 }
 
+// As on a GPU, work still queued completes first.
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  if (!s) return t_last = cudaErrorInvalidValue;
+  StreamLock lock(g_streams);
+  RunTo(s, s->issued);
+  g_live.erase(s->id);
   delete s;
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t s) { return s && s->capturing ? Refuse(s) : cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  StreamLock lock(g_streams);
+  if (s && s->capturing) return Refuse(s);
+  if (s) RunTo(s, s->issued);
+  return Sticky();
+}
+
 // Events could join a capture on a GPU; this backend never needs that, so here they are refused.
-cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t, unsigned) { return s && s->capturing ? Refuse(s) : cudaSuccess; }
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+  StreamLock lock(g_streams);
+  if (s && s->capturing) return Refuse(s);
+  const uint64_t id = e->stream, mark = e->mark;
+  Enqueue(s, [id, mark] { RunStreamTo(id, mark); });
+  return cudaSuccess;
+}
 
 cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, 0); }
 
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
-  *ms = std::chrono::duration<float, std::milli>(end->at - start->at).count();
+  StreamLock lock(g_streams);
+  if (!coda_cuda_emu::Reached(*start) || !coda_cuda_emu::Reached(*end)) return t_last = cudaErrorNotReady;
+  *ms = std::chrono::duration<float, std::milli>(*end->at - *start->at).count();
   return cudaSuccess;
 }
 
@@ -477,11 +639,19 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
 }
 
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  StreamLock lock(g_streams);
   if (s && s->capturing) return Refuse(s);
-  e->at = std::chrono::steady_clock::now();
+  Enqueue(s, [at = e->at] { *at = std::chrono::steady_clock::now(); });
+  e->stream = s ? s->id : 0;
+  e->mark = s ? s->issued : 0;
   return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  StreamLock lock(g_streams);
+  RunStreamTo(e->stream, e->mark);
+  return Sticky();
+}
 
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
   delete e;
@@ -490,6 +660,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
 
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
   if (!s) return t_last = cudaErrorStreamCaptureUnsupported;  // the legacy stream cannot be captured
+  StreamLock lock(g_streams);
   if (s->capturing) return t_last = cudaErrorIllegalState;
   s->capturing = true;
   ++g_captures;
@@ -499,7 +670,9 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
 }
 
 cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
-  if (!s || !s->capturing) return t_last = cudaErrorIllegalState;
+  if (!s) return t_last = cudaErrorIllegalState;
+  StreamLock lock(g_streams);
+  if (!s->capturing) return t_last = cudaErrorIllegalState;
   s->capturing = false;
   --g_captures;
   *graph = nullptr;
@@ -514,19 +687,16 @@ cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
 
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
   if (!exec || !graph) return t_last = cudaErrorInvalidValue;
-  *exec = new (std::nothrow) CUgraphExec_st{graph->work};
+  *exec = new (std::nothrow) CUgraphExec_st{std::make_shared<const Recording>(graph->work)};
   return *exec ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 
+// Queued as one piece of work; a fault stops the rest of the graph, as it would the GPU.
 cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
   if (!exec) return t_last = cudaErrorInvalidValue;
+  StreamLock lock(g_streams);
   if (s && s->capturing) return Refuse(s);
-  try {
-    for (const auto& w : exec->work) w();
-  } catch (cudaError_t e) {
-    return t_last = e;
-  }
-  return cudaSuccess;
+  return Enqueue(s, [work = exec->work] { for (const auto& w : *work) w(); }) ? cudaSuccess : t_last;
 }
 
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {

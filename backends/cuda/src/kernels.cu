@@ -27,7 +27,7 @@ constexpr unsigned kMaxGridYZ = 65535, kMaxGridX = 0x7fffffffu;
 template <class... P, class... A>
 int Start(void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t s, A... a) {
 #ifdef CODA_CUDA_EMULATION
-  coda_cuda_emu::Launch(grid, block, s, [kernel, a...] { kernel(a...); });
+  if (coda_cuda_emu::DeviceArguments(a...)) coda_cuda_emu::Launch(grid, block, s, [kernel, a...] { kernel(a...); });
 #else
   kernel<<<grid, block, 0, s>>>(a...);
 #endif

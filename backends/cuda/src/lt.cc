@@ -140,6 +140,11 @@ struct LtFp8::Impl {
   if (!Sym(#symbol, &member)) return soname + " lacks " #symbol ", a function this backend calls";
     CODA_LT_FUNCTIONS(CODA_LT_LOAD)
 #undef CODA_LT_LOAD
+#ifdef CODA_CUDA_EMULATION
+    decltype(&coda_cublaslt_emu_bind) bind = nullptr;
+    if (!Sym("coda_cublaslt_emu_bind", &bind)) return soname + " lacks coda_cublaslt_emu_bind, the stand-in's own";
+    bind(&coda_cuda_emu::Enqueue);  // so that its products run in their stream's turn
+#endif
     if (get_version() < 120900) return soname + " is version " + std::to_string(get_version()) + "; block scaling needs 120900";
     if (create(&handle) != CUBLAS_STATUS_SUCCESS) {
       handle = nullptr;
