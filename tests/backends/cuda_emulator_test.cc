@@ -157,6 +157,7 @@ TEST(CudaEmulator, CapturedWorkReplaysAndSynchronizationsAreRefused) {
   ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
   void* dev = nullptr;
   ASSERT_EQ(cudaMalloc(&dev, 8), cudaSuccess);
+  coda_cuda_emu::DeviceAccess look;  // the test reads device memory directly
   auto* d = static_cast<int*>(dev);
   d[0] = 1;
   d[1] = 0;
@@ -223,6 +224,7 @@ TEST(CudaEmulator, StreamsRunInTheOrderTheirEventsImpose) {
   ASSERT_EQ(cudaEventCreate(&later), cudaSuccess);
   void* dev = nullptr;
   ASSERT_EQ(cudaMalloc(&dev, 8), cudaSuccess);
+  coda_cuda_emu::DeviceAccess look;  // the test reads device memory directly
   auto* d = static_cast<int*>(dev);
   d[0] = d[1] = 0;
   auto read = [d] { d[1] = d[0] + 1; };  // the kernel: reads what the transfer stream wrote
@@ -285,6 +287,28 @@ TEST(CudaEmulator, StreamsRunInTheOrderTheirEventsImpose) {
   cudaEventDestroy(copied);
   cudaEventDestroy(later);
   cudaStreamDestroy(compute);
+}
+
+// Device memory is closed to the host but while device work runs: host code that reads a device
+// pointer faults, as it would with a GPU.
+TEST(CudaEmulator, HostReadsOfDeviceMemoryFault) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "a sanitizer build leaves device memory open to check its exact bounds instead";
+#else
+  void* dev = nullptr;
+  ASSERT_EQ(cudaMalloc(&dev, 64), cudaSuccess);
+  int host[16] = {7};
+  ASSERT_EQ(cudaMemcpy(dev, host, sizeof host, cudaMemcpyHostToDevice), cudaSuccess);  // the emulator's own access
+  int back[16] = {};
+  ASSERT_EQ(cudaMemcpy(back, dev, sizeof back, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(back[0], 7);
+  {
+    coda_cuda_emu::DeviceAccess look;
+    EXPECT_EQ(static_cast<volatile int*>(dev)[0], 7);
+  }
+  EXPECT_DEATH(std::printf("%d\n", static_cast<volatile int*>(dev)[0]), "");
+  EXPECT_EQ(cudaFree(dev), cudaSuccess);
+#endif
 }
 
 // A fault of queued work comes out of the synchronizations, every one after it, as CUDA's sticky

@@ -11,8 +11,10 @@
 // shuffle) or ends; then the barrier opens. A kernel that would hang or diverge on a GPU (a
 // shuffle with lanes that returned, a barrier some threads skip while others wait at another)
 // fails instead, with a message; so does a launch with a pointer argument that is not device
-// memory (pointers inside structs are not seen). Device memory is host memory, and copies check
-// that their addresses are of the kind they say.
+// memory (pointers inside structs are not seen). Device memory is host memory, closed to the host
+// (mprotect) but while device work runs, so that host code reading a device pointer faults, as
+// with a GPU (not in a sanitizer build, which checks exact bounds instead); copies check that
+// their addresses are of the kind they say.
 //
 // Streams: work issued to a stream (kernels, copies, event records, graphs) waits in its queue
 // until something needs it: a synchronization of the stream or of an event on it, a stream that
@@ -150,6 +152,14 @@ bool Enqueue(cudaStream_t s, std::function<void()> work);
 // Runs `kernel` (which holds copies of its arguments) on a grid of blocks, on stream s as Enqueue
 // does; false (and cudaGetLastError() says why) for a bad shape, or a fault when it ran at once.
 bool Launch(dim3 grid, dim3 block, cudaStream_t s, std::function<void()> kernel);
+// While one lives, the host may read and write device memory, as the emulator's own work does
+// (a test that looks into device memory directly opens one; the backend never does).
+struct DeviceAccess {
+  DeviceAccess();
+  ~DeviceAccess();
+  DeviceAccess(const DeviceAccess&) = delete;
+  DeviceAccess& operator=(const DeviceAccess&) = delete;
+};
 // Whether p is null or in (or one past the end of) memory from cudaMalloc.
 bool OnDevice(const void* p);
 // Fails a launch whose argument `index` is p, not device memory: false, cudaErrorIllegalAddress.

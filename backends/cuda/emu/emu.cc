@@ -1,6 +1,8 @@
 // The CUDA emulator's runtime: memory, streams and events on the host, and kernel launches with
 // each block's threads as fibers (see cuda_runtime.h here for what it checks and what it cannot).
+#include <sys/mman.h>
 #include <sys/sysinfo.h>
+#include <unistd.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -260,11 +262,34 @@ uint64_t g_next_stream = 1;
 cudaError_t g_sticky = cudaSuccess;
 std::string& g_sticky_fault = *new std::string;
 
-std::mutex& g_memory = *new std::mutex;
+// Device memory: blocks of whole pages, which the host cannot read or write (PROT_NONE) but
+// while device work runs (DeviceAccess), so that host code that dereferences a device pointer
+// faults here as it would with a GPU. A sanitizer build keeps the exact sizes instead (its own
+// bounds checks see a kernel read past a block's end) and leaves the blocks open.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kProtect = false;
+#else
+constexpr bool kProtect = true;
+#endif
+std::mutex& g_memory = *new std::mutex;  // g_device and g_open
 std::map<uintptr_t, size_t>& g_device = *new std::map<uintptr_t, size_t>;  // cudaMalloc's blocks: start, size
+int g_open = 0;                                                             // DeviceAccess scopes alive
+
+size_t Mapped(size_t size) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  return (std::max<size_t>(size, 1) + page - 1) / page * page;
+}
+
+void SetAccess(bool open) {
+  if (!kProtect) return;
+  for (const auto& [start, size] : g_device)
+    if (mprotect(reinterpret_cast<void*>(start), Mapped(size), open ? PROT_READ | PROT_WRITE : PROT_NONE) != 0) std::abort();
+}
 
 // Runs s's queue until `upto` of its items have run. Work that fails throws its error.
 void RunTo(CUstream_st* s, uint64_t upto) {
+  if (s->ran >= upto || s->queue.empty()) return;
+  DeviceAccess open;
   while (s->ran < upto && !s->queue.empty()) {
     std::function<void()> w = std::move(s->queue.front());
     s->queue.pop_front();
@@ -327,6 +352,7 @@ bool Enqueue(cudaStream_t s, std::function<void()> work) {
     }
     return true;
   }
+  DeviceAccess open;
   try {
     work();
   } catch (cudaError_t e) {
@@ -346,6 +372,16 @@ bool Launch(dim3 grid, dim3 block, cudaStream_t s, std::function<void()> kernel)
   return Enqueue(s, [grid, block, k = std::move(kernel)] {
     if (!RunGrid(grid, block, k)) throw cudaErrorLaunchFailure;
   });
+}
+
+DeviceAccess::DeviceAccess() {
+  std::lock_guard<std::mutex> lock(g_memory);
+  if (g_open++ == 0) SetAccess(true);
+}
+
+DeviceAccess::~DeviceAccess() {
+  std::lock_guard<std::mutex> lock(g_memory);
+  if (--g_open == 0) SetAccess(false);
 }
 
 bool OnDevice(const void* p) { return !p || InDevice(p, 0); }
@@ -527,11 +563,16 @@ cudaError_t Refuse(cudaStream_t s) {
 
 }  // namespace
 
-// The exact size (not rounded up), so that a sanitizer build sees a kernel read past the end.
 cudaError_t cudaMalloc(void** p, size_t size) {
-  if (posix_memalign(p, 256, std::max<size_t>(size, 1)) != 0) *p = nullptr;
-  if (!*p) return cudaErrorMemoryAllocation;
   std::lock_guard<std::mutex> lock(g_memory);
+  if (coda_cuda_emu::kProtect) {
+    const int access = coda_cuda_emu::g_open ? PROT_READ | PROT_WRITE : PROT_NONE;
+    *p = mmap(nullptr, coda_cuda_emu::Mapped(size), access, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (*p == MAP_FAILED) *p = nullptr;
+  } else if (posix_memalign(p, 256, std::max<size_t>(size, 1)) != 0) {
+    *p = nullptr;
+  }
+  if (!*p) return cudaErrorMemoryAllocation;
   g_device[reinterpret_cast<uintptr_t>(*p)] = size;
   return cudaSuccess;
 }
@@ -543,11 +584,15 @@ cudaError_t cudaFree(void* p) {
   if (g_captures) return t_last = cudaErrorStreamCaptureUnsupported;
   if (!p) return cudaSuccess;
   RunAll();
-  {
-    std::lock_guard<std::mutex> lock(g_memory);
-    if (g_device.erase(reinterpret_cast<uintptr_t>(p)) == 0) return t_last = cudaErrorInvalidValue;
+  std::lock_guard<std::mutex> lock(g_memory);
+  auto it = g_device.find(reinterpret_cast<uintptr_t>(p));
+  if (it == g_device.end()) return t_last = cudaErrorInvalidValue;
+  if (coda_cuda_emu::kProtect) {
+    munmap(p, coda_cuda_emu::Mapped(it->second));
+  } else {
+    std::free(p);
   }
-  std::free(p);
+  g_device.erase(it);
   return cudaSuccess;
 }
 
