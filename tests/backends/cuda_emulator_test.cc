@@ -55,11 +55,34 @@ TEST(CudaEmulator, AMissingBarrierReadsStaleData) {
   ASSERT_TRUE(Launch(dim3(2), dim3(64), nullptr, [&] { ReadNeighbour(true, out.data()); }));
   for (int b = 0; b < 2; ++b)
     for (int t = 1; t < 64; ++t) ASSERT_EQ(out[static_cast<size_t>(b * 64 + t)], t - 1 + 1000 * b);
-  // Without it the reader runs before the writer: block 1 sees block 0's values.
+  // Without it the reader runs before the writer, and sees what shared memory held before the
+  // block: garbage, here 0xff bytes, not the previous block's values.
   ASSERT_TRUE(Launch(dim3(2), dim3(64), nullptr, [&] { ReadNeighbour(false, out.data()); }));
   size_t stale = 0;
-  for (int t = 1; t < 64; ++t) stale += out[static_cast<size_t>(64 + t)] != t - 1 + 1000;
-  EXPECT_EQ(stale, 63u);
+  for (int b = 0; b < 2; ++b)
+    for (int t = 1; t < 64; ++t) stale += out[static_cast<size_t>(b * 64 + t)] == -1;
+  EXPECT_EQ(stale, 126u);
+}
+
+// Shared memory starts each block as garbage, NaN as F32, BF16 and E4M3, as on a GPU where it
+// holds what an earlier block left: a kernel that multiplies values it never wrote (by zero, say,
+// in a tile's padding) gets NaN here, where stale finite values would hide the bug.
+void ReadUnwritten(float* out) {
+  __shared__ float v[32];
+  __shared__ uint16_t h[32];
+  __shared__ uint8_t c[32];
+  out[0] = v[threadIdx.x] * 0.0f;
+  out[1] = coda_bf16_to_f32(h[threadIdx.x]);
+  out[2] = coda_e4m3_to_f32(c[threadIdx.x]);
+  v[threadIdx.x] = 1.0f;
+}
+
+TEST(CudaEmulator, SharedMemoryStartsEachBlockAsNan) {
+  for (int launch = 0; launch < 2; ++launch) {
+    float out[3] = {};
+    ASSERT_TRUE(Launch(dim3(1), dim3(1), nullptr, [&] { ReadUnwritten(out); }));
+    for (float v : out) EXPECT_TRUE(std::isnan(v)) << launch;
+  }
 }
 
 void ShuffleAfterReturn(float* out) {

@@ -8,13 +8,14 @@
 //
 // How it runs a launch: each block's threads are fibers on the calling thread (one launch at a
 // time in the process), run in turn until each reaches a barrier (__syncthreads, or a warp's
-// shuffle) or ends; then the barrier opens. A kernel that would hang or diverge on a GPU (a
-// shuffle with lanes that returned, a barrier some threads skip while others wait at another)
-// fails instead, with a message; so does a launch with a pointer argument that is not device
-// memory (pointers inside structs are not seen). Device memory is host memory, closed to the host
-// (mprotect) but while device work runs, so that host code reading a device pointer faults, as
-// with a GPU (not in a sanitizer build, which checks exact bounds instead); copies check that
-// their addresses are of the kind they say.
+// shuffle) or ends; then the barrier opens. Shared memory starts each block as 0xff bytes (NaN),
+// not as the last block left it. A kernel that would hang or diverge on a GPU (a shuffle with
+// lanes that returned, a barrier some threads skip while others wait at another) fails instead,
+// with a message; so does a launch with a pointer argument that is not device memory (pointers
+// inside structs are not seen). Device memory is host memory, closed to the host (mprotect) but
+// while device work runs, so that host code reading a device pointer faults, as with a GPU (not
+// in a sanitizer build, which checks exact bounds instead); copies check that their addresses
+// are of the kind they say.
 //
 // Streams: work issued to a stream (kernels, copies, event records, graphs) waits in its queue
 // until something needs it: a synchronization of the stream or of an event on it, a stream that
@@ -126,8 +127,10 @@ cudaError_t cudaGraphDestroy(cudaGraph_t graph);
 #define __host__
 #define __forceinline__ inline
 #define __align__(n) __attribute__((aligned(n)))
-// One block runs at a time in the process, so a block's shared memory is a static.
-#define __shared__ static
+// One block runs at a time in the process, so a block's shared memory is a static: in a section
+// of its own, which the emulator fills with 0xff bytes (NaN as F32, BF16 and E4M3) before each
+// block, as a GPU's shared memory holds whatever was there before.
+#define __shared__ __attribute__((section("coda_emu_shared"))) static
 
 struct dim3 {
   unsigned x, y, z;

@@ -206,7 +206,13 @@ bool Release(Block& b) {
   return true;
 }
 
+// The __shared__ variables of this library or program (cuda_runtime.h), if it has any.
+extern "C" char __start_coda_emu_shared[] __attribute__((weak, visibility("hidden")));
+extern "C" char __stop_coda_emu_shared[] __attribute__((weak, visibility("hidden")));
+
 bool RunBlock(Block& b) {
+  char *start = __start_coda_emu_shared, *stop = __stop_coda_emu_shared;
+  if (start && stop > start) std::memset(start, 0xff, static_cast<size_t>(stop - start));
   for (size_t i = 0; i < b.count; ++i) {
     Begin(b.fibers[i]);
     b.fibers[i].state = State::kReady;
