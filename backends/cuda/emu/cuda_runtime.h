@@ -3,8 +3,9 @@
 // copy) build with the C++ compiler into libcoda-backend-cuda-emu.so and run the conformance and
 // golden tests on any machine. It checks the kernels' arithmetic, indexing, reductions and
 // barriers, and the order of work between streams; it cannot check speed, real concurrency
-// (threads run one at a time, in reverse order, so a read before its writer's barrier sees stale
-// data) or what only hardware has.
+// (threads run one at a time, highest first or lowest first, alternating between neighbouring
+// blocks and between launches, so that a read before its writer's barrier sees stale data) or
+// what only hardware has.
 //
 // How it runs a launch: each block's threads are fibers on the calling thread (one launch at a
 // time in the process), run in turn until each reaches a barrier (__syncthreads, or a warp's

@@ -210,7 +210,7 @@ bool Release(Block& b) {
 extern "C" char __start_coda_emu_shared[] __attribute__((weak, visibility("hidden")));
 extern "C" char __stop_coda_emu_shared[] __attribute__((weak, visibility("hidden")));
 
-bool RunBlock(Block& b) {
+bool RunBlock(Block& b, bool highest_first) {
   char *start = __start_coda_emu_shared, *stop = __stop_coda_emu_shared;
   if (start && stop > start) std::memset(start, 0xff, static_cast<size_t>(stop - start));
   for (size_t i = 0; i < b.count; ++i) {
@@ -219,10 +219,12 @@ bool RunBlock(Block& b) {
     b.fibers[i].src = nullptr;
   }
   for (;;) {
-    // Highest thread first: a thread that reads what a lower one writes, without the barrier
-    // between them, reads it before it is written.
-    for (size_t i = b.count; i-- > 0;)
+    // Highest thread first, or lowest: a thread that reads what a lower (or higher) one writes,
+    // without the barrier between them, reads it before it is written.
+    for (size_t n = 0; n < b.count; ++n) {
+      const size_t i = highest_first ? b.count - 1 - n : n;
       if (b.fibers[i].state == State::kReady) Resume(b, i);
+    }
     if (!Release(b)) return b.fault.empty();
   }
 }
@@ -236,6 +238,10 @@ bool RunGrid(dim3 grid, dim3 block, const std::function<void()>& kernel) {
   b.kernel = &kernel;
   b.fault.clear();
   g_block = &b;
+  // Neighbouring blocks run their threads in opposite orders, and each launch starts with the
+  // other order than the last one (a grid of one block too).
+  static uint64_t launches = 0;
+  const uint64_t flip = launches++ % 2;
   bool ok = true;
   for (unsigned z = 0; ok && z < grid.z; ++z)
     for (unsigned y = 0; ok && y < grid.y; ++y)
@@ -244,7 +250,7 @@ bool RunGrid(dim3 grid, dim3 block, const std::function<void()>& kernel) {
           b.fibers[i].place = {{static_cast<unsigned>(i % block.x), static_cast<unsigned>(i / block.x % block.y),
                                 static_cast<unsigned>(i / (uint64_t{block.x} * block.y))},
                                {x, y, z}, block, grid};
-        ok = RunBlock(b);
+        ok = RunBlock(b, (x + y + z + flip) % 2 == 0);
         if (!ok)
           b.fault = "block (" + std::to_string(x) + ", " + std::to_string(y) + ", " + std::to_string(z) + "): " + b.fault;
       }
