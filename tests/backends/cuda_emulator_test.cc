@@ -1,6 +1,8 @@
 // The CUDA emulator (backends/cuda/emu) that runs the CUDA backend's kernels in the tests of
-// machines without a GPU: its barriers and shuffles give CUDA's results, and the kernel bugs it
-// exists to catch (a missing barrier, a shuffle some lanes skip) do show.
+// machines without a GPU: its barriers and shuffles give CUDA's results, and the bugs it exists
+// to catch (a missing barrier, a shuffle some lanes skip, shared memory read before it is written,
+// a misaligned access, work on two streams without the event between them, a host read of device
+// memory) do show.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -116,6 +118,13 @@ TEST(CudaEmulator, KernelsThatWouldHangOrDivergeFailTheLaunch) {
   EXPECT_FALSE(Launch(dim3(1), dim3(32), nullptr, [&] { DivergentBarriers(out.data()); }));
   EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
   EXPECT_NE(std::string(cudaGetErrorString(cudaErrorLaunchFailure)).find("waits at __syncthreads"), std::string::npos);
+  // A 16-byte access off a 16-byte boundary (a GPU faults on it); on one, nothing.
+  alignas(16) uint8_t bytes[32 * 16 + 16];
+  EXPECT_TRUE(Launch(dim3(1), dim3(32), nullptr, [&] { coda_cuda_emu::CheckAligned(bytes + 16 * threadIdx.x, 16); }));
+  EXPECT_FALSE(Launch(dim3(1), dim3(32), nullptr,
+                      [&] { coda_cuda_emu::CheckAligned(bytes + 16 * threadIdx.x + (threadIdx.x == 7 ? 4 : 0), 16); }));
+  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
+  EXPECT_NE(std::string(cudaGetErrorString(cudaErrorLaunchFailure)).find("not 16-byte aligned (thread 7"), std::string::npos);
   // The emulator is usable after a failed launch.
   std::vector<int> ok(64);
   EXPECT_TRUE(Launch(dim3(1), dim3(64), nullptr, [&] { ReadNeighbour(true, -1, ok.data()); }));

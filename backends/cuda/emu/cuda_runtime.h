@@ -13,10 +13,10 @@
 // not as the last block left it. A kernel that would hang or diverge on a GPU (a shuffle with
 // lanes that returned, a barrier some threads skip while others wait at another) fails instead,
 // with a message; so does a launch with a pointer argument that is not device memory (pointers
-// inside structs are not seen). Device memory is host memory, closed to the host (mprotect) but
-// while device work runs, so that host code reading a device pointer faults, as with a GPU (not
-// in a sanitizer build, which checks exact bounds instead); copies check that their addresses
-// are of the kind they say.
+// inside structs are not seen), and one with a 16-byte access off a 16-byte boundary. Device
+// memory is host memory, closed to the host (mprotect) but while device work runs, so that host
+// code reading a device pointer faults, as with a GPU (not in a sanitizer build, which checks
+// exact bounds instead); copies check that their addresses are of the kind they say.
 //
 // Streams: work issued to a stream (kernels, copies, event records, graphs) waits in its queue
 // until something needs it: a synchronization of the stream or of an event on it, a stream that
@@ -181,6 +181,9 @@ bool DeviceArguments(const A&... a) {
   (one(a), ...);
   return ok;
 }
+// A load or store of `bytes` at p, which a GPU does only at a multiple of `bytes`: elsewhere it
+// faults (cudaErrorMisalignedAddress), and here the launch fails, saying where.
+void CheckAligned(const void* p, size_t bytes);
 void SyncThreads();
 void SyncWarp();
 // Every lane of the calling warp gives `v` and gets lane `src(lane)`'s.

@@ -408,6 +408,15 @@ bool RefuseHostArgument(int index, const void* p) {
   return false;
 }
 
+void CheckAligned(const void* p, size_t bytes) {
+  if (reinterpret_cast<uintptr_t>(p) % bytes == 0 || !g_block->fault.empty()) return;
+  const Place& at = Here();
+  char text[200];
+  std::snprintf(text, sizeof text, "a %zu-byte access at %p, not %zu-byte aligned (thread %u; a GPU faults: misaligned address)",
+                bytes, p, bytes, at.thread.x + at.block_dim.x * (at.thread.y + at.block_dim.y * at.thread.z));
+  g_block->fault = text;
+}
+
 void SyncThreads() { Yield(State::kAtBarrier); }
 
 void SyncWarp() {

@@ -111,6 +111,7 @@ struct alignas(16) Piece {
 };
 __device__ __forceinline__ void StorePiece(void* p, const Piece& v) {
 #ifdef CODA_CUDA_EMULATION
+  coda_cuda_emu::CheckAligned(p, sizeof v);
   memcpy(p, &v, sizeof v);
 #else
   *static_cast<Piece*>(p) = v;
@@ -118,6 +119,7 @@ __device__ __forceinline__ void StorePiece(void* p, const Piece& v) {
 }
 __device__ __forceinline__ Piece LoadPiece(const void* p) {
 #ifdef CODA_CUDA_EMULATION
+  coda_cuda_emu::CheckAligned(p, sizeof(Piece));
   Piece q;
   memcpy(&q, p, sizeof q);
   return q;
