@@ -10,7 +10,7 @@
 // How it runs a launch: each block's threads are fibers on the calling thread (one launch at a
 // time in the process), run in turn until each reaches a barrier (__syncthreads, or a warp's
 // shuffle) or ends; then the barrier opens. Shared memory starts each block as 0xff bytes (NaN),
-// not as the last block left it. A kernel that would hang or diverge on a GPU (a shuffle with
+// not as the last block left it (not in a sanitizer build: see __shared__). A kernel that would hang or diverge on a GPU (a shuffle with
 // lanes that returned, a barrier some threads skip while others wait at another) fails instead,
 // with a message; so does a launch with a pointer argument that is not device memory (pointers
 // inside structs are not seen), and one with a 16-byte access off a 16-byte boundary. Device
@@ -130,8 +130,16 @@ cudaError_t cudaGraphDestroy(cudaGraph_t graph);
 #define __align__(n) __attribute__((aligned(n)))
 // One block runs at a time in the process, so a block's shared memory is a static: in a section
 // of its own, which the emulator fills with 0xff bytes (NaN as F32, BF16 and E4M3) before each
-// block, as a GPU's shared memory holds whatever was there before.
+// block, as a GPU's shared memory holds whatever was there before. Not in a sanitizer build: it
+// leaves variables in a section of their own without the bounds checks that catch an index past
+// a __shared__ array's end, which matter more there.
+#if defined(__SANITIZE_ADDRESS__)
+#define CODA_EMU_POISONS_SHARED 0
+#define __shared__ static
+#else
+#define CODA_EMU_POISONS_SHARED 1
 #define __shared__ __attribute__((section("coda_emu_shared"))) static
+#endif
 
 struct dim3 {
   unsigned x, y, z;
