@@ -54,26 +54,36 @@ void ReadNeighbour(bool barrier, int from, int* out) {
 }
 
 TEST(CudaEmulator, AMissingBarrierReadsStaleData) {
-  std::vector<int> out(128);
+  std::vector<int> out(192);
   for (int from : {-1, 1}) {
-    ASSERT_TRUE(Launch(dim3(2), dim3(64), nullptr, [&] { ReadNeighbour(true, from, out.data()); }));
-    for (int b = 0; b < 2; ++b)
+    ASSERT_TRUE(Launch(dim3(3), dim3(64), nullptr, [&] { ReadNeighbour(true, from, out.data()); }));
+    for (int b = 0; b < 3; ++b)
       for (int t = 0; t < 64; ++t)
         if (t + from >= 0 && t + from < 64) {
           ASSERT_EQ(out[static_cast<size_t>(b * 64 + t)], t + from + 1000 * b);
         }
   }
-  // Without it, the block whose threads run in the reader-first order sees what shared memory
-  // held before the block: garbage, here 0xff bytes, not the previous block's values. Blocks
-  // alternate the order, so a missing barrier shows whichever neighbour is read.
+  // Without it, a block whose threads run in the reader-first order sees what shared memory held
+  // before the block: garbage, here 0xff bytes, not the previous block's values. Neighbouring
+  // blocks run in opposite orders, so a missing barrier shows whichever neighbour is read: of
+  // three blocks, one or two read garbage, and one of those follows another block.
   if (!CODA_EMU_POISONS_SHARED) GTEST_SKIP() << "a sanitizer build does not fill shared memory with 0xff bytes";
   for (int from : {-1, 1}) {
-    ASSERT_TRUE(Launch(dim3(2), dim3(64), nullptr, [&] { ReadNeighbour(false, from, out.data()); }));
-    size_t stale[2] = {};
-    for (int b = 0; b < 2; ++b)
-      for (int t = 0; t < 64; ++t) stale[b] += out[static_cast<size_t>(b * 64 + t)] == -1;
-    EXPECT_EQ(stale[0] + stale[1], 63u) << from;
-    EXPECT_TRUE(stale[0] == 0 || stale[1] == 0) << from;
+    ASSERT_TRUE(Launch(dim3(3), dim3(64), nullptr, [&] { ReadNeighbour(false, from, out.data()); }));
+    bool stale[3] = {};
+    for (int b = 0; b < 3; ++b) {
+      size_t garbage = 0, right = 0;
+      for (int t = 0; t < 64; ++t) {
+        const int got = out[static_cast<size_t>(b * 64 + t)];
+        garbage += got == -1;
+        right += got == t + from + 1000 * b;
+      }
+      EXPECT_EQ(garbage + right, 63u) << from << " " << b;
+      EXPECT_TRUE(garbage == 0 || garbage == 63) << from << " " << b;
+      stale[b] = garbage == 63;
+    }
+    EXPECT_TRUE(stale[0] != stale[1] && stale[1] != stale[2]) << from;
+    EXPECT_TRUE(stale[1] || stale[2]) << from;
   }
 }
 
@@ -127,8 +137,8 @@ TEST(CudaEmulator, KernelsThatWouldHangOrDivergeFailTheLaunch) {
   EXPECT_TRUE(Launch(dim3(1), dim3(32), nullptr, [&] { coda_cuda_emu::CheckAligned(bytes + 16 * threadIdx.x, 16); }));
   EXPECT_FALSE(Launch(dim3(1), dim3(32), nullptr,
                       [&] { coda_cuda_emu::CheckAligned(bytes + 16 * threadIdx.x + (threadIdx.x == 7 ? 4 : 0), 16); }));
-  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
-  EXPECT_NE(std::string(cudaGetErrorString(cudaErrorLaunchFailure)).find("not 16-byte aligned (thread 7"), std::string::npos);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorMisalignedAddress);
+  EXPECT_NE(std::string(cudaGetErrorString(cudaErrorMisalignedAddress)).find("not 16-byte aligned (thread 7"), std::string::npos);
   // The emulator is usable after a failed launch.
   std::vector<int> ok(64);
   EXPECT_TRUE(Launch(dim3(1), dim3(64), nullptr, [&] { ReadNeighbour(true, -1, ok.data()); }));
@@ -296,6 +306,23 @@ TEST(CudaEmulator, StreamsRunInTheOrderTheirEventsImpose) {
   EXPECT_EQ(d[1], 7) << "the wait did not order the kernel after the copy it names";
   EXPECT_EQ(d[0], 6) << "the wait ran more of the other stream than its event";
 
+  // A copy from the host on the legacy stream lands before that stream's next work or its
+  // synchronization, not before another stream's kernel (CUDA returns once a pageable source is
+  // staged).
+  d[0] = 0;
+  host = 4;
+  ASSERT_EQ(cudaMemcpy(d, &host, 4, cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_TRUE(Launch(dim3(1), dim3(1), compute, read));
+  ASSERT_EQ(cudaStreamSynchronize(compute), cudaSuccess);
+  EXPECT_EQ(d[1], 1) << "a kernel on another stream saw a legacy-stream copy it did not wait for";
+  ASSERT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
+  EXPECT_EQ(d[0], 4);
+  host = 9;
+  ASSERT_EQ(cudaMemcpy(d, &host, 4, cudaMemcpyHostToDevice), cudaSuccess);
+  int back = 0;
+  ASSERT_EQ(cudaMemcpy(&back, d, 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(back, 9) << "the legacy stream's own work came before the copy it was given earlier";
+
   // A host destination is written when the copy runs; the events say when that is.
   int got = 0;
   ASSERT_EQ(cudaEventRecord(later, transfer), cudaSuccess);
@@ -336,7 +363,7 @@ TEST(CudaEmulator, StreamsRunInTheOrderTheirEventsImpose) {
 // Device memory is closed to the host but while device work runs: host code that reads a device
 // pointer faults, as it would with a GPU.
 TEST(CudaEmulator, HostReadsOfDeviceMemoryFault) {
-#if defined(__SANITIZE_ADDRESS__)
+#if CODA_EMU_ASAN
   GTEST_SKIP() << "a sanitizer build leaves device memory open to check its exact bounds instead";
 #else
   void* dev = nullptr;
@@ -355,7 +382,7 @@ TEST(CudaEmulator, HostReadsOfDeviceMemoryFault) {
 #endif
 }
 
-// A fault of queued work comes out of the synchronizations, every one after it, as CUDA's sticky
+// A fault of queued work comes out of every synchronization and launch after it, as CUDA's sticky
 // errors do (in a child process: nothing after it could run).
 TEST(CudaEmulator, AFaultOfQueuedWorkIsSticky) {
   EXPECT_EXIT(
@@ -367,6 +394,7 @@ TEST(CudaEmulator, AFaultOfQueuedWorkIsSticky) {
         ok = ok && cudaStreamSynchronize(s) == cudaErrorLaunchFailure &&
              std::string(cudaGetErrorString(cudaErrorLaunchFailure)).find("returned") != std::string::npos;
         ok = ok && cudaStreamSynchronize(s) == cudaErrorLaunchFailure;
+        ok = ok && !Launch(dim3(1), dim3(1), s, [] {}) && cudaGetLastError() == cudaErrorLaunchFailure;
         std::exit(ok ? 0 : 1);
       },
       testing::ExitedWithCode(0), "");

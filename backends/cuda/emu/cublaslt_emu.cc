@@ -36,7 +36,7 @@ struct cublasLtMatmulPreferenceEmu {
 
 namespace {
 
-// The emulator's queue for a stream (coda_cublaslt_emu_bind); unbound, products run at the call.
+// The emulator's queue for a stream (coda_cublaslt_emu_bind); unbound, products are refused.
 bool (*g_enqueue)(cudaStream_t, std::function<void()>) = nullptr;
 
 std::string Fault() {
@@ -168,12 +168,8 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
         *out = static_cast<float>(al * sum + be * prior) * factor;
       }
   };
-  if (!g_enqueue) {
-    product();
-  } else if (!g_enqueue(stream, product)) {
-    return CUBLAS_STATUS_EXECUTION_FAILED;
-  }
-  return CUBLAS_STATUS_SUCCESS;
+  if (!g_enqueue) return CUBLAS_STATUS_NOT_SUPPORTED;
+  return g_enqueue(stream, product) ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
 }
 
 }  // extern "C"

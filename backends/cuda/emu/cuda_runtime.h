@@ -24,17 +24,36 @@
 // runs in the order their events impose and in no other: a kernel that reads what another stream
 // copies, with no wait between them, reads it before it is written, and a host buffer filled by
 // a copy is filled only once the caller has waited for it. A host source is read at the call (as
-// CUDA stages pageable memory). Work on the legacy stream (a null stream) runs at once, and a
-// fault of queued work is kept and returned by every later synchronization, as CUDA's sticky
-// errors are. A stream being captured (cudaStreamBeginCapture) records its launches, device
-// copies and memsets, with their arguments, into a graph that cudaGraphLaunch queues again; what
-// CUDA refuses during a capture (a synchronization, a copy from or to the host, a cudaFree) is
-// refused here too, and more strictly (pinned memory is not told apart, nor other threads), so
-// that a backend that would fail on a GPU fails here.
+// CUDA stages pageable memory). Work on the legacy stream (a null stream) runs at once, but for
+// copies from the host, which land before that stream's next work or synchronization: CUDA
+// returns from them once the source is staged, and the other streams are not ordered after them.
+// Every stream acts as non-blocking (cudaStreamNonBlocking, the only kind the backend makes): the
+// legacy stream does not wait for them, nor they for it. A fault of queued work is kept and
+// returned by every later call that queues or waits, as CUDA's sticky errors are. Device memory
+// opens for every host thread while any one runs device work.
+//
+// Graphs: a stream being captured (cudaStreamBeginCapture) records its launches, device copies
+// and memsets, with their arguments, into a graph that cudaGraphLaunch queues again; what CUDA
+// refuses during a capture (a synchronization, a copy from or to the host, a cudaFree) is refused
+// here too, and more strictly (pinned memory is not told apart, nor other threads), so that a
+// backend that would fail on a GPU fails here.
 //
 // This header stands in for <cuda_runtime.h> only when backends/cuda/emu is first on the include
 // path; nothing else includes it.
 #pragma once
+
+// Whether AddressSanitizer instruments this build (GCC defines __SANITIZE_ADDRESS__; Clang says so
+// through __has_feature, and the macro too only from version 22).
+#if defined(__SANITIZE_ADDRESS__)
+#define CODA_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CODA_EMU_ASAN 1
+#endif
+#endif
+#ifndef CODA_EMU_ASAN
+#define CODA_EMU_ASAN 0
+#endif
 
 #include <cmath>
 #include <cstddef>
@@ -58,6 +77,7 @@ typedef enum cudaError {
   cudaErrorLaunchFailure = 719,
   cudaErrorNotReady = 600,
   cudaErrorIllegalAddress = 700,
+  cudaErrorMisalignedAddress = 716,
   cudaErrorStreamCaptureUnsupported = 900,
   cudaErrorStreamCaptureInvalidated = 901,
 } cudaError_t;
@@ -133,7 +153,7 @@ cudaError_t cudaGraphDestroy(cudaGraph_t graph);
 // block, as a GPU's shared memory holds whatever was there before. Not in a sanitizer build: it
 // leaves variables in a section of their own without the bounds checks that catch an index past
 // a __shared__ array's end, which matter more there.
-#if defined(__SANITIZE_ADDRESS__)
+#if CODA_EMU_ASAN
 #define CODA_EMU_POISONS_SHARED 0
 #define __shared__ static
 #else
@@ -157,10 +177,11 @@ struct Place {
 };
 // Where the running fiber is.
 const Place& Here();
-// Runs `work` on stream s in its turn (at once on the legacy stream, a null s), or records it
-// when s is being captured. Work that fails throws its cudaError_t; false (and cudaGetLastError()
-// says why) when it ran at once and failed.
-bool Enqueue(cudaStream_t s, std::function<void()> work);
+// Runs `work` on stream s in its turn, or records it when s is being captured. On the legacy
+// stream (a null s) it runs at once, unless `lands_later` (a copy from host memory): then before
+// that stream's next work or synchronization. Work that fails throws its cudaError_t; false (and
+// cudaGetLastError() says why) when it ran at once and failed, or an earlier fault is sticky.
+bool Enqueue(cudaStream_t s, std::function<void()> work, bool lands_later = false);
 // Runs `kernel` (which holds copies of its arguments) on a grid of blocks, on stream s as Enqueue
 // does; false (and cudaGetLastError() says why) for a bad shape, or a fault when it ran at once.
 bool Launch(dim3 grid, dim3 block, cudaStream_t s, std::function<void()> kernel);

@@ -6,6 +6,7 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -24,9 +25,10 @@
 // Work recorded from a captured stream, in issue order.
 using Recording = std::vector<std::function<void()>>;
 
-// A stream's work waits in its queue until something needs it done: a synchronization, an event
-// waited on, a copy that must land. So work on two streams runs in the order their events impose
-// and no other, and a missing wait shows as data read before it is written (see cuda_runtime.h).
+// A stream's work waits in its queue until something needs it done: a synchronization of it or
+// of an event on it, another stream's wait for such an event, cudaFree, its destruction. So work
+// on two streams runs in the order their events impose and no other, and a missing wait shows as
+// data read before it is written (see cuda_runtime.h).
 struct CUstream_st {
   uint64_t id = 0;  // never reused, unlike the address
   bool capturing = false;
@@ -108,6 +110,7 @@ struct Block {
   size_t current = 0, count = 0;
   const std::function<void()>* kernel = nullptr;
   std::string fault;
+  cudaError_t error = cudaErrorLaunchFailure;  // what a fault makes of the launch
 #if defined(__x86_64__)
   void* scheduler = nullptr;
 #else
@@ -230,7 +233,7 @@ bool RunBlock(Block& b, bool highest_first) {
   }
 }
 
-bool RunGrid(dim3 grid, dim3 block, const std::function<void()>& kernel) {
+cudaError_t RunGrid(dim3 grid, dim3 block, const std::function<void()>& kernel) {
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   std::lock_guard<std::mutex> lock(kLaunch);
   if (!g_run) g_run = new Block;  // freed with the globals below (FreeGlobals)
@@ -239,6 +242,7 @@ bool RunGrid(dim3 grid, dim3 block, const std::function<void()>& kernel) {
   b.count = threads;
   b.kernel = &kernel;
   b.fault.clear();
+  b.error = cudaErrorLaunchFailure;
   g_block = &b;
   // Neighbouring blocks run their threads in opposite orders, and each launch starts with the
   // other order than the last one (a grid of one block too).
@@ -258,11 +262,12 @@ bool RunGrid(dim3 grid, dim3 block, const std::function<void()>& kernel) {
       }
   g_block = nullptr;
   if (!ok) {
-    t_last = cudaErrorLaunchFailure;
+    t_last = b.error;
     t_fault = b.fault;
     std::fprintf(stderr, "CUDA emulator: %s\n", b.fault.c_str());
+    return b.error;
   }
-  return ok;
+  return cudaSuccess;
 }
 
 // ---- Streams and memory ----
@@ -281,17 +286,13 @@ std::string& g_sticky_fault = *new std::string;
 // while device work runs (DeviceAccess), so that host code that dereferences a device pointer
 // faults here as it would with a GPU. A sanitizer build keeps the exact sizes instead (its own
 // bounds checks see a kernel read past a block's end) and leaves the blocks open.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kProtect = false;
-#else
-constexpr bool kProtect = true;
-#endif
+constexpr bool kProtect = !CODA_EMU_ASAN;
 std::mutex& g_memory = *new std::mutex;  // g_device and g_open
 std::map<uintptr_t, size_t>& g_device = *new std::map<uintptr_t, size_t>;  // cudaMalloc's blocks: start, size
 int g_open = 0;                                                             // DeviceAccess scopes alive
 
-// Runs when this library is unloaded, or at exit after every atexit handler (static destructors
-// included): nothing calls the emulator after it. A sanitizer's leak check then finds nothing
+// Runs when this library is unloaded (if it ever is), or at exit after every atexit handler
+// (static destructors included): nothing calls the emulator after it. A sanitizer's leak check then finds nothing
 // that an unloaded library left behind.
 __attribute__((destructor)) void FreeGlobals() {
   delete &g_streams;
@@ -310,7 +311,10 @@ size_t Mapped(size_t size) {
 void SetAccess(bool open) {
   if (!kProtect) return;
   for (const auto& [start, size] : g_device)
-    if (mprotect(reinterpret_cast<void*>(start), Mapped(size), open ? PROT_READ | PROT_WRITE : PROT_NONE) != 0) std::abort();
+    if (mprotect(reinterpret_cast<void*>(start), Mapped(size), open ? PROT_READ | PROT_WRITE : PROT_NONE) != 0) {
+      std::fprintf(stderr, "CUDA emulator: mprotect of device memory failed: %s\n", std::strerror(errno));
+      std::abort();
+    }
 }
 
 // Runs s's queue until `upto` of its items have run. Work that fails throws its error.
@@ -320,6 +324,7 @@ void RunTo(CUstream_st* s, uint64_t upto) {
   while (s->ran < upto && !s->queue.empty()) {
     std::function<void()> w = std::move(s->queue.front());
     s->queue.pop_front();
+    ++s->ran;  // counted first: whatever w throws, the items after it stay in order
     try {
       w();
     } catch (cudaError_t e) {
@@ -328,7 +333,6 @@ void RunTo(CUstream_st* s, uint64_t upto) {
         g_sticky_fault = t_fault;
       }
     }
-    ++s->ran;
   }
 }
 
@@ -339,6 +343,20 @@ void RunStreamTo(uint64_t id, uint64_t mark) {
 
 void RunAll() {
   for (auto& [id, s] : g_live) RunTo(s, s->issued);
+}
+
+// The legacy stream (a null cudaStream_t): its work runs at the call, but for copies from host
+// memory, which land before its next work or its synchronization (CUDA returns once a pageable
+// source is staged, before the data is on the device; a non-blocking stream is not ordered after
+// them).
+CUstream_st& Legacy() {
+  static CUstream_st* legacy = [] {
+    auto* s = new CUstream_st;
+    s->id = g_next_stream++;
+    g_live[s->id] = s;
+    return s;
+  }();
+  return *legacy;
 }
 
 bool Reached(const CUevent_st& e) {
@@ -368,9 +386,13 @@ bool InDevice(const void* p, size_t size) {
 
 const Place& Here() { return Self().place; }
 
-bool Enqueue(cudaStream_t s, std::function<void()> work) {
+bool Enqueue(cudaStream_t s, std::function<void()> work, bool lands_later) {
+  std::lock_guard<std::recursive_mutex> lock(g_streams);
+  if (g_sticky != cudaSuccess) {
+    Sticky();
+    return false;
+  }
   if (s) {
-    std::lock_guard<std::recursive_mutex> lock(g_streams);
     if (s->capturing) {
       s->recorded.push_back(std::move(work));
     } else {
@@ -379,6 +401,13 @@ bool Enqueue(cudaStream_t s, std::function<void()> work) {
     }
     return true;
   }
+  CUstream_st& legacy = Legacy();
+  if (lands_later) {
+    legacy.queue.push_back(std::move(work));
+    ++legacy.issued;
+    return true;
+  }
+  RunTo(&legacy, legacy.issued);  // what the legacy stream was given before comes first
   DeviceAccess open;
   try {
     work();
@@ -397,7 +426,7 @@ bool Launch(dim3 grid, dim3 block, cudaStream_t s, std::function<void()> kernel)
     return false;
   }
   return Enqueue(s, [grid, block, k = std::move(kernel)] {
-    if (!RunGrid(grid, block, k)) throw cudaErrorLaunchFailure;
+    if (const cudaError_t e = RunGrid(grid, block, k); e != cudaSuccess) throw e;
   });
 }
 
@@ -430,6 +459,7 @@ void CheckAligned(const void* p, size_t bytes) {
   std::snprintf(text, sizeof text, "a %zu-byte access at %p, not %zu-byte aligned (thread %u; a GPU faults: misaligned address)",
                 bytes, p, bytes, at.thread.x + at.block_dim.x * (at.thread.y + at.block_dim.y * at.thread.z));
   g_block->fault = text;
+  g_block->error = cudaErrorMisalignedAddress;
 }
 
 void SyncThreads() { Yield(State::kAtBarrier); }
@@ -508,6 +538,7 @@ const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorIllegalState: return "cudaErrorIllegalState";
     case cudaErrorNotReady: return "cudaErrorNotReady";
     case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+    case cudaErrorMisalignedAddress: return "cudaErrorMisalignedAddress";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
   }
@@ -515,7 +546,8 @@ const char* cudaGetErrorName(cudaError_t e) {
 }
 
 const char* cudaGetErrorString(cudaError_t e) {
-  if ((e == cudaErrorLaunchFailure || e == cudaErrorIllegalAddress) && !t_fault.empty()) return t_fault.c_str();
+  if ((e == cudaErrorLaunchFailure || e == cudaErrorIllegalAddress || e == cudaErrorMisalignedAddress) && !t_fault.empty())
+    return t_fault.c_str();
   switch (e) {
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument";
@@ -527,6 +559,7 @@ const char* cudaGetErrorString(cudaError_t e) {
     case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
     case cudaErrorNotReady: return "device not ready";
     case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+    case cudaErrorMisalignedAddress: return "misaligned address";
     case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
     case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
   }
@@ -654,20 +687,20 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t size, cudaMemcpyK
     if (s->capturing && kind != cudaMemcpyDeviceToDevice) return Refuse(s);
   }
   if (!size) return cudaSuccess;
+  bool queued;
   if (kind == cudaMemcpyHostToDevice || kind == cudaMemcpyHostToHost) {
     auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<const uint8_t*>(src),
                                                          static_cast<const uint8_t*>(src) + size);
-    Enqueue(s, [dst, bytes] { std::memcpy(dst, bytes->data(), bytes->size()); });
+    queued = Enqueue(s, [dst, bytes] { std::memcpy(dst, bytes->data(), bytes->size()); }, kind == cudaMemcpyHostToDevice);
   } else {
-    Enqueue(s, [=] { std::memmove(dst, src, size); });
+    queued = Enqueue(s, [=] { std::memmove(dst, src, size); });
   }
-  return cudaSuccess;
+  return queued ? cudaSuccess : t_last;
 }
 
 cudaError_t cudaMemsetAsync(void* dst, int value, size_t size, cudaStream_t s) {
   if (size && !InDevice(dst, size)) return t_last = cudaErrorInvalidValue;
-  Enqueue(s, [=] { if (size) std::memset(dst, value, size); });
-  return cudaSuccess;
+  return Enqueue(s, [=] { if (size) std::memset(dst, value, size); }) ? cudaSuccess : t_last;
 }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
@@ -692,7 +725,8 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   StreamLock lock(g_streams);
   if (s && s->capturing) return Refuse(s);
-  if (s) RunTo(s, s->issued);
+  CUstream_st* run = s ? s : &coda_cuda_emu::Legacy();
+  RunTo(run, run->issued);
   return Sticky();
 }
 
@@ -701,8 +735,7 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
   StreamLock lock(g_streams);
   if (s && s->capturing) return Refuse(s);
   const uint64_t id = e->stream, mark = e->mark;
-  Enqueue(s, [id, mark] { RunStreamTo(id, mark); });
-  return cudaSuccess;
+  return Enqueue(s, [id, mark] { RunStreamTo(id, mark); }) ? cudaSuccess : t_last;
 }
 
 cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, 0); }
@@ -722,7 +755,7 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   StreamLock lock(g_streams);
   if (s && s->capturing) return Refuse(s);
-  Enqueue(s, [at = e->at] { *at = std::chrono::steady_clock::now(); });
+  if (!Enqueue(s, [at = e->at] { *at = std::chrono::steady_clock::now(); })) return t_last;
   e->stream = s ? s->id : 0;
   e->mark = s ? s->issued : 0;
   return cudaSuccess;

@@ -143,7 +143,8 @@ struct LtFp8::Impl {
 #ifdef CODA_CUDA_EMULATION
     decltype(&coda_cublaslt_emu_bind) bind = nullptr;
     if (!Sym("coda_cublaslt_emu_bind", &bind)) return soname + " lacks coda_cublaslt_emu_bind, the stand-in's own";
-    bind(&coda_cuda_emu::Enqueue);  // so that its products run in their stream's turn
+    // So that its products run in their stream's turn.
+    bind([](cudaStream_t s, std::function<void()> work) { return coda_cuda_emu::Enqueue(s, std::move(work)); });
 #endif
     if (get_version() < 120900) return soname + " is version " + std::to_string(get_version()) + "; block scaling needs 120900";
     if (create(&handle) != CUBLAS_STATUS_SUCCESS) {

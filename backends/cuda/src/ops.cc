@@ -241,7 +241,10 @@ std::string EnsureRope(Instance& in, const coda_op& op, bool capturing) {
   const std::vector<float>& table = backend_util::RopeTable(cache, hp, 0, static_cast<uint32_t>(positions));
   void* p = nullptr;
   if (cudaError_t e = cudaMalloc(&p, 4 * table.size()); e != cudaSuccess) return CudaError(e, "cudaMalloc for the rope table");
-  if (cudaError_t e = cudaMemcpy(p, table.data(), 4 * table.size(), cudaMemcpyHostToDevice); e != cudaSuccess) {
+  // On the compute stream, which the kernels that read it follow: a copy on the legacy stream may
+  // return before the data is on the device, and the compute stream is not ordered after it.
+  if (cudaError_t e = cudaMemcpyAsync(p, table.data(), 4 * table.size(), cudaMemcpyHostToDevice, in.compute);
+      e != cudaSuccess) {
     cudaFree(p);
     return CudaError(e, "uploading the rope table");
   }
