@@ -628,7 +628,9 @@ INSTANTIATE_TEST_SUITE_P(Cases, Golden,
                                             // example,vulkan: activations cross between host
                                             // and device memory at every norm and residual.
                                             // cuda,cpu: the CUDA backend (on a machine with a
-                                            // GPU); cuda-emu: its kernels in the CPU emulator.
+                                            // GPU); cuda-emu: its kernels in the CPU emulator
+                                            // (+devmem: experts uploaded from host memory and
+                                            // ordered to the kernels by an event alone).
                                             ::testing::Values("cpu", "cpu+fast", "vulkan", "example,vulkan", "cuda,cpu", "cuda,cpu+fast", "cuda-emu",
                                                               "cuda-emu+fast", "cuda-emu+devmem", "cuda-emu+devmem+offload", "cpu+offload",
                                                               "vulkan+devmem", "vulkan+devmem+offload")),

@@ -281,6 +281,7 @@ uint64_t g_next_stream = 1;
 // A fault of queued work, kept as CUDA keeps its sticky errors: every synchronization returns it.
 cudaError_t g_sticky = cudaSuccess;
 std::string& g_sticky_fault = *new std::string;
+CUstream_st* g_legacy = nullptr;  // made on first use (Legacy)
 
 // Device memory: blocks of whole pages, which the host cannot read or write (PROT_NONE) but
 // while device work runs (DeviceAccess), so that host code that dereferences a device pointer
@@ -301,6 +302,7 @@ __attribute__((destructor)) void FreeGlobals() {
   delete &g_memory;
   delete &g_device;
   delete g_run;
+  delete g_legacy;
 }
 
 size_t Mapped(size_t size) {
@@ -350,13 +352,12 @@ void RunAll() {
 // source is staged, before the data is on the device; a non-blocking stream is not ordered after
 // them).
 CUstream_st& Legacy() {
-  static CUstream_st* legacy = [] {
-    auto* s = new CUstream_st;
-    s->id = g_next_stream++;
-    g_live[s->id] = s;
-    return s;
-  }();
-  return *legacy;
+  if (!g_legacy) {
+    g_legacy = new CUstream_st;
+    g_legacy->id = g_next_stream++;
+    g_live[g_legacy->id] = g_legacy;
+  }
+  return *g_legacy;
 }
 
 bool Reached(const CUevent_st& e) {
